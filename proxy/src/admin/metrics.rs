@@ -1,0 +1,172 @@
+//! Prometheus metrics. Label sets are bounded: per Service port and reason,
+//! never per client.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    /// `namespace/name`
+    pub service: String,
+    /// Service port name ("" when unnamed).
+    pub port: String,
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub service: String,
+    pub port: String,
+    pub reason: FailureReason,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum FailureReason {
+    Refused,
+    Timeout,
+    Unreachable,
+    Other,
+    /// Every attempt failed; the client connection was closed.
+    Exhausted,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub service: String,
+    pub port: String,
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    /// Client to backend.
+    Tx,
+    /// Backend to client.
+    Rx,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+/// Every metric Switchyard exports.
+pub struct Metrics {
+    pub connections: Family<PortLabels, Counter>,
+    pub connections_active: Family<PortLabels, Gauge>,
+    pub connect_failures: Family<FailureLabels, Counter>,
+    pub bytes: Family<DirectionLabels, Counter>,
+    /// Connections or datagrams whose destination is in no Service (a race
+    /// with a snapshot change, or traffic sent to the listener directly).
+    pub unroutable: Counter,
+    pub udp_flows: Family<PortLabels, Counter>,
+    pub udp_flows_active: Gauge,
+    /// Flows refused because a worker's flow table was full.
+    pub udp_flows_dropped: Counter,
+    pub accept_errors: Counter,
+    /// Rejected input by kind (manifest, config).
+    pub rejected_input: Family<KindLabels, Counter>,
+    pub syncs: Family<KindLabels, Counter>,
+    pub sync_duration: Histogram,
+    pub nft_batch_duration: Histogram,
+    registry: Registry,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new(io_backend: &str) -> Self {
+        let mut registry = Registry::with_prefix("switchyard");
+        let m = Metrics {
+            connections: Family::default(),
+            connections_active: Family::default(),
+            connect_failures: Family::default(),
+            bytes: Family::default(),
+            unroutable: Counter::default(),
+            udp_flows: Family::default(),
+            udp_flows_active: Gauge::default(),
+            udp_flows_dropped: Counter::default(),
+            accept_errors: Counter::default(),
+            rejected_input: Family::default(),
+            syncs: Family::default(),
+            sync_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            nft_batch_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "connections",
+            "TCP connections proxied",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_active",
+            "TCP connections open now",
+            m.connections_active.clone(),
+        );
+        r.register(
+            "connect_failures",
+            "Upstream connect attempts that failed",
+            m.connect_failures.clone(),
+        );
+        r.register("bytes", "Bytes proxied", m.bytes.clone());
+        r.register(
+            "unroutable",
+            "Connections or flows whose destination is in no Service",
+            m.unroutable.clone(),
+        );
+        r.register("udp_flows", "UDP flows created", m.udp_flows.clone());
+        r.register(
+            "udp_flows_active",
+            "UDP flows open now",
+            m.udp_flows_active.clone(),
+        );
+        r.register(
+            "udp_flows_dropped",
+            "UDP flows refused at the per-worker limit",
+            m.udp_flows_dropped.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "Errors accepting connections",
+            m.accept_errors.clone(),
+        );
+        r.register(
+            "rejected_input",
+            "Rejected manifests and configs",
+            m.rejected_input.clone(),
+        );
+        r.register("syncs", "Service table syncs by result", m.syncs.clone());
+        r.register(
+            "sync_duration_seconds",
+            "Time from a source change to the snapshot and nftables in force",
+            m.sync_duration.clone(),
+        );
+        r.register(
+            "nft_batch_duration_seconds",
+            "Time to apply one nftables batch",
+            m.nft_batch_duration.clone(),
+        );
+        let info = Info::new(vec![("backend".to_owned(), io_backend.to_owned())]);
+        r.register("io", "The data-plane io back end in use", info);
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

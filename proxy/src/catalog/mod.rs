@@ -1,0 +1,30 @@
+//! Service + EndpointSlice objects in, an immutable [`ServiceTable`] out,
+//! with kube-proxy's semantics. Pure: no I/O, no clocks, no globals, so that
+//! every Service rule is written once and unit tested exhaustively.
+
+mod build;
+mod check;
+mod endpoints;
+mod problem;
+mod service;
+mod table;
+#[cfg(test)]
+mod tests;
+mod vips;
+
+pub use build::{
+    BuildOutput, NodeContext, TranslatedService, Translation, assemble, build, translate_service,
+};
+pub use endpoints::validate_endpoint_slice;
+pub use problem::{ObjectRef, Problem, Severity};
+pub use service::validate_service;
+pub use table::{
+    Endpoint, Frontend, Protocol, Route, Scope, ServiceInfo, ServiceKey, ServicePort, ServiceTable,
+};
+
+/// Annotation that binds a Service to a policy module by name.
+pub const POLICY_ANNOTATION: &str = "switchyard.dev/policy";
+/// Annotation with the JSON configuration handed to the bound policy.
+pub const POLICY_CONFIG_ANNOTATION: &str = "switchyard.dev/policy-config";
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

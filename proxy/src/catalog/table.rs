@@ -1,0 +1,225 @@
+//! The immutable service table the data plane reads. Built by
+//! [`super::build`], published as a snapshot, never mutated in place.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// L4 protocols a Service port can proxy. SCTP is reported as unsupported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The name nftables uses (`meta l4proto tcp`).
+    pub fn nft_name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+/// `namespace/name` of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One backend of one Service port, with the target port already resolved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub node_name: Option<String>,
+    pub zone: Option<String>,
+    pub hostname: Option<String>,
+    /// `conditions.ready`; endpoints that are only serving+terminating are
+    /// used solely when no endpoint of the port is ready (kube-proxy's rule).
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+/// Where a connection entered: Service VIP from inside the cluster, or
+/// from outside (NodePort, externalIP, LoadBalancer IP). The traffic
+/// policies (`internalTrafficPolicy`, `externalTrafficPolicy`) choose the
+/// endpoint set per scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Scope {
+    Internal,
+    External,
+}
+
+/// The per-Service facts that every port shares.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceInfo {
+    pub key: ServiceKey,
+    /// `switchyard.dev/policy` annotation, if set.
+    pub policy: Option<String>,
+    /// `switchyard.dev/policy-config` annotation (JSON text), if set.
+    pub policy_config: Option<String>,
+    /// `sessionAffinity: ClientIP` with its timeout (default 10800 s).
+    pub affinity_timeout: Option<Duration>,
+    /// All annotations, for features that read their own (L7, proxy protocol).
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One port of one Service with the endpoints each scope may use.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServicePort {
+    #[serde(serialize_with = "ser::through_arc")]
+    pub service: Arc<ServiceInfo>,
+    /// `spec.ports[].name` ("" when the Service has a single unnamed port).
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub app_protocol: Option<String>,
+    /// Endpoints for ClusterIP traffic (after `internalTrafficPolicy`).
+    #[serde(serialize_with = "ser::through_arc")]
+    pub internal: Arc<[Endpoint]>,
+    /// Endpoints for NodePort / externalIP / LB traffic (after
+    /// `externalTrafficPolicy`).
+    #[serde(serialize_with = "ser::through_arc")]
+    pub external: Arc<[Endpoint]>,
+}
+
+impl ServicePort {
+    pub fn endpoints(&self, scope: Scope) -> &Arc<[Endpoint]> {
+        match scope {
+            Scope::Internal => &self.internal,
+            Scope::External => &self.external,
+        }
+    }
+}
+
+/// A frontend the proxy answers on: a VIP (ClusterIP, externalIP, LB IP)
+/// with protocol and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Frontend {
+    pub ip: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// What a frontend resolves to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Route {
+    #[serde(serialize_with = "ser::through_arc")]
+    pub port: Arc<ServicePort>,
+    pub scope: Scope,
+}
+
+impl Route {
+    pub fn endpoints(&self) -> &Arc<[Endpoint]> {
+        self.port.endpoints(self.scope)
+    }
+}
+
+/// The service table: every frontend this node proxies, immutable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceTable {
+    /// VIP frontends (ClusterIPs with `Scope::Internal`, externalIPs and
+    /// LoadBalancer ingress IPs with `Scope::External`).
+    #[serde(serialize_with = "ser::frontends")]
+    pub frontends: HashMap<Frontend, Route>,
+    /// NodePorts, on every local address, always `Scope::External`.
+    #[serde(serialize_with = "ser::node_ports")]
+    pub node_ports: HashMap<(Protocol, u16), Route>,
+    /// Every proxied Service port, by Service, for the admin API and the
+    /// policy bindings.
+    #[serde(serialize_with = "ser::services")]
+    pub services: BTreeMap<ServiceKey, Vec<Arc<ServicePort>>>,
+}
+
+impl ServiceTable {
+    /// The route for a connection's original destination. A destination that
+    /// is not a VIP reached us through a NodePort rule.
+    pub fn lookup(&self, protocol: Protocol, dst: SocketAddr) -> Option<&Route> {
+        let key = Frontend {
+            ip: dst.ip(),
+            protocol,
+            port: dst.port(),
+        };
+        self.frontends
+            .get(&key)
+            .or_else(|| self.node_ports.get(&(protocol, dst.port())))
+    }
+}
+
+/// Serialization for the config dump. serde's `rc` feature is off, so
+/// shared values are written through their `Arc`; maps get string keys
+/// (JSON has no others) in a stable order.
+mod ser {
+    use std::collections::{BTreeMap, HashMap};
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use serde::{Serialize, Serializer};
+
+    use super::{Frontend, Protocol, Route, ServiceKey, ServicePort};
+
+    pub(super) fn through_arc<T, S>(value: &Arc<T>, s: S) -> Result<S::Ok, S::Error>
+    where
+        T: Serialize + ?Sized,
+        S: Serializer,
+    {
+        T::serialize(value, s)
+    }
+
+    /// `"10.96.0.10:53/UDP"`, `"[fd00::a]:443/TCP"`.
+    pub(super) fn frontends<S: Serializer>(
+        map: &HashMap<Frontend, Route>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let sorted: BTreeMap<&Frontend, &Route> = map.iter().collect();
+        s.collect_map(sorted.into_iter().map(|(f, route)| {
+            let addr = SocketAddr::new(f.ip, f.port);
+            (format!("{addr}/{}", f.protocol), route)
+        }))
+    }
+
+    /// `"30080/TCP"`.
+    pub(super) fn node_ports<S: Serializer>(
+        map: &HashMap<(Protocol, u16), Route>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let sorted: BTreeMap<&(Protocol, u16), &Route> = map.iter().collect();
+        s.collect_map(
+            sorted
+                .into_iter()
+                .map(|((protocol, port), route)| (format!("{port}/{protocol}"), route)),
+        )
+    }
+
+    /// `"namespace/name"`.
+    pub(super) fn services<S: Serializer>(
+        map: &BTreeMap<ServiceKey, Vec<Arc<ServicePort>>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(map.iter().map(|(key, ports)| {
+            let ports: Vec<&ServicePort> = ports.iter().map(|p| &**p).collect();
+            (key.to_string(), ports)
+        }))
+    }
+}

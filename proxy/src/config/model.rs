@@ -1,0 +1,293 @@
+//! The shape of the config file, with kube-proxy-like camelCase names and
+//! the defaults a node gets when a field is absent.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::HumanDuration;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    /// This node's name (traffic policy Local). Default: `$NODE_NAME`, then
+    /// the host name.
+    pub node_name: Option<String>,
+    pub source: SourceConfig,
+    pub dataplane: DataplaneConfig,
+    pub intercept: InterceptConfig,
+    pub policy: PolicyConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// Directory of Service / EndpointSlice YAML for `kind: file`.
+    pub manifests: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SourceKind {
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "camelCase")]
+pub enum IoMode {
+    /// io_uring when the kernel and seccomp allow it, else epoll.
+    Auto,
+    Uring,
+    Epoll,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct DataplaneConfig {
+    pub io: IoMode,
+    /// Data-plane worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Port the TPROXY listeners bind on every address (TCP and UDP).
+    pub listen_port: u16,
+    pub connect_timeout: HumanDuration,
+    /// Endpoints tried for one connection before it is given up.
+    pub connect_attempts: u32,
+    /// Bytes per direction of a proxied TCP connection's copy buffer.
+    pub buffer_size: usize,
+    pub udp_idle_timeout: HumanDuration,
+    /// UDP flows one worker tracks at most; new flows past it are dropped.
+    pub max_udp_flows: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct InterceptConfig {
+    /// Install nftables rules. Off only for running the data plane against
+    /// rules managed elsewhere.
+    pub enabled: bool,
+    /// The `inet` table Switchyard owns; nothing else is touched.
+    pub table: String,
+    /// Packet mark bit that diverts a packet to the local TPROXY listener.
+    pub divert_mark: u32,
+    /// Socket mark on Switchyard's own upstream sockets; never intercepted.
+    pub bypass_mark: u32,
+    /// Policy-routing table that routes diverted packets to `lo`.
+    pub route_table: u32,
+    pub rule_priority: u32,
+    /// Keep the table at exit so that a restarted proxy finds traffic still
+    /// diverted (a fast restart) instead of falling through to nothing.
+    pub keep_table_on_exit: bool,
+    /// Turn `net.bridge.bridge-nf-call-ip(6)tables` off while running:
+    /// TPROXY cannot intercept Pod traffic that br_netfilter hands to
+    /// iptables at the bridge layer (see intercept/bridge.rs).
+    pub disable_bridge_netfilter: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PolicyConfig {
+    /// Decision maker for Services without a `switchyard.dev/policy`
+    /// annotation.
+    pub default: String,
+    /// Directory of `.wasm` policy modules; a module's name is its stem.
+    pub directory: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct AdminConfig {
+    /// `/healthz`, `/livez`, `/readyz` (kube-proxy's port).
+    pub healthz_address: SocketAddr,
+    /// `/metrics` in Prometheus text format (kube-proxy's port).
+    pub metrics_address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `switchyard=debug,warn`, ...
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "camelCase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            kind: SourceKind::File,
+            manifests: PathBuf::from("conf/services"),
+        }
+    }
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            io: IoMode::Auto,
+            workers: 0,
+            listen_port: 15001,
+            connect_timeout: HumanDuration::from_secs(2),
+            connect_attempts: 3,
+            buffer_size: 64 * 1024,
+            udp_idle_timeout: HumanDuration::from_secs(30),
+            max_udp_flows: 65536,
+        }
+    }
+}
+
+impl Default for InterceptConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            table: "switchyard".into(),
+            divert_mark: 0x0020_0000,
+            bypass_mark: 0x0040_0000,
+            route_table: 2300,
+            rule_priority: 100,
+            keep_table_on_exit: false,
+            disable_bridge_netfilter: true,
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            default: "round-robin".into(),
+            directory: PathBuf::from("policies"),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            healthz_address: SocketAddr::from(([0, 0, 0, 0], 10256)),
+            metrics_address: SocketAddr::from(([127, 0, 0, 1], 10249)),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Checks ranges and relations serde cannot; returns the field path and
+    /// what was expected.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let dp = &self.dataplane;
+        if dp.workers > 256 {
+            return Err((
+                "dataplane.workers",
+                format!(
+                    "{} is too many; expected 0 (one per core) to 256",
+                    dp.workers
+                ),
+            ));
+        }
+        if dp.listen_port == 0 {
+            return Err((
+                "dataplane.listenPort",
+                "expected a port from 1 to 65535".into(),
+            ));
+        }
+        if !(1..=16).contains(&dp.connect_attempts) {
+            return Err((
+                "dataplane.connectAttempts",
+                format!("{} is out of range; expected 1 to 16", dp.connect_attempts),
+            ));
+        }
+        if !(4096..=16 << 20).contains(&dp.buffer_size) {
+            return Err((
+                "dataplane.bufferSize",
+                format!(
+                    "{} is out of range; expected 4096 to 16777216 bytes",
+                    dp.buffer_size
+                ),
+            ));
+        }
+        if dp.connect_timeout.0.is_zero() {
+            return Err((
+                "dataplane.connectTimeout",
+                "expected a positive duration such as \"2s\"".into(),
+            ));
+        }
+        if dp.udp_idle_timeout.0.is_zero() {
+            return Err((
+                "dataplane.udpIdleTimeout",
+                "expected a positive duration such as \"30s\"".into(),
+            ));
+        }
+        if dp.max_udp_flows == 0 {
+            return Err(("dataplane.maxUdpFlows", "expected at least 1".into()));
+        }
+        let ic = &self.intercept;
+        let table_ok = !ic.table.is_empty()
+            && ic.table.len() <= 64
+            && ic
+                .table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !table_ok {
+            return Err((
+                "intercept.table",
+                format!(
+                    "{:?} is not a valid nftables table name; expected 1-64 of [A-Za-z0-9_-]",
+                    ic.table
+                ),
+            ));
+        }
+        if ic.divert_mark == 0 || ic.bypass_mark == 0 || ic.divert_mark & ic.bypass_mark != 0 {
+            return Err((
+                "intercept.divertMark",
+                "divertMark and bypassMark must be non-zero and share no bits".into(),
+            ));
+        }
+        if ic.route_table == 0 || (253..=255).contains(&ic.route_table) {
+            return Err((
+                "intercept.routeTable",
+                format!(
+                    "{} is reserved; expected a table id other than 0, 253, 254, 255",
+                    ic.route_table
+                ),
+            ));
+        }
+        if ic.rule_priority == 0 || ic.rule_priority >= 32766 {
+            return Err((
+                "intercept.rulePriority",
+                format!(
+                    "{} must lie between 1 and 32765 (before the main table)",
+                    ic.rule_priority
+                ),
+            ));
+        }
+        if self.policy.default.is_empty() {
+            return Err((
+                "policy.default",
+                "expected a policy name such as \"round-robin\"".into(),
+            ));
+        }
+        if let Some(name) = &self.node_name
+            && name.is_empty()
+        {
+            return Err(("nodeName", "expected a node name or no field at all".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,104 @@
+//! The parts of a proxied TCP connection that do not depend on the io back
+//! end: where it was going, and the metrics of its life.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use crate::admin::metrics::{Direction, DirectionLabels};
+use crate::catalog::Protocol;
+
+use super::sockets;
+use super::worker::{Resolved, Worker};
+
+/// An accepted connection resolved to a Service port.
+pub struct Accepted {
+    pub client: SocketAddr,
+    /// The original destination (TPROXY keeps it as the local address).
+    pub frontend: SocketAddr,
+    pub target: Resolved,
+}
+
+/// Resolves an accepted socket; resets it when its destination is in no
+/// Service (it raced a snapshot change, or was sent to the listener port).
+pub fn accept(worker: &Worker, client: &impl AsRawFd, peer: SocketAddr) -> Option<Accepted> {
+    let frontend = socket2::SockRef::from(&sockets::borrow(client))
+        .local_addr()
+        .ok()?
+        .as_socket()?;
+    let frontend = sockets::canonical(frontend);
+    let client_addr = sockets::canonical(peer);
+    match worker.resolve(Protocol::Tcp, frontend) {
+        Some(target) => Some(Accepted {
+            client: client_addr,
+            frontend,
+            target,
+        }),
+        None => {
+            worker.metrics.unroutable.inc();
+            tracing::debug!(client = %client_addr, %frontend, "connection to no Service; reset");
+            sockets::reset_on_close(client);
+            None
+        }
+    }
+}
+
+/// Counts a connection while it is open.
+pub struct Active<'a> {
+    worker: &'a Worker,
+    target: &'a Resolved,
+}
+
+impl<'a> Active<'a> {
+    pub fn new(worker: &'a Worker, accepted: &'a Accepted, endpoint: SocketAddr) -> Self {
+        let labels = &accepted.target.labels;
+        tracing::trace!(client = %accepted.client, service = %labels.service, %endpoint, "proxying");
+        worker.metrics.connections.get_or_create(labels).inc();
+        worker
+            .metrics
+            .connections_active
+            .get_or_create(labels)
+            .inc();
+        Self {
+            worker,
+            target: &accepted.target,
+        }
+    }
+
+    pub fn finish(self, to_backend: u64, to_client: u64) {
+        let m = &self.worker.metrics;
+        let labels = &self.target.labels;
+        let by = |direction| DirectionLabels {
+            service: labels.service.clone(),
+            port: labels.port.clone(),
+            direction,
+        };
+        m.bytes.get_or_create(&by(Direction::Tx)).inc_by(to_backend);
+        m.bytes.get_or_create(&by(Direction::Rx)).inc_by(to_client);
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.worker
+            .metrics
+            .connections_active
+            .get_or_create(&self.target.labels)
+            .dec();
+    }
+}
+
+/// Counts an accept error and backs off briefly when the process is out of
+/// file descriptors, instead of spinning on the error.
+pub async fn accept_failed(worker: &Worker, e: &io::Error) {
+    worker.metrics.accept_errors.inc();
+    tracing::warn!(worker = worker.id, error = %e, "accept failed");
+    let out_of_fds = matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    );
+    if out_of_fds {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,149 @@
+//! Socket setup: transparent listeners that TPROXY delivers to, and
+//! upstream sockets that nftables must not intercept again.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Listeners on both families; IPv6 is optional (a node without it still
+/// serves IPv4).
+pub const LISTEN_ADDRS: [&str; 2] = ["0.0.0.0", "::"];
+
+fn domain(addr: &SocketAddr) -> Domain {
+    if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    }
+}
+
+fn set_transparent(socket: &Socket, v6: bool) -> io::Result<()> {
+    if v6 {
+        socket.set_ip_transparent_v6(true)
+    } else {
+        socket.set_ip_transparent_v4(true)
+    }
+}
+
+/// A TCP listener that accepts connections TPROXY diverted to it: bound on
+/// every address with IP_TRANSPARENT, shared by the workers through
+/// SO_REUSEPORT.
+pub fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(
+        domain(&addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    set_transparent(&socket, addr.is_ipv6())?;
+    socket.bind(&SockAddr::from(addr))?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// A UDP socket that receives TPROXY-diverted datagrams and reports each
+/// one's original destination.
+pub fn udp_listener(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(
+        domain(&addr),
+        Type::DGRAM.nonblocking(),
+        Some(Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    set_transparent(&socket, addr.is_ipv6())?;
+    set_recv_orig_dst(&socket, addr.is_ipv6())?;
+    socket.bind(&SockAddr::from(addr))?;
+    Ok(socket.into())
+}
+
+fn set_recv_orig_dst(socket: &Socket, v6: bool) -> io::Result<()> {
+    let (level, name) = if v6 {
+        (libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR)
+    } else {
+        (libc::SOL_IP, libc::IP_RECVORIGDSTADDR)
+    };
+    let one: libc::c_int = 1;
+    // SAFETY: a valid fd, a pointer to a live c_int and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// An unconnected, non-blocking upstream TCP socket for `to`, carrying the
+/// bypass mark so that our own traffic is never diverted back to us.
+pub fn upstream_tcp(to: SocketAddr, bypass_mark: u32) -> io::Result<Socket> {
+    let socket = Socket::new(domain(&to), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    socket.set_mark(bypass_mark)?;
+    socket.set_tcp_nodelay(true)?;
+    Ok(socket)
+}
+
+/// A UDP socket connected to a backend, with the bypass mark.
+pub fn upstream_udp(to: SocketAddr, bypass_mark: u32) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(domain(&to), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+    socket.set_mark(bypass_mark)?;
+    socket.connect(&SockAddr::from(to))?;
+    Ok(socket.into())
+}
+
+/// A UDP socket bound to the Service VIP (not a local address, hence
+/// IP_TRANSPARENT) and connected to the client, so that replies leave from
+/// the address the client sent to.
+pub fn reply_udp(vip: SocketAddr, client: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(domain(&vip), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+    if vip.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    set_transparent(&socket, vip.is_ipv6())?;
+    socket.bind(&SockAddr::from(vip))?;
+    socket.connect(&SockAddr::from(client))?;
+    Ok(socket.into())
+}
+
+/// Closes with a TCP reset instead of a FIN, to tell a client at once that
+/// its connection could not be served.
+pub fn reset_on_close(socket: &impl AsRawFd) {
+    let fd = borrow(socket);
+    let sock = socket2::SockRef::from(&fd);
+    let _ = sock.set_linger(Some(std::time::Duration::ZERO));
+}
+
+/// Borrows a socket's descriptor for a socket2 call. tokio-uring's streams
+/// implement only `AsRawFd`.
+pub fn borrow<T: AsRawFd>(socket: &T) -> BorrowedFd<'_> {
+    // SAFETY: the fd belongs to `socket`, which outlives the borrow.
+    unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) }
+}
+
+/// Maps `::ffff:a.b.c.d` back to IPv4 so that lookups match the table.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}

@@ -1,0 +1,94 @@
+//! TCP on tokio's epoll reactor: the same session logic as the io_uring
+//! back end, for hosts where io_uring is blocked (most container runtimes'
+//! default seccomp profile).
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::session;
+use super::sockets;
+use super::worker::Worker;
+
+pub async fn serve(worker: Rc<Worker>, listener: std::net::TcpListener) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(worker = worker.id, error = %e, "cannot register listener with epoll");
+            return;
+        }
+    };
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::task::spawn_local(handle(worker.clone(), stream, peer));
+            }
+            Err(e) => session::accept_failed(&worker, &e).await,
+        }
+    }
+}
+
+async fn handle(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) {
+    let Some(accepted) = session::accept(&worker, &client, peer) else {
+        return;
+    };
+    let mark = worker.bypass_mark;
+    let connect = |addr| connect(addr, mark);
+    let Some((mut upstream, endpoint)) = worker
+        .connect_upstream(
+            &accepted.target,
+            accepted.client,
+            accepted.frontend,
+            connect,
+        )
+        .await
+    else {
+        sockets::reset_on_close(&client);
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let guard = session::Active::new(&worker, &accepted, endpoint);
+    let (client_read, client_write) = client.split();
+    let (upstream_read, upstream_write) = upstream.split();
+    let (to_backend, to_client) = tokio::join!(
+        pump(&worker, client_read, upstream_write),
+        pump(&worker, upstream_read, client_write)
+    );
+    guard.finish(to_backend, to_client);
+}
+
+async fn connect(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+    let socket = sockets::upstream_tcp(addr, mark)?;
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+    socket.connect(addr).await
+}
+
+/// Copies until EOF, then half-closes the writer (see the io_uring twin).
+async fn pump(worker: &Worker, mut from: ReadHalf<'_>, mut to: WriteHalf<'_>) -> u64 {
+    let mut buf = worker.pool.take();
+    let mut total = 0u64;
+    let failed = loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) => break false,
+            Ok(n) => n,
+            Err(_) => break true,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            break true;
+        }
+        total += n as u64;
+    };
+    worker.pool.give(buf);
+    if failed {
+        sockets::reset_on_close(to.as_ref());
+        let _ = socket2::SockRef::from(from.as_ref()).shutdown(Shutdown::Both);
+        let _ = socket2::SockRef::from(to.as_ref()).shutdown(Shutdown::Both);
+    } else {
+        let _ = to.shutdown().await;
+    }
+    total
+}

@@ -1,0 +1,95 @@
+//! TCP on io_uring (tokio-uring): accept, pick, connect, and a copy loop
+//! per direction whose reads and writes are ring operations on buffers
+//! borrowed from the worker's pool.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::{TcpListener, TcpStream};
+
+use super::session;
+use super::sockets;
+use super::worker::Worker;
+
+pub async fn serve(worker: Rc<Worker>, listener: std::net::TcpListener) {
+    let listener = TcpListener::from_std(listener);
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio_uring::spawn(handle(worker.clone(), stream, peer));
+            }
+            Err(e) => session::accept_failed(&worker, &e).await,
+        }
+    }
+}
+
+async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
+    let Some(accepted) = session::accept(&worker, &client, peer) else {
+        return;
+    };
+    let mark = worker.bypass_mark;
+    let connect = |addr| connect(addr, mark);
+    let Some((upstream, endpoint)) = worker
+        .connect_upstream(
+            &accepted.target,
+            accepted.client,
+            accepted.frontend,
+            connect,
+        )
+        .await
+    else {
+        sockets::reset_on_close(&client);
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let guard = session::Active::new(&worker, &accepted, endpoint);
+    let (to_backend, to_client) = tokio::join!(
+        pump(&worker, &client, &upstream),
+        pump(&worker, &upstream, &client)
+    );
+    guard.finish(to_backend, to_client);
+}
+
+/// Connects with a pre-configured socket. tokio-uring 0.5 can only connect
+/// a socket it creates itself, so the connect runs on the reactor tokio-uring
+/// sits on, and the stream then moves to the ring.
+async fn connect(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+    let socket = sockets::upstream_tcp(addr, mark)?;
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+    let stream = socket.connect(addr).await?;
+    Ok(TcpStream::from_std(stream.into_std()?))
+}
+
+/// Copies `from` → `to` until EOF, then half-closes `to`: a client that
+/// shuts its write side still gets the whole response.
+async fn pump(worker: &Worker, from: &TcpStream, to: &TcpStream) -> u64 {
+    let mut buf = worker.pool.take();
+    let mut total = 0u64;
+    let failed = loop {
+        let (res, b) = from.read(buf).await;
+        buf = b;
+        let n = match res {
+            Ok(0) => break false,
+            Ok(n) => n,
+            Err(_) => break true,
+        };
+        let (res, slice) = to.write_all(buf.slice(..n)).await;
+        buf = slice.into_inner();
+        if res.is_err() {
+            break true;
+        }
+        total += n as u64;
+    };
+    worker.pool.give(buf);
+    if failed {
+        // One side reset: pass the reset on and end the other direction.
+        sockets::reset_on_close(to);
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+    } else {
+        let _ = to.shutdown(Shutdown::Write);
+    }
+    total
+}

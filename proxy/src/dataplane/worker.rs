@@ -1,0 +1,158 @@
+//! What every data-plane worker owns, whatever its io back end: the
+//! snapshot handle, its picker, its buffers, and the decision + connect
+//! loop that TCP and UDP share.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::admin::Metrics;
+use crate::admin::metrics::{FailureLabels, FailureReason, PortLabels};
+use crate::catalog::{Protocol, Route};
+use crate::config::DataplaneConfig;
+use crate::policy::{Outcome, PickRequest, Picker, RoundRobin};
+use crate::snapshot::SharedSnapshot;
+
+use super::bufpool::BufPool;
+
+/// Buffers kept idle per worker beyond the ones in use.
+const MAX_IDLE_BUFFERS: usize = 256;
+
+pub struct Worker {
+    pub id: usize,
+    pub snapshot: SharedSnapshot,
+    pub cfg: DataplaneConfig,
+    pub bypass_mark: u32,
+    pub metrics: Arc<Metrics>,
+    pub pool: BufPool,
+    /// One datagram's worth of space for UDP relaying; never held across an
+    /// await.
+    pub scratch: RefCell<Vec<u8>>,
+    picker: RefCell<RoundRobin>,
+}
+
+/// A connection's destination resolved against one snapshot.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub route: Route,
+    pub route_id: usize,
+    pub generation: u64,
+    pub labels: PortLabels,
+}
+
+impl Worker {
+    pub fn new(
+        id: usize,
+        snapshot: SharedSnapshot,
+        cfg: DataplaneConfig,
+        bypass_mark: u32,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let pool = BufPool::new(cfg.buffer_size, MAX_IDLE_BUFFERS);
+        Self {
+            id,
+            snapshot,
+            cfg,
+            bypass_mark,
+            metrics,
+            pool,
+            scratch: RefCell::new(vec![0; super::udp::MAX_DATAGRAM]),
+            picker: RefCell::new(RoundRobin::default()),
+        }
+    }
+
+    /// Looks the original destination up in the current snapshot.
+    pub fn resolve(&self, protocol: Protocol, dst: SocketAddr) -> Option<Resolved> {
+        let snapshot = self.snapshot.load();
+        let route = snapshot.table.lookup(protocol, dst)?;
+        let port = &route.port;
+        Some(Resolved {
+            route_id: Arc::as_ptr(port) as usize,
+            generation: snapshot.generation,
+            labels: PortLabels {
+                service: port.service.key.to_string(),
+                port: port.name.clone(),
+                protocol: protocol.to_string(),
+            },
+            route: route.clone(),
+        })
+    }
+
+    /// Picks endpoints and connects until one answers, at most
+    /// `connectAttempts` distinct endpoints, each within `connectTimeout`.
+    pub async fn connect_upstream<S, F, Fut>(
+        &self,
+        target: &Resolved,
+        client: SocketAddr,
+        frontend: SocketAddr,
+        mut connect: F,
+    ) -> Option<(S, SocketAddr)>
+    where
+        F: FnMut(SocketAddr) -> Fut,
+        Fut: Future<Output = io::Result<S>>,
+    {
+        let endpoints = target.route.endpoints();
+        let attempts = (self.cfg.connect_attempts as usize).min(endpoints.len());
+        let mut tried: Vec<usize> = Vec::with_capacity(attempts);
+        for _ in 0..attempts {
+            let req = PickRequest {
+                route: &target.route,
+                route_id: target.route_id,
+                generation: target.generation,
+                client,
+                frontend,
+                tried: &tried,
+            };
+            let picked = self.picker.borrow_mut().pick(&req);
+            let index = picked
+                .filter(|&i| i < endpoints.len() && !tried.contains(&i))
+                .or_else(|| (0..endpoints.len()).find(|i| !tried.contains(i)))?;
+            let addr = endpoints[index].addr;
+            let start = Instant::now();
+            let result = tokio::time::timeout(self.cfg.connect_timeout.0, connect(addr)).await;
+            let reason = match result {
+                Ok(Ok(stream)) => {
+                    let outcome = Outcome::Connected {
+                        latency: start.elapsed(),
+                    };
+                    self.picker.borrow_mut().outcome(&req, index, outcome);
+                    return Some((stream, addr));
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(service = %target.labels.service, endpoint = %addr, error = %e, "upstream connect failed");
+                    match e.kind() {
+                        io::ErrorKind::ConnectionRefused => FailureReason::Refused,
+                        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                            FailureReason::Unreachable
+                        }
+                        io::ErrorKind::TimedOut => FailureReason::Timeout,
+                        _ => FailureReason::Other,
+                    }
+                }
+                Err(_) => FailureReason::Timeout,
+            };
+            self.picker
+                .borrow_mut()
+                .outcome(&req, index, Outcome::Failed);
+            self.count_failure(target, reason);
+            tried.push(index);
+        }
+        self.count_failure(target, FailureReason::Exhausted);
+        tracing::warn!(service = %target.labels.service, port = %target.labels.port, client = %client, tried = tried.len(), "no endpoint accepted the connection");
+        None
+    }
+
+    fn count_failure(&self, target: &Resolved, reason: FailureReason) {
+        self.metrics
+            .connect_failures
+            .get_or_create(&FailureLabels {
+                service: target.labels.service.clone(),
+                port: target.labels.port.clone(),
+                reason,
+            })
+            .inc();
+    }
+}

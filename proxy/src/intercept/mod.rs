@@ -1,0 +1,115 @@
+//! Interception with nftables: one `inet` table of our own whose sets hold
+//! the service frontends. A Service change is one atomic batch of element
+//! updates, never a ruleset rewrite.
+
+mod bridge;
+mod command;
+mod elements;
+mod routing;
+mod ruleset;
+
+use std::time::{Duration, Instant};
+
+pub use command::CommandError;
+pub use elements::Elements;
+
+use crate::catalog::ServiceTable;
+use crate::config::InterceptConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InterceptError {
+    #[error("installing nftables table inet {table}: {source}")]
+    Install { table: String, source: CommandError },
+    #[error("installing policy routing (table {route_table}): {source}")]
+    Routing {
+        route_table: u32,
+        source: CommandError,
+    },
+    #[error("updating nftables table inet {table}: {source}")]
+    Update { table: String, source: CommandError },
+}
+
+/// Owns our table and routing rules; knows what is installed.
+#[derive(Debug)]
+pub struct Interceptor {
+    cfg: InterceptConfig,
+    listen_port: u16,
+    installed: Option<Elements>,
+    bridge: bridge::Saved,
+}
+
+/// What one sync did, for logs and metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncStats {
+    pub changed_elements: usize,
+    pub took: Duration,
+}
+
+impl Interceptor {
+    pub fn new(cfg: InterceptConfig, listen_port: u16) -> Self {
+        Self {
+            cfg,
+            listen_port,
+            installed: None,
+            bridge: bridge::Saved::default(),
+        }
+    }
+
+    /// Makes the kernel match `table`: the first call replaces any stale
+    /// table and installs routing; later calls send only element changes.
+    pub fn sync(&mut self, table: &ServiceTable) -> Result<SyncStats, InterceptError> {
+        let start = Instant::now();
+        let want = Elements::from_table(table);
+        let changed = match &self.installed {
+            None => {
+                if self.cfg.disable_bridge_netfilter {
+                    self.bridge = bridge::disable();
+                }
+                routing::install(&self.cfg).map_err(|source| InterceptError::Routing {
+                    route_table: self.cfg.route_table,
+                    source,
+                })?;
+                let batch = ruleset::render(&self.cfg, self.listen_port, &want);
+                command::nft_batch(&batch).map_err(|source| InterceptError::Install {
+                    table: self.cfg.table.clone(),
+                    source,
+                })?;
+                want.len()
+            }
+            Some(have) => {
+                let batch = want.diff_commands(have, &self.cfg.table);
+                if !batch.is_empty() {
+                    command::nft_batch(&batch).map_err(|source| InterceptError::Update {
+                        table: self.cfg.table.clone(),
+                        source,
+                    })?;
+                }
+                batch.lines().count()
+            }
+        };
+        self.installed = Some(want);
+        Ok(SyncStats {
+            changed_elements: changed,
+            took: start.elapsed(),
+        })
+    }
+
+    pub fn is_installed(&self) -> bool {
+        self.installed.is_some()
+    }
+
+    /// Removes our table and routing; what others installed is untouched.
+    pub fn remove(&mut self) -> Result<(), InterceptError> {
+        routing::remove(&self.cfg);
+        self.bridge.restore();
+        self.installed = None;
+        let batch = format!(
+            "table inet {t} {{}}\ndelete table inet {t}\n",
+            t = self.cfg.table
+        );
+        command::nft_batch(&batch).map_err(|source| InterceptError::Update {
+            table: self.cfg.table.clone(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,272 @@
+//! The file source: a directory of manifests, re-read when it changes.
+//! A file that fails to parse keeps its last good contents in force, so one
+//! bad edit never takes Services away.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+use super::manifest::{self, ManifestProblem, Manifests};
+use crate::catalog::Severity;
+
+/// Largest manifest file read; larger ones are rejected, not truncated.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{dir}: cannot read manifest directory: {source}")]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{dir}: cannot watch manifest directory: {source}")]
+    Watch { dir: PathBuf, source: notify::Error },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+#[derive(Debug)]
+struct FileEntry {
+    stamp: Stamp,
+    /// The last contents that parsed without errors.
+    good: Option<Arc<Manifests>>,
+}
+
+/// What one rescan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Whether the set of objects in force changed.
+    pub changed: bool,
+    /// Problems in files read during this scan (errors and warnings).
+    pub problems: Vec<ManifestProblem>,
+}
+
+/// The manifests in force, per file.
+#[derive(Debug)]
+pub struct FileSource {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileEntry>,
+}
+
+impl FileSource {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Re-reads the files whose size or mtime changed, and drops files that
+    /// were removed.
+    pub fn rescan(&mut self) -> Result<Scan, SourceError> {
+        let mut scan = Scan::default();
+        let present = list_manifest_files(&self.dir)?;
+        let before = self.files.len();
+        self.files
+            .retain(|path, _| present.iter().any(|(p, _)| p == path));
+        scan.changed |= self.files.len() != before;
+        for (path, stamp) in present {
+            if self.files.get(&path).is_some_and(|e| e.stamp == stamp) {
+                continue;
+            }
+            let (parsed, problems) = read_manifest(&path, stamp.len);
+            let ok = !problems.iter().any(|p| p.severity == Severity::Error);
+            scan.problems.extend(problems);
+            let entry = self.files.entry(path).or_insert(FileEntry {
+                stamp: stamp.clone(),
+                good: None,
+            });
+            entry.stamp = stamp;
+            if ok {
+                entry.good = Some(Arc::new(parsed));
+                scan.changed = true;
+            }
+        }
+        Ok(scan)
+    }
+
+    /// Every object in force, from every file's last good contents.
+    pub fn manifests(&self) -> Manifests {
+        let mut all = Manifests::default();
+        for good in self.files.values().filter_map(|e| e.good.as_ref()) {
+            all.extend(good);
+        }
+        all
+    }
+}
+
+fn read_manifest(path: &Path, len: u64) -> (Manifests, Vec<ManifestProblem>) {
+    let problem = |message: String| ManifestProblem {
+        file: path.to_owned(),
+        document: 0,
+        object: None,
+        field: "(file)".into(),
+        message,
+        severity: Severity::Error,
+    };
+    if len > MAX_MANIFEST_BYTES {
+        let message = format!("{len} bytes; a manifest file may be at most {MAX_MANIFEST_BYTES}");
+        return (Manifests::default(), vec![problem(message)]);
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) => manifest::parse(&text, path),
+        Err(e) => (
+            Manifests::default(),
+            vec![problem(format!("cannot read: {e}"))],
+        ),
+    }
+}
+
+/// `*.yaml`, `*.yml` and `*.json` files, skipping hidden entries (a
+/// ConfigMap volume's `..data` machinery) and following symlinks.
+fn list_manifest_files(dir: &Path) -> Result<Vec<(PathBuf, Stamp)>, SourceError> {
+    let dir_err = |source| SourceError::Dir {
+        dir: dir.to_owned(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(dir_err)? {
+        let path = entry.map_err(dir_err)?.path();
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'));
+        let manifest_ext = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        );
+        if hidden || !manifest_ext {
+            continue;
+        }
+        // A file removed between listing and stat is simply not there.
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() {
+            let stamp = Stamp {
+                modified: meta.modified().ok(),
+                len: meta.len(),
+            };
+            out.push((path, stamp));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Wakes `tx` when the directory may have changed: inotify events, plus a
+/// slow poll that catches what inotify cannot see (a directory replaced
+/// under its mount point, edits within the same mtime granularity).
+pub fn watch(dir: &Path, tx: mpsc::Sender<()>, poll: Duration) -> Result<WatchGuard, SourceError> {
+    use notify::Watcher;
+    let notify_tx = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            // A full channel already holds a wake-up; dropping this is fine.
+            let _ = notify_tx.try_send(());
+        }
+    })
+    .map_err(|source| SourceError::Watch {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|source| SourceError::Watch {
+            dir: dir.to_owned(),
+            source,
+        })?;
+    let poller = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(poll);
+        loop {
+            tick.tick().await;
+            if tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(WatchGuard {
+        _watcher: watcher,
+        poller,
+    })
+}
+
+/// Stops watching when dropped.
+pub struct WatchGuard {
+    _watcher: notify::RecommendedWatcher,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: demo\nspec:\n  clusterIP: 10.96.0.10\n  ports:\n  - port: 80\n";
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sy-file-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        dir
+    }
+
+    #[test]
+    fn bad_edit_keeps_last_good_contents() {
+        let dir = tempdir("keep");
+        let file = dir.join("web.yaml");
+        std::fs::write(&file, SVC).expect("write");
+        let mut source = FileSource::new(&dir);
+        let scan = source.rescan().expect("scan");
+        assert!(scan.changed && scan.problems.is_empty());
+        assert_eq!(source.manifests().services.len(), 1);
+
+        std::fs::write(&file, "apiVersion: v1\nkind: Service\nmetadata: [broken\n").expect("write");
+        let scan = source.rescan().expect("scan");
+        assert!(!scan.changed);
+        assert_eq!(scan.problems.len(), 1);
+        assert_eq!(
+            source.manifests().services.len(),
+            1,
+            "last good contents stay"
+        );
+
+        std::fs::remove_file(&file).expect("rm");
+        assert!(source.rescan().expect("scan").changed);
+        assert!(source.manifests().services.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn skips_hidden_and_foreign_files() {
+        let dir = tempdir("skip");
+        std::fs::write(dir.join(".hidden.yaml"), SVC).expect("write");
+        std::fs::write(dir.join("notes.txt"), SVC).expect("write");
+        let mut source = FileSource::new(&dir);
+        source.rescan().expect("scan");
+        assert!(source.manifests().services.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn missing_directory_is_an_error() {
+        let mut source = FileSource::new("/nonexistent/switchyard");
+        assert!(source.rescan().is_err());
+    }
+}
