@@ -48,6 +48,12 @@ pub struct RunArgs {
     /// Data-plane worker threads; 0 = one per core (overrides dataplane.workers).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Directory of `.wasm` policy modules, watched for changes (overrides policy.directory).
+    #[arg(long, value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+    /// Policy for Services without a switchyard.dev/policy annotation (overrides policy.default).
+    #[arg(long, value_name = "NAME")]
+    pub default_policy: Option<String>,
     /// Log filter such as `info` or `switchyard=debug` (overrides log.level; RUST_LOG also works).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -84,6 +90,12 @@ impl RunArgs {
         }
         if let Some(workers) = self.workers {
             config.dataplane.workers = workers;
+        }
+        if let Some(dir) = &self.policies {
+            config.policy.directory = dir.clone();
+        }
+        if let Some(name) = &self.default_policy {
+            config.policy.default = name.clone();
         }
         if let Some(level) = &self.log_level {
             config.log.level = level.clone();

@@ -15,6 +15,7 @@ use crate::catalog::{self, NodeContext, Severity};
 use crate::config::Config;
 use crate::dataplane::{self, DataplaneError, IoBackend};
 use crate::intercept::{InterceptError, Interceptor};
+use crate::policy::{Locality, PolicyEngine, PolicyRegistry};
 use crate::snapshot::SharedSnapshot;
 use crate::sources::{FileSource, SourceError};
 
@@ -80,18 +81,36 @@ async fn control(
         })?;
 
     let snapshot = SharedSnapshot::default();
+    let here = Locality {
+        node: Some(node_name.clone()),
+        zone: None,
+    };
+    let registry = match PolicyEngine::new(&config.policy) {
+        Ok(engine) => Some(PolicyRegistry::new(
+            engine,
+            &config.policy.directory,
+            &config.policy.default,
+            here.clone(),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "WebAssembly policies are unavailable; every Service uses the built-in round robin");
+            None
+        }
+    };
     // Listeners first: once nftables diverts a VIP, someone must answer.
-    dataplane::start(
-        backend,
-        workers,
-        &config.dataplane,
-        config.intercept.bypass_mark,
-        snapshot.clone(),
-        metrics.clone(),
-    )?;
+    let shared = dataplane::Shared {
+        cfg: config.dataplane.clone(),
+        bypass_mark: config.intercept.bypass_mark,
+        snapshot: snapshot.clone(),
+        metrics: metrics.clone(),
+        policies: registry.as_ref().map(|r| r.engine().clone()),
+        here,
+    };
+    dataplane::start(backend, workers, &shared)?;
 
     let mut sync = Sync {
         source: FileSource::new(&config.source.manifests),
+        policies: registry,
         node: NodeContext {
             node_name: Some(node_name),
         },
@@ -103,7 +122,13 @@ async fn control(
         metrics,
     };
     let (wake_tx, mut wake_rx) = mpsc::channel(1);
-    let _watch = crate::sources::file::watch(sync.source.dir(), wake_tx, MANIFEST_POLL)?;
+    let _watch = crate::sources::file::watch(sync.source.dir(), wake_tx.clone(), MANIFEST_POLL)?;
+    // The policies directory may appear later; the poll covers that.
+    let _policy_watch = sync
+        .policies
+        .as_ref()
+        .filter(|r| r.dir().is_dir())
+        .and_then(|r| crate::sources::file::watch(r.dir(), wake_tx, MANIFEST_POLL).ok());
     if let Err(e) = sync.run(true) {
         sync.cleanup(&config);
         return Err(e);
@@ -133,6 +158,7 @@ async fn control(
 /// The pipeline from source to data plane and kernel.
 struct Sync {
     source: FileSource,
+    policies: Option<PolicyRegistry>,
     node: NodeContext,
     interceptor: Option<Interceptor>,
     snapshot: SharedSnapshot,
@@ -161,7 +187,8 @@ impl Sync {
                 }
             }
         }
-        if !scan.changed && !first {
+        let policies_changed = self.rescan_policies();
+        if !scan.changed && !policies_changed && !first {
             return Ok(());
         }
         let manifests = self.source.manifests();
@@ -177,7 +204,23 @@ impl Sync {
             }
         }
         let table = Arc::new(built.table);
-        let generation = self.snapshot.publish(table.clone());
+        let bindings = match &mut self.policies {
+            Some(registry) => {
+                let (bindings, problems) = registry.bind(&table);
+                for p in problems {
+                    self.metrics
+                        .rejected_input
+                        .get_or_create(&KindLabels {
+                            kind: "policy-binding".into(),
+                        })
+                        .inc();
+                    tracing::error!("{p}");
+                }
+                bindings
+            }
+            None => Arc::default(),
+        };
+        let generation = self.snapshot.publish(table.clone(), bindings);
         if let Some(interceptor) = &mut self.interceptor {
             match interceptor.sync(&table) {
                 Ok(stats) => {
@@ -215,6 +258,30 @@ impl Sync {
             "service table in force"
         );
         Ok(())
+    }
+
+    /// Loads new and changed policy modules; true when any changed.
+    fn rescan_policies(&mut self) -> bool {
+        let Some(registry) = &mut self.policies else {
+            return false;
+        };
+        let (changed, problems) = registry.rescan();
+        for p in problems {
+            self.metrics
+                .policy_loads
+                .get_or_create(&KindLabels {
+                    kind: "failed".into(),
+                })
+                .inc();
+            tracing::error!("{p}");
+        }
+        if changed {
+            self.metrics
+                .policy_loads
+                .get_or_create(&KindLabels { kind: "ok".into() })
+                .inc();
+        }
+        changed
     }
 
     fn cleanup(&mut self, config: &Config) {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::catalog::ServiceTable;
+use crate::policy::Bindings;
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -13,6 +14,8 @@ pub struct Snapshot {
     /// pointers into an older snapshot reset when it changes.
     pub generation: u64,
     pub table: Arc<ServiceTable>,
+    /// Policy bound to each Service port (by `ServicePort::id`).
+    pub bindings: Arc<Bindings>,
 }
 
 /// Shared handle to the current snapshot.
@@ -28,10 +31,14 @@ impl SharedSnapshot {
         self.0.load_full()
     }
 
-    /// Publishes a new table; returns its generation.
-    pub fn publish(&self, table: Arc<ServiceTable>) -> u64 {
+    /// Publishes a new table and its bindings; returns its generation.
+    pub fn publish(&self, table: Arc<ServiceTable>, bindings: Arc<Bindings>) -> u64 {
         let generation = self.0.load().generation + 1;
-        self.0.store(Arc::new(Snapshot { generation, table }));
+        self.0.store(Arc::new(Snapshot {
+            generation,
+            table,
+            bindings,
+        }));
         generation
     }
 }

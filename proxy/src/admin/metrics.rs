@@ -55,6 +55,18 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyFaultLabels {
+    pub policy: String,
+    /// trap, deadline, out_of_range, bad_pointer, alloc, config, no_choice
+    pub kind: String,
+}
+
 /// Every metric Switchyard exports.
 pub struct Metrics {
     pub connections: Family<PortLabels, Counter>,
@@ -74,6 +86,10 @@ pub struct Metrics {
     pub syncs: Family<KindLabels, Counter>,
     pub sync_duration: Histogram,
     pub nft_batch_duration: Histogram,
+    pub policy_faults: Family<PolicyFaultLabels, Counter>,
+    pub policy_fallbacks: Family<PolicyFaultLabels, Counter>,
+    pub policy_disabled: Family<PolicyLabels, Counter>,
+    pub policy_loads: Family<KindLabels, Counter>,
     registry: Registry,
 }
 
@@ -100,6 +116,10 @@ impl Metrics {
             syncs: Family::default(),
             sync_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             nft_batch_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            policy_faults: Family::default(),
+            policy_fallbacks: Family::default(),
+            policy_disabled: Family::default(),
+            policy_loads: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -155,6 +175,26 @@ impl Metrics {
             "nft_batch_duration_seconds",
             "Time to apply one nftables batch",
             m.nft_batch_duration.clone(),
+        );
+        r.register(
+            "policy_faults",
+            "Policy calls that trapped, ran past the deadline or answered out of range",
+            m.policy_faults.clone(),
+        );
+        r.register(
+            "policy_fallbacks",
+            "Decisions made by a fallback instead of the bound policy, by cause",
+            m.policy_fallbacks.clone(),
+        );
+        r.register(
+            "policy_disabled",
+            "Times a policy was disabled for a Service after repeated faults",
+            m.policy_disabled.clone(),
+        );
+        r.register(
+            "policy_loads",
+            "Policy module loads by result",
+            m.policy_loads.clone(),
         );
         let info = Info::new(vec![("backend".to_owned(), io_backend.to_owned())]);
         r.register("io", "The data-plane io back end in use", info);

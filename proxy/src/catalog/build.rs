@@ -211,6 +211,7 @@ fn translate_parsed(
             select(&all, svc.external_local, node_name)
         };
         let port = Arc::new(ServicePort {
+            id: ServicePort::stable_id(&svc.info.key, &p.name, p.protocol),
             service: Arc::clone(&svc.info),
             name: p.name.clone(),
             protocol: p.protocol,

@@ -53,6 +53,8 @@ pub struct Endpoint {
     pub node_name: Option<String>,
     pub zone: Option<String>,
     pub hostname: Option<String>,
+    /// `targetRef.name`: the Pod's name, what policies match names against.
+    pub target_name: Option<String>,
     /// `conditions.ready`; endpoints that are only serving+terminating are
     /// used solely when no endpoint of the port is ready (kube-proxy's rule).
     pub ready: bool,
@@ -87,6 +89,9 @@ pub struct ServiceInfo {
 /// One port of one Service with the endpoints each scope may use.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ServicePort {
+    /// Stable across snapshots for the same Service port, so that per-worker
+    /// state (policy instances, cursors) survives unrelated changes.
+    pub id: u64,
     #[serde(serialize_with = "ser::through_arc")]
     pub service: Arc<ServiceInfo>,
     /// `spec.ports[].name` ("" when the Service has a single unnamed port).
@@ -105,6 +110,25 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
+    /// FNV-1a over namespace, name, port name and protocol.
+    pub fn stable_id(key: &ServiceKey, port_name: &str, protocol: Protocol) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let parts = [
+            key.namespace.as_bytes(),
+            b"/",
+            key.name.as_bytes(),
+            b":",
+            port_name.as_bytes(),
+            b"/",
+            protocol.nft_name().as_bytes(),
+        ];
+        for byte in parts.into_iter().flatten() {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        hash
+    }
+
     pub fn endpoints(&self, scope: Scope) -> &Arc<[Endpoint]> {
         match scope {
             Scope::Internal => &self.internal,

@@ -14,6 +14,9 @@ impl HumanDuration {
     pub const fn from_millis(ms: u64) -> Self {
         Self(Duration::from_millis(ms))
     }
+    pub const fn from_micros(us: u64) -> Self {
+        Self(Duration::from_micros(us))
+    }
     pub const fn from_secs(s: u64) -> Self {
         Self(Duration::from_secs(s))
     }

@@ -94,7 +94,14 @@ pub struct PolicyConfig {
     /// annotation.
     pub default: String,
     /// Directory of `.wasm` policy modules; a module's name is its stem.
+    /// Watched: a new or replaced module is swapped in live.
     pub directory: PathBuf,
+    /// Longest a single policy call may run before it is stopped.
+    pub deadline: HumanDuration,
+    /// Linear-memory cap of one policy instance, in bytes.
+    pub memory_limit: usize,
+    /// Largest `.wasm` file loaded, in bytes.
+    pub max_module_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,7 +171,10 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             default: "round-robin".into(),
-            directory: PathBuf::from("policies"),
+            directory: PathBuf::from("/etc/switchyard/policies"),
+            deadline: HumanDuration::from_micros(100),
+            memory_limit: 16 << 20,
+            max_module_bytes: 16 << 20,
         }
     }
 }
@@ -274,6 +284,33 @@ impl Config {
                 format!(
                     "{} must lie between 1 and 32765 (before the main table)",
                     ic.rule_priority
+                ),
+            ));
+        }
+        let pc = &self.policy;
+        if pc.deadline.0 < std::time::Duration::from_micros(10)
+            || pc.deadline.0 > std::time::Duration::from_secs(1)
+        {
+            return Err((
+                "policy.deadline",
+                format!("{} is out of range; expected 10us to 1s", pc.deadline),
+            ));
+        }
+        if !(64 << 10..=1 << 30).contains(&pc.memory_limit) {
+            return Err((
+                "policy.memoryLimit",
+                format!(
+                    "{} is out of range; expected 65536 to 1073741824 bytes",
+                    pc.memory_limit
+                ),
+            ));
+        }
+        if !(1024..=256 << 20).contains(&pc.max_module_bytes) {
+            return Err((
+                "policy.maxModuleBytes",
+                format!(
+                    "{} is out of range; expected 1024 to 268435456 bytes",
+                    pc.max_module_bytes
                 ),
             ));
         }

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 
 use crate::admin::Metrics;
 use crate::config::{DataplaneConfig, IoMode};
+use crate::policy::{Locality, PolicyEngine};
 use crate::snapshot::SharedSnapshot;
 
 pub use worker::Worker;
@@ -109,23 +110,39 @@ fn bind_worker_sockets(port: u16) -> Result<WorkerSockets, DataplaneError> {
     Ok(out)
 }
 
+/// What every worker shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub cfg: DataplaneConfig,
+    pub bypass_mark: u32,
+    pub snapshot: SharedSnapshot,
+    pub metrics: Arc<Metrics>,
+    pub policies: Option<Arc<PolicyEngine>>,
+    pub here: Locality,
+}
+
 /// Starts `workers` threads on `backend`.
 pub fn start(
     backend: IoBackend,
     workers: usize,
-    cfg: &DataplaneConfig,
-    bypass_mark: u32,
-    snapshot: SharedSnapshot,
-    metrics: Arc<Metrics>,
+    shared: &Shared,
 ) -> Result<Vec<JoinHandle<()>>, DataplaneError> {
     let mut handles = Vec::with_capacity(workers);
     for id in 0..workers {
-        let sockets = bind_worker_sockets(cfg.listen_port)?;
-        let (cfg, snapshot, metrics) = (cfg.clone(), snapshot.clone(), metrics.clone());
+        let sockets = bind_worker_sockets(shared.cfg.listen_port)?;
+        let s = shared.clone();
         let handle = std::thread::Builder::new()
             .name(format!("sy-worker-{id}"))
             .spawn(move || {
-                let worker = Rc::new(Worker::new(id, snapshot, cfg, bypass_mark, metrics));
+                let worker = Rc::new(Worker::new(
+                    id,
+                    s.snapshot,
+                    s.cfg,
+                    s.bypass_mark,
+                    s.metrics,
+                    s.policies,
+                    s.here,
+                ));
                 run_worker(backend, worker, sockets);
             })
             .map_err(DataplaneError::Thread)?;

@@ -48,6 +48,7 @@ pub fn accept(worker: &Worker, client: &impl AsRawFd, peer: SocketAddr) -> Optio
 pub struct Active<'a> {
     worker: &'a Worker,
     target: &'a Resolved,
+    endpoint: SocketAddr,
 }
 
 impl<'a> Active<'a> {
@@ -63,6 +64,7 @@ impl<'a> Active<'a> {
         Self {
             worker,
             target: &accepted.target,
+            endpoint,
         }
     }
 
@@ -86,6 +88,7 @@ impl Drop for Active<'_> {
             .connections_active
             .get_or_create(&self.target.labels)
             .dec();
+        self.worker.release(self.target, self.endpoint);
     }
 }
 

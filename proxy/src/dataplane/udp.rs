@@ -115,6 +115,7 @@ async fn start_flow(
     tokio::task::spawn_local(async move {
         relay(&worker, &flow, &reply).await;
         flows.borrow_mut().remove(&(client, dst));
+        worker.release(&target, endpoint);
         worker.metrics.udp_flows_active.dec();
     });
 }

@@ -13,7 +13,7 @@ use crate::admin::Metrics;
 use crate::admin::metrics::{FailureLabels, FailureReason, PortLabels};
 use crate::catalog::{Protocol, Route};
 use crate::config::DataplaneConfig;
-use crate::policy::{Outcome, PickRequest, Picker, RoundRobin};
+use crate::policy::{BoundPolicy, Decider, Locality, Outcome, PickRequest, PolicyEngine};
 use crate::snapshot::SharedSnapshot;
 
 use super::bufpool::BufPool;
@@ -31,14 +31,14 @@ pub struct Worker {
     /// One datagram's worth of space for UDP relaying; never held across an
     /// await.
     pub scratch: RefCell<Vec<u8>>,
-    picker: RefCell<RoundRobin>,
+    decider: RefCell<Decider>,
 }
 
 /// A connection's destination resolved against one snapshot.
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub route: Route,
-    pub route_id: usize,
+    pub binding: Option<Arc<BoundPolicy>>,
     pub generation: u64,
     pub labels: PortLabels,
 }
@@ -50,8 +50,11 @@ impl Worker {
         cfg: DataplaneConfig,
         bypass_mark: u32,
         metrics: Arc<Metrics>,
+        policies: Option<Arc<PolicyEngine>>,
+        here: Locality,
     ) -> Self {
         let pool = BufPool::new(cfg.buffer_size, MAX_IDLE_BUFFERS);
+        let decider = Decider::new(policies, here, metrics.clone());
         Self {
             id,
             snapshot,
@@ -60,7 +63,7 @@ impl Worker {
             metrics,
             pool,
             scratch: RefCell::new(vec![0; super::udp::MAX_DATAGRAM]),
-            picker: RefCell::new(RoundRobin::default()),
+            decider: RefCell::new(decider),
         }
     }
 
@@ -70,7 +73,7 @@ impl Worker {
         let route = snapshot.table.lookup(protocol, dst)?;
         let port = &route.port;
         Some(Resolved {
-            route_id: Arc::as_ptr(port) as usize,
+            binding: snapshot.bindings.get(&port.id).cloned(),
             generation: snapshot.generation,
             labels: PortLabels {
                 service: port.service.key.to_string(),
@@ -100,16 +103,14 @@ impl Worker {
         for _ in 0..attempts {
             let req = PickRequest {
                 route: &target.route,
-                route_id: target.route_id,
+                binding: target.binding.as_ref(),
                 generation: target.generation,
                 client,
                 frontend,
                 tried: &tried,
             };
-            let picked = self.picker.borrow_mut().pick(&req);
-            let index = picked
-                .filter(|&i| i < endpoints.len() && !tried.contains(&i))
-                .or_else(|| (0..endpoints.len()).find(|i| !tried.contains(i)))?;
+            let decision = self.decider.borrow_mut().pick(&req)?;
+            let index = decision.index;
             let addr = endpoints[index].addr;
             let start = Instant::now();
             let result = tokio::time::timeout(self.cfg.connect_timeout.0, connect(addr)).await;
@@ -118,7 +119,9 @@ impl Worker {
                     let outcome = Outcome::Connected {
                         latency: start.elapsed(),
                     };
-                    self.picker.borrow_mut().outcome(&req, index, outcome);
+                    self.decider
+                        .borrow_mut()
+                        .outcome(&req, decision, addr, outcome);
                     return Some((stream, addr));
                 }
                 Ok(Err(e)) => {
@@ -134,15 +137,23 @@ impl Worker {
                 }
                 Err(_) => FailureReason::Timeout,
             };
-            self.picker
+            let outcome = Outcome::Failed {
+                after: start.elapsed(),
+            };
+            self.decider
                 .borrow_mut()
-                .outcome(&req, index, Outcome::Failed);
+                .outcome(&req, decision, addr, outcome);
             self.count_failure(target, reason);
             tried.push(index);
         }
         self.count_failure(target, FailureReason::Exhausted);
         tracing::warn!(service = %target.labels.service, port = %target.labels.port, client = %client, tried = tried.len(), "no endpoint accepted the connection");
         None
+    }
+
+    /// A proxied connection or flow to `endpoint` ended.
+    pub fn release(&self, target: &Resolved, endpoint: SocketAddr) {
+        self.decider.borrow_mut().release(&target.route, endpoint);
     }
 
     fn count_failure(&self, target: &Resolved, reason: FailureReason) {

@@ -1,42 +1,23 @@
-//! Backend selection. Every decision maker — the built-in round robin and,
-//! later, Wasm modules — implements [`Picker`], so that they are compared
-//! through one interface.
+//! Backend selection by WebAssembly policy modules (ABI v1, see
+//! policy-sdk/ABI.md), with the built-in round robin as the fallback of
+//! every decision.
+//!
+//! Control plane: [`PolicyRegistry`] loads modules and binds Services.
+//! Data plane: each worker's [`Decider`] owns its instances.
 
-mod round_robin;
+mod binding;
+mod decider;
+mod engine;
+mod instance;
+pub mod layout;
+mod module;
+mod registry;
+mod stats;
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-pub use round_robin::RoundRobin;
-
-use crate::catalog::Route;
-
-/// What a picker knows about a new connection.
-#[derive(Debug)]
-pub struct PickRequest<'a> {
-    pub route: &'a Route,
-    /// Identity of the route's `ServicePort` in the current snapshot; stable
-    /// while the snapshot generation is.
-    pub route_id: usize,
-    pub generation: u64,
-    pub client: SocketAddr,
-    pub frontend: SocketAddr,
-    /// Endpoint indices already tried (and failed) for this connection.
-    pub tried: &'a [usize],
-}
-
-/// How a connection attempt to a picked endpoint ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Connected { latency: Duration },
-    Failed,
-}
-
-/// Chooses an endpoint index into `route.endpoints()`. Owned by one worker:
-/// `&mut self`, no locks.
-pub trait Picker {
-    /// `None` means "no choice": the caller falls back.
-    fn pick(&mut self, req: &PickRequest<'_>) -> Option<usize>;
-
-    fn outcome(&mut self, _req: &PickRequest<'_>, _endpoint: usize, _outcome: Outcome) {}
-}
+pub use binding::{BUILTIN_ROUND_ROBIN, Bindings, BoundPolicy};
+pub use decider::{DecidedBy, Decider, Decision, MAX_FAULTS_IN_ROW, Outcome, PickRequest};
+pub use engine::{EngineError, PolicyEngine};
+pub use instance::{Fault, WasmInstance};
+pub use layout::Locality;
+pub use module::{ModuleError, PolicyModule, content_hash, load as load_module};
+pub use registry::{PolicyProblem, PolicyRegistry, dry_run};

@@ -1,0 +1,435 @@
+//! The per-worker decision maker. For each Service port and scope it keeps
+//! the live statistics, the Wasm instance of the bound module (and of the
+//! module bound before it, for fallback), and a native round robin. A Wasm
+//! fault never fails a connection: the previous module, then the round
+//! robin, answer instead.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::binding::BoundPolicy;
+use super::engine::PolicyEngine;
+use super::instance::{Fault, WasmInstance};
+use super::layout::{CallContext, Locality, encode_table};
+use super::stats::LiveStats;
+use crate::admin::Metrics;
+use crate::admin::metrics::{PolicyFaultLabels, PolicyLabels};
+use crate::catalog::{Endpoint, Route, Scope};
+
+/// Consecutive faults after which a module is disabled for a Service.
+pub const MAX_FAULTS_IN_ROW: u32 = 5;
+/// Port states unused for this many snapshot generations are dropped.
+const STALE_GENERATIONS: u64 = 16;
+
+/// What the data plane knows when it asks for an endpoint.
+#[derive(Debug)]
+pub struct PickRequest<'a> {
+    pub route: &'a Route,
+    pub binding: Option<&'a Arc<BoundPolicy>>,
+    pub generation: u64,
+    pub client: SocketAddr,
+    pub frontend: SocketAddr,
+    /// Endpoint indices that already failed for this connection.
+    pub tried: &'a [usize],
+}
+
+/// Who made a decision, so that its outcome reaches the same module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecidedBy {
+    Current,
+    Previous,
+    Builtin,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Decision {
+    pub index: usize,
+    pub by: DecidedBy,
+    table_version: u64,
+}
+
+/// How a connect attempt to a picked endpoint ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Connected { latency: Duration },
+    Failed { after: Duration },
+}
+
+struct Slot {
+    binding: Arc<BoundPolicy>,
+    instance: Option<WasmInstance>,
+    /// Table version the instance holds.
+    table_version: u64,
+}
+
+struct PortState {
+    endpoints: Arc<[Endpoint]>,
+    table: Vec<u8>,
+    table_version: u64,
+    stats: Vec<LiveStats>,
+    cursor: usize,
+    current: Option<Slot>,
+    previous: Option<Slot>,
+    faults_in_row: u32,
+    disabled: bool,
+    last_generation: u64,
+}
+
+pub struct Decider {
+    engine: Option<Arc<PolicyEngine>>,
+    here: Locality,
+    metrics: Arc<Metrics>,
+    states: HashMap<(u64, Scope), PortState>,
+    generation: u64,
+    started: Instant,
+}
+
+impl Decider {
+    pub fn new(engine: Option<Arc<PolicyEngine>>, here: Locality, metrics: Arc<Metrics>) -> Self {
+        Self {
+            engine,
+            here,
+            metrics,
+            states: HashMap::new(),
+            generation: 0,
+            started: Instant::now(),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        match &self.engine {
+            Some(engine) => engine.now_ns(),
+            None => self.started.elapsed().as_nanos() as u64,
+        }
+    }
+
+    /// Chooses an endpoint index into `req.route.endpoints()`.
+    pub fn pick(&mut self, req: &PickRequest<'_>) -> Option<Decision> {
+        if req.generation != self.generation {
+            self.generation = req.generation;
+            self.prune();
+        }
+        let endpoints = req.route.endpoints();
+        if endpoints.is_empty() {
+            return None;
+        }
+        let now_ns = self.now_ns();
+        let key = (req.route.port.id, req.route.scope);
+        let state = self
+            .states
+            .entry(key)
+            .or_insert_with(|| PortState::new(endpoints));
+        state.last_generation = req.generation;
+        state.refresh_endpoints(endpoints, &self.here);
+        state.refresh_binding(req.binding);
+        let tried = req
+            .tried
+            .iter()
+            .filter(|&&i| i < 64)
+            .fold(0u64, |m, &i| m | 1 << i);
+        let ctx = CallContext {
+            l7: false,
+            client: req.client,
+            frontend: req.frontend,
+            attempt: req.tried.len() as u16,
+            now_ns,
+            tried,
+            count: endpoints.len() as u32,
+        };
+        if let Some(engine) = &self.engine {
+            for by in [DecidedBy::Current, DecidedBy::Previous] {
+                if by == DecidedBy::Current && state.disabled {
+                    continue;
+                }
+                match state.ask(engine, by, &ctx) {
+                    Some(Ok(Some(index))) if !req.tried.contains(&index) => {
+                        if by == DecidedBy::Current {
+                            state.faults_in_row = 0;
+                        }
+                        return Some(Decision {
+                            index,
+                            by,
+                            table_version: state.table_version,
+                        });
+                    }
+                    // "No choice", or an endpoint that already failed: the
+                    // next decision maker answers.
+                    Some(Ok(_)) => count_fallback(&self.metrics, state, by, "no_choice"),
+                    Some(Err(fault)) => count_fault(&self.metrics, state, by, &fault),
+                    None => {}
+                }
+            }
+        }
+        let index = state.round_robin(req.tried)?;
+        Some(Decision {
+            index,
+            by: DecidedBy::Builtin,
+            table_version: state.table_version,
+        })
+    }
+
+    /// Records how a connect attempt went and tells the module that chose.
+    pub fn outcome(
+        &mut self,
+        req: &PickRequest<'_>,
+        decision: Decision,
+        addr: SocketAddr,
+        outcome: Outcome,
+    ) {
+        let key = (req.route.port.id, req.route.scope);
+        let now = Instant::now();
+        let now_ms = (self.now_ns() / 1_000_000) as u32;
+        let Some(state) = self.states.get_mut(&key) else {
+            return;
+        };
+        let Some(index) = state.index_of(decision, addr) else {
+            return;
+        };
+        let (failed, latency) = match outcome {
+            Outcome::Connected { latency } => {
+                state.stats[index].connected(latency, now);
+                (false, latency)
+            }
+            Outcome::Failed { after } => {
+                state.stats[index].failed(now, now_ms);
+                (true, after)
+            }
+        };
+        state.mirror(index);
+        let version = state.table_version;
+        if decision.by != DecidedBy::Builtin
+            && let Some(slot) = state.slot_mut(decision.by)
+            && let Some(instance) = &mut slot.instance
+            && slot.table_version == version
+            && let Err(fault) = instance.outcome(index, failed, latency.as_nanos() as u64)
+        {
+            count_fault(&self.metrics, state, decision.by, &fault);
+        }
+    }
+
+    /// A proxied connection to `addr` ended.
+    pub fn release(&mut self, route: &Route, addr: SocketAddr) {
+        let key = (route.port.id, route.scope);
+        let Some(state) = self.states.get_mut(&key) else {
+            return;
+        };
+        if let Some(index) = state.endpoints.iter().position(|e| e.addr == addr) {
+            state.stats[index].closed();
+            state.mirror(index);
+        }
+    }
+
+    fn prune(&mut self) {
+        let generation = self.generation;
+        self.states.retain(|_, s| {
+            s.last_generation + STALE_GENERATIONS >= generation
+                || s.stats.iter().any(|st| st.active > 0)
+        });
+    }
+}
+
+fn count_fallback(metrics: &Metrics, state: &PortState, by: DecidedBy, kind: &str) {
+    if let Some(slot) = state.slot(by) {
+        let labels = PolicyFaultLabels {
+            policy: slot.binding.module.name.to_string(),
+            kind: kind.to_owned(),
+        };
+        metrics.policy_fallbacks.get_or_create(&labels).inc();
+    }
+}
+
+fn count_fault(metrics: &Metrics, state: &mut PortState, by: DecidedBy, fault: &Fault) {
+    let Some(slot) = state.slot_mut(by) else {
+        return;
+    };
+    let policy = slot.binding.module.name.to_string();
+    if fault.poisons() {
+        slot.instance = None;
+    }
+    let service = slot.binding.service.clone();
+    let labels = PolicyFaultLabels {
+        policy: policy.clone(),
+        kind: fault.kind().to_owned(),
+    };
+    metrics.policy_faults.get_or_create(&labels).inc();
+    metrics.policy_fallbacks.get_or_create(&labels).inc();
+    crate::logging::rate_limited_warn(
+        &format!("policy-fault:{policy}"),
+        || tracing::warn!(%policy, %service, error = %fault, "policy fault; the decision fell back"),
+    );
+    if by == DecidedBy::Current {
+        state.faults_in_row += 1;
+        if state.faults_in_row >= MAX_FAULTS_IN_ROW && !state.disabled {
+            state.disabled = true;
+            metrics
+                .policy_disabled
+                .get_or_create(&PolicyLabels {
+                    policy: policy.clone(),
+                })
+                .inc();
+            tracing::error!(%policy, %service, faults = state.faults_in_row, "policy disabled for this Service after repeated faults; it stays off until the module or the binding changes");
+        }
+    }
+}
+
+impl PortState {
+    fn new(endpoints: &Arc<[Endpoint]>) -> Self {
+        Self {
+            endpoints: Arc::from(Vec::new()),
+            table: Vec::new(),
+            table_version: 0,
+            stats: Vec::new(),
+            cursor: fastrand::usize(..endpoints.len().max(1)),
+            current: None,
+            previous: None,
+            faults_in_row: 0,
+            disabled: false,
+            last_generation: 0,
+        }
+    }
+
+    /// Adopts a new endpoint list; statistics follow endpoints by address.
+    fn refresh_endpoints(&mut self, endpoints: &Arc<[Endpoint]>, here: &Locality) {
+        if Arc::ptr_eq(&self.endpoints, endpoints) {
+            return;
+        }
+        if *self.endpoints == **endpoints && self.table_version > 0 {
+            self.endpoints = endpoints.clone();
+            return;
+        }
+        let old: HashMap<SocketAddr, LiveStats> = self
+            .endpoints
+            .iter()
+            .map(|e| e.addr)
+            .zip(self.stats.iter().copied())
+            .collect();
+        self.stats = endpoints
+            .iter()
+            .map(|e| old.get(&e.addr).copied().unwrap_or_default())
+            .collect();
+        self.endpoints = endpoints.clone();
+        self.table = encode_table(endpoints, here);
+        self.table_version += 1;
+    }
+
+    fn refresh_binding(&mut self, binding: Option<&Arc<BoundPolicy>>) {
+        let current_id = self.current.as_ref().map(|s| s.binding.id);
+        if current_id == binding.map(|b| b.id) {
+            return;
+        }
+        self.previous = self.current.take();
+        self.current = binding.map(|b| Slot {
+            binding: b.clone(),
+            instance: None,
+            table_version: 0,
+        });
+        self.faults_in_row = 0;
+        self.disabled = false;
+    }
+
+    fn slot(&self, by: DecidedBy) -> Option<&Slot> {
+        match by {
+            DecidedBy::Current => self.current.as_ref(),
+            DecidedBy::Previous => self.previous.as_ref(),
+            DecidedBy::Builtin => None,
+        }
+    }
+
+    fn slot_mut(&mut self, by: DecidedBy) -> Option<&mut Slot> {
+        match by {
+            DecidedBy::Current => self.current.as_mut(),
+            DecidedBy::Previous => self.previous.as_mut(),
+            DecidedBy::Builtin => None,
+        }
+    }
+
+    /// Asks one slot's module; `None` when there is no such slot.
+    fn ask(
+        &mut self,
+        engine: &PolicyEngine,
+        by: DecidedBy,
+        ctx: &CallContext,
+    ) -> Option<Result<Option<usize>, Fault>> {
+        let (table, version, count) = (&self.table, self.table_version, self.endpoints.len());
+        let stats = &self.stats;
+        let slot = match by {
+            DecidedBy::Current => self.current.as_mut()?,
+            DecidedBy::Previous => self.previous.as_mut()?,
+            DecidedBy::Builtin => return None,
+        };
+        Some(slot.decide(engine, table, version, count, stats, ctx))
+    }
+
+    fn round_robin(&mut self, tried: &[usize]) -> Option<usize> {
+        let len = self.endpoints.len();
+        for _ in 0..len {
+            let index = self.cursor % len;
+            self.cursor = self.cursor.wrapping_add(1);
+            if !tried.contains(&index) {
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    fn index_of(&self, decision: Decision, addr: SocketAddr) -> Option<usize> {
+        if decision.table_version == self.table_version && decision.index < self.endpoints.len() {
+            return Some(decision.index);
+        }
+        self.endpoints.iter().position(|e| e.addr == addr)
+    }
+
+    /// Copies one endpoint's statistics into every instance's table.
+    fn mirror(&mut self, index: usize) {
+        let fields = self.stats[index].fields();
+        let version = self.table_version;
+        for slot in [self.current.as_mut(), self.previous.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(instance) = &mut slot.instance
+                && slot.table_version == version
+            {
+                for (offset, bytes, len) in &fields {
+                    instance.write_live(index, *offset, &bytes[..*len]);
+                }
+            }
+        }
+    }
+}
+
+impl Slot {
+    fn decide(
+        &mut self,
+        engine: &PolicyEngine,
+        table: &[u8],
+        version: u64,
+        count: usize,
+        stats: &[LiveStats],
+        ctx: &CallContext,
+    ) -> Result<Option<usize>, Fault> {
+        if self.instance.is_none() {
+            self.instance = Some(WasmInstance::new(
+                engine,
+                &self.binding.module,
+                &self.binding.config,
+            )?);
+            self.table_version = 0;
+        }
+        let Some(instance) = self.instance.as_mut() else {
+            return Ok(None);
+        };
+        if self.table_version != version || !instance.has_table() {
+            instance.set_endpoints(table, count)?;
+            for (index, st) in stats.iter().enumerate() {
+                for (offset, bytes, len) in st.fields() {
+                    instance.write_live(index, offset, &bytes[..len]);
+                }
+            }
+            self.table_version = version;
+        }
+        instance.pick(ctx)
+    }
+}

@@ -1,0 +1,215 @@
+//! The wasmtime engine all policy modules share: Cranelift, epoch
+//! interruption driven by one ticker thread (far cheaper per call than fuel
+//! metering), and the host functions of ABI v1.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::{Caller, Config, Engine, Linker, OptLevel, StoreLimits, StoreLimitsBuilder};
+
+use crate::config::PolicyConfig;
+
+/// Longest message kept from `set_error`.
+const MAX_ERROR_BYTES: usize = 1024;
+/// Log lines a policy instance may emit per second.
+const LOG_LINES_PER_SEC: u32 = 10;
+
+/// Per-instance host state.
+pub struct HostState {
+    pub limits: StoreLimits,
+    /// Set by the guest's `set_error` before it rejects a config.
+    pub error: Option<String>,
+    pub policy: Arc<str>,
+    pub rng: fastrand::Rng,
+    log_window: Instant,
+    log_lines: u32,
+}
+
+impl HostState {
+    pub fn new(policy: Arc<str>, memory_limit: usize) -> Self {
+        Self {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_limit)
+                .instances(1)
+                .memories(1)
+                .tables(4)
+                .table_elements(65536)
+                .build(),
+            error: None,
+            policy,
+            rng: fastrand::Rng::new(),
+            log_window: Instant::now(),
+            log_lines: 0,
+        }
+    }
+
+    fn allow_log(&mut self) -> bool {
+        if self.log_window.elapsed() >= Duration::from_secs(1) {
+            self.log_window = Instant::now();
+            self.log_lines = 0;
+        }
+        self.log_lines += 1;
+        self.log_lines <= LOG_LINES_PER_SEC
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Create(wasmtime::Error),
+    #[error("cannot define host function {name}: {source}")]
+    Link {
+        name: &'static str,
+        source: wasmtime::Error,
+    },
+}
+
+/// Shared by every worker; `Engine` and `Linker` are `Send + Sync`.
+pub struct PolicyEngine {
+    pub engine: Engine,
+    pub linker: Linker<HostState>,
+    /// Epoch ticks a call may run (the deadline).
+    pub deadline_ticks: u64,
+    pub memory_limit: usize,
+    pub max_module_bytes: u64,
+    pub epoch_start: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("deadline_ticks", &self.deadline_ticks)
+            .finish()
+    }
+}
+
+impl Drop for PolicyEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PolicyEngine {
+    pub fn new(cfg: &PolicyConfig) -> Result<Arc<Self>, EngineError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(OptLevel::Speed);
+        // Policies are small; a deep guest stack only hides runaway recursion.
+        config.max_wasm_stack(256 << 10);
+        let engine = Engine::new(&config).map_err(EngineError::Create)?;
+        let epoch_start = Instant::now();
+        let linker = link(&engine, epoch_start)?;
+        // Two ticks per deadline: a call is stopped between one and two
+        // ticks after its deadline was armed.
+        let tick = (cfg.deadline.0 / 2).max(Duration::from_micros(5));
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), tick, stop.clone());
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            deadline_ticks: 2,
+            memory_limit: cfg.memory_limit,
+            max_module_bytes: cfg.max_module_bytes,
+            epoch_start,
+            stop,
+        }))
+    }
+
+    /// `now_ns` of the ABI: monotonic since the engine started.
+    pub fn now_ns(&self) -> u64 {
+        self.epoch_start.elapsed().as_nanos() as u64
+    }
+}
+
+fn spawn_ticker(engine: Engine, tick: Duration, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new()
+        .name("sy-policy-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                engine.increment_epoch();
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the ticker no deadline fires; say so loudly.
+        tracing::error!(error = %e, "cannot start the policy deadline ticker; looping policies will not be stopped");
+    }
+}
+
+/// Reads `len` bytes at `ptr` from the caller's exported memory.
+fn guest_bytes(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+    max: usize,
+) -> Option<Vec<u8>> {
+    let memory = caller.get_export("memory")?.into_memory()?;
+    let data = memory.data(&caller);
+    let start = usize::try_from(ptr).ok()?;
+    let len = usize::try_from(len).ok()?.min(max);
+    data.get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
+}
+
+fn link(engine: &Engine, start: Instant) -> Result<Linker<HostState>, EngineError> {
+    let mut linker = Linker::new(engine);
+    let err = |name| move |source| EngineError::Link { name, source };
+    linker
+        .func_wrap("switchyard", "now_ns", move || {
+            start.elapsed().as_nanos() as i64
+        })
+        .map_err(err("now_ns"))?;
+    linker
+        .func_wrap(
+            "switchyard",
+            "random_u64",
+            |mut caller: Caller<'_, HostState>| caller.data_mut().rng.u64(..) as i64,
+        )
+        .map_err(err("random_u64"))?;
+    linker
+        .func_wrap(
+            "switchyard",
+            "log",
+            |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
+                if !caller.data_mut().allow_log() {
+                    return;
+                }
+                let text = guest_bytes(&mut caller, ptr, len, 4096).unwrap_or_default();
+                let text = String::from_utf8_lossy(&text);
+                let policy = caller.data().policy.clone();
+                match level {
+                    0 => tracing::error!(%policy, "policy says: {text}"),
+                    1 => tracing::warn!(%policy, "policy says: {text}"),
+                    2 => tracing::info!(%policy, "policy says: {text}"),
+                    _ => tracing::debug!(%policy, "policy says: {text}"),
+                }
+            },
+        )
+        .map_err(err("log"))?;
+    linker
+        .func_wrap(
+            "switchyard",
+            "set_error",
+            |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| {
+                let text = guest_bytes(&mut caller, ptr, len, MAX_ERROR_BYTES).unwrap_or_default();
+                caller.data_mut().error = Some(String::from_utf8_lossy(&text).into_owned());
+            },
+        )
+        .map_err(err("set_error"))?;
+    linker
+        .func_wrap(
+            "switchyard",
+            "request_attr",
+            // L4 connections have no request attributes.
+            |_: Caller<'_, HostState>,
+             _kind: i32,
+             _name_ptr: i32,
+             _name_len: i32,
+             _out_ptr: i32,
+             _out_cap: i32|
+             -> i32 { -1 },
+        )
+        .map_err(err("request_attr"))?;
+    Ok(linker)
+}

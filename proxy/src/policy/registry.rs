@@ -1,0 +1,305 @@
+//! The control plane's side of policies: the modules in the policies
+//! directory (compiled once per content hash, replaced live), and the
+//! binding of each Service port to a module, validated before it is
+//! published. A failed load or binding leaves the previous one in force.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::binding::{BUILTIN_ROUND_ROBIN, Bindings, BoundPolicy};
+use super::engine::PolicyEngine;
+use super::instance::WasmInstance;
+use super::layout::{CallContext, Locality, encode_table};
+use super::module::{self, ModuleError, PolicyModule};
+use crate::catalog::{ServiceKey, ServicePort, ServiceTable};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+struct Loaded {
+    stamp: Stamp,
+    module: Arc<PolicyModule>,
+}
+
+/// A problem with a module file or a Service's binding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyProblem {
+    #[error("{file}: {error}; the previous version of this module (if any) stays in force")]
+    Module { file: PathBuf, error: ModuleError },
+    #[error("{file}: cannot read: {error}")]
+    Read { file: PathBuf, error: String },
+    #[error(
+        "Service {service}: annotation switchyard.dev/policy: unknown policy {name:?} (loaded: {loaded}); the Service keeps its previous policy"
+    )]
+    Unknown {
+        service: ServiceKey,
+        name: String,
+        loaded: String,
+    },
+    #[error(
+        "Service {service}: policy {policy} refused the binding: {reason}; the Service keeps its previous policy"
+    )]
+    Rejected {
+        service: ServiceKey,
+        policy: String,
+        reason: String,
+    },
+}
+
+pub struct PolicyRegistry {
+    engine: Arc<PolicyEngine>,
+    dir: PathBuf,
+    default: String,
+    here: Locality,
+    loaded: BTreeMap<String, Loaded>,
+    bindings: Arc<Bindings>,
+    /// Validation results per (module hash, config): a dry run is done once.
+    verdicts: HashMap<(String, Arc<str>), Result<(), String>>,
+    next_id: u64,
+}
+
+impl PolicyRegistry {
+    pub fn new(engine: Arc<PolicyEngine>, dir: &Path, default: &str, here: Locality) -> Self {
+        Self {
+            engine,
+            dir: dir.to_owned(),
+            default: default.to_owned(),
+            here,
+            loaded: BTreeMap::new(),
+            bindings: Arc::default(),
+            verdicts: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn engine(&self) -> &Arc<PolicyEngine> {
+        &self.engine
+    }
+
+    pub fn modules(&self) -> impl Iterator<Item = &Arc<PolicyModule>> {
+        self.loaded.values().map(|l| &l.module)
+    }
+
+    /// Loads new and changed `.wasm` files. Returns whether any module
+    /// changed, and the problems met. A missing directory means no modules.
+    pub fn rescan(&mut self) -> (bool, Vec<PolicyProblem>) {
+        let mut changed = false;
+        let mut problems = Vec::new();
+        for (name, path, stamp) in list_modules(&self.dir) {
+            if self.loaded.get(&name).is_some_and(|l| l.stamp == stamp) {
+                continue;
+            }
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    problems.push(PolicyProblem::Read {
+                        file: path,
+                        error: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let hash = module::content_hash(&bytes);
+            if let Some(loaded) = self.loaded.get_mut(&name)
+                && loaded.module.hash == hash
+            {
+                loaded.stamp = stamp;
+                continue;
+            }
+            match module::load(&self.engine, &name, &bytes) {
+                Ok(module) => {
+                    tracing::info!(policy = %name, hash = &module.hash[..12], bytes = module.size, "policy module loaded");
+                    self.loaded.insert(
+                        name,
+                        Loaded {
+                            stamp,
+                            module: Arc::new(module),
+                        },
+                    );
+                    changed = true;
+                }
+                Err(error) => {
+                    // Remember the stamp so that the same bad file is
+                    // reported once, not at every poll.
+                    if let Some(loaded) = self.loaded.get_mut(&name) {
+                        loaded.stamp = stamp;
+                    }
+                    problems.push(PolicyProblem::Module { file: path, error });
+                }
+            }
+        }
+        (changed, problems)
+    }
+
+    /// Binds every Service port of `table` to its module, reusing bindings
+    /// that did not change and validating the ones that did.
+    pub fn bind(&mut self, table: &ServiceTable) -> (Arc<Bindings>, Vec<PolicyProblem>) {
+        let mut next = Bindings::new();
+        let mut problems = Vec::new();
+        for (key, ports) in &table.services {
+            let Some(info) = ports.first().map(|p| &p.service) else {
+                continue;
+            };
+            let name = info.policy.clone().unwrap_or_else(|| self.default.clone());
+            let name = name.as_str();
+            let config: Arc<str> = Arc::from(info.policy_config.as_deref().unwrap_or("{}"));
+            let module = match self.loaded.get(name) {
+                Some(l) => l.module.clone(),
+                None => {
+                    let silent = name == BUILTIN_ROUND_ROBIN
+                        || (info.policy.is_none() && name == self.default);
+                    if !silent {
+                        let loaded = self.loaded.keys().cloned().collect::<Vec<_>>().join(", ");
+                        problems.push(PolicyProblem::Unknown {
+                            service: key.clone(),
+                            name: name.to_owned(),
+                            loaded,
+                        });
+                        self.keep_previous(ports, &mut next);
+                    }
+                    continue;
+                }
+            };
+            for port in ports {
+                match self.bind_port(key, port, &module, &config) {
+                    Ok(bound) => {
+                        next.insert(port.id, bound);
+                    }
+                    Err(reason) => {
+                        problems.push(PolicyProblem::Rejected {
+                            service: key.clone(),
+                            policy: name.to_owned(),
+                            reason,
+                        });
+                        self.keep_previous(ports, &mut next);
+                        break;
+                    }
+                }
+            }
+        }
+        self.bindings = Arc::new(next);
+        (self.bindings.clone(), problems)
+    }
+
+    fn keep_previous(&self, ports: &[Arc<ServicePort>], next: &mut Bindings) {
+        for port in ports {
+            if let Some(previous) = self.bindings.get(&port.id) {
+                next.insert(port.id, previous.clone());
+            }
+        }
+    }
+
+    fn bind_port(
+        &mut self,
+        key: &ServiceKey,
+        port: &ServicePort,
+        module: &Arc<PolicyModule>,
+        config: &Arc<str>,
+    ) -> Result<Arc<BoundPolicy>, String> {
+        if let Some(previous) = self.bindings.get(&port.id)
+            && previous.module.hash == module.hash
+            && previous.module.name == module.name
+            && previous.config == *config
+        {
+            return Ok(previous.clone());
+        }
+        let verdict_key = (module.hash.clone(), config.clone());
+        let verdict = match self.verdicts.get(&verdict_key) {
+            Some(v) => v.clone(),
+            None => {
+                let v = dry_run(&self.engine, module, config, port, &self.here);
+                if self.verdicts.len() > 4096 {
+                    self.verdicts.clear();
+                }
+                self.verdicts.insert(verdict_key, v.clone());
+                v
+            }
+        };
+        verdict?;
+        let id = self.next_id;
+        self.next_id += 1;
+        Ok(Arc::new(BoundPolicy {
+            id,
+            service: key.clone(),
+            module: module.clone(),
+            config: config.clone(),
+        }))
+    }
+}
+
+/// Instantiates with the config, hands over the live endpoints and asks for
+/// one decision: a module that cannot do that is never bound.
+pub fn dry_run(
+    engine: &PolicyEngine,
+    module: &PolicyModule,
+    config: &str,
+    port: &ServicePort,
+    here: &Locality,
+) -> Result<(), String> {
+    let mut instance = WasmInstance::new(engine, module, config).map_err(|f| f.to_string())?;
+    let endpoints = &port.internal;
+    instance
+        .set_endpoints(&encode_table(endpoints, here), endpoints.len())
+        .map_err(|f| format!("on its endpoint table: {f}"))?;
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    let client = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+    let ctx = CallContext {
+        l7: false,
+        client,
+        frontend: client,
+        attempt: 0,
+        now_ns: engine.now_ns(),
+        tried: 0,
+        count: endpoints.len() as u32,
+    };
+    instance
+        .pick(&ctx)
+        .map(drop)
+        .map_err(|f| format!("on a trial pick: {f}"))
+}
+
+fn list_modules(dir: &Path) -> Vec<(String, PathBuf, Stamp)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("wasm") {
+            continue;
+        }
+        let Some(name) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|n| !n.starts_with('.'))
+        else {
+            continue;
+        };
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() {
+            out.push((
+                name.to_owned(),
+                path.clone(),
+                Stamp {
+                    modified: meta.modified().ok(),
+                    len: meta.len(),
+                },
+            ));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
