@@ -28,7 +28,7 @@ fn shipped_default_config_parses() {
 #[test]
 fn unknown_field_is_named() {
     let (field, message) = field_error("dataplane:\n  wokers: 2\n");
-    assert_eq!(field, "dataplane");
+    assert_eq!(field, "dataplane.wokers");
     assert!(message.contains("wokers"), "{message}");
 }
 
