@@ -29,6 +29,11 @@ pub enum Command {
     Run(RunArgs),
     /// Validate a config file and a manifest directory; exit non-zero on errors.
     Check(CheckArgs),
+    /// Check a policy module, or simulate its decisions on real manifests.
+    Policy {
+        #[command(subcommand)]
+        command: crate::policy_cli::PolicyCommand,
+    },
 }
 
 #[derive(Debug, Args)]

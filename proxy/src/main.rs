@@ -1,6 +1,7 @@
 //! The `switchyard` command: `run` the proxy, `check` config and manifests.
 
 mod cli;
+mod policy_cli;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => cli::check(&args),
+        Command::Policy { command } => policy_cli::run(&command),
     };
     match result {
         Ok(code) => code,

@@ -8,7 +8,8 @@ use switchyard::admin::Metrics;
 use switchyard::catalog::{Endpoint, Protocol, Route, Scope, ServiceInfo, ServiceKey, ServicePort};
 use switchyard::config::PolicyConfig;
 use switchyard::policy::{
-    BoundPolicy, DecidedBy, Decider, Fault, Locality, ModuleError, PickRequest, PolicyEngine, WasmInstance, load_module,
+    BoundPolicy, DecidedBy, Decider, Fault, Locality, ModuleError, PickRequest, PolicyEngine,
+    WasmInstance, load_module,
 };
 
 /// A well-behaved round robin; `$PICK` is replaced to make bad variants.
@@ -57,7 +58,10 @@ fn load_err(bytes: &[u8]) -> ModuleError {
 
 fn route(n: usize) -> Route {
     let service = Arc::new(ServiceInfo {
-        key: ServiceKey { namespace: "demo".into(), name: "web".into() },
+        key: ServiceKey {
+            namespace: "demo".into(),
+            name: "web".into(),
+        },
         policy: None,
         policy_config: None,
         affinity_timeout: None,
@@ -87,20 +91,31 @@ fn route(n: usize) -> Route {
         internal: endpoints.clone(),
         external: endpoints,
     };
-    Route { port: Arc::new(port), scope: Scope::Internal }
+    Route {
+        port: Arc::new(port),
+        scope: Scope::Internal,
+    }
 }
 
 fn bound(engine: &PolicyEngine, id: u64, bytes: &[u8]) -> Arc<BoundPolicy> {
     let module = load_module(engine, "test", bytes).expect("module loads");
     Arc::new(BoundPolicy {
         id,
-        service: ServiceKey { namespace: "demo".into(), name: "web".into() },
+        service: ServiceKey {
+            namespace: "demo".into(),
+            name: "web".into(),
+        },
         module: Arc::new(module),
         config: Arc::from("{}"),
     })
 }
 
-fn picks(decider: &mut Decider, route: &Route, binding: &Arc<BoundPolicy>, n: usize) -> Vec<(usize, DecidedBy)> {
+fn picks(
+    decider: &mut Decider,
+    route: &Route,
+    binding: &Arc<BoundPolicy>,
+    n: usize,
+) -> Vec<(usize, DecidedBy)> {
     (0..n)
         .map(|_| {
             let req = PickRequest {
@@ -119,7 +134,10 @@ fn picks(decider: &mut Decider, route: &Route, binding: &Arc<BoundPolicy>, n: us
 
 fn decider(engine: &Arc<PolicyEngine>) -> (Decider, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new("test"));
-    (Decider::new(Some(engine.clone()), Locality::default(), metrics.clone()), metrics)
+    (
+        Decider::new(Some(engine.clone()), Locality::default(), metrics.clone()),
+        metrics,
+    )
 }
 
 #[test]
@@ -129,28 +147,48 @@ fn a_good_module_decides() {
     let (mut d, _) = decider(&engine);
     let route = route(3);
     let got = picks(&mut d, &route, &binding, 6);
-    assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 1, 2, 0, 1, 2]);
+    assert_eq!(
+        got.iter().map(|p| p.0).collect::<Vec<_>>(),
+        vec![0, 1, 2, 0, 1, 2]
+    );
     assert!(got.iter().all(|p| p.1 == DecidedBy::Current));
 }
 
 #[test]
 fn missing_export_is_named() {
-    let text = GOOD.replace("$PICK", "(i32.const 0)").replace("(export \"sy_pick\")", "");
-    assert_eq!(load_err(&wat_text(&text)), ModuleError::MissingExport("sy_pick"));
+    let text = GOOD
+        .replace("$PICK", "(i32.const 0)")
+        .replace("(export \"sy_pick\")", "");
+    assert_eq!(
+        load_err(&wat_text(&text)),
+        ModuleError::MissingExport("sy_pick")
+    );
 }
 
 #[test]
 fn wrong_export_type_is_named() {
-    let text = GOOD
-        .replace("$PICK", "(i32.const 0)")
-        .replace("(func (export \"sy_abi_version\") (result i32) (i32.const 1))", "(func (export \"sy_abi_version\") (result i64) (i64.const 1))");
-    assert!(matches!(load_err(&wat_text(&text)), ModuleError::ExportType { name: "sy_abi_version", .. }));
+    let text = GOOD.replace("$PICK", "(i32.const 0)").replace(
+        "(func (export \"sy_abi_version\") (result i32) (i32.const 1))",
+        "(func (export \"sy_abi_version\") (result i64) (i64.const 1))",
+    );
+    assert!(matches!(
+        load_err(&wat_text(&text)),
+        ModuleError::ExportType {
+            name: "sy_abi_version",
+            ..
+        }
+    ));
 }
 
 #[test]
 fn wrong_version_is_refused() {
-    let text = GOOD.replace("$PICK", "(i32.const 0)").replace("(result i32) (i32.const 1))", "(result i32) (i32.const 2))");
-    assert_eq!(load_err(&wat_text(&text)), ModuleError::Version { found: 2 });
+    let text = GOOD
+        .replace("$PICK", "(i32.const 0)")
+        .replace("(result i32) (i32.const 1))", "(result i32) (i32.const 2))");
+    assert_eq!(
+        load_err(&wat_text(&text)),
+        ModuleError::Version { found: 2 }
+    );
 }
 
 #[test]
@@ -158,25 +196,44 @@ fn foreign_import_is_refused() {
     let text = GOOD
         .replace("$PICK", "(i32.const 0)")
         .replace("(memory (export", "(import \"wasi_snapshot_preview1\" \"fd_write\" (func (param i32 i32 i32 i32) (result i32)))\n  (memory (export");
-    assert!(matches!(load_err(&wat_text(&text)), ModuleError::ForeignImport { module, .. } if module == "wasi_snapshot_preview1"));
+    assert!(
+        matches!(load_err(&wat_text(&text)), ModuleError::ForeignImport { module, .. } if module == "wasi_snapshot_preview1")
+    );
 }
 
 #[test]
 fn mistyped_abi_import_is_refused() {
-    let text = GOOD.replace("$PICK", "(i32.const 0)").replace("(func $now (result i64))", "(func $now (result i32))");
-    assert!(matches!(load_err(&wat_text(&text)), ModuleError::ImportType { .. }));
+    let text = GOOD
+        .replace("$PICK", "(i32.const 0)")
+        .replace("(func $now (result i64))", "(func $now (result i32))");
+    assert!(matches!(
+        load_err(&wat_text(&text)),
+        ModuleError::ImportType { .. }
+    ));
 }
 
 #[test]
 fn garbage_is_refused() {
-    assert!(matches!(load_err(b"\0asm\x01\0\0\0garbage"), ModuleError::Invalid(_)));
-    assert!(matches!(load_err(b"not wasm at all"), ModuleError::Invalid(_)));
+    assert!(matches!(
+        load_err(b"\0asm\x01\0\0\0garbage"),
+        ModuleError::Invalid(_)
+    ));
+    assert!(matches!(
+        load_err(b"not wasm at all"),
+        ModuleError::Invalid(_)
+    ));
 }
 
 #[test]
 fn oversized_initial_memory_is_refused() {
-    let text = GOOD.replace("$PICK", "(i32.const 0)").replace("(memory (export \"memory\") 1)", "(memory (export \"memory\") 1024)");
-    assert!(matches!(load_err(&wat_text(&text)), ModuleError::MemoryTooLarge { .. }));
+    let text = GOOD.replace("$PICK", "(i32.const 0)").replace(
+        "(memory (export \"memory\") 1)",
+        "(memory (export \"memory\") 1024)",
+    );
+    assert!(matches!(
+        load_err(&wat_text(&text)),
+        ModuleError::MemoryTooLarge { .. }
+    ));
 }
 
 #[test]
@@ -184,7 +241,13 @@ fn memory_growth_past_the_cap_fails_inside_the_guest() {
     let engine = engine();
     // Grows by 512 pages (32 MiB) > 16 MiB cap: memory.grow must return -1,
     // and the module reports that as its answer.
-    let binding = bound(&engine, 1, &wat("(drop (memory.grow (i32.const 512))) (if (i32.eq (memory.grow (i32.const 512)) (i32.const -1)) (then (return (i32.const 0)))) (i32.const 1)"));
+    let binding = bound(
+        &engine,
+        1,
+        &wat(
+            "(drop (memory.grow (i32.const 512))) (if (i32.eq (memory.grow (i32.const 512)) (i32.const -1)) (then (return (i32.const 0)))) (i32.const 1)",
+        ),
+    );
     let (mut d, _) = decider(&engine);
     let got = picks(&mut d, &route(3), &binding, 1);
     assert_eq!(got, vec![(0, DecidedBy::Current)]);
@@ -197,7 +260,11 @@ fn out_of_range_answer_falls_back_and_is_counted() {
     let (mut d, metrics) = decider(&engine);
     let got = picks(&mut d, &route(3), &binding, 3);
     assert!(got.iter().all(|p| p.1 == DecidedBy::Builtin && p.0 < 3));
-    assert!(metrics.encode().contains("switchyard_policy_faults_total{policy=\"test\",kind=\"out_of_range\"} 3"));
+    assert!(
+        metrics
+            .encode()
+            .contains("switchyard_policy_faults_total{policy=\"test\",kind=\"out_of_range\"} 3")
+    );
 }
 
 #[test]
@@ -209,14 +276,24 @@ fn a_trap_falls_back_and_repeated_faults_disable_the_module() {
     let got = picks(&mut d, &route, &binding, 10);
     assert!(got.iter().all(|p| p.1 == DecidedBy::Builtin));
     let text = metrics.encode();
-    assert!(text.contains("switchyard_policy_faults_total{policy=\"test\",kind=\"trap\"} 5"), "{text}");
-    assert!(text.contains("switchyard_policy_disabled_total{policy=\"test\"} 1"), "{text}");
+    assert!(
+        text.contains("switchyard_policy_faults_total{policy=\"test\",kind=\"trap\"} 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("switchyard_policy_disabled_total{policy=\"test\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]
 fn an_endless_loop_hits_the_deadline() {
     let engine = engine();
-    let binding = bound(&engine, 1, &wat("(loop $forever (br $forever)) (i32.const 0)"));
+    let binding = bound(
+        &engine,
+        1,
+        &wat("(loop $forever (br $forever)) (i32.const 0)"),
+    );
     let (mut d, metrics) = decider(&engine);
     let got = picks(&mut d, &route(2), &binding, 2);
     assert!(got.iter().all(|p| p.1 == DecidedBy::Builtin));
@@ -243,7 +320,9 @@ fn a_rejected_config_carries_the_module_message() {
         .replace("(import \"switchyard\" \"now_ns\" (func $now (result i64)))", "(import \"switchyard\" \"set_error\" (func $err (param i32 i32)))\n  (data (i32.const 16) \"weights must be positive\")")
         .replace("(func (export \"sy_init\") (param i32 i32) (result i32) (i32.const 0))", "(func (export \"sy_init\") (param i32 i32) (result i32) (call $err (i32.const 16) (i32.const 24)) (i32.const 1))");
     let module = load_module(&engine, "picky", &wat_text(&text)).expect("loads");
-    let err = WasmInstance::new(&engine, &module, "{\"weights\": -1}").err().expect("config rejected");
+    let err = WasmInstance::new(&engine, &module, "{\"weights\": -1}")
+        .err()
+        .expect("config rejected");
     assert_eq!(err, Fault::Config("weights must be positive".into()));
 }
 

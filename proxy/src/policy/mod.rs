@@ -12,6 +12,7 @@ mod instance;
 pub mod layout;
 mod module;
 mod registry;
+pub mod simulate;
 mod stats;
 
 pub use binding::{BUILTIN_ROUND_ROBIN, Bindings, BoundPolicy};

@@ -1,0 +1,120 @@
+//! Offline decisions for `switchyard policy test`: drive a module (or the
+//! built-in round robin) through the same decider the workers use, on real
+//! manifests, and count where connections would go.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::binding::BoundPolicy;
+use super::decider::{DecidedBy, Decider, Outcome, PickRequest};
+use crate::admin::Metrics;
+use crate::catalog::Route;
+
+/// What to simulate.
+pub struct Simulation<'a> {
+    pub route: &'a Route,
+    pub binding: Option<Arc<BoundPolicy>>,
+    pub connections: usize,
+    /// Distinct client addresses the connections come from.
+    pub clients: usize,
+    /// Endpoints (by address, or by Pod name) whose connects fail.
+    pub failing: &'a [String],
+    pub attempts: usize,
+    /// Keep every connection open (so that load-aware policies see load).
+    pub hold: bool,
+}
+
+/// Where the connections went.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Connections per endpoint address.
+    pub picks: BTreeMap<SocketAddr, usize>,
+    /// Decisions by who made them.
+    pub by_current: usize,
+    pub by_previous: usize,
+    pub by_builtin: usize,
+    /// Connections that found no working endpoint.
+    pub failed: usize,
+    pub metrics: String,
+}
+
+fn client(i: usize) -> SocketAddr {
+    let n = i as u32;
+    let ip = Ipv4Addr::new(10, 200, (n >> 8) as u8, n as u8);
+    SocketAddr::new(IpAddr::V4(ip), 30000 + (i % 30000) as u16)
+}
+
+pub fn run(
+    engine: Option<Arc<super::PolicyEngine>>,
+    sim: &Simulation<'_>,
+    here: super::Locality,
+) -> Report {
+    let metrics = Arc::new(Metrics::new("simulation"));
+    let mut decider = Decider::new(engine, here, metrics.clone());
+    let mut report = Report::default();
+    let endpoints = sim.route.endpoints().clone();
+    let fails = |i: usize| {
+        let e = &endpoints[i];
+        sim.failing.iter().any(|f| {
+            *f == e.addr.to_string()
+                || *f == e.addr.ip().to_string()
+                || Some(f.as_str()) == e.target_name.as_deref()
+        })
+    };
+    let frontend = SocketAddr::from(([10, 96, 0, 1], sim.route.port.port));
+    for i in 0..sim.connections {
+        let client = client(i % sim.clients.max(1));
+        let mut tried = Vec::new();
+        let mut done = false;
+        for _ in 0..sim.attempts.min(endpoints.len()) {
+            let req = PickRequest {
+                route: sim.route,
+                binding: sim.binding.as_ref(),
+                generation: 1,
+                client,
+                frontend,
+                tried: &tried,
+            };
+            let Some(decision) = decider.pick(&req) else {
+                break;
+            };
+            match decision.by {
+                DecidedBy::Current => report.by_current += 1,
+                DecidedBy::Previous => report.by_previous += 1,
+                DecidedBy::Builtin => report.by_builtin += 1,
+            }
+            let addr = endpoints[decision.index].addr;
+            if fails(decision.index) {
+                decider.outcome(
+                    &req,
+                    decision,
+                    addr,
+                    Outcome::Failed {
+                        after: Duration::from_millis(1),
+                    },
+                );
+                tried.push(decision.index);
+                continue;
+            }
+            decider.outcome(
+                &req,
+                decision,
+                addr,
+                Outcome::Connected {
+                    latency: Duration::from_micros(200),
+                },
+            );
+            if !sim.hold {
+                decider.release(sim.route, addr);
+            }
+            *report.picks.entry(addr).or_default() += 1;
+            done = true;
+            break;
+        }
+        report.failed += usize::from(!done);
+    }
+    report.metrics = metrics.encode();
+    report
+}

@@ -1,0 +1,223 @@
+//! `switchyard policy check` and `switchyard policy test`: what a policy
+//! author runs before a module goes near a node.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use switchyard::catalog::{self, NodeContext, Route, Scope};
+use switchyard::config::PolicyConfig;
+use switchyard::policy::simulate::{self, Simulation};
+use switchyard::policy::{BoundPolicy, Locality, PolicyEngine, WasmInstance, load_module};
+use switchyard::sources::FileSource;
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a module against the policy ABI (version, exports, imports, memory).
+    Check {
+        /// The .wasm file.
+        file: PathBuf,
+        /// Also hand it this configuration (JSON) and report whether it accepts it.
+        #[arg(long, value_name = "JSON")]
+        config: Option<String>,
+    },
+    /// Simulate decisions offline on real manifests and print where connections go.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The .wasm file, or `builtin-round-robin`.
+    pub file: PathBuf,
+    /// Directory of Service and EndpointSlice manifests.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: PathBuf,
+    /// The Service, as NAMESPACE/NAME.
+    #[arg(long, value_name = "NS/NAME")]
+    pub service: String,
+    /// Service port name (default: the first port).
+    #[arg(long, value_name = "NAME")]
+    pub port: Option<String>,
+    /// Policy configuration (JSON); default: the Service's switchyard.dev/policy-config.
+    #[arg(long, value_name = "JSON")]
+    pub config: Option<String>,
+    /// Connections to simulate.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Distinct client addresses (default: one per connection).
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// An endpoint (IP, IP:port or Pod name) whose connects fail; repeatable.
+    #[arg(long = "fail", value_name = "ENDPOINT")]
+    pub fail: Vec<String>,
+    /// Keep every simulated connection open, so load-aware policies see load.
+    #[arg(long)]
+    pub hold: bool,
+    /// This node's name, for locality.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+}
+
+pub fn run(command: &PolicyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PolicyCommand::Check { file, config } => check(file, config.as_deref()),
+        PolicyCommand::Test(args) => test(args),
+    }
+}
+
+fn engine() -> anyhow::Result<Arc<PolicyEngine>> {
+    Ok(PolicyEngine::new(&PolicyConfig::default())?)
+}
+
+fn module_name(file: &Path) -> String {
+    file.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("policy")
+        .to_owned()
+}
+
+fn check(file: &Path, config: Option<&str>) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let engine = engine()?;
+    let module = match load_module(&engine, &module_name(file), &bytes) {
+        Ok(module) => module,
+        Err(e) => {
+            println!("{}: error: {e}", file.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!(
+        "{}: ok: ABI version 1, {} bytes, sha256 {}, sy_outcome {}",
+        file.display(),
+        module.size,
+        module.hash,
+        if module.has_outcome {
+            "exported"
+        } else {
+            "not exported"
+        }
+    );
+    if let Some(config) = config {
+        match WasmInstance::new(&engine, &module, config) {
+            Ok(_) => println!("{}: configuration accepted", file.display()),
+            Err(e) => {
+                println!("{}: error: {e}", file.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn find_route(args: &TestArgs, table: &catalog::ServiceTable) -> anyhow::Result<Route> {
+    let Some((namespace, name)) = args.service.split_once('/') else {
+        bail!("--service {:?}: expected NAMESPACE/NAME", args.service);
+    };
+    let key = catalog::ServiceKey {
+        namespace: namespace.into(),
+        name: name.into(),
+    };
+    let Some(ports) = table.services.get(&key) else {
+        let known: Vec<String> = table.services.keys().map(ToString::to_string).collect();
+        bail!(
+            "Service {key} is not in {} (found: {})",
+            args.manifests.display(),
+            known.join(", ")
+        );
+    };
+    let port = match &args.port {
+        Some(p) => ports
+            .iter()
+            .find(|sp| &sp.name == p)
+            .with_context(|| format!("Service {key} has no port named {p:?}"))?,
+        None => ports
+            .first()
+            .with_context(|| format!("Service {key} has no ports"))?,
+    };
+    Ok(Route {
+        port: port.clone(),
+        scope: Scope::Internal,
+    })
+}
+
+fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    let mut source = FileSource::new(&args.manifests);
+    let scan = source.rescan()?;
+    for p in &scan.problems {
+        eprintln!("warning: {p}");
+    }
+    let manifests = source.manifests();
+    let node = NodeContext {
+        node_name: args.node_name.clone(),
+    };
+    let table = catalog::build(&manifests.services, &manifests.slices, &node).table;
+    let route = find_route(args, &table)?;
+    let engine = engine()?;
+    let builtin = args.file.as_os_str() == switchyard::policy::BUILTIN_ROUND_ROBIN;
+    let binding = if builtin {
+        None
+    } else {
+        let bytes = std::fs::read(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?;
+        let module = load_module(&engine, &module_name(&args.file), &bytes)
+            .with_context(|| args.file.display().to_string())?;
+        let config = args
+            .config
+            .clone()
+            .or_else(|| route.port.service.policy_config.clone())
+            .unwrap_or_else(|| "{}".into());
+        WasmInstance::new(&engine, &module, &config)
+            .with_context(|| format!("{}: configuration {config}", args.file.display()))?;
+        Some(Arc::new(BoundPolicy {
+            id: 1,
+            service: route.port.service.key.clone(),
+            module: Arc::new(module),
+            config: Arc::from(config),
+        }))
+    };
+    let sim = Simulation {
+        route: &route,
+        binding,
+        connections: args.connections,
+        clients: args.clients.unwrap_or(args.connections),
+        failing: &args.fail,
+        attempts: 3,
+        hold: args.hold,
+    };
+    let here = Locality {
+        node: args.node_name.clone(),
+        zone: None,
+    };
+    let report = simulate::run(Some(engine), &sim, here);
+    println!(
+        "{} connections to {} port {:?}:",
+        args.connections, args.service, route.port.name
+    );
+    for endpoint in route.endpoints().iter() {
+        let n = report.picks.get(&endpoint.addr).copied().unwrap_or(0);
+        let share = 100.0 * n as f64 / args.connections.max(1) as f64;
+        let name = endpoint
+            .target_name
+            .as_deref()
+            .or(endpoint.hostname.as_deref())
+            .unwrap_or("");
+        println!(
+            "  {:<24} {:<20} {:>7} {:>6.1}%",
+            endpoint.addr, name, n, share
+        );
+    }
+    println!(
+        "decisions: {} by the policy, {} by the previous policy, {} by the built-in round robin; {} connections found no endpoint",
+        report.by_current, report.by_previous, report.by_builtin, report.failed
+    );
+    for line in report
+        .metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_policy") && !l.starts_with('#'))
+    {
+        println!("  {line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
