@@ -89,6 +89,16 @@ impl PolicyRegistry {
         self.loaded.values().map(|l| &l.module)
     }
 
+    /// Makes the next rescan re-read every module file.
+    pub fn invalidate(&mut self) {
+        for loaded in self.loaded.values_mut() {
+            loaded.stamp = Stamp {
+                modified: None,
+                len: u64::MAX,
+            };
+        }
+    }
+
     /// Loads new and changed `.wasm` files. Returns whether any module
     /// changed, and the problems met. A missing directory means no modules.
     pub fn rescan(&mut self) -> (bool, Vec<PolicyProblem>) {

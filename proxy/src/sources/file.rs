@@ -96,6 +96,17 @@ impl FileSource {
         Ok(scan)
     }
 
+    /// Makes the next rescan re-read every file (a forced reload). The
+    /// contents in force stay until then.
+    pub fn invalidate(&mut self) {
+        for entry in self.files.values_mut() {
+            entry.stamp = Stamp {
+                modified: None,
+                len: u64::MAX,
+            };
+        }
+    }
+
     /// Every object in force, from every file's last good contents.
     pub fn manifests(&self) -> Manifests {
         let mut all = Manifests::default();
