@@ -89,20 +89,24 @@ fn add_object(
         .get("apiVersion")
         .and_then(|k| k.as_str())
         .unwrap_or_default();
+    // Read before the typed decode so that a wrong field still names its
+    // object.
+    let name = object_name(&value);
+    let name = name.as_deref();
     match (kind.as_str(), api_version) {
         ("Service", "v1") => match typed::<Service>(value) {
             Ok(svc) => {
                 let issues = catalog::validate_service(&svc);
                 accept(svc, issues, &mut out.services, problems, problem);
             }
-            Err((field, message)) => problems.push(named(problem(&field, message), &kind, None)),
+            Err((field, message)) => problems.push(named(problem(&field, message), &kind, name)),
         },
         ("EndpointSlice", "discovery.k8s.io/v1") => match typed::<EndpointSlice>(value) {
             Ok(slice) => {
                 let issues = catalog::validate_endpoint_slice(&slice);
                 accept(slice, issues, &mut out.slices, problems, problem);
             }
-            Err((field, message)) => problems.push(named(problem(&field, message), &kind, None)),
+            Err((field, message)) => problems.push(named(problem(&field, message), &kind, name)),
         },
         ("List", "v1") => match value.get("items").cloned() {
             Some(serde_yaml::Value::Sequence(items)) => {
@@ -158,6 +162,15 @@ fn accept<
     }
 }
 
+/// `namespace/name` from raw metadata ("default" when the namespace is
+/// absent, as kubectl would apply it).
+fn object_name(value: &serde_yaml::Value) -> Option<String> {
+    let meta = value.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    let namespace = meta.get("namespace").and_then(|n| n.as_str()).unwrap_or("default");
+    Some(format!("{namespace}/{name}"))
+}
+
 fn named(mut p: ManifestProblem, kind: &str, name: Option<&str>) -> ManifestProblem {
     p.object = Some(match name {
         Some(name) => format!("{kind} {name}"),
@@ -210,6 +223,7 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].document, 1);
         assert_eq!(problems[0].field, "spec.ports[0].port");
+        assert_eq!(problems[0].object.as_deref(), Some("Service demo/web"));
     }
 
     #[test]

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Clients that run inside a pod namespace (standalone script); print one JSON line.
+
+    clients.py sha-up   --host H --port P --bytes N   send N bytes, shut the write side,
+                                                      read the server's count and sha256
+    clients.py sha-down --host H --port P --bytes N   receive N bytes, check their sha256
+    clients.py idle     --host H --port P --idle K --requests M
+                        open K connections that send nothing, then make M HTTP
+                        requests on fresh connections while the idle ones stay open
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import socket
+import sys
+import time
+
+from servers import BLOCK, pattern_block, pattern_sha256
+
+TIMEOUT = 60.0
+
+
+def connect(host: str, port: int) -> socket.socket:
+    return socket.create_connection((host, port), timeout=TIMEOUT)
+
+
+def sha_up(host: str, port: int, nbytes: int) -> dict:
+    sock = connect(host, port)
+    sock.sendall(b"UP\n")
+    view, remaining = memoryview(pattern_block()), nbytes
+    while remaining > 0:
+        n = min(remaining, BLOCK)
+        sock.sendall(view[:n])
+        remaining -= n
+    sock.shutdown(socket.SHUT_WR)
+    reply = b""
+    while chunk := sock.recv(4096):
+        reply += chunk
+    sock.close()
+    expected = f"bytes={nbytes} sha256={pattern_sha256(nbytes)}"
+    text = reply.decode(errors="replace").strip()
+    return {"ok": text == expected, "reply": text, "expected": expected}
+
+
+def sha_down(host: str, port: int, nbytes: int) -> dict:
+    sock = connect(host, port)
+    sock.sendall(f"DOWN {nbytes}\n".encode())
+    h, total, buf = hashlib.sha256(), 0, bytearray(BLOCK)
+    view = memoryview(buf)
+    while n := sock.recv_into(buf):
+        h.update(view[:n])
+        total += n
+    sock.close()
+    expected = pattern_sha256(nbytes)
+    got = h.hexdigest()
+    return {"ok": total == nbytes and got == expected, "received": total,
+            "sha256": got, "expected_sha256": expected}
+
+
+def idle(host: str, port: int, n_idle: int, n_requests: int) -> dict:
+    idlers = [connect(host, port) for _ in range(n_idle)]
+    time.sleep(0.5)  # let the proxy accept them and wait for their first byte
+    pods, errors = [], []
+    for i in range(n_requests):
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request("GET", f"/idle/{i}", headers={"Connection": "close"})
+            resp = conn.getresponse()
+            pods.append(json.loads(resp.read())["pod"])
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            errors.append(repr(exc))
+        finally:
+            conn.close()
+    for sock in idlers:
+        sock.close()
+    return {"ok": not errors and len(pods) == n_requests, "pods": pods, "errors": errors}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=["sha-up", "sha-down", "idle"])
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--bytes", type=int, default=1 << 20)
+    ap.add_argument("--idle", type=int, default=10)
+    ap.add_argument("--requests", type=int, default=10)
+    args = ap.parse_args()
+    try:
+        if args.kind == "sha-up":
+            result = sha_up(args.host, args.port, args.bytes)
+        elif args.kind == "sha-down":
+            result = sha_down(args.host, args.port, args.bytes)
+        else:
+            result = idle(args.host, args.port, args.idle, args.requests)
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        result = {"ok": False, "error": repr(exc)}
+    print(json.dumps(result), flush=True)
+    sys.exit(0 if result.get("ok") else 1)
+
+
+if __name__ == "__main__":
+    main()
