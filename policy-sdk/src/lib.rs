@@ -38,12 +38,13 @@
 //! * [`Endpoints`], [`Endpoint`], [`Context`], [`Attr`]: zero-copy views.
 //! * [`now_ns`], [`random_u64`], [`random_below`], [`log`] and the
 //!   [`error!`]/[`warn!`]/[`info!`]/[`debug!`] macros: the host functions.
-//! * [`hash`], [`weighted`], [`maglev`], [`ewma`], [`glob`]: helpers.
+//! * [`select`] (round robin, random, skipping tried endpoints),
+//!   [`weighted`], [`maglev`], [`hash`], [`ewma`], [`glob`]: helpers.
 //! * [`config`]: JSON configuration with serde (feature `json`, default).
 //! * [`testing`]: the native test harness (not on wasm32).
 //!
 //! All `unsafe` code lives in `src/abi.rs`, compiled for wasm32 only; the
-//! rest of the crate forbids it.
+//! rest of the crate denies `unsafe_code`.
 
 #![deny(unsafe_code)]
 
@@ -59,12 +60,13 @@ pub mod ewma;
 pub mod glob;
 pub mod hash;
 pub mod maglev;
+pub mod select;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 mod view;
 pub mod weighted;
 
-pub use view::{Attr, CONTEXT_SIZE, Context, Endpoint, Endpoints, RECORD_SIZE, flags};
+pub use view::{Attr, CONTEXT_SIZE, Context, Endpoint, EndpointKey, Endpoints, RECORD_SIZE, flags};
 
 /// The ABI version this SDK implements (`sy_abi_version`).
 pub const ABI_VERSION: i32 = 1;
@@ -309,14 +311,24 @@ pub mod __private {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn outcome_decodes_abi_values() {
-        assert_eq!(Outcome::from_abi(0, 1500), Some(Outcome::Connected { latency_ns: 1500 }));
-        assert_eq!(Outcome::from_abi(1, 7), Some(Outcome::Failed { latency_ns: 7 }));
-        assert_eq!(Outcome::from_abi(1, -3), Some(Outcome::Failed { latency_ns: 0 }));
+        assert_eq!(
+            Outcome::from_abi(0, 1500),
+            Some(Outcome::Connected { latency_ns: 1500 })
+        );
+        assert_eq!(
+            Outcome::from_abi(1, 7),
+            Some(Outcome::Failed { latency_ns: 7 })
+        );
+        assert_eq!(
+            Outcome::from_abi(1, -3),
+            Some(Outcome::Failed { latency_ns: 0 })
+        );
         assert_eq!(Outcome::from_abi(2, 0), None);
         assert!(Outcome::Connected { latency_ns: 1 }.is_connected());
         assert_eq!(Outcome::Failed { latency_ns: 9 }.latency_ns(), 9);

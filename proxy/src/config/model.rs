@@ -96,8 +96,12 @@ pub struct PolicyConfig {
     /// Directory of `.wasm` policy modules; a module's name is its stem.
     /// Watched: a new or replaced module is swapped in live.
     pub directory: PathBuf,
-    /// Longest a single policy call may run before it is stopped.
+    /// Longest a single decision (`sy_pick`, `sy_outcome`) may run before
+    /// it is stopped.
     pub deadline: HumanDuration,
+    /// Longest set-up work may run: instantiation, `sy_init`, and
+    /// `sy_endpoints` (where a policy may precompute, e.g. a Maglev table).
+    pub setup_deadline: HumanDuration,
     /// Linear-memory cap of one policy instance, in bytes.
     pub memory_limit: usize,
     /// Largest `.wasm` file loaded, in bytes.
@@ -173,6 +177,7 @@ impl Default for PolicyConfig {
             default: "round-robin".into(),
             directory: PathBuf::from("/etc/switchyard/policies"),
             deadline: HumanDuration::from_micros(100),
+            setup_deadline: HumanDuration::from_millis(50),
             memory_limit: 16 << 20,
             max_module_bytes: 16 << 20,
         }
@@ -294,6 +299,17 @@ impl Config {
             return Err((
                 "policy.deadline",
                 format!("{} is out of range; expected 10us to 1s", pc.deadline),
+            ));
+        }
+        if pc.setup_deadline.0 < pc.deadline.0
+            || pc.setup_deadline.0 > std::time::Duration::from_secs(10)
+        {
+            return Err((
+                "policy.setupDeadline",
+                format!(
+                    "{} is out of range; expected policy.deadline to 10s",
+                    pc.setup_deadline
+                ),
             ));
         }
         if !(64 << 10..=1 << 30).contains(&pc.memory_limit) {

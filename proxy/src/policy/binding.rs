@@ -9,6 +9,8 @@ use crate::catalog::ServiceKey;
 
 /// Name of the native round robin; always available, never a file.
 pub const BUILTIN_ROUND_ROBIN: &str = "builtin-round-robin";
+/// The module that keeps `sessionAffinity: ClientIP`.
+pub const CLIENT_AFFINITY: &str = "client-affinity";
 
 /// A module bound to one Service with its configuration.
 #[derive(Debug)]

@@ -18,8 +18,11 @@ use crate::admin::Metrics;
 use crate::admin::metrics::{PolicyFaultLabels, PolicyLabels};
 use crate::catalog::{Endpoint, Route, Scope};
 
-/// Consecutive faults after which a module is disabled for a Service.
-pub const MAX_FAULTS_IN_ROW: u32 = 5;
+/// A module that faults this often within its last [`FAULT_WINDOW`]
+/// decisions is disabled for that Service port (a flapping module is as bad
+/// as a dead one).
+pub const MAX_FAULTS: u32 = 5;
+pub const FAULT_WINDOW: u32 = 32;
 /// Port states unused for this many snapshot generations are dropped.
 const STALE_GENERATIONS: u64 = 16;
 
@@ -72,7 +75,8 @@ struct PortState {
     cursor: usize,
     current: Option<Slot>,
     previous: Option<Slot>,
-    faults_in_row: u32,
+    /// The last 32 decisions of the current module, 1 bits for faults.
+    fault_window: u32,
     disabled: bool,
     last_generation: u64,
 }
@@ -146,7 +150,7 @@ impl Decider {
                 match state.ask(engine, by, &ctx) {
                     Some(Ok(Some(index))) if !req.tried.contains(&index) => {
                         if by == DecidedBy::Current {
-                            state.faults_in_row = 0;
+                            state.fault_window <<= 1;
                         }
                         return Some(Decision {
                             index,
@@ -260,8 +264,9 @@ fn count_fault(metrics: &Metrics, state: &mut PortState, by: DecidedBy, fault: &
         || tracing::warn!(%policy, %service, error = %fault, "policy fault; the decision fell back"),
     );
     if by == DecidedBy::Current {
-        state.faults_in_row += 1;
-        if state.faults_in_row >= MAX_FAULTS_IN_ROW && !state.disabled {
+        state.fault_window = state.fault_window << 1 | 1;
+        let faults = state.fault_window.count_ones();
+        if faults >= MAX_FAULTS && !state.disabled {
             state.disabled = true;
             metrics
                 .policy_disabled
@@ -269,7 +274,7 @@ fn count_fault(metrics: &Metrics, state: &mut PortState, by: DecidedBy, fault: &
                     policy: policy.clone(),
                 })
                 .inc();
-            tracing::error!(%policy, %service, faults = state.faults_in_row, "policy disabled for this Service after repeated faults; it stays off until the module or the binding changes");
+            tracing::error!(%policy, %service, faults, window = FAULT_WINDOW, "policy disabled for this Service after repeated faults; it stays off until the module or the binding changes");
         }
     }
 }
@@ -284,7 +289,7 @@ impl PortState {
             cursor: fastrand::usize(..endpoints.len().max(1)),
             current: None,
             previous: None,
-            faults_in_row: 0,
+            fault_window: 0,
             disabled: false,
             last_generation: 0,
         }
@@ -325,7 +330,7 @@ impl PortState {
             instance: None,
             table_version: 0,
         });
-        self.faults_in_row = 0;
+        self.fault_window = 0;
         self.disabled = false;
     }
 

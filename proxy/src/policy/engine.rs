@@ -69,8 +69,10 @@ pub enum EngineError {
 pub struct PolicyEngine {
     pub engine: Engine,
     pub linker: Linker<HostState>,
-    /// Epoch ticks a call may run (the deadline).
+    /// Epoch ticks a decision may run (the deadline).
     pub deadline_ticks: u64,
+    /// Epoch ticks set-up calls may run.
+    pub setup_ticks: u64,
     pub memory_limit: usize,
     pub max_module_bytes: u64,
     pub epoch_start: Instant,
@@ -110,6 +112,7 @@ impl PolicyEngine {
             engine,
             linker,
             deadline_ticks: 2,
+            setup_ticks: (cfg.setup_deadline.0.as_nanos() / tick.as_nanos().max(1)).max(2) as u64,
             memory_limit: cfg.memory_limit,
             max_module_bytes: cfg.max_module_bytes,
             epoch_start,

@@ -64,6 +64,7 @@ pub struct WasmInstance {
     pick: TypedFunc<i32, i32>,
     outcome: Option<TypedFunc<(i32, i32, i64), ()>>,
     deadline_ticks: u64,
+    setup_ticks: u64,
     ctx_ptr: usize,
     /// Where the current endpoint table lives, and how many records.
     table_ptr: Option<usize>,
@@ -78,7 +79,7 @@ impl WasmInstance {
             HostState::new(module.name.clone(), engine.memory_limit),
         );
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(engine.deadline_ticks);
+        store.set_epoch_deadline(engine.setup_ticks);
         let instance = module.pre.instantiate(&mut store).map_err(fault)?;
         let memory = instance
             .get_memory(&mut store, "memory")
@@ -112,12 +113,13 @@ impl WasmInstance {
             pick,
             outcome,
             deadline_ticks: engine.deadline_ticks,
+            setup_ticks: engine.setup_ticks,
             ctx_ptr: 0,
             table_ptr: None,
             count: 0,
         };
         let config_ptr = this.write_new(config.as_bytes())?;
-        this.arm();
+        this.arm_setup();
         let accepted = init
             .call(&mut this.store, (config_ptr as i32, config.len() as i32))
             .map_err(fault)?;
@@ -134,12 +136,18 @@ impl WasmInstance {
         Ok(this)
     }
 
+    /// Arms the decision deadline.
     fn arm(&mut self) {
         self.store.set_epoch_deadline(self.deadline_ticks);
     }
 
+    /// Arms the (longer) set-up deadline.
+    fn arm_setup(&mut self) {
+        self.store.set_epoch_deadline(self.setup_ticks);
+    }
+
     fn guest_alloc(&mut self, size: usize) -> Result<usize, Fault> {
-        self.arm();
+        self.arm_setup();
         let size_i32 = i32::try_from(size).map_err(|_| Fault::Alloc(size))?;
         let ptr = self.alloc.call(&mut self.store, size_i32).map_err(fault)?;
         let ptr = usize::try_from(ptr).map_err(|_| Fault::Alloc(size))?;
@@ -172,7 +180,7 @@ impl WasmInstance {
     /// Hands over a new endpoint table (`sy_endpoints`).
     pub fn set_endpoints(&mut self, table: &[u8], count: usize) -> Result<(), Fault> {
         let ptr = self.write_new(table)?;
-        self.arm();
+        self.arm_setup();
         self.endpoints
             .call(&mut self.store, (ptr as i32, count as i32))
             .map_err(fault)?;

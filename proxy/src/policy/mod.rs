@@ -16,7 +16,7 @@ pub mod simulate;
 mod stats;
 
 pub use binding::{BUILTIN_ROUND_ROBIN, Bindings, BoundPolicy};
-pub use decider::{DecidedBy, Decider, Decision, MAX_FAULTS_IN_ROW, Outcome, PickRequest};
+pub use decider::{DecidedBy, Decider, Decision, FAULT_WINDOW, MAX_FAULTS, Outcome, PickRequest};
 pub use engine::{EngineError, PolicyEngine};
 pub use instance::{Fault, WasmInstance};
 pub use layout::Locality;

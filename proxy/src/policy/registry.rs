@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::binding::{BUILTIN_ROUND_ROBIN, Bindings, BoundPolicy};
+use super::binding::{BUILTIN_ROUND_ROBIN, Bindings, BoundPolicy, CLIENT_AFFINITY};
 use super::engine::PolicyEngine;
 use super::instance::WasmInstance;
 use super::layout::{CallContext, Locality, encode_table};
@@ -159,9 +159,21 @@ impl PolicyRegistry {
             let Some(info) = ports.first().map(|p| &p.service) else {
                 continue;
             };
-            let name = info.policy.clone().unwrap_or_else(|| self.default.clone());
+            // sessionAffinity: ClientIP is kept by the client-affinity
+            // module, unless the Service names a policy of its own.
+            let (name, config) = match (&info.policy, info.affinity_timeout) {
+                (Some(policy), _) => (
+                    policy.clone(),
+                    info.policy_config.clone().unwrap_or_else(|| "{}".into()),
+                ),
+                (None, Some(timeout)) => (
+                    CLIENT_AFFINITY.to_owned(),
+                    format!("{{\"timeoutSeconds\": {}}}", timeout.as_secs()),
+                ),
+                (None, None) => (self.default.clone(), "{}".to_owned()),
+            };
             let name = name.as_str();
-            let config: Arc<str> = Arc::from(info.policy_config.as_deref().unwrap_or("{}"));
+            let config: Arc<str> = Arc::from(config);
             let module = match self.loaded.get(name) {
                 Some(l) => l.module.clone(),
                 None => {

@@ -167,7 +167,10 @@ fn accept<
 fn object_name(value: &serde_yaml::Value) -> Option<String> {
     let meta = value.get("metadata")?;
     let name = meta.get("name")?.as_str()?;
-    let namespace = meta.get("namespace").and_then(|n| n.as_str()).unwrap_or("default");
+    let namespace = meta
+        .get("namespace")
+        .and_then(|n| n.as_str())
+        .unwrap_or("default");
     Some(format!("{namespace}/{name}"))
 }
 
