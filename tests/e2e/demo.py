@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The README's demo: a throw-away node in network namespaces, three web Pods,
-Switchyard on a copy of conf/services, requests spread over the Pods, then an
-endpoint removed from the manifest while everything runs.
+Switchyard on a copy of conf/services, requests spread over the Pods by a Wasm
+round robin, an endpoint removed from the manifest and then the policy swapped
+to Maglev while everything runs.
 
 Run it through `bash tests/demo` (installs and builds first). Everything it
 creates is removed on exit, on an error and on Ctrl-C.
@@ -29,6 +30,7 @@ from switchyard import REPO  # noqa: E402
 from topology import BACKENDS, CLIENT, SetupError, wait_until  # noqa: E402
 
 REQUESTS = 12
+POLICIES = Path(os.environ.get("SWITCHYARD_POLICIES", REPO / "target" / "policies"))
 DNS_VIP = "10.96.0.53"  # conf/services/dns.yaml
 DNS_NAME = "web.demo.svc.cluster.local"
 POD_IPS = {p.name: p.ipv4 for p in BACKENDS}
@@ -89,17 +91,36 @@ def show_requests(c: Cluster, vip: str) -> Counter:
     return answers
 
 
-def policy_swap_hook(c: Cluster, vip: str) -> None:
-    # >>> HOOK: live Wasm policy swap ------------------------------------------
-    # The policy issue adds a step here: change the `switchyard.dev/policy`
-    # annotation in the copy of web.yaml (or replace the module), then show
-    # the next requests follow the new policy without a restart.
-    # <<< HOOK ------------------------------------------------------------------
-    return None
+def bound_policy(c: Cluster, service: str) -> str:
+    services = c.curl_json("http://127.0.0.1:10249/debug/services", where="node")["services"]
+    return next((s["policy"] for s in services if s["service"] == service), "?")
+
+
+def annotate(manifest: Path, key: str, value: str) -> None:
+    """Adds an annotation to the Service (the first `metadata:`) of a manifest."""
+    text = manifest.read_text()
+    if "\nmetadata:\n" not in text:
+        raise SetupError(f"no metadata in {manifest}")
+    text = text.replace("\nmetadata:\n", f"\nmetadata:\n  annotations:\n    {key}: {value}\n", 1)
+    mf.write_atomic(manifest, text)
+
+
+def policy_swap(c: Cluster, vip: str, web_yaml: Path, n: int, total: int) -> Counter:
+    """Rebinds demo/web from the default Wasm round robin to Maglev, live."""
+    before = bound_policy(c, "demo/web")
+    step(n, total, f"Swapping the policy live: annotating Service demo/web with "
+                   f"switchyard.dev/policy: maglev (it ran {before})")
+    annotate(web_yaml, "switchyard.dev/policy", "maglev")
+    started = time.monotonic()
+    wait_until(lambda: bound_policy(c, "demo/web").startswith("maglev "),
+               "switchyard to bind demo/web to maglev", timeout=20, interval=0.2)
+    say(f"      now bound to {bound_policy(c, 'demo/web')} after {time.monotonic() - started:.1f}s; "
+        f"Maglev hashes the client address, so every request of this client goes to one Pod:")
+    return show_requests(c, vip)
 
 
 def run_demo(args: argparse.Namespace, workdir: Path) -> int:
-    total = 7
+    total = 8
     services = workdir / "services"
     shutil.copytree(REPO / "conf" / "services", services)
     web_yaml = services / "web.yaml"
@@ -117,10 +138,11 @@ def run_demo(args: argparse.Namespace, workdir: Path) -> int:
              + " (Python HTTP), dnsmasq in web-a")
 
         step(3, total, f"Starting `switchyard run --manifests <copy of conf/services> "
-                       f"--io {args.io}` in the node namespace")
-        c.start_proxy()
+                       f"--policies {POLICIES} --io {args.io}` in the node namespace")
+        c.start_proxy(["--policies", str(POLICIES)])
         step(4, total, "Switchyard is ready: its nftables table `inet switchyard` is in place "
-                       "and it serves the Services of conf/services")
+                       "and it serves the Services of conf/services; demo/web is balanced by "
+                       f"the Wasm policy {bound_policy(c, 'demo/web')}")
 
         step(5, total, f"{REQUESTS} requests from Pod {CLIENT.name} to Service demo/web "
                        f"(ClusterIP {vip}:80), one connection each:")
@@ -146,13 +168,15 @@ def run_demo(args: argparse.Namespace, workdir: Path) -> int:
             f"(pid {c.proxy.proc.pid}); the next {REQUESTS} requests:")
         second = show_requests(c, vip)
 
-        policy_swap_hook(c, vip)
+        third = policy_swap(c, vip, web_yaml, 7, total)
 
-        step(7, total, "Stopping switchyard (SIGTERM) and removing the namespaces")
+        step(8, total, "Stopping switchyard (SIGTERM) and removing the namespaces")
         c.proxy.stop_and_check()
         ok = (set(first) == set(POD_IPS) and "failed" not in second
-              and gone not in second and bool(second))
-    say("Done: " + ("requests spread over every Pod, and the edit took effect without a restart."
+              and gone not in second and bool(second)
+              and "failed" not in third and len(third) == 1)
+    say("Done: " + ("requests spread over every Pod by a Wasm round robin, the manifest edit and "
+                    "the policy swap took effect without a restart."
                     if ok else "something did not work as expected; see the lines above."))
     return 0 if ok else 1
 

@@ -103,15 +103,16 @@ impl PolicyEngine {
         let engine = Engine::new(&config).map_err(EngineError::Create)?;
         let epoch_start = Instant::now();
         let linker = link(&engine, epoch_start)?;
-        // Two ticks per deadline: a call is stopped between one and two
-        // ticks after its deadline was armed.
+        // A tick every half deadline, and three ticks allowed: a call is
+        // stopped between one and one and a half deadlines after it started
+        // (a tick may fall right after the deadline was armed).
         let tick = (cfg.deadline.0 / 2).max(Duration::from_micros(5));
         let stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), tick, stop.clone());
         Ok(Arc::new(Self {
             engine,
             linker,
-            deadline_ticks: 2,
+            deadline_ticks: 3,
             setup_ticks: (cfg.setup_deadline.0.as_nanos() / tick.as_nanos().max(1)).max(2) as u64,
             memory_limit: cfg.memory_limit,
             max_module_bytes: cfg.max_module_bytes,
