@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::admin::metrics::{Direction, DirectionLabels};
 use crate::catalog::Protocol;
+use crate::policy::Decision;
 
 use super::sockets;
 use super::worker::{Resolved, Worker};
@@ -49,10 +50,16 @@ pub struct Active<'a> {
     worker: &'a Worker,
     target: &'a Resolved,
     endpoint: SocketAddr,
+    decision: Decision,
 }
 
 impl<'a> Active<'a> {
-    pub fn new(worker: &'a Worker, accepted: &'a Accepted, endpoint: SocketAddr) -> Self {
+    pub fn new(
+        worker: &'a Worker,
+        accepted: &'a Accepted,
+        endpoint: SocketAddr,
+        decision: Decision,
+    ) -> Self {
         let labels = &accepted.target.labels;
         tracing::trace!(client = %accepted.client, service = %labels.service, %endpoint, "proxying");
         worker.metrics.connections.get_or_create(labels).inc();
@@ -65,6 +72,7 @@ impl<'a> Active<'a> {
             worker,
             target: &accepted.target,
             endpoint,
+            decision,
         }
     }
 
@@ -88,7 +96,8 @@ impl Drop for Active<'_> {
             .connections_active
             .get_or_create(&self.target.labels)
             .dec();
-        self.worker.release(self.target, self.endpoint);
+        self.worker
+            .release(self.target, self.decision, self.endpoint);
     }
 }
 

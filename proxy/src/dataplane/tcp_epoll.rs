@@ -38,7 +38,7 @@ async fn handle(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) {
     };
     let mark = worker.bypass_mark;
     let connect = |addr| connect(addr, mark);
-    let Some((mut upstream, endpoint)) = worker
+    let Some(up) = worker
         .connect_upstream(
             &accepted.target,
             accepted.client,
@@ -51,8 +51,9 @@ async fn handle(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) {
         return;
     };
     let _ = client.set_nodelay(true);
-    let guard = session::Active::new(&worker, &accepted, endpoint);
+    let guard = session::Active::new(&worker, &accepted, up.endpoint, up.decision);
     let (client_read, client_write) = client.split();
+    let mut upstream = up.stream;
     let (upstream_read, upstream_write) = upstream.split();
     let (to_backend, to_client) = tokio::join!(
         pump(&worker, client_read, upstream_write),

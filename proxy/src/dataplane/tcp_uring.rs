@@ -31,7 +31,7 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
     };
     let mark = worker.bypass_mark;
     let connect = |addr| connect(addr, mark);
-    let Some((upstream, endpoint)) = worker
+    let Some(up) = worker
         .connect_upstream(
             &accepted.target,
             accepted.client,
@@ -43,8 +43,9 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         sockets::reset_on_close(&client);
         return;
     };
+    let upstream = up.stream;
     let _ = client.set_nodelay(true);
-    let guard = session::Active::new(&worker, &accepted, endpoint);
+    let guard = session::Active::new(&worker, &accepted, up.endpoint, up.decision);
     let (to_backend, to_client) = tokio::join!(
         pump(&worker, &client, &upstream),
         pump(&worker, &upstream, &client)

@@ -90,8 +90,7 @@ async fn start_flow(
     };
     let mark = worker.bypass_mark;
     let connect = |addr| async move { UdpSocket::from_std(sockets::upstream_udp(addr, mark)?) };
-    let Some((upstream, endpoint)) = worker.connect_upstream(&target, client, dst, connect).await
-    else {
+    let Some(up) = worker.connect_upstream(&target, client, dst, connect).await else {
         return;
     };
     let reply = match sockets::reply_udp(dst, client).and_then(UdpSocket::from_std) {
@@ -101,6 +100,7 @@ async fn start_flow(
             return;
         }
     };
+    let (upstream, endpoint, decision) = (up.stream, up.endpoint, up.decision);
     let _ = send_now(&upstream, first);
     let flow = Rc::new(Flow {
         upstream,
@@ -115,7 +115,7 @@ async fn start_flow(
     tokio::task::spawn_local(async move {
         relay(&worker, &flow, &reply).await;
         flows.borrow_mut().remove(&(client, dst));
-        worker.release(&target, endpoint);
+        worker.release(&target, decision, endpoint);
         worker.metrics.udp_flows_active.dec();
     });
 }

@@ -13,7 +13,7 @@ use crate::admin::Metrics;
 use crate::admin::metrics::{FailureLabels, FailureReason, PortLabels};
 use crate::catalog::{Protocol, Route};
 use crate::config::DataplaneConfig;
-use crate::policy::{BoundPolicy, Decider, Locality, Outcome, PickRequest, PolicyEngine};
+use crate::policy::{BoundPolicy, Decider, Decision, Locality, Outcome, PickRequest, PolicyEngine};
 use crate::snapshot::SharedSnapshot;
 
 use super::bufpool::BufPool;
@@ -32,6 +32,14 @@ pub struct Worker {
     /// await.
     pub scratch: RefCell<Vec<u8>>,
     decider: RefCell<Decider>,
+}
+
+/// The connected upstream, and the decision that chose it (its outcome and
+/// its end are reported against that decision).
+pub struct Upstream<S> {
+    pub stream: S,
+    pub endpoint: SocketAddr,
+    pub decision: Decision,
 }
 
 /// A connection's destination resolved against one snapshot.
@@ -92,7 +100,7 @@ impl Worker {
         client: SocketAddr,
         frontend: SocketAddr,
         mut connect: F,
-    ) -> Option<(S, SocketAddr)>
+    ) -> Option<Upstream<S>>
     where
         F: FnMut(SocketAddr) -> Fut,
         Fut: Future<Output = io::Result<S>>,
@@ -122,7 +130,11 @@ impl Worker {
                     self.decider
                         .borrow_mut()
                         .outcome(&req, decision, addr, outcome);
-                    return Some((stream, addr));
+                    return Some(Upstream {
+                        stream,
+                        endpoint: addr,
+                        decision,
+                    });
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(service = %target.labels.service, endpoint = %addr, error = %e, "upstream connect failed");
@@ -152,8 +164,10 @@ impl Worker {
     }
 
     /// A proxied connection or flow to `endpoint` ended.
-    pub fn release(&self, target: &Resolved, endpoint: SocketAddr) {
-        self.decider.borrow_mut().release(&target.route, endpoint);
+    pub fn release(&self, target: &Resolved, decision: Decision, endpoint: SocketAddr) {
+        self.decider
+            .borrow_mut()
+            .release(&target.route, decision, endpoint);
     }
 
     fn count_failure(&self, target: &Resolved, reason: FailureReason) {

@@ -213,13 +213,13 @@ impl Decider {
         }
     }
 
-    /// A proxied connection to `addr` ended.
-    pub fn release(&mut self, route: &Route, addr: SocketAddr) {
+    /// A proxied connection to `addr`, chosen by `decision`, ended.
+    pub fn release(&mut self, route: &Route, decision: Decision, addr: SocketAddr) {
         let key = (route.port.id, route.scope);
         let Some(state) = self.states.get_mut(&key) else {
             return;
         };
-        if let Some(index) = state.endpoints.iter().position(|e| e.addr == addr) {
+        if let Some(index) = state.index_of(decision, addr) {
             state.stats[index].closed();
             state.mirror(index);
         }

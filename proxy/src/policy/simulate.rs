@@ -107,7 +107,7 @@ pub fn run(
                 },
             );
             if !sim.hold {
-                decider.release(sim.route, addr);
+                decider.release(sim.route, decision, addr);
             }
             *report.picks.entry(addr).or_default() += 1;
             done = true;
