@@ -140,8 +140,11 @@ pub fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
         Ok(env) if !env.is_empty() => EnvFilter::try_new(env)?,
         _ => EnvFilter::try_new(&log.level)?,
     };
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match log.format {
         LogFormat::Text => builder.try_init(),

@@ -30,6 +30,8 @@ fn run(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.config().context("loading the configuration")?;
     cli::init_logging(&config.log).context("setting up logging")?;
     let node_name = cli::node_name(&config);
-    switchyard::daemon::run(config, node_name)?;
+    let path = args.config.clone();
+    let loader: switchyard::daemon::Loader = std::sync::Arc::new(move || args.config());
+    switchyard::daemon::run(config, node_name, path, loader)?;
     Ok(ExitCode::SUCCESS)
 }

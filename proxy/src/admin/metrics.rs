@@ -25,7 +25,7 @@ pub struct FailureLabels {
     pub reason: FailureReason,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum FailureReason {
     Refused,
     Timeout,
@@ -42,13 +42,28 @@ pub struct DirectionLabels {
     pub direction: Direction,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Direction {
     /// Client to backend.
     Tx,
     /// Backend to client.
     Rx,
 }
+
+/// Label values in Prometheus' lower-case style.
+macro_rules! label_values {
+    ($ty:ty { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                use std::fmt::Write;
+                encoder.write_str(match self { $(Self::$variant => $text),* })
+            }
+        }
+    };
+}
+
+label_values!(FailureReason { Refused => "refused", Timeout => "timeout", Unreachable => "unreachable", Other => "other", Exhausted => "exhausted" });
+label_values!(Direction { Tx => "tx", Rx => "rx" });
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {

@@ -61,6 +61,12 @@ pub struct DataplaneConfig {
     pub udp_idle_timeout: HumanDuration,
     /// UDP flows one worker tracks at most; new flows past it are dropped.
     pub max_udp_flows: usize,
+    /// After SIGTERM, how long open connections may finish before the
+    /// process exits anyway.
+    pub drain_timeout: HumanDuration,
+    /// How long connections to an endpoint that left its Service (removed,
+    /// or terminating) may go on before they are closed.
+    pub endpoint_drain_time: HumanDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,6 +158,8 @@ impl Default for DataplaneConfig {
             buffer_size: 64 * 1024,
             udp_idle_timeout: HumanDuration::from_secs(30),
             max_udp_flows: 65536,
+            drain_timeout: HumanDuration::from_secs(20),
+            endpoint_drain_time: HumanDuration::from_secs(30),
         }
     }
 }

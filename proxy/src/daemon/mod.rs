@@ -4,12 +4,16 @@
 //! wait for it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+mod reconfigure;
 mod sync;
+
+pub use reconfigure::Loader;
 
 use crate::admin::{self, AdminState, Health, Metrics, PolicySummary, ReloadAnswer};
 use crate::catalog::NodeContext;
@@ -19,7 +23,8 @@ use crate::intercept::{InterceptError, Interceptor};
 use crate::policy::{Locality, PolicyEngine, PolicyRegistry};
 use crate::snapshot::SharedSnapshot;
 use crate::sources::{FileSource, SourceError};
-use sync::{Sync, SyncReport};
+use reconfigure::ConfigSource;
+use sync::Sync;
 
 /// How often the manifest directory is re-checked besides inotify.
 const MANIFEST_POLL: Duration = Duration::from_secs(2);
@@ -43,7 +48,14 @@ pub enum DaemonError {
 }
 
 /// Runs until SIGTERM or SIGINT; returns after cleaning up.
-pub fn run(config: Config, node_name: String) -> Result<(), DaemonError> {
+/// Runs until SIGTERM or SIGINT. `config_path` and `loader` let a reload
+/// re-read the config file with the command-line flags applied again.
+pub fn run(
+    config: Config,
+    node_name: String,
+    config_path: Option<std::path::PathBuf>,
+    loader: Loader,
+) -> Result<(), DaemonError> {
     let backend = dataplane::choose_backend(config.dataplane.io)?;
     let workers = match config.dataplane.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -55,11 +67,13 @@ pub fn run(config: Config, node_name: String) -> Result<(), DaemonError> {
         .thread_name("sy-control")
         .build()
         .map_err(DaemonError::Runtime)?;
-    runtime.block_on(control(config, node_name, backend, workers))
+    let source = ConfigSource::new(config_path, loader);
+    runtime.block_on(control(config, source, node_name, backend, workers))
 }
 
 async fn control(
-    config: Config,
+    mut config: Config,
+    mut config_source: ConfigSource,
     node_name: String,
     backend: IoBackend,
     workers: usize,
@@ -67,6 +81,8 @@ async fn control(
     let metrics = Arc::new(Metrics::new(backend.name()));
     let health = Arc::new(Health::default());
     let snapshot = SharedSnapshot::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let active = Arc::new(AtomicUsize::new(0));
     let summary = Arc::new(PolicySummary::default());
     let (reload_tx, mut reload_rx) = mpsc::channel::<tokio::sync::oneshot::Sender<ReloadAnswer>>(4);
     let admin = &config.admin;
@@ -115,6 +131,8 @@ async fn control(
         metrics: metrics.clone(),
         policies: registry.as_ref().map(|r| r.engine().clone()),
         here,
+        stop: stop_rx,
+        active: active.clone(),
     };
     dataplane::start(backend, workers, &shared)?;
 
@@ -139,7 +157,19 @@ async fn control(
         .policies
         .as_ref()
         .filter(|r| r.dir().is_dir())
-        .and_then(|r| crate::sources::file::watch(r.dir(), wake_tx, MANIFEST_POLL).ok());
+        .and_then(|r| crate::sources::file::watch(r.dir(), wake_tx.clone(), MANIFEST_POLL).ok());
+    let _config_watch = config_source
+        .path
+        .as_ref()
+        .and_then(|p| p.parent())
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            }
+        })
+        .and_then(|dir| crate::sources::file::watch(dir, wake_tx, MANIFEST_POLL).ok());
     if let Err(e) = sync.run(true) {
         sync.cleanup(config.intercept.keep_table_on_exit, &config.intercept.table);
         return Err(e);
@@ -153,51 +183,108 @@ async fn control(
     loop {
         tokio::select! {
             Some(()) = wake_rx.recv() => {
-                if let Err(e) = sync.run(false) {
+                if config_source.changed() {
+                    reload(&mut sync, &config_source, &mut config, "config file changed");
+                } else if let Err(e) = sync.run(false) {
                     tracing::error!(error = %e, "sync failed; the previous state keeps serving");
                 }
             }
             Some(reply) = reload_rx.recv() => {
-                let _ = reply.send(reload(&mut sync, "POST /reload"));
+                let _ = reply.send(reload(&mut sync, &config_source, &mut config, "POST /reload"));
             }
             _ = hup.recv() => {
-                reload(&mut sync, "SIGHUP");
+                reload(&mut sync, &config_source, &mut config, "SIGHUP");
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    tracing::info!("stopping");
     health.set_ready(false);
+    let open = active.load(Ordering::Relaxed);
+    tracing::info!(open, drain_timeout = %config.dataplane.drain_timeout, "stopping: listeners close, open connections may finish");
+    let _ = stop_tx.send(true);
+    if !config.intercept.keep_table_on_exit {
+        sync.reject_new_connections();
+    }
+    drain(&active, config.dataplane.drain_timeout.0).await;
     sync.cleanup(config.intercept.keep_table_on_exit, &config.intercept.table);
     Ok(())
 }
 
-/// Re-reads every manifest and policy module and applies what validates.
-fn reload(sync: &mut Sync, trigger: &str) -> ReloadAnswer {
+/// Waits until no connection is open, or the timeout.
+async fn drain(active: &AtomicUsize, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        let open = active.load(Ordering::Relaxed);
+        if open == 0 {
+            tracing::info!("all connections finished");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                open,
+                "drain timeout reached; closing the connections still open"
+            );
+            return;
+        }
+        tick.tick().await;
+    }
+}
+
+/// Re-reads the config file, every manifest and every policy module, and
+/// applies what validates.
+fn reload(
+    sync: &mut Sync,
+    source: &ConfigSource,
+    config: &mut Config,
+    trigger: &str,
+) -> ReloadAnswer {
     tracing::info!(trigger, "reloading");
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    match source.reload(config) {
+        Ok(change) => {
+            if let Some(default) = change.policy_default {
+                tracing::info!(%default, "policy.default changed");
+                sync.set_default_policy(&default);
+                notes.push(format!("policy.default is now {default}"));
+            }
+            for section in change.needs_restart {
+                tracing::warn!(
+                    section,
+                    "config changed in a setting that takes effect only after a restart"
+                );
+                notes.push(format!("{section}: changed; takes effect after a restart"));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config rejected; the running config stays in force");
+            problems.push(format!("error: {e}"));
+        }
+    }
     sync.invalidate();
     match sync.run(true) {
-        Ok(SyncReport {
-            problems,
-            generation,
-        }) if problems.is_empty() => (
-            true,
-            format!("reloaded: generation {}\n", generation.unwrap_or_default()),
-        ),
-        Ok(SyncReport { problems, .. }) => {
-            let mut body = String::from(
-                "reload applied what validated; rejected (the previous state of each stays in force):\n",
-            );
-            for p in problems {
-                body.push_str(&p);
-                body.push('\n');
-            }
-            (false, body)
+        Ok(report) => problems.extend(report.problems),
+        Err(e) => problems.push(format!("error: {e}")),
+    }
+    let mut body = String::new();
+    for note in &notes {
+        body.push_str(note);
+        body.push('\n');
+    }
+    if problems.is_empty() {
+        body.push_str(&format!(
+            "reloaded: generation {}\n",
+            sync.snapshot.load().generation
+        ));
+        (true, body)
+    } else {
+        body.push_str("reload applied what validated; rejected (the previous state of each stays in force):\n");
+        for p in problems {
+            body.push_str(&p);
+            body.push('\n');
         }
-        Err(e) => (
-            false,
-            format!("reload failed; the previous state keeps serving: {e}\n"),
-        ),
+        (false, body)
     }
 }

@@ -160,11 +160,27 @@ impl Sync {
         changed
     }
 
+    pub fn set_default_policy(&mut self, name: &str) {
+        if let Some(registry) = &mut self.policies {
+            registry.set_default(name);
+        }
+    }
+
     /// Forgets what was read, so that the next run re-reads every file.
     pub fn invalidate(&mut self) {
         self.source.invalidate();
         if let Some(registry) = &mut self.policies {
             registry.invalidate();
+        }
+    }
+
+    /// Refuses new connections while open ones drain (see
+    /// `Interceptor::reject_everything`).
+    pub fn reject_new_connections(&mut self) {
+        if let Some(interceptor) = &mut self.interceptor
+            && let Err(e) = interceptor.reject_everything()
+        {
+            tracing::warn!(error = %e, "cannot switch frontends to reject while draining");
         }
     }
 

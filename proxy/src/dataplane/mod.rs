@@ -3,6 +3,7 @@
 //! between workers but the snapshot (read lock-free) and the metrics.
 
 mod bufpool;
+mod drain;
 mod orig_dst;
 mod session;
 mod sockets;
@@ -14,6 +15,7 @@ mod worker;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::thread::JoinHandle;
 
 use crate::admin::Metrics;
@@ -119,6 +121,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub policies: Option<Arc<PolicyEngine>>,
     pub here: Locality,
+    /// Turns true at stop: listeners close.
+    pub stop: session::Stop,
+    /// Connections and UDP flows open on all workers.
+    pub active: Arc<AtomicUsize>,
 }
 
 /// Starts `workers` threads on `backend`.
@@ -134,16 +140,9 @@ pub fn start(
         let handle = std::thread::Builder::new()
             .name(format!("sy-worker-{id}"))
             .spawn(move || {
-                let worker = Rc::new(Worker::new(
-                    id,
-                    s.snapshot,
-                    s.cfg,
-                    s.bypass_mark,
-                    s.metrics,
-                    s.policies,
-                    s.here,
-                ));
-                run_worker(backend, worker, sockets);
+                let stop = s.stop.clone();
+                let worker = Rc::new(Worker::new(id, s));
+                run_worker(backend, worker, sockets, stop);
             })
             .map_err(DataplaneError::Thread)?;
         handles.push(handle);
@@ -151,21 +150,72 @@ pub fn start(
     Ok(handles)
 }
 
-fn run_worker(backend: IoBackend, worker: Rc<Worker>, sockets: WorkerSockets) {
+/// How often a worker looks for connections to endpoints that left.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Drains connections to departed endpoints; after a stop, ends them all
+/// once the drain timeout has passed.
+async fn sweep(worker: &Worker, mut stop: session::Stop) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping_since: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = session::stopped(&mut stop), if stopping_since.is_none() => {
+                stopping_since = Some(std::time::Instant::now());
+            }
+        }
+        let now = std::time::Instant::now();
+        if let Some(since) = stopping_since
+            && now.duration_since(since) >= worker.cfg.drain_timeout.0
+        {
+            worker.conns.close_all();
+            return;
+        }
+        let closed = worker.conns.sweep(
+            &worker.snapshot.load().table,
+            worker.cfg.endpoint_drain_time.0,
+            now,
+        );
+        if closed > 0 {
+            tracing::info!(
+                worker = worker.id,
+                closed,
+                "closed connections to endpoints that left their Service after the drain time"
+            );
+        }
+    }
+}
+
+fn run_worker(backend: IoBackend, worker: Rc<Worker>, sockets: WorkerSockets, stop: session::Stop) {
     let serve = async move {
         let mut tasks = Vec::new();
         for udp in sockets.udp {
-            tasks.push(tokio::task::spawn_local(udp::serve(worker.clone(), udp)));
+            tasks.push(tokio::task::spawn_local(udp::serve(
+                worker.clone(),
+                udp,
+                stop.clone(),
+            )));
         }
         for tcp in sockets.tcp {
+            let stop = stop.clone();
             tasks.push(match backend {
-                IoBackend::Uring => tokio::task::spawn_local(tcp_uring::serve(worker.clone(), tcp)),
-                IoBackend::Epoll => tokio::task::spawn_local(tcp_epoll::serve(worker.clone(), tcp)),
+                IoBackend::Uring => {
+                    tokio::task::spawn_local(tcp_uring::serve(worker.clone(), tcp, stop))
+                }
+                IoBackend::Epoll => {
+                    tokio::task::spawn_local(tcp_epoll::serve(worker.clone(), tcp, stop))
+                }
             });
         }
+        // The listeners are gone after a stop; the connections still open
+        // keep the runtime busy until the process exits.
+        sweep(&worker, stop).await;
         for task in tasks {
             let _ = task.await;
         }
+        std::future::pending::<()>().await;
     };
     match backend {
         IoBackend::Uring => match tokio_uring::Runtime::new(tokio_uring::builder().entries(1024)) {

@@ -3,7 +3,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::admin::metrics::{Direction, DirectionLabels};
@@ -12,6 +13,15 @@ use crate::policy::Decision;
 
 use super::sockets;
 use super::worker::{Resolved, Worker};
+
+/// Turns true when the process stops: listeners close, open connections
+/// go on until the drain timeout.
+pub type Stop = tokio::sync::watch::Receiver<bool>;
+
+/// Resolves once `stop` says so (or its sender is gone).
+pub async fn stopped(stop: &mut Stop) {
+    let _ = stop.wait_for(|&s| s).await;
+}
 
 /// An accepted connection resolved to a Service port.
 pub struct Accepted {
@@ -51,6 +61,7 @@ pub struct Active<'a> {
     target: &'a Resolved,
     endpoint: SocketAddr,
     decision: Decision,
+    id: u64,
 }
 
 impl<'a> Active<'a> {
@@ -59,6 +70,7 @@ impl<'a> Active<'a> {
         accepted: &'a Accepted,
         endpoint: SocketAddr,
         decision: Decision,
+        fds: [RawFd; 2],
     ) -> Self {
         let labels = &accepted.target.labels;
         tracing::trace!(client = %accepted.client, service = %labels.service, %endpoint, "proxying");
@@ -68,11 +80,14 @@ impl<'a> Active<'a> {
             .connections_active
             .get_or_create(labels)
             .inc();
+        worker.active.fetch_add(1, Ordering::Relaxed);
+        let id = worker.conns.register(&accepted.target.route, endpoint, fds);
         Self {
             worker,
             target: &accepted.target,
             endpoint,
             decision,
+            id,
         }
     }
 
@@ -98,6 +113,8 @@ impl Drop for Active<'_> {
             .dec();
         self.worker
             .release(self.target, self.decision, self.endpoint);
+        self.worker.conns.unregister(self.id);
+        self.worker.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -4,17 +4,18 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::session;
+use super::session::{self, Stop};
 use super::sockets;
 use super::worker::Worker;
 
-pub async fn serve(worker: Rc<Worker>, listener: std::net::TcpListener) {
+pub async fn serve(worker: Rc<Worker>, listener: std::net::TcpListener, mut stop: Stop) {
     let listener = match TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
@@ -23,7 +24,11 @@ pub async fn serve(worker: Rc<Worker>, listener: std::net::TcpListener) {
         }
     };
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = session::stopped(&mut stop) => return,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 tokio::task::spawn_local(handle(worker.clone(), stream, peer));
             }
@@ -51,9 +56,10 @@ async fn handle(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) {
         return;
     };
     let _ = client.set_nodelay(true);
-    let guard = session::Active::new(&worker, &accepted, up.endpoint, up.decision);
-    let (client_read, client_write) = client.split();
     let mut upstream = up.stream;
+    let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
+    let guard = session::Active::new(&worker, &accepted, up.endpoint, up.decision, fds);
+    let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
     let (to_backend, to_client) = tokio::join!(
         pump(&worker, client_read, upstream_write),

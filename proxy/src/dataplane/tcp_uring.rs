@@ -4,19 +4,24 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use super::session;
+use super::session::{self, Stop};
 use super::sockets;
 use super::worker::Worker;
 
-pub async fn serve(worker: Rc<Worker>, listener: std::net::TcpListener) {
+pub async fn serve(worker: Rc<Worker>, listener: std::net::TcpListener, mut stop: Stop) {
     let listener = TcpListener::from_std(listener);
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = session::stopped(&mut stop) => return,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 tokio_uring::spawn(handle(worker.clone(), stream, peer));
             }
@@ -45,7 +50,8 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
     };
     let upstream = up.stream;
     let _ = client.set_nodelay(true);
-    let guard = session::Active::new(&worker, &accepted, up.endpoint, up.decision);
+    let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
+    let guard = session::Active::new(&worker, &accepted, up.endpoint, up.decision, fds);
     let (to_backend, to_client) = tokio::join!(
         pump(&worker, &client, &upstream),
         pump(&worker, &upstream, &client)

@@ -19,6 +19,7 @@ use tokio::net::UdpSocket;
 use crate::catalog::Protocol;
 
 use super::orig_dst;
+use super::session::{self, Stop};
 use super::sockets;
 use super::worker::Worker;
 
@@ -33,7 +34,7 @@ struct Flow {
     last_seen: Cell<Instant>,
 }
 
-pub async fn serve(worker: Rc<Worker>, socket: std::net::UdpSocket) {
+pub async fn serve(worker: Rc<Worker>, socket: std::net::UdpSocket, mut stop: Stop) {
     let socket = match UdpSocket::from_std(socket) {
         Ok(socket) => socket,
         Err(e) => {
@@ -45,9 +46,10 @@ pub async fn serve(worker: Rc<Worker>, socket: std::net::UdpSocket) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let fd = socket.as_raw_fd();
-        let received = socket
-            .async_io(Interest::READABLE, || orig_dst::recv(fd, &mut buf))
-            .await;
+        let received = tokio::select! {
+            received = socket.async_io(Interest::READABLE, || orig_dst::recv(fd, &mut buf)) => received,
+            () = session::stopped(&mut stop) => return,
+        };
         let datagram = match received {
             Ok(d) => d,
             Err(e) => {

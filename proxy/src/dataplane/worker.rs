@@ -7,16 +7,19 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use crate::admin::Metrics;
 use crate::admin::metrics::{FailureLabels, FailureReason, PortLabels};
 use crate::catalog::{Protocol, Route};
 use crate::config::DataplaneConfig;
-use crate::policy::{BoundPolicy, Decider, Decision, Locality, Outcome, PickRequest, PolicyEngine};
+use crate::policy::{BoundPolicy, Decider, Decision, Outcome, PickRequest};
 use crate::snapshot::SharedSnapshot;
 
+use super::Shared;
 use super::bufpool::BufPool;
+use super::drain::Connections;
 
 /// Buffers kept idle per worker beyond the ones in use.
 const MAX_IDLE_BUFFERS: usize = 256;
@@ -31,6 +34,10 @@ pub struct Worker {
     /// One datagram's worth of space for UDP relaying; never held across an
     /// await.
     pub scratch: RefCell<Vec<u8>>,
+    /// Open connections, for endpoint drain and stop.
+    pub conns: Connections,
+    /// Connections and flows open on every worker (the stop waits for 0).
+    pub active: Arc<AtomicUsize>,
     decider: RefCell<Decider>,
 }
 
@@ -52,25 +59,19 @@ pub struct Resolved {
 }
 
 impl Worker {
-    pub fn new(
-        id: usize,
-        snapshot: SharedSnapshot,
-        cfg: DataplaneConfig,
-        bypass_mark: u32,
-        metrics: Arc<Metrics>,
-        policies: Option<Arc<PolicyEngine>>,
-        here: Locality,
-    ) -> Self {
-        let pool = BufPool::new(cfg.buffer_size, MAX_IDLE_BUFFERS);
-        let decider = Decider::new(policies, here, metrics.clone());
+    pub fn new(id: usize, shared: Shared) -> Self {
+        let pool = BufPool::new(shared.cfg.buffer_size, MAX_IDLE_BUFFERS);
+        let decider = Decider::new(shared.policies, shared.here, shared.metrics.clone());
         Self {
             id,
-            snapshot,
-            cfg,
-            bypass_mark,
-            metrics,
+            snapshot: shared.snapshot,
+            cfg: shared.cfg,
+            bypass_mark: shared.bypass_mark,
+            metrics: shared.metrics,
             pool,
             scratch: RefCell::new(vec![0; super::udp::MAX_DATAGRAM]),
+            conns: Connections::default(),
+            active: shared.active,
             decider: RefCell::new(decider),
         }
     }

@@ -94,6 +94,29 @@ impl Interceptor {
         })
     }
 
+    /// Moves every frontend to the reject sets: while the process drains
+    /// before exit, new connections are refused at once instead of being
+    /// diverted to listeners that are gone.
+    pub fn reject_everything(&mut self) -> Result<(), InterceptError> {
+        let Some(have) = &self.installed else {
+            return Ok(());
+        };
+        let mut want = have.clone();
+        want.vips_no_endpoints
+            .extend(std::mem::take(&mut want.vips));
+        want.node_ports_no_endpoints
+            .extend(std::mem::take(&mut want.node_ports));
+        let batch = want.diff_commands(have, &self.cfg.table);
+        if !batch.is_empty() {
+            command::nft_batch(&batch).map_err(|source| InterceptError::Update {
+                table: self.cfg.table.clone(),
+                source,
+            })?;
+        }
+        self.installed = Some(want);
+        Ok(())
+    }
+
     pub fn is_installed(&self) -> bool {
         self.installed.is_some()
     }

@@ -2,8 +2,6 @@
 //! atomically replaces whatever stale copy of our table exists. Rules are
 //! fixed; Services only ever change set elements.
 
-use std::fmt::Write;
-
 use super::elements::Elements;
 use crate::config::InterceptConfig;
 
@@ -11,13 +9,13 @@ use crate::config::InterceptConfig;
 /// nft applies a batch atomically, so traffic never sees an empty table.
 pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> String {
     let t = &cfg.table;
-    let divert = format!("0x{:x}", cfg.divert_mark);
+    let divert = format!("meta mark set meta mark | 0x{:x}", cfg.divert_mark);
     let bypass = format!("0x{:x}", cfg.bypass_mark);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{"
-    );
+    let mut lines: Vec<String> = vec![
+        format!("table inet {t} {{}}"),
+        format!("delete table inet {t}"),
+        format!("table inet {t} {{"),
+    ];
     for (set, ty) in [
         ("vip4", "ipv4_addr . inet_proto . inet_service"),
         ("vip6", "ipv6_addr . inet_proto . inet_service"),
@@ -26,83 +24,70 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
         ("nodeport", "inet_proto . inet_service"),
         ("nodeport_noep", "inet_proto . inet_service"),
     ] {
-        let _ = writeln!(s, "  set {set} {{\n    type {ty}\n  }}");
+        lines.push(format!("  set {set} {{\n    type {ty}\n  }}"));
     }
-    // Pod and external traffic: TPROXY to the local listeners. The divert
-    // mark makes the fwmark rule route the packet to `lo`, i.e. deliver it
-    // locally even though no interface owns the VIP.
-    let _ = writeln!(
-        s,
-        "  chain prerouting {{\n    type filter hook prerouting priority mangle; policy accept;"
-    );
-    let _ = writeln!(
-        s,
-        "    ip daddr . meta l4proto . th dport @noep4 goto reject_no_endpoints"
-    );
-    let _ = writeln!(
-        s,
-        "    ip6 daddr . meta l4proto . th dport @noep6 goto reject_no_endpoints"
-    );
-    let _ = writeln!(
-        s,
-        "    fib daddr type local meta l4proto . th dport @nodeport_noep goto reject_no_endpoints"
-    );
+    let reject_new = [
+        "ct state new ip daddr . meta l4proto . th dport @noep4 goto reject_no_endpoints",
+        "ct state new ip6 daddr . meta l4proto . th dport @noep6 goto reject_no_endpoints",
+        "ct state new fib daddr type local meta l4proto . th dport @nodeport_noep goto reject_no_endpoints",
+    ];
+
+    // Pod and external traffic. A packet of a connection we already hold
+    // (its socket is ours, hence transparent) goes straight to it, whatever
+    // happened to its Service since; a new one to a frontend is diverted to
+    // the listeners with TPROXY. The divert mark makes the fwmark rule
+    // route the packet to `lo`, i.e. deliver it locally although no
+    // interface owns the VIP.
+    lines.push("  chain prerouting {".into());
+    lines.push("    type filter hook prerouting priority mangle; policy accept;".into());
+    lines.push(format!("    socket transparent 1 {divert} accept"));
+    lines.extend(reject_new.iter().map(|r| format!("    {r}")));
     for proto in ["tcp", "udp"] {
         for (fam, set) in [("ip", "vip4"), ("ip6", "vip6")] {
-            let _ = writeln!(
-                s,
-                "    meta l4proto {proto} {fam} daddr . meta l4proto . th dport @{set} meta mark set meta mark | {divert} tproxy {fam} to :{listen_port} accept"
-            );
+            lines.push(format!(
+                "    meta l4proto {proto} {fam} daddr . meta l4proto . th dport @{set} {divert} tproxy {fam} to :{listen_port} accept"
+            ));
         }
         for (nfproto, fam) in [("ipv4", "ip"), ("ipv6", "ip6")] {
-            let _ = writeln!(
-                s,
-                "    meta nfproto {nfproto} meta l4proto {proto} fib daddr type local meta l4proto . th dport @nodeport meta mark set meta mark | {divert} tproxy {fam} to :{listen_port} accept"
-            );
+            lines.push(format!(
+                "    meta nfproto {nfproto} meta l4proto {proto} fib daddr type local meta l4proto . th dport @nodeport {divert} tproxy {fam} to :{listen_port} accept"
+            ));
         }
     }
-    let _ = writeln!(s, "  }}");
+    lines.push("  }".into());
+
     // The node's own processes: TPROXY works only in prerouting, so mark the
     // packet here; the fwmark rule routes it through `lo`, where prerouting
-    // diverts it. Our own upstream sockets carry the bypass mark.
-    let _ = writeln!(
-        s,
-        "  chain output {{\n    type route hook output priority mangle; policy accept;"
-    );
-    let _ = writeln!(s, "    meta mark & {bypass} != 0 return");
-    let _ = writeln!(
-        s,
-        "    ip daddr . meta l4proto . th dport @noep4 goto reject_no_endpoints"
-    );
-    let _ = writeln!(
-        s,
-        "    ip6 daddr . meta l4proto . th dport @noep6 goto reject_no_endpoints"
-    );
-    let _ = writeln!(
-        s,
-        "    fib daddr type local meta l4proto . th dport @nodeport_noep goto reject_no_endpoints"
-    );
-    let _ = writeln!(
-        s,
-        "    ip daddr . meta l4proto . th dport @vip4 meta mark set meta mark | {divert}"
-    );
-    let _ = writeln!(
-        s,
-        "    ip6 daddr . meta l4proto . th dport @vip6 meta mark set meta mark | {divert}"
-    );
-    let _ = writeln!(
-        s,
-        "    fib daddr type local meta l4proto . th dport @nodeport meta mark set meta mark | {divert}"
-    );
-    let _ = writeln!(s, "  }}");
+    // diverts it. The conntrack mark keeps a diverted flow diverted after
+    // its Service changed. Our own upstream sockets carry the bypass mark.
+    let ct_divert = format!("ct mark set ct mark | 0x{:x}", cfg.divert_mark);
+    lines.push("  chain output {".into());
+    lines.push("    type route hook output priority mangle; policy accept;".into());
+    lines.push(format!("    meta mark & {bypass} != 0 return"));
+    lines.push(format!(
+        "    ct mark & 0x{:x} != 0 {divert} accept",
+        cfg.divert_mark
+    ));
+    lines.extend(reject_new.iter().map(|r| format!("    {r}")));
+    lines.push(format!(
+        "    ip daddr . meta l4proto . th dport @vip4 {divert} {ct_divert}"
+    ));
+    lines.push(format!(
+        "    ip6 daddr . meta l4proto . th dport @vip6 {divert} {ct_divert}"
+    ));
+    lines.push(format!(
+        "    fib daddr type local meta l4proto . th dport @nodeport {divert} {ct_divert}"
+    ));
+    lines.push("  }".into());
+
     // kube-proxy answers a Service port without endpoints at once instead
     // of letting the client time out.
-    let _ = writeln!(
-        s,
-        "  chain reject_no_endpoints {{\n    meta l4proto tcp reject with tcp reset\n    reject\n  }}\n}}"
-    );
-    s.push_str(&elements.diff_commands(&Elements::default(), t));
-    s
+    lines.push("  chain reject_no_endpoints {\n    meta l4proto tcp reject with tcp reset\n    reject\n  }".into());
+    lines.push("}".into());
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out.push_str(&elements.diff_commands(&Elements::default(), t));
+    out
 }
 
 #[cfg(test)]

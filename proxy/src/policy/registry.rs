@@ -89,6 +89,11 @@ impl PolicyRegistry {
         self.loaded.values().map(|l| &l.module)
     }
 
+    /// The policy of Services without an annotation, from the next bind on.
+    pub fn set_default(&mut self, name: &str) {
+        name.clone_into(&mut self.default);
+    }
+
     /// Makes the next rescan re-read every module file.
     pub fn invalidate(&mut self) {
         for loaded in self.loaded.values_mut() {
