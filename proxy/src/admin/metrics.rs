@@ -82,6 +82,9 @@ pub struct PolicyFaultLabels {
     pub kind: String,
 }
 
+/// One decision in this many is timed for `policy_decision_duration_seconds`.
+pub const DECISION_SAMPLE: u32 = 64;
+
 /// Every metric Switchyard exports.
 pub struct Metrics {
     pub connections: Family<PortLabels, Counter>,
@@ -105,6 +108,9 @@ pub struct Metrics {
     pub policy_fallbacks: Family<PolicyFaultLabels, Counter>,
     pub policy_disabled: Family<PolicyLabels, Counter>,
     pub policy_loads: Family<KindLabels, Counter>,
+    /// Time of one decision, sampled (1 in [`DECISION_SAMPLE`]) so that the
+    /// measuring costs nothing that shows.
+    pub policy_decision: Family<PolicyLabels, Histogram>,
     registry: Registry,
 }
 
@@ -135,6 +141,9 @@ impl Metrics {
             policy_fallbacks: Family::default(),
             policy_disabled: Family::default(),
             policy_loads: Family::default(),
+            policy_decision: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_000_05, 2.0, 16))
+            }),
             registry: Registry::default(),
         };
         let r = &mut registry;

@@ -122,7 +122,9 @@ impl Drop for Active<'_> {
 /// file descriptors, instead of spinning on the error.
 pub async fn accept_failed(worker: &Worker, e: &io::Error) {
     worker.metrics.accept_errors.inc();
-    tracing::warn!(worker = worker.id, error = %e, "accept failed");
+    crate::logging::rate_limited_warn(&format!("accept:{}", worker.id), || {
+        tracing::warn!(worker = worker.id, error = %e, "accept failed");
+    });
     let out_of_fds = matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)

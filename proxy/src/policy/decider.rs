@@ -15,7 +15,7 @@ use super::instance::{Fault, WasmInstance};
 use super::layout::{CallContext, Locality, encode_table};
 use super::stats::LiveStats;
 use crate::admin::Metrics;
-use crate::admin::metrics::{PolicyFaultLabels, PolicyLabels};
+use crate::admin::metrics::{DECISION_SAMPLE, PolicyFaultLabels, PolicyLabels};
 use crate::catalog::{Endpoint, Route, Scope};
 
 /// A module that faults this often within its last [`FAULT_WINDOW`]
@@ -88,6 +88,8 @@ pub struct Decider {
     states: HashMap<(u64, Scope), PortState>,
     generation: u64,
     started: Instant,
+    /// Counts decisions; one in `DECISION_SAMPLE` is timed.
+    sample: u32,
 }
 
 impl Decider {
@@ -99,6 +101,7 @@ impl Decider {
             states: HashMap::new(),
             generation: 0,
             started: Instant::now(),
+            sample: 0,
         }
     }
 
@@ -147,7 +150,19 @@ impl Decider {
                 if by == DecidedBy::Current && state.disabled {
                     continue;
                 }
-                match state.ask(engine, by, &ctx) {
+                self.sample = self.sample.wrapping_add(1);
+                let timed = (self.sample % DECISION_SAMPLE == 0).then(Instant::now);
+                let answer = state.ask(engine, by, &ctx);
+                if let (Some(start), Some(slot)) = (timed, state.slot(by)) {
+                    let labels = PolicyLabels {
+                        policy: slot.binding.module.name.to_string(),
+                    };
+                    self.metrics
+                        .policy_decision
+                        .get_or_create(&labels)
+                        .observe(start.elapsed().as_secs_f64());
+                }
+                match answer {
                     Some(Ok(Some(index))) if !req.tried.contains(&index) => {
                         if by == DecidedBy::Current {
                             state.fault_window <<= 1;
