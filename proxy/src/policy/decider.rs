@@ -151,7 +151,10 @@ impl Decider {
                     continue;
                 }
                 self.sample = self.sample.wrapping_add(1);
-                let timed = (self.sample % DECISION_SAMPLE == 0).then(Instant::now);
+                let timed = self
+                    .sample
+                    .is_multiple_of(DECISION_SAMPLE)
+                    .then(Instant::now);
                 let answer = state.ask(engine, by, &ctx);
                 if let (Some(start), Some(slot)) = (timed, state.slot(by)) {
                     let labels = PolicyLabels {
