@@ -44,6 +44,9 @@ pub struct RunArgs {
     /// Directory of Service and EndpointSlice manifests (overrides source.manifests).
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API with this kubeconfig (sets source.kind: kubernetes and source.kubeconfig).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// This node's name, for traffic policy Local (overrides nodeName; default $NODE_NAME, then the host name).
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
@@ -86,6 +89,10 @@ impl RunArgs {
         };
         if let Some(dir) = &self.manifests {
             config.source.manifests = dir.clone();
+        }
+        if let Some(file) = &self.kubeconfig {
+            config.source.kind = switchyard::config::SourceKind::Kubernetes;
+            config.source.kubeconfig = Some(file.clone());
         }
         if let Some(name) = &self.node_name {
             config.node_name = Some(name.clone());

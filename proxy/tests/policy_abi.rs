@@ -65,6 +65,8 @@ fn route(n: usize) -> Route {
         policy: None,
         policy_config: None,
         affinity_timeout: None,
+        external_local: false,
+        proxy_protocol: false,
         annotations: BTreeMap::new(),
     });
     let endpoints: Vec<Endpoint> = (0..n)

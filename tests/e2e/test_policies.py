@@ -58,17 +58,22 @@ def bound_policy(cluster) -> str:
     return next(s["policy"] for s in services if s["service"] == "e2e/pol")
 
 
-def wait_connections(cluster, at_least: int, timeout: float = 60) -> None:
-    """Waits until the proxy has carried `at_least` connections to e2e/pol."""
+def wait_metric(cluster, name: str, at_least: float, timeout: float = 60, **labels: str) -> None:
+    """Waits until a metric sample reaches `at_least`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if metric(cluster, "switchyard_connections_total", service="e2e/pol") >= at_least:
+            if metric(cluster, name, **labels) >= at_least:
                 return
         except AssertionError:
             pass
         time.sleep(0.1)
-    raise AssertionError(f"fewer than {at_least} connections reached e2e/pol in {timeout}s")
+    raise AssertionError(f"{name}{labels} stayed below {at_least} for {timeout}s")
+
+
+def wait_connections(cluster, at_least: int, timeout: float = 60) -> None:
+    """Waits until the proxy has carried `at_least` connections to e2e/pol."""
+    wait_metric(cluster, "switchyard_connections_total", at_least, timeout, service="e2e/pol")
 
 
 def test_round_robin_module_spreads(bare_cluster, tmp_path):
@@ -128,6 +133,9 @@ def test_least_request_avoids_a_busy_pod(bare_cluster, tmp_path):
                              HOLD, VIP, "20"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert hold.stdout.readline().strip() == b"open"
+        # The client's connects return once the kernel has accepted them;
+        # wait until the proxy holds all twenty to web-a.
+        wait_metric(bare_cluster, "switchyard_connections_active", 20, service="e2e/pol")
         # Then web-b and web-c join: new short connections must avoid web-a.
         mark = bare_cluster.proxy.log_mark()
         bare_cluster.write_services([policy_service("least-request")])

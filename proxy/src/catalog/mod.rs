@@ -26,5 +26,7 @@ pub use table::{
 pub const POLICY_ANNOTATION: &str = "switchyard.dev/policy";
 /// Annotation with the JSON configuration handed to the bound policy.
 pub const POLICY_CONFIG_ANNOTATION: &str = "switchyard.dev/policy-config";
+/// Annotation that makes Switchyard send a PROXY protocol header upstream.
+pub const PROXY_PROTOCOL_ANNOTATION: &str = "switchyard.dev/proxy-protocol";
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -14,7 +14,7 @@ use super::check::{Checker, check_port_name, parse_protocol, port_number};
 use super::problem::Problem;
 use super::table::{Protocol, ServiceInfo, ServiceKey};
 use super::vips::{cluster_vips, external_vips, is_headless};
-use super::{POLICY_ANNOTATION, POLICY_CONFIG_ANNOTATION};
+use super::{POLICY_ANNOTATION, POLICY_CONFIG_ANNOTATION, PROXY_PROTOCOL_ANNOTATION};
 
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 const DEFAULT_AFFINITY_SECONDS: i32 = 10_800;
@@ -127,11 +127,27 @@ pub(crate) fn parse_service(svc: &Service) -> (Option<ParsedService>, Vec<Proble
     };
     let annotations: BTreeMap<String, String> =
         svc.metadata.annotations.clone().unwrap_or_default();
+    let proxy_protocol = match annotations
+        .get(PROXY_PROTOCOL_ANNOTATION)
+        .map(String::as_str)
+    {
+        None => false,
+        Some("v2") => true,
+        Some(other) => {
+            ck.warning(
+                format!("metadata.annotations[\"{PROXY_PROTOCOL_ANNOTATION}\"]"),
+                format!("{other:?} is not supported; expected \"v2\" (ignored)"),
+            );
+            false
+        }
+    };
     let info = Arc::new(ServiceInfo {
         key,
         policy: annotations.get(POLICY_ANNOTATION).cloned(),
         policy_config: annotations.get(POLICY_CONFIG_ANNOTATION).cloned(),
         affinity_timeout,
+        external_local,
+        proxy_protocol,
         annotations,
     });
     let parsed = ParsedService {

@@ -82,6 +82,12 @@ pub struct ServiceInfo {
     pub policy_config: Option<String>,
     /// `sessionAffinity: ClientIP` with its timeout (default 10800 s).
     pub affinity_timeout: Option<Duration>,
+    /// `externalTrafficPolicy: Local`: external clients keep their address
+    /// (with `Cluster` the node's address may stand in for it).
+    pub external_local: bool,
+    /// `switchyard.dev/proxy-protocol: v2`: the backend learns the client's
+    /// address from a PROXY v2 header instead of the packets' source.
+    pub proxy_protocol: bool,
     /// All annotations, for features that read their own (L7, proxy protocol).
     pub annotations: BTreeMap<String, String>,
 }

@@ -28,12 +28,18 @@ pub struct SourceConfig {
     pub kind: SourceKind,
     /// Directory of Service / EndpointSlice YAML for `kind: file`.
     pub manifests: PathBuf,
+    /// Kubeconfig for `kind: kubernetes`. Absent: `$KUBECONFIG`, then
+    /// `~/.kube/config`, then the in-cluster service account (in a Pod).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum SourceKind {
+    /// A watched directory of manifests (`source.manifests`).
     File,
+    /// The API server: list + watch Services, EndpointSlices and this Node.
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -61,6 +67,9 @@ pub struct DataplaneConfig {
     pub udp_idle_timeout: HumanDuration,
     /// UDP flows one worker tracks at most; new flows past it are dropped.
     pub max_udp_flows: usize,
+    /// Backends see the client's own address (IP_TRANSPARENT), as with
+    /// kube-proxy. Off: they see the node's.
+    pub transparent: bool,
     /// After SIGTERM, how long open connections may finish before the
     /// process exits anyway.
     pub drain_timeout: HumanDuration,
@@ -143,6 +152,7 @@ impl Default for SourceConfig {
         Self {
             kind: SourceKind::File,
             manifests: PathBuf::from("conf/services"),
+            kubeconfig: None,
         }
     }
 }
@@ -158,6 +168,7 @@ impl Default for DataplaneConfig {
             buffer_size: 64 * 1024,
             udp_idle_timeout: HumanDuration::from_secs(30),
             max_udp_flows: 65536,
+            transparent: true,
             drain_timeout: HumanDuration::from_secs(20),
             endpoint_drain_time: HumanDuration::from_secs(30),
         }
@@ -342,6 +353,13 @@ impl Config {
             return Err((
                 "policy.default",
                 "expected a policy name such as \"round-robin\"".into(),
+            ));
+        }
+        if self.source.kubeconfig.is_some() && self.source.kind != SourceKind::Kubernetes {
+            return Err((
+                "source.kubeconfig",
+                "is only read with source.kind: kubernetes; expected no kubeconfig or that kind"
+                    .into(),
             ));
         }
         if let Some(name) = &self.node_name

@@ -89,3 +89,21 @@ fn malformed_yaml_is_an_error_not_a_panic() {
     assert!(parse("dataplane: [unclosed\n").is_err());
     assert!(parse("- a list\n- not a map\n").is_err());
 }
+
+#[test]
+fn kubernetes_source_parses() {
+    let config =
+        parse("source:\n  kind: kubernetes\n  kubeconfig: /etc/kube.conf\n").expect("valid");
+    assert_eq!(config.source.kind, SourceKind::Kubernetes);
+    assert_eq!(
+        config.source.kubeconfig.as_deref(),
+        Some(Path::new("/etc/kube.conf"))
+    );
+}
+
+#[test]
+fn kubeconfig_needs_the_kubernetes_source() {
+    let (field, message) = field_error("source:\n  kubeconfig: /etc/kube.conf\n");
+    assert_eq!(field, "source.kubeconfig");
+    assert!(message.contains("kubernetes"), "{message}");
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+mod incremental;
 mod reconfigure;
 mod sync;
 
@@ -18,11 +19,13 @@ pub use reconfigure::Loader;
 use crate::admin::{self, AdminState, Health, Metrics, PolicySummary, ReloadAnswer};
 use crate::catalog::NodeContext;
 use crate::config::Config;
+use crate::config::SourceKind;
 use crate::dataplane::{self, DataplaneError, IoBackend};
 use crate::intercept::{InterceptError, Interceptor};
 use crate::policy::{Locality, PolicyEngine, PolicyRegistry};
 use crate::snapshot::SharedSnapshot;
-use crate::sources::{FileSource, SourceError};
+use crate::sources::kube::{KubeError, KubeSource};
+use crate::sources::{FileSource, Source, SourceError};
 use reconfigure::ConfigSource;
 use sync::Sync;
 
@@ -37,6 +40,8 @@ pub enum DaemonError {
     Intercept(#[from] InterceptError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
     #[error("cannot serve {what} on {addr}: {source}")]
     Admin {
         what: &'static str,
@@ -107,9 +112,39 @@ async fn control(
             source,
         })?;
 
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
+    let (wake_tx, mut wake_rx) = mpsc::channel(1);
+    // The watch source must finish its first list before anything is
+    // installed: a half-listed cluster would drop Services that exist.
+    let (source, zone) = match config.source.kind {
+        SourceKind::File => (
+            Source::File(FileSource::new(&config.source.manifests)),
+            None,
+        ),
+        SourceKind::Kubernetes => {
+            let mut kube = KubeSource::start(
+                config.source.kubeconfig.as_deref(),
+                &node_name,
+                wake_tx.clone(),
+            )
+            .await?;
+            tokio::select! {
+                () = kube.wait_synced() => {}
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+            }
+            let zone = kube.lock().node_zone();
+            tracing::info!(
+                zone = zone.as_deref().unwrap_or("-"),
+                "first list of Services, EndpointSlices and this Node complete"
+            );
+            (Source::Kube(kube), zone)
+        }
+    };
     let here = Locality {
         node: Some(node_name.clone()),
-        zone: None,
+        zone,
     };
     let registry = match PolicyEngine::new(&config.policy) {
         Ok(engine) => Some(PolicyRegistry::new(
@@ -137,7 +172,9 @@ async fn control(
     dataplane::start(backend, workers, &shared)?;
 
     let mut sync = Sync {
-        source: FileSource::new(&config.source.manifests),
+        source,
+        translations: Default::default(),
+        rebuild_all: true,
         policies: registry,
         node: NodeContext {
             node_name: Some(node_name),
@@ -150,8 +187,14 @@ async fn control(
         metrics,
         summary,
     };
-    let (wake_tx, mut wake_rx) = mpsc::channel(1);
-    let _watch = crate::sources::file::watch(sync.source.dir(), wake_tx.clone(), MANIFEST_POLL)?;
+    let _watch = match &sync.source {
+        Source::File(files) => Some(crate::sources::file::watch(
+            files.dir(),
+            wake_tx.clone(),
+            MANIFEST_POLL,
+        )?),
+        Source::Kube(_) => None,
+    };
     // The policies directory may appear later; the poll covers that.
     let _policy_watch = sync
         .policies
@@ -177,8 +220,6 @@ async fn control(
     health.set_ready(true);
     tracing::info!("serving");
 
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
     loop {
         tokio::select! {

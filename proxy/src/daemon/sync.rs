@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use crate::admin::metrics::KindLabels;
 use crate::admin::{Metrics, PolicySummary};
-use crate::catalog::{self, NodeContext, Severity};
+use crate::catalog::{self, BuildOutput, NodeContext, Problem, Severity};
 use crate::intercept::Interceptor;
 use crate::policy::PolicyRegistry;
 use crate::snapshot::SharedSnapshot;
-use crate::sources::FileSource;
+use crate::sources::Source;
 
 use super::DaemonError;
+use super::incremental::Translations;
 
 /// What one sync did, for the reload answer.
 #[derive(Debug, Default)]
@@ -24,7 +25,11 @@ pub struct SyncReport {
 }
 
 pub struct Sync {
-    pub source: FileSource,
+    pub source: Source,
+    /// Cached per-Service translations (watch source only).
+    pub translations: Translations,
+    /// The next watch-source sync re-translates every Service.
+    pub rebuild_all: bool,
     pub policies: Option<PolicyRegistry>,
     pub node: NodeContext,
     pub interceptor: Option<Interceptor>,
@@ -52,36 +57,16 @@ impl Sync {
     pub fn run(&mut self, force: bool) -> Result<SyncReport, DaemonError> {
         let start = Instant::now();
         let mut report = SyncReport::default();
-        let scan = self.source.rescan()?;
-        for p in &scan.problems {
-            self.count(&self.metrics.rejected_input, "manifest");
-            let object = p.object.as_deref().unwrap_or("-");
-            match p.severity {
-                Severity::Error => {
-                    tracing::error!(file = %p.file.display(), document = p.document, object, field = %p.field, "{}; the file's last good contents stay in force", p.message);
-                    report.problems.push(format!("error: {p}"));
-                }
-                Severity::Warning => {
-                    tracing::warn!(file = %p.file.display(), document = p.document, object, field = %p.field, "{}", p.message);
-                }
-            }
-        }
-        let policies_changed = self.rescan_policies(&mut report);
-        if !scan.changed && !policies_changed && !force {
+        let built = if matches!(self.source, Source::File(_)) {
+            self.read_files(force, &mut report)?
+        } else {
+            self.read_watch(force, &mut report)
+        };
+        let Some(built) = built else {
             return Ok(report);
-        }
-        let manifests = self.source.manifests();
-        let built = catalog::build(&manifests.services, &manifests.slices, &self.node);
+        };
         for p in &built.problems {
-            match p.severity {
-                Severity::Error => {
-                    tracing::error!(object = %p.object, field = %p.field, "{}", p.message);
-                    report.problems.push(format!("error: {p}"));
-                }
-                Severity::Warning => {
-                    tracing::warn!(object = %p.object, field = %p.field, "{}", p.message)
-                }
-            }
+            log_problem(p, &mut report);
         }
         let table = Arc::new(built.table);
         let bindings = match &mut self.policies {
@@ -135,6 +120,76 @@ impl Sync {
         Ok(report)
     }
 
+    /// The file source: rescan, and on a change a full build.
+    fn read_files(
+        &mut self,
+        force: bool,
+        report: &mut SyncReport,
+    ) -> Result<Option<BuildOutput>, DaemonError> {
+        let Source::File(files) = &mut self.source else {
+            return Ok(None);
+        };
+        let scan = files.rescan()?;
+        for p in &scan.problems {
+            self.count(&self.metrics.rejected_input, "manifest");
+            let object = p.object.as_deref().unwrap_or("-");
+            match p.severity {
+                Severity::Error => {
+                    tracing::error!(file = %p.file.display(), document = p.document, object, field = %p.field, "{}; the file's last good contents stay in force", p.message);
+                    report.problems.push(format!("error: {p}"));
+                }
+                Severity::Warning => {
+                    tracing::warn!(file = %p.file.display(), document = p.document, object, field = %p.field, "{}", p.message);
+                }
+            }
+        }
+        let policies_changed = self.rescan_policies(report);
+        if !scan.changed && !policies_changed && !force {
+            return Ok(None);
+        }
+        let Source::File(files) = &self.source else {
+            return Ok(None);
+        };
+        let manifests = files.manifests();
+        Ok(Some(catalog::build(
+            &manifests.services,
+            &manifests.slices,
+            &self.node,
+        )))
+    }
+
+    /// The watch source: re-translate only the Services that changed.
+    fn read_watch(&mut self, force: bool, report: &mut SyncReport) -> Option<BuildOutput> {
+        let policies_changed = self.rescan_policies(report);
+        let Source::Kube(kube) = &self.source else {
+            return None;
+        };
+        let mut store = kube.lock();
+        let mut dirty = store.take_dirty();
+        let rejected = store.take_problems();
+        dirty.all |= std::mem::take(&mut self.rebuild_all);
+        for p in &rejected {
+            if p.severity == Severity::Error {
+                self.count(&self.metrics.rejected_input, "object");
+            }
+            log_problem(p, report);
+        }
+        if dirty.is_empty() && !policies_changed && !force {
+            return None;
+        }
+        let problems = self.translations.refresh(&store, &dirty, &self.node);
+        drop(store);
+        tracing::debug!(
+            all = dirty.all,
+            services = dirty.services.len(),
+            proxied = self.translations.len(),
+            "re-translated changed Services"
+        );
+        let mut built = self.translations.assemble();
+        built.problems.splice(0..0, problems);
+        Some(built)
+    }
+
     /// Loads new and changed policy modules; true when any changed.
     fn rescan_policies(&mut self, report: &mut SyncReport) -> bool {
         let Some(registry) = &mut self.policies else {
@@ -168,7 +223,10 @@ impl Sync {
 
     /// Forgets what was read, so that the next run re-reads every file.
     pub fn invalidate(&mut self) {
-        self.source.invalidate();
+        match &mut self.source {
+            Source::File(files) => files.invalidate(),
+            Source::Kube(_) => self.rebuild_all = true,
+        }
         if let Some(registry) = &mut self.policies {
             registry.invalidate();
         }
@@ -194,6 +252,18 @@ impl Sync {
         }
         if let Err(e) = interceptor.remove() {
             tracing::error!(error = %e, "cannot remove our nftables table");
+        }
+    }
+}
+
+fn log_problem(p: &Problem, report: &mut SyncReport) {
+    match p.severity {
+        Severity::Error => {
+            tracing::error!(object = %p.object, field = %p.field, "{}", p.message);
+            report.problems.push(format!("error: {p}"));
+        }
+        Severity::Warning => {
+            tracing::warn!(object = %p.object, field = %p.field, "{}", p.message)
         }
     }
 }

@@ -4,7 +4,9 @@
 
 mod bufpool;
 mod drain;
+mod local_addrs;
 mod orig_dst;
+mod proxy_protocol;
 mod session;
 mod sockets;
 mod tcp_epoll;
@@ -150,6 +152,10 @@ pub fn start(
     Ok(handles)
 }
 
+/// How often a worker re-reads the node's addresses (they change rarely;
+/// a new one is only mistaken for a Pod's address until then).
+const LOCAL_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How often a worker looks for connections to endpoints that left.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -159,6 +165,7 @@ async fn sweep(worker: &Worker, mut stop: session::Stop) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping_since: Option<std::time::Instant> = None;
+    let mut refreshed = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -167,6 +174,10 @@ async fn sweep(worker: &Worker, mut stop: session::Stop) {
             }
         }
         let now = std::time::Instant::now();
+        if now.duration_since(refreshed) >= LOCAL_REFRESH {
+            *worker.local.borrow_mut() = local_addrs::local_addresses();
+            refreshed = now;
+        }
         if let Some(since) = stopping_since
             && now.duration_since(since) >= worker.cfg.drain_timeout.0
         {

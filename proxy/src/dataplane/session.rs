@@ -55,6 +55,17 @@ pub fn accept(worker: &Worker, client: &impl AsRawFd, peer: SocketAddr) -> Optio
     }
 }
 
+/// The PROXY v2 header for a Service that asked for one.
+pub fn proxy_header(accepted: &Accepted) -> Option<Vec<u8>> {
+    accepted
+        .target
+        .route
+        .port
+        .service
+        .proxy_protocol
+        .then(|| super::proxy_protocol::v2_header(accepted.client, accepted.frontend, false))
+}
+
 /// Counts a connection while it is open.
 pub struct Active<'a> {
     worker: &'a Worker,

@@ -91,20 +91,52 @@ fn set_recv_orig_dst(socket: &Socket, v6: bool) -> io::Result<()> {
 }
 
 /// An unconnected, non-blocking upstream TCP socket for `to`, carrying the
-/// bypass mark so that our own traffic is never diverted back to us.
-pub fn upstream_tcp(to: SocketAddr, bypass_mark: u32) -> io::Result<Socket> {
+/// bypass mark so that our own traffic is never diverted back to us. With
+/// `from`, it leaves from the client's own address (see [`bind_source`]).
+pub fn upstream_tcp(
+    to: SocketAddr,
+    bypass_mark: u32,
+    from: Option<SocketAddr>,
+) -> io::Result<Socket> {
     let socket = Socket::new(domain(&to), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
     socket.set_mark(bypass_mark)?;
     socket.set_tcp_nodelay(true)?;
+    if let Some(from) = from {
+        bind_source(&socket, from)?;
+    }
     Ok(socket)
 }
 
-/// A UDP socket connected to a backend, with the bypass mark.
-pub fn upstream_udp(to: SocketAddr, bypass_mark: u32) -> io::Result<std::net::UdpSocket> {
+/// A UDP socket connected to a backend, with the bypass mark, from the
+/// client's own address when `from` is given.
+pub fn upstream_udp(
+    to: SocketAddr,
+    bypass_mark: u32,
+    from: Option<SocketAddr>,
+) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(domain(&to), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
     socket.set_mark(bypass_mark)?;
+    if let Some(from) = from {
+        bind_source(&socket, from)?;
+    }
     socket.connect(&SockAddr::from(to))?;
     Ok(socket.into())
+}
+
+/// Binds to the client's address, which is not ours (IP_TRANSPARENT), and
+/// its port when that is free here; the backend then sees the client as
+/// kube-proxy's DNAT would show it. The backend's replies come back to this
+/// socket through the prerouting rule that sends packets of our own
+/// transparent sockets to them.
+fn bind_source(socket: &Socket, from: SocketAddr) -> io::Result<()> {
+    set_transparent(socket, from.is_ipv6())?;
+    socket.set_reuse_address(true)?;
+    match socket.bind(&SockAddr::from(from)) {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+            socket.bind(&SockAddr::from(SocketAddr::new(from.ip(), 0)))
+        }
+        other => other,
+    }
 }
 
 /// A UDP socket bound to the Service VIP (not a local address, hence

@@ -42,7 +42,11 @@ async fn handle(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) {
         return;
     };
     let mark = worker.bypass_mark;
-    let connect = |addr| connect(addr, mark);
+    let header = session::proxy_header(&accepted);
+    let connect = |addr| {
+        let from = worker.upstream_source(&accepted.target, accepted.client, addr);
+        connect(addr, mark, from, header.clone())
+    };
     let Some(up) = worker
         .connect_upstream(
             &accepted.target,
@@ -68,10 +72,19 @@ async fn handle(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) {
     guard.finish(to_backend, to_client);
 }
 
-async fn connect(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
-    let socket = sockets::upstream_tcp(addr, mark)?;
+async fn connect(
+    addr: SocketAddr,
+    mark: u32,
+    from: Option<SocketAddr>,
+    header: Option<Vec<u8>>,
+) -> io::Result<TcpStream> {
+    let socket = sockets::upstream_tcp(addr, mark, from)?;
     let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
-    socket.connect(addr).await
+    let mut stream = socket.connect(addr).await?;
+    if let Some(header) = header {
+        stream.write_all(&header).await?;
+    }
+    Ok(stream)
 }
 
 /// Copies until EOF, then half-closes the writer (see the io_uring twin).

@@ -35,7 +35,11 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
         return;
     };
     let mark = worker.bypass_mark;
-    let connect = |addr| connect(addr, mark);
+    let header = session::proxy_header(&accepted);
+    let connect = |addr| {
+        let from = worker.upstream_source(&accepted.target, accepted.client, addr);
+        connect(addr, mark, from, header.clone())
+    };
     let Some(up) = worker
         .connect_upstream(
             &accepted.target,
@@ -62,10 +66,18 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
 /// Connects with a pre-configured socket. tokio-uring 0.5 can only connect
 /// a socket it creates itself, so the connect runs on the reactor tokio-uring
 /// sits on, and the stream then moves to the ring.
-async fn connect(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
-    let socket = sockets::upstream_tcp(addr, mark)?;
+async fn connect(
+    addr: SocketAddr,
+    mark: u32,
+    from: Option<SocketAddr>,
+    header: Option<Vec<u8>>,
+) -> io::Result<TcpStream> {
+    let socket = sockets::upstream_tcp(addr, mark, from)?;
     let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
-    let stream = socket.connect(addr).await?;
+    let mut stream = socket.connect(addr).await?;
+    if let Some(header) = header {
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &header).await?;
+    }
     Ok(TcpStream::from_std(stream.into_std()?))
 }
 

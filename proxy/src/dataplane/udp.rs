@@ -91,7 +91,10 @@ async fn start_flow(
         return;
     };
     let mark = worker.bypass_mark;
-    let connect = |addr| async move { UdpSocket::from_std(sockets::upstream_udp(addr, mark)?) };
+    let connect = |addr| {
+        let from = worker.upstream_source(&target, client, addr);
+        async move { UdpSocket::from_std(sockets::upstream_udp(addr, mark, from)?) }
+    };
     let Some(up) = worker.connect_upstream(&target, client, dst, connect).await else {
         return;
     };

@@ -3,8 +3,10 @@
 //! loop that TCP and UDP share.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -12,7 +14,7 @@ use std::time::Instant;
 
 use crate::admin::Metrics;
 use crate::admin::metrics::{FailureLabels, FailureReason, PortLabels};
-use crate::catalog::{Protocol, Route};
+use crate::catalog::{Protocol, Route, Scope};
 use crate::config::DataplaneConfig;
 use crate::policy::{BoundPolicy, Decider, Decision, Outcome, PickRequest};
 use crate::snapshot::SharedSnapshot;
@@ -20,6 +22,7 @@ use crate::snapshot::SharedSnapshot;
 use super::Shared;
 use super::bufpool::BufPool;
 use super::drain::Connections;
+use super::local_addrs::local_addresses;
 
 /// Buffers kept idle per worker beyond the ones in use.
 const MAX_IDLE_BUFFERS: usize = 256;
@@ -38,6 +41,8 @@ pub struct Worker {
     pub conns: Connections,
     /// Connections and flows open on every worker (the stop waits for 0).
     pub active: Arc<AtomicUsize>,
+    /// This node's addresses (refreshed by the sweep task).
+    pub local: RefCell<HashSet<IpAddr>>,
     decider: RefCell<Decider>,
 }
 
@@ -72,6 +77,7 @@ impl Worker {
             scratch: RefCell::new(vec![0; super::udp::MAX_DATAGRAM]),
             conns: Connections::default(),
             active: shared.active,
+            local: RefCell::new(local_addresses()),
             decider: RefCell::new(decider),
         }
     }
@@ -162,6 +168,27 @@ impl Worker {
         self.count_failure(target, FailureReason::Exhausted);
         tracing::warn!(service = %target.labels.service, port = %target.labels.port, client = %client, tried = tried.len(), "no endpoint accepted the connection");
         None
+    }
+
+    /// The address the upstream connection leaves from: the client's own,
+    /// as kube-proxy's DNAT would show it, unless transparency is off, the
+    /// Service wants a PROXY header instead, the client is a process on this
+    /// node, or it came from outside to a Service with
+    /// `externalTrafficPolicy: Cluster` (then the node's address, as with
+    /// kube-proxy's masquerade).
+    pub fn upstream_source(
+        &self,
+        target: &Resolved,
+        client: SocketAddr,
+        endpoint: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let info = &target.route.port.service;
+        let transparent = self.cfg.transparent
+            && !info.proxy_protocol
+            && client.is_ipv4() == endpoint.is_ipv4()
+            && (target.route.scope == Scope::Internal || info.external_local)
+            && !self.local.borrow().contains(&client.ip());
+        transparent.then_some(client)
     }
 
     /// A proxied connection or flow to `endpoint` ended.

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::{Caller, Config, Engine, Linker, OptLevel, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Caller, Config, Engine, Linker, OptLevel, Store, StoreLimits, StoreLimitsBuilder,
+    UpdateDeadline,
+};
 
 use crate::config::PolicyConfig;
 
@@ -24,6 +27,9 @@ pub struct HostState {
     pub rng: fastrand::Rng,
     log_window: Instant,
     log_lines: u32,
+    /// Thread CPU time when the current call first passed its deadline, and
+    /// how often it was given more time since (see `deadline_reached`).
+    probe: Option<(u64, u32)>,
 }
 
 impl HostState {
@@ -41,7 +47,13 @@ impl HostState {
             rng: fastrand::Rng::new(),
             log_window: Instant::now(),
             log_lines: 0,
+            probe: None,
         }
+    }
+
+    /// Forgets the deadline probe of the previous call.
+    pub fn new_call(&mut self) {
+        self.probe = None;
     }
 
     fn allow_log(&mut self) -> bool {
@@ -65,6 +77,45 @@ pub enum EngineError {
     },
 }
 
+/// Times a call past its deadline may be given another tick because its
+/// thread was not running (about 50 ms of wall time at the default tick).
+const MAX_EXTENSIONS: u32 = 1000;
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Epochs count wall time, but a worker preempted in the middle of a call
+/// (a busy node has other work) has not spent it. When a call passes its
+/// deadline, look at the thread's CPU clock: give the call one more tick,
+/// and stop it only if it kept the CPU busy for most of that tick — a
+/// module that loops does, a preempted one does not.
+fn deadline_reached(state: &mut HostState, tick_ns: u64) -> UpdateDeadline {
+    let now = thread_cpu_ns();
+    match state.probe {
+        None => {
+            state.probe = Some((now, 0));
+            UpdateDeadline::Continue(1)
+        }
+        Some((last, extensions)) => {
+            if now.saturating_sub(last) >= tick_ns / 2 || extensions >= MAX_EXTENSIONS {
+                UpdateDeadline::Interrupt
+            } else {
+                state.probe = Some((now, extensions + 1));
+                UpdateDeadline::Continue(1)
+            }
+        }
+    }
+}
+
 /// Shared by every worker; `Engine` and `Linker` are `Send + Sync`.
 pub struct PolicyEngine {
     pub engine: Engine,
@@ -76,6 +127,7 @@ pub struct PolicyEngine {
     pub memory_limit: usize,
     pub max_module_bytes: u64,
     pub epoch_start: Instant,
+    tick: Duration,
     stop: Arc<AtomicBool>,
 }
 
@@ -117,8 +169,20 @@ impl PolicyEngine {
             memory_limit: cfg.memory_limit,
             max_module_bytes: cfg.max_module_bytes,
             epoch_start,
+            tick,
             stop,
         }))
+    }
+
+    /// A store for one instance: memory cap, set-up deadline armed, and the
+    /// CPU-time check at the deadline.
+    pub fn new_store(&self, policy: Arc<str>) -> Store<HostState> {
+        let mut store = Store::new(&self.engine, HostState::new(policy, self.memory_limit));
+        store.limiter(|s| &mut s.limits);
+        let tick_ns = self.tick.as_nanos() as u64;
+        store.epoch_deadline_callback(move |mut ctx| Ok(deadline_reached(ctx.data_mut(), tick_ns)));
+        store.set_epoch_deadline(self.setup_ticks);
+        store
     }
 
     /// `now_ns` of the ABI: monotonic since the engine started.

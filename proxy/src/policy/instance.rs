@@ -74,12 +74,7 @@ pub struct WasmInstance {
 impl WasmInstance {
     /// Instantiates and hands over the configuration (`sy_init`).
     pub fn new(engine: &PolicyEngine, module: &PolicyModule, config: &str) -> Result<Self, Fault> {
-        let mut store = Store::new(
-            &engine.engine,
-            HostState::new(module.name.clone(), engine.memory_limit),
-        );
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(engine.setup_ticks);
+        let mut store = engine.new_store(module.name.clone());
         let instance = module.pre.instantiate(&mut store).map_err(fault)?;
         let memory = instance
             .get_memory(&mut store, "memory")
@@ -138,11 +133,13 @@ impl WasmInstance {
 
     /// Arms the decision deadline.
     fn arm(&mut self) {
+        self.store.data_mut().new_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
     }
 
     /// Arms the (longer) set-up deadline.
     fn arm_setup(&mut self) {
+        self.store.data_mut().new_call();
         self.store.set_epoch_deadline(self.setup_ticks);
     }
 

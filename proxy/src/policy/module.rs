@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use wasmtime::{ExternType, FuncType, InstancePre, Module, Store, ValType};
+use wasmtime::{ExternType, FuncType, InstancePre, Module, ValType};
 
 use super::engine::{HostState, PolicyEngine};
 use super::layout::ABI_VERSION;
@@ -212,12 +212,7 @@ fn check_exports(module: &Module, memory_limit: usize) -> Result<bool, ModuleErr
 }
 
 fn check_version(engine: &PolicyEngine, module: &PolicyModule) -> Result<(), ModuleError> {
-    let mut store = Store::new(
-        &engine.engine,
-        HostState::new(module.name.clone(), engine.memory_limit),
-    );
-    store.limiter(|s| &mut s.limits);
-    store.set_epoch_deadline(engine.deadline_ticks);
+    let mut store = engine.new_store(module.name.clone());
     let instance = module
         .pre
         .instantiate(&mut store)

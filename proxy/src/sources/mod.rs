@@ -2,7 +2,15 @@
 //! same typed objects to the one catalog translation.
 
 pub mod file;
+pub mod kube;
 pub mod manifest;
 
 pub use file::{FileSource, Scan, SourceError};
 pub use manifest::{ManifestProblem, Manifests};
+
+/// The source the daemon runs on: both end in the same catalog translation
+/// (a full build for files, per-Service rebuilds for the watch).
+pub enum Source {
+    File(FileSource),
+    Kube(self::kube::KubeSource),
+}

@@ -1,0 +1,106 @@
+//! Watched objects arrive untyped (`DynamicObject`), one at a time, so that
+//! one malformed object is named and skipped instead of failing the whole
+//! list it came in, as a typed watch would.
+
+use ::kube::core::{DynamicObject, TypeMeta};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::store::Key;
+use crate::catalog::{self, ObjectRef, Problem, Severity};
+
+/// The kinds the source watches; conf/k8s/ grants exactly these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+    Node,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Node => "Node",
+        }
+    }
+
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::Service | Kind::Node => "v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
+        }
+    }
+}
+
+/// A typed object this source keeps, with the checks it must pass.
+pub trait Typed: serde::de::DeserializeOwned {
+    /// Problems that keep the object out (errors) or only warn.
+    fn check(&self) -> Vec<Problem>;
+}
+
+impl Typed for Service {
+    fn check(&self) -> Vec<Problem> {
+        // Warnings come again from the translation; only errors matter here.
+        catalog::validate_service(self)
+            .into_iter()
+            .filter(|p| p.severity == Severity::Error)
+            .collect()
+    }
+}
+
+impl Typed for EndpointSlice {
+    fn check(&self) -> Vec<Problem> {
+        catalog::validate_endpoint_slice(self)
+    }
+}
+
+impl Typed for Node {
+    fn check(&self) -> Vec<Problem> {
+        Vec::new()
+    }
+}
+
+pub fn key(obj: &DynamicObject) -> Key {
+    (
+        obj.metadata.namespace.clone().unwrap_or_default(),
+        obj.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Decodes and checks one object. A decode error or a validation error
+/// is pushed to `problems` (naming the object and field) and gives `None`.
+pub fn typed<T: Typed>(kind: Kind, obj: &DynamicObject, problems: &mut Vec<Problem>) -> Option<T> {
+    let (namespace, name) = key(obj);
+    let object = ObjectRef::new(kind.name(), &namespace, &name);
+    let mut obj = obj.clone();
+    // Lists carry apiVersion/kind only on the list; the typed decoder wants
+    // them on the object.
+    obj.types = Some(TypeMeta {
+        api_version: kind.api_version().to_owned(),
+        kind: kind.name().to_owned(),
+    });
+    let value = match serde_json::to_value(&obj) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(Problem::error(&object, "(object)", e.to_string()));
+            return None;
+        }
+    };
+    let typed: T = match serde_path_to_error::deserialize(value) {
+        Ok(t) => t,
+        Err(e) => {
+            let field = e.path().to_string();
+            let message = format!("{}; the object is skipped", e.into_inner());
+            problems.push(Problem::error(&object, field, message));
+            return None;
+        }
+    };
+    let found = typed.check();
+    let fatal = found.iter().any(|p| p.severity == Severity::Error);
+    problems.extend(found);
+    (!fatal).then_some(typed)
+}
