@@ -7,6 +7,10 @@
                                                  "UP\\n"      read to EOF, reply "bytes=N sha256=HEX\\n"
                                                  "DOWN N\\n"  send N bytes of the pattern stream, close
     servers.py reset --port PORT                 accepts and resets at once (SO_LINGER 0)
+    servers.py proxyv2 --name NAME --port PORT   reads a PROXY v2 header, answers one JSON
+                                                 line {"pod", "peer", "proxied_client", ...}
+    servers.py udpecho --name NAME --port PORT   answers each datagram with one JSON line
+                                                 {"pod": NAME, "peer": IP, "peer_port": N}
 
 All listen on [::] (dual stack). Nothing here resolves a name.
 """
@@ -130,9 +134,70 @@ def serve_reset(port: int) -> None:
         print(f"reset {plain(peer[0])}:{peer[1]}", flush=True)
 
 
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def read_exact(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed inside the PROXY header")
+        data += chunk
+    return data
+
+
+def parse_proxy_v2(conn: socket.socket) -> dict:
+    head = read_exact(conn, 16)
+    if head[:12] != PROXY_V2_SIGNATURE:
+        return {"error": "no PROXY v2 signature", "first_bytes": head.hex()}
+    length = struct.unpack("!H", head[14:16])[0]
+    body = read_exact(conn, length)
+    family = head[13] >> 4
+    if family == 1:
+        src, dst = socket.inet_ntop(socket.AF_INET, body[0:4]), socket.inet_ntop(socket.AF_INET, body[4:8])
+        sport, dport = struct.unpack("!HH", body[8:12])
+    else:
+        src, dst = socket.inet_ntop(socket.AF_INET6, body[0:16]), socket.inet_ntop(socket.AF_INET6, body[16:32])
+        sport, dport = struct.unpack("!HH", body[32:36])
+    return {"version_command": head[12], "family_transport": head[13], "proxied_client": plain(src),
+            "proxied_client_port": sport, "proxied_destination": plain(dst), "proxied_destination_port": dport}
+
+
+def serve_proxyv2(name: str, port: int) -> None:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("::", port))
+    sock.listen(128)
+    print(f"proxyv2 server {name} listening on {port}", flush=True)
+    while True:
+        conn, peer = sock.accept()
+        with conn:
+            conn.settimeout(10)
+            try:
+                info = parse_proxy_v2(conn)
+            except (OSError, ConnectionError) as exc:
+                info = {"error": repr(exc)}
+            info.update(pod=name, peer=plain(peer[0]), peer_port=peer[1])
+            conn.sendall((json.dumps(info) + "\n").encode())
+            print(json.dumps(info), flush=True)
+
+
+def serve_udpecho(name: str, port: int) -> None:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", port))
+    print(f"udpecho server {name} listening on {port}", flush=True)
+    while True:
+        _, peer = sock.recvfrom(2048)
+        reply = {"pod": name, "peer": plain(peer[0]), "peer_port": peer[1]}
+        sock.sendto((json.dumps(reply) + "\n").encode(), peer)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["http", "sha", "reset"])
+    ap.add_argument("kind", choices=["http", "sha", "reset", "proxyv2", "udpecho"])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--name", default="backend")
     args = ap.parse_args()
@@ -140,6 +205,12 @@ def main() -> None:
         server = HttpServer(("::", args.port), http_handler(args.name))
     elif args.kind == "sha":
         server = ShaServer(("::", args.port), ShaHandler)
+    elif args.kind == "proxyv2":
+        serve_proxyv2(args.name, args.port)
+        return
+    elif args.kind == "udpecho":
+        serve_udpecho(args.name, args.port)
+        return
     else:
         serve_reset(args.port)
         return
