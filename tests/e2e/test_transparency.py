@@ -10,7 +10,7 @@ import json
 import sys
 
 import manifests as mf
-from topology import BRIDGE_V4, CLIENT, EXT_V4, NODE_UPLINK_V4
+from topology import BRIDGE_V4, CLIENT, EXT_V4, NODE_UPLINK_V4, REMOTE_POD_V4
 
 CLIENT_IP = CLIENT.ipv4
 PV2_PORT = 9300
@@ -141,3 +141,28 @@ def servers_py():
     from cluster import SERVERS
     return SERVERS
 
+
+
+def test_backend_on_another_node_sees_the_client(bare_cluster):
+    """Client Pod on this node, backend Pod on a second node: the backend
+    sees the client Pod, and 128 MiB move intact each way."""
+    c = bare_cluster
+    remote_ns = c.topo.add_remote_node()
+    remote = [mf.Endpoint(REMOTE_POD_V4, "web-remote", node="node-b")]
+    c.write_services([
+        mf.ServiceDef("remote", [VIP], [mf.http_port()], [remote]),
+        mf.ServiceDef("remote-bulk", ["10.96.0.82"], [mf.Port("sha", mf.SHA_PORT, mf.SHA_PORT)], [remote]),
+    ])
+    c.start_proxy()
+    for key, argv, port in (
+        ("http-remote", ["http", "--name", "web-remote", "--port", str(mf.HTTP_PORT)], mf.HTTP_PORT),
+        ("sha-remote", ["sha", "--port", str(mf.SHA_PORT)], mf.SHA_PORT),
+    ):
+        proc = c.topo.spawn(key, remote_ns, [sys.executable, str(servers_py()), *argv])
+        c.servers[key] = proc
+        c.topo.wait_listening(remote_ns, port, proc=proc)
+    assert peers(c, f"http://{VIP}/", 5) == {CLIENT_IP}
+    for kind in ("sha-up", "sha-down"):
+        got = c.client_py(kind, "--host", "10.96.0.82", "--port", str(mf.SHA_PORT),
+                          "--bytes", str(128 << 20))
+        assert got.get("ok"), got

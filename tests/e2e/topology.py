@@ -49,6 +49,10 @@ NODE_UPLINK_V4, NODE_UPLINK_V6 = "192.168.50.1", "fd00:50::1"
 EXT_V4, EXT_V6 = "192.168.50.2", "fd00:50::2"
 EXTERNAL_IP_RANGE = "203.0.113.0/24"
 SERVICE_RANGE_V4, SERVICE_RANGE_V6 = "10.96.0.0/16", "fd00:10:96::/112"
+# The second node of the two-node tests (Topology.add_remote_node).
+LOCAL_SUBNET_V4, REMOTE_SUBNET_V4 = "10.244.1.0/24", "10.244.2.0/24"
+NODE_LINK_V4 = ("192.168.60.1", "192.168.60.2")
+REMOTE_GATEWAY_V4, REMOTE_POD_V4 = "10.244.2.1", "10.244.2.11"
 
 
 @dataclass(frozen=True)
@@ -310,6 +314,36 @@ class Topology:
             self.ip(ns, f"-6 route add {BRIDGE_V6} dev eth0")
         self.ip(ns, f"route add default via {BRIDGE_V4} dev eth0")
         self.ip(ns, f"-6 route add default via {BRIDGE_V6} dev eth0")
+
+    def add_remote_node(self) -> str:
+        """A second node (running no Switchyard) joined to this one by a link,
+        with its own Pod subnet and one routed Pod, REMOTE_POD. Each node
+        routes the other's Pod subnet through the link, as a cluster's pod
+        network does. Returns the Pod's namespace (removed with the rest)."""
+        nb, pod = f"{self.id}-nodeb", f"{self.id}-remote"
+        for ns in (nb, pod):
+            run(["ip", "netns", "add", ns])
+            self.created.append(ns)
+            self.ip(ns, "link set lo up")
+        self._sysctl(nb, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
+                     "net.ipv4.conf.default.send_redirects=0")
+        self.ip(self.node, f"link add n2n type veth peer name n2n netns {nb}")
+        self.ip(self.node, f"addr add {NODE_LINK_V4[0]}/30 dev n2n")
+        self.ip(nb, f"addr add {NODE_LINK_V4[1]}/30 dev n2n")
+        self.ip(self.node, "link set n2n up")
+        self.ip(nb, "link set n2n up")
+        self.ip(self.node, f"route add {REMOTE_SUBNET_V4} via {NODE_LINK_V4[1]}")
+        self.ip(nb, f"route add {LOCAL_SUBNET_V4} via {NODE_LINK_V4[0]}")
+        self.ip(nb, "link add br0 type bridge stp_state 0 forward_delay 0")
+        self.ip(nb, f"addr add {REMOTE_GATEWAY_V4}/24 dev br0")
+        self.ip(nb, "link set br0 up")
+        self.ip(nb, f"link add vremote type veth peer name eth0 netns {pod}")
+        self.ip(nb, "link set vremote master br0 up")
+        self.ip(pod, f"addr add {REMOTE_POD_V4}/32 dev eth0")
+        self.ip(pod, "link set eth0 up")
+        self.ip(pod, f"route add {REMOTE_GATEWAY_V4} dev eth0 scope link")
+        self.ip(pod, f"route add default via {REMOTE_GATEWAY_V4} dev eth0")
+        return pod
 
     def ip(self, ns: str, args: str) -> None:
         run(["ip", "-n", ns, *args.split()])
