@@ -39,8 +39,9 @@ class Cluster:
         return path
 
     # ----------------------------------------------------------------- proxy
-    def start_proxy(self, extra_args: Iterable[str] = ()) -> Switchyard:
-        self.proxy = Switchyard(self.topo, self.manifests, self.io, list(extra_args)).start()
+    def start_proxy(self, extra_args: Iterable[str] = (), wait: bool = True) -> Switchyard:
+        self.proxy = Switchyard(self.topo, self.manifests, self.io, list(extra_args)).start(
+            wait=wait)
         return self.proxy
 
     # --------------------------------------------------------------- servers

@@ -52,12 +52,13 @@ class Switchyard:
                 "--node-name", NODE_NAME, "--io", self.io, "--log-level", LOG_LEVEL,
                 *self.extra_args]
 
-    def start(self, ready_timeout: float = 60) -> "Switchyard":
+    def start(self, ready_timeout: float = 60, wait: bool = True) -> "Switchyard":
         argv = self.argv()
         self.routing_before = routing_state(self.topo.node)
         env = dict(os.environ, RUST_BACKTRACE="1", NO_COLOR="1")
         self.proc = self.topo.spawn(self.name, self.topo.node, argv, env=env)
-        self.wait_ready(ready_timeout)
+        if wait:
+            self.wait_ready(ready_timeout)
         return self
 
     def ready(self) -> bool:

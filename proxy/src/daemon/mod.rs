@@ -179,10 +179,13 @@ async fn control(
         node: NodeContext {
             node_name: Some(node_name),
         },
-        interceptor: config
-            .intercept
-            .enabled
-            .then(|| Interceptor::new(config.intercept.clone(), config.dataplane.listen_port)),
+        interceptor: config.intercept.enabled.then(|| {
+            Interceptor::new(
+                config.intercept.clone(),
+                config.dataplane.listen_port,
+                config.dataplane.transparent,
+            )
+        }),
         snapshot,
         metrics,
         summary,

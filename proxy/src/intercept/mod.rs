@@ -7,7 +7,9 @@ mod command;
 mod elements;
 mod routing;
 mod ruleset;
+mod steer;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 pub use command::CommandError;
@@ -36,6 +38,10 @@ pub struct Interceptor {
     listen_port: u16,
     installed: Option<Elements>,
     bridge: bridge::Saved,
+    /// Same-bridge reply steering (transparent mode only): the bridges and
+    /// endpoints installed in our `bridge` table.
+    steer: Option<(Vec<steer::Bridge>, BTreeSet<steer::EndpointKey>)>,
+    transparent: bool,
 }
 
 /// What one sync did, for logs and metrics.
@@ -46,13 +52,38 @@ pub struct SyncStats {
 }
 
 impl Interceptor {
-    pub fn new(cfg: InterceptConfig, listen_port: u16) -> Self {
+    pub fn new(cfg: InterceptConfig, listen_port: u16, transparent: bool) -> Self {
         Self {
             cfg,
             listen_port,
             installed: None,
             bridge: bridge::Saved::default(),
+            steer: None,
+            transparent,
         }
+    }
+
+    /// Keeps the bridge table in step: a full render when the bridges
+    /// changed, element updates otherwise.
+    fn sync_steering(&mut self, table: &ServiceTable) -> Result<(), InterceptError> {
+        if !self.transparent {
+            return Ok(());
+        }
+        let bridges = steer::bridges();
+        let endpoints = steer::endpoint_keys(table);
+        let name = &self.cfg.table;
+        let batch = match &self.steer {
+            Some((had, old)) if *had == bridges => steer::diff(name, old, &endpoints),
+            _ => steer::render(name, &bridges, &endpoints),
+        };
+        if !batch.is_empty() {
+            command::nft_batch(&batch).map_err(|source| InterceptError::Update {
+                table: format!("bridge {name}"),
+                source,
+            })?;
+        }
+        self.steer = Some((bridges, endpoints));
+        Ok(())
     }
 
     /// Makes the kernel match `table`: the first call replaces any stale
@@ -88,6 +119,7 @@ impl Interceptor {
             }
         };
         self.installed = Some(want);
+        self.sync_steering(table)?;
         Ok(SyncStats {
             changed_elements: changed,
             took: start.elapsed(),
@@ -126,6 +158,9 @@ impl Interceptor {
         routing::remove(&self.cfg);
         self.bridge.restore();
         self.installed = None;
+        if self.steer.take().is_some() {
+            let _ = command::nft_batch(&steer::remove(&self.cfg.table));
+        }
         let batch = format!(
             "table inet {t} {{}}\ndelete table inet {t}\n",
             t = self.cfg.table

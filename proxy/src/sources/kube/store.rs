@@ -55,6 +55,9 @@ pub struct Store {
     services: Objects<Service>,
     slices: Objects<EndpointSlice>,
     nodes: Objects<Node>,
+    /// Service → the slices that name it, so that a Service's slices are
+    /// found without scanning every slice.
+    slices_by_service: BTreeMap<Key, BTreeSet<Key>>,
     dirty: Dirty,
     /// Rejected objects and slice warnings, for the sync to log and count.
     problems: Vec<Problem>,
@@ -68,52 +71,61 @@ impl Store {
 
     /// Applies one watch event; true when something a sync reads changed.
     pub fn apply(&mut self, kind: Kind, event: Event<DynamicObject>) -> bool {
-        let before = self.dirty.clone();
-        let node_before = self.node_zone();
-        match kind {
+        let changed = match kind {
             Kind::Service => self.apply_services(event),
             Kind::EndpointSlice => self.apply_slices(event),
             Kind::Node => {
-                apply_generic(&mut self.nodes, &mut self.problems, Kind::Node, &event);
+                !apply_generic(&mut self.nodes, &mut self.problems, Kind::Node, &event).is_empty()
             }
-        }
-        let node_changed = kind == Kind::Node && self.node_zone() != node_before;
-        node_changed || self.dirty != before || !self.problems.is_empty()
+        };
+        changed || !self.problems.is_empty()
     }
 
-    fn apply_services(&mut self, event: Event<DynamicObject>) {
+    /// True when a Service changed.
+    fn apply_services(&mut self, event: Event<DynamicObject>) -> bool {
         let touched = apply_generic(
             &mut self.services,
             &mut self.problems,
             Kind::Service,
             &event,
         );
-        self.dirty.services.extend(touched);
+        let changed = !touched.is_empty();
+        self.dirty
+            .services
+            .extend(touched.into_iter().map(|(k, _)| k));
+        changed
     }
 
-    fn apply_slices(&mut self, event: Event<DynamicObject>) {
-        // A slice can move between Services (its label changed) or vanish in
-        // a relist: mark its owner before and after.
-        let owners_before: BTreeMap<Key, Key> = self
-            .slices
-            .live
-            .iter()
-            .filter_map(|(k, s)| Some((k.clone(), owner(s)?)))
-            .collect();
+    /// True when a slice changed.
+    fn apply_slices(&mut self, event: Event<DynamicObject>) -> bool {
         let touched = apply_generic(
             &mut self.slices,
             &mut self.problems,
             Kind::EndpointSlice,
             &event,
         );
-        for key in touched {
-            if let Some(o) = owners_before.get(&key) {
-                self.dirty.services.insert(o.clone());
+        let changed = !touched.is_empty();
+        // A slice can move between Services (its label changed) or vanish:
+        // its owner before and after both need a rebuild.
+        for (key, old) in touched {
+            if let Some(o) = old.as_ref().and_then(owner) {
+                if let Some(set) = self.slices_by_service.get_mut(&o) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        self.slices_by_service.remove(&o);
+                    }
+                }
+                self.dirty.services.insert(o);
             }
             if let Some(o) = self.slices.live.get(&key).and_then(owner) {
+                self.slices_by_service
+                    .entry(o.clone())
+                    .or_default()
+                    .insert(key);
                 self.dirty.services.insert(o);
             }
         }
+        changed
     }
 
     /// Takes what changed since the last call.
@@ -139,14 +151,11 @@ impl Store {
 
     /// The slices that name `service` in their `kubernetes.io/service-name`.
     pub fn slices_of(&self, service: &Key) -> Vec<&EndpointSlice> {
-        let (namespace, _) = service;
-        let from = (namespace.clone(), String::new());
-        self.slices
-            .live
-            .range(from..)
-            .take_while(|((ns, _), _)| ns == namespace)
-            .map(|(_, s)| s)
-            .filter(|s| owner(s).as_ref() == Some(service))
+        self.slices_by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.live.get(k))
             .collect()
     }
 
@@ -169,13 +178,14 @@ fn owner(slice: &EndpointSlice) -> Option<Key> {
 }
 
 /// Applies an event to one kind's objects; returns the keys whose object
-/// changed (added, modified, deleted, or gone in a relist).
+/// changed (added, modified, deleted, or gone in a relist), each with the
+/// object it replaced.
 fn apply_generic<T>(
     objects: &mut Objects<T>,
     problems: &mut Vec<Problem>,
     kind: Kind,
     event: &Event<DynamicObject>,
-) -> Vec<Key>
+) -> Vec<(Key, Option<T>)>
 where
     T: decode::Typed + PartialEq + Clone,
 {
@@ -200,18 +210,25 @@ where
             let Some(fresh) = objects.relist.take() else {
                 return Vec::new();
             };
-            let old = std::mem::replace(&mut objects.live, fresh);
-            let mut changed: Vec<Key> = old
+            let mut old = std::mem::replace(&mut objects.live, fresh);
+            let keys: Vec<Key> = objects
+                .live
                 .iter()
-                .filter(|(k, v)| objects.live.get(*k) != Some(*v))
+                .filter(|(k, v)| old.get(*k) != Some(*v))
                 .map(|(k, _)| k.clone())
                 .collect();
+            let mut changed: Vec<(Key, Option<T>)> = keys
+                .into_iter()
+                .map(|k| {
+                    let before = old.remove(&k);
+                    (k, before)
+                })
+                .collect();
+            // What is left of the old set is gone or unchanged.
             changed.extend(
-                objects
-                    .live
-                    .keys()
-                    .filter(|k| !old.contains_key(*k))
-                    .cloned(),
+                old.into_iter()
+                    .filter(|(k, _)| !objects.live.contains_key(k))
+                    .map(|(k, v)| (k, Some(v))),
             );
             if !changed.is_empty() {
                 tracing::info!(
@@ -227,8 +244,8 @@ where
             let key = decode::key(obj);
             match decode::typed::<T>(kind, obj, problems) {
                 Some(value) if objects.live.get(&key) != Some(&value) => {
-                    objects.live.insert(key.clone(), value);
-                    vec![key]
+                    let old = objects.live.insert(key.clone(), value);
+                    vec![(key, old)]
                 }
                 _ => Vec::new(),
             }
@@ -236,7 +253,7 @@ where
         Event::Delete(obj) => {
             let key = decode::key(obj);
             match objects.live.remove(&key) {
-                Some(_) => vec![key],
+                Some(old) => vec![(key, Some(old))],
                 None => Vec::new(),
             }
         }
