@@ -191,12 +191,49 @@ impl PolicyEngine {
     }
 }
 
+/// One flag per thread that runs guest code, each on its own cache line so
+/// that workers never share one.
+#[repr(align(64))]
+struct Busy(AtomicBool);
+
+const BUSY_SLOTS: usize = 64;
+static BUSY: [Busy; BUSY_SLOTS] = [const { Busy(AtomicBool::new(false)) }; BUSY_SLOTS];
+static NEXT_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % BUSY_SLOTS;
+}
+
+/// Marks this thread as running guest code until `guest_done`, so that the
+/// ticker ticks at deadline pace only while someone can miss a deadline.
+pub fn guest_running() {
+    SLOT.with(|&slot| BUSY[slot].0.store(true, Ordering::Relaxed));
+}
+
+pub fn guest_done() {
+    SLOT.with(|&slot| BUSY[slot].0.store(false, Ordering::Relaxed));
+}
+
+fn any_guest_running() -> bool {
+    BUSY.iter().any(|b| b.0.load(Ordering::Relaxed))
+}
+
+/// Tick pace while no guest code runs: a node without policy calls should
+/// not wake a thread tens of thousands of times a second.
+const IDLE_TICK: Duration = Duration::from_millis(1);
+
 fn spawn_ticker(engine: Engine, tick: Duration, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new()
         .name("sy-policy-epoch".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(tick);
+                // A call that starts during an idle sleep gets its deadline
+                // late (by at most IDLE_TICK), never early.
+                std::thread::sleep(if any_guest_running() {
+                    tick
+                } else {
+                    IDLE_TICK.max(tick)
+                });
                 engine.increment_epoch();
             }
         });

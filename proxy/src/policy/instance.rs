@@ -4,7 +4,7 @@
 
 use wasmtime::{Memory, Store, Trap, TypedFunc};
 
-use super::engine::{HostState, PolicyEngine};
+use super::engine::{HostState, PolicyEngine, guest_done, guest_running};
 use super::layout::{CONTEXT_SIZE, CallContext, RECORD_SIZE};
 use super::module::PolicyModule;
 
@@ -48,6 +48,13 @@ impl Fault {
     }
 }
 
+/// `fault` for the result of a guest call, ending the call's busy mark
+/// (call sites clear it on success with `inspect`).
+fn fault_done(e: wasmtime::Error) -> Fault {
+    guest_done();
+    fault(e)
+}
+
 fn fault(e: wasmtime::Error) -> Fault {
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Fault::Deadline,
@@ -75,27 +82,36 @@ impl WasmInstance {
     /// Instantiates and hands over the configuration (`sy_init`).
     pub fn new(engine: &PolicyEngine, module: &PolicyModule, config: &str) -> Result<Self, Fault> {
         let mut store = engine.new_store(module.name.clone());
-        let instance = module.pre.instantiate(&mut store).map_err(fault)?;
+        let instance = module
+            .pre
+            .instantiate(&mut store)
+            .map_err(fault_done)
+            .inspect(|_| guest_done())?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| Fault::Trap("no exported memory".into()))?;
         let alloc = instance
             .get_typed_func(&mut store, "sy_alloc")
-            .map_err(fault)?;
+            .map_err(fault_done)
+            .inspect(|_| guest_done())?;
         let init: TypedFunc<(i32, i32), i32> = instance
             .get_typed_func(&mut store, "sy_init")
-            .map_err(fault)?;
+            .map_err(fault_done)
+            .inspect(|_| guest_done())?;
         let endpoints = instance
             .get_typed_func(&mut store, "sy_endpoints")
-            .map_err(fault)?;
+            .map_err(fault_done)
+            .inspect(|_| guest_done())?;
         let pick = instance
             .get_typed_func(&mut store, "sy_pick")
-            .map_err(fault)?;
+            .map_err(fault_done)
+            .inspect(|_| guest_done())?;
         let outcome = if module.has_outcome {
             Some(
                 instance
                     .get_typed_func(&mut store, "sy_outcome")
-                    .map_err(fault)?,
+                    .map_err(fault_done)
+                    .inspect(|_| guest_done())?,
             )
         } else {
             None
@@ -117,7 +133,8 @@ impl WasmInstance {
         this.arm_setup();
         let accepted = init
             .call(&mut this.store, (config_ptr as i32, config.len() as i32))
-            .map_err(fault)?;
+            .map_err(fault_done)
+            .inspect(|_| guest_done())?;
         if accepted != 0 {
             let why = this
                 .store
@@ -133,12 +150,14 @@ impl WasmInstance {
 
     /// Arms the decision deadline.
     fn arm(&mut self) {
+        guest_running();
         self.store.data_mut().new_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
     }
 
     /// Arms the (longer) set-up deadline.
     fn arm_setup(&mut self) {
+        guest_running();
         self.store.data_mut().new_call();
         self.store.set_epoch_deadline(self.setup_ticks);
     }
@@ -146,7 +165,11 @@ impl WasmInstance {
     fn guest_alloc(&mut self, size: usize) -> Result<usize, Fault> {
         self.arm_setup();
         let size_i32 = i32::try_from(size).map_err(|_| Fault::Alloc(size))?;
-        let ptr = self.alloc.call(&mut self.store, size_i32).map_err(fault)?;
+        let ptr = self
+            .alloc
+            .call(&mut self.store, size_i32)
+            .map_err(fault_done)
+            .inspect(|_| guest_done())?;
         let ptr = usize::try_from(ptr).map_err(|_| Fault::Alloc(size))?;
         if ptr == 0 {
             return Err(Fault::Alloc(size));
@@ -180,7 +203,8 @@ impl WasmInstance {
         self.arm_setup();
         self.endpoints
             .call(&mut self.store, (ptr as i32, count as i32))
-            .map_err(fault)?;
+            .map_err(fault_done)
+            .inspect(|_| guest_done())?;
         self.table_ptr = Some(ptr);
         self.count = count;
         Ok(())
@@ -205,7 +229,8 @@ impl WasmInstance {
         let answer = self
             .pick
             .call(&mut self.store, self.ctx_ptr as i32)
-            .map_err(fault)?;
+            .map_err(fault_done)
+            .inspect(|_| guest_done())?;
         match answer {
             -1 => Ok(None),
             i if i >= 0 && (i as usize) < self.count => Ok(Some(i as usize)),
@@ -223,6 +248,7 @@ impl WasmInstance {
                 &mut self.store,
                 (index as i32, i32::from(failed), latency_ns as i64),
             )
-            .map_err(fault)
+            .map_err(fault_done)
+            .inspect(|_| guest_done())
     }
 }
