@@ -1,0 +1,1 @@
+"""Switchyard benchmark harness (see bench/README.md)."""

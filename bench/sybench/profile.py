@@ -1,0 +1,127 @@
+"""Syscalls per connection: `python3 -m bench.sybench.profile [peer ...]` (root).
+
+Builds the bench topology, and for each peer runs the conn/s workload for a
+fixed number of connections while `strace -c -f` counts the peer's system
+calls (strace slows the peer down, so only the counts mean anything), then
+prints calls per connection, busiest first. Optionally `--perf` records
+`perf stat` of the proxy core over an unprofiled run instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import backends, cpu, topo
+from .main import make_peers, pick_binary
+from .workloads import LUA, Settings
+from .backends import WEB
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def worker_tids(peer) -> list[int]:
+    """Switchyard's data-plane threads (sy-worker-N), traced on their own to
+    separate the data path from background threads."""
+    tids = []
+    for pid in peer.pids():
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            if comm.startswith("sy-worker"):
+                tids.append(int(tid))
+    return tids
+
+
+def strace_counts(t: topo.Topology, peer, conns: int,
+                  tids: list[int] | None = None) -> tuple[int, dict[str, int]]:
+    pids = tids or peer.pids()
+    out = t.workdir / f"strace-{peer.name}.txt"
+    follow = [] if tids else ["-f"]
+    tracer = subprocess.Popen(["strace", "-c", *follow, "-o", str(out),
+                               *[a for p in pids for a in ("-p", str(p))]],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    time.sleep(1.0)
+    host, port = peer.target(WEB)
+    # A fixed count of connections: wrk's -c connections each make requests
+    # until -d ends, so use curl-free Python: open/request/close `conns` times.
+    script = ("import socket\n"
+              f"for i in range({conns}):\n"
+              f"    s=socket.create_connection(('{host}',{port}),timeout=5)\n"
+              "    s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n"
+              "    while s.recv(4096): pass\n"
+              "    s.close()\n")
+    topo.run(topo.pinned(topo.LOAD_CPU, [sys.executable, "-c", script]), ns=t.client,
+             timeout=120)
+    time.sleep(0.5)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=30)
+    counts: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
+        if m and m.group(2) != "total":
+            counts[m.group(2)] = int(m.group(1))
+    return conns, counts
+
+
+def perf_stat(t: topo.Topology, peer, seconds: float) -> str:
+    host, port = peer.target(WEB)
+    perf = subprocess.Popen(["perf", "stat", "-C", str(topo.PROXY_CPU), "-e",
+                             "task-clock,context-switches,cpu-migrations,instructions,cycles",
+                             "--", "sleep", f"{seconds + 1:g}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    res = topo.run(topo.pinned(topo.LOAD_CPU, [
+        "wrk", "-t1", "-c32", f"-d{seconds:g}s", "-H", "Connection: close", "-s", str(LUA),
+        f"http://{host}:{port}/"]), ns=t.client, timeout=seconds + 30)
+    m = re.search(r'"requests":(\d+)', res.stdout.decode())
+    text = perf.communicate(timeout=seconds + 30)[0].decode(errors="replace")
+    return f"connections: {m.group(1) if m else '?'}\n{text}"
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m bench.sybench.profile")
+    ap.add_argument("peers", nargs="*", default=["switchyard-uring", "switchyard-epoll",
+                                                  "haproxy"])
+    ap.add_argument("--conns", type=int, default=2000)
+    ap.add_argument("--perf", type=float, default=0, help="also perf stat for this many seconds")
+    ap.add_argument("--bin", type=Path)
+    ap.add_argument("--policies", type=Path, default=REPO / "target" / "policies")
+    args = ap.parse_args(argv)
+    args.smoke = False
+    os.sched_setaffinity(0, {topo.LOAD_CPU})
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    peers = [p for p in make_peers(pick_binary(args, "full"), args.policies)
+             if p.name in args.peers]
+    topo.sweep_leftovers()
+    with topo.Topology(Path(tempfile.mkdtemp(prefix="sybench-prof-"))) as t:
+        cpu.register_namespaces(t.created)
+        backends.write_manifests(t.workdir / "manifests")
+        backends.start(t)
+        for peer in peers:
+            peer.start(t)
+            try:
+                runs = [("all threads", None)]
+                if worker_tids(peer):
+                    runs.append(("data-plane worker thread only", worker_tids(peer)))
+                for what, tids in runs:
+                    n, counts = strace_counts(t, peer, args.conns, tids)
+                    total = sum(counts.values())
+                    print(f"\n{peer.name} ({what}): {total / n:.1f} syscalls per connection")
+                    for name, c in sorted(counts.items(), key=lambda kv: -kv[1])[:14]:
+                        print(f"  {name:<18} {c / n:6.2f}")
+                if args.perf:
+                    print(perf_stat(t, peer, args.perf))
+            finally:
+                peer.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

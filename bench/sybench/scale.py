@@ -1,0 +1,238 @@
+"""Control-plane scale (issue 5 item 3): `python3 -m bench.sybench.scale` (root).
+
+Generates kubectl-style manifests of --services Services with --endpoints
+endpoints each (defaults 10,000 x 10 = 100,000 endpoints), starts Switchyard
+on them in the bench topology's node (pinned to the proxy CPU), and records
+
+- time to serving: from spawning the process to /readyz answering 200, and
+  to the first connection through a probe Service succeeding;
+- peak RSS (VmHWM) after start and after the changes;
+- one endpoint change to effective, as a distribution: the probe Service
+  `toggle` is rewritten between one endpoint (a real nginx Pod) and none,
+  --changes times; a client in the client Pod connects to its VIP in a tight
+  loop and reports when the outcome flips (refused <-> answered), which needs
+  both the snapshot and the nftables sets to follow. Latency = flip time -
+  the rename that published the file (one monotonic clock for all
+  namespaces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import backends, topo
+from .backends import mf
+from .main import machine, pick_binary, versions
+from .topo import BACKENDS, NODE_NAME, PROXY_CPU, LOAD_CPU, SetupError, pinned, run, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+TOGGLE_VIP = "10.96.0.99"
+PER_FILE = 100
+
+PROBE = r"""
+import json, socket, sys, time
+vip, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+last, timeouts = None, 0
+while time.monotonic() < deadline:
+    s = socket.socket(); s.settimeout(0.5)
+    how = "answered"
+    try:
+        s.connect((vip, 80)); s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        ok = s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError as e:
+        ok, how = False, type(e).__name__
+        timeouts += isinstance(e, socket.timeout)
+    finally:
+        s.close()
+    if ok != last:
+        print(json.dumps({"t": time.monotonic(), "ok": ok, "how": how, "timeouts": timeouts}),
+              flush=True)
+        last = ok
+    time.sleep(0.0005)  # ~1,500 attempts/s: the ephemeral ports do not wrap during a run
+"""
+
+READY = r"""
+import socket, sys, time
+deadline = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < deadline:
+    try:
+        s = socket.create_connection(("127.0.0.1", 10256), timeout=0.2)
+        s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        if s.recv(64).startswith(b"HTTP/1.1 200"):
+            print(time.monotonic(), flush=True); sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.005)
+sys.exit(1)
+"""
+
+
+def generate(directory: Path, services: int, endpoints: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for f in range(0, services, PER_FILE):
+        docs = []
+        for i in range(f, min(f + PER_FILE, services)):
+            vip = f"10.96.{1 + i // 250}.{1 + i % 250}"
+            eps = [mf.Endpoint(f"10.{100 + (i * endpoints + j) // 65025 % 100}."
+                               f"{(i * endpoints + j) // 255 % 255}.{1 + (i * endpoints + j) % 254}",
+                               f"svc{i}-pod{j}", node=NODE_NAME) for j in range(endpoints)]
+            svc = mf.ServiceDef(f"svc{i}", [vip], [mf.Port("http", 80, 8080)], [eps],
+                                namespace="scale")
+            docs += svc.documents()
+        (directory / f"scale-{f // PER_FILE:04d}.yaml").write_text(mf.to_yaml(*docs))
+
+
+def toggle_yaml(on: bool) -> str:
+    eps = [mf.Endpoint(BACKENDS[0].ip, BACKENDS[0].name, node=NODE_NAME)] if on else []
+    return mf.ServiceDef("toggle", [TOGGLE_VIP], [mf.Port("http", 80, backends.HTTP_PORT)],
+                         [eps], namespace="scale").yaml()
+
+
+def vm(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m bench.sybench.scale")
+    ap.add_argument("--services", type=int, default=10000)
+    ap.add_argument("--endpoints", type=int, default=10)
+    ap.add_argument("--changes", type=int, default=40)
+    ap.add_argument("--bin", type=Path)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--name", default="scale")
+    ap.add_argument("--note", action="append", default=[])
+    args = ap.parse_args(argv)
+    args.smoke = False
+    os.sched_setaffinity(0, {LOAD_CPU})
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    binary = pick_binary(args, "full")
+    topo.sweep_leftovers()
+    started = dt.datetime.now()
+    work = Path(tempfile.mkdtemp(prefix="sybench-scale-"))
+    with topo.Topology(work) as t:
+        backends.start(t)
+        manifests = work / "manifests"
+        t0 = time.monotonic()
+        generate(manifests, args.services, args.endpoints)
+        (manifests / "toggle.yaml").write_text(toggle_yaml(True))
+        gen_s = time.monotonic() - t0
+        print(f"generated {args.services} Services / {args.services * args.endpoints} "
+              f"endpoints in {gen_s:.1f}s", flush=True)
+        argv_sy = [str(binary), "run", "--manifests", str(manifests), "--node-name", NODE_NAME,
+                   "--io", "uring", "--workers", "1", "--default-policy", "builtin-round-robin",
+                   "--log-level", "warn"]
+        ready = subprocess.Popen(topo.ns_argv(t.node, pinned(LOAD_CPU, [
+            sys.executable, "-c", READY, "300"])), stdout=subprocess.PIPE, text=True)
+        spawn = time.monotonic()
+        proc = t.spawn("switchyard-scale", t.node, pinned(PROXY_CPU, argv_sy))
+        out, _ = ready.communicate(timeout=330)
+        if ready.returncode != 0:
+            raise SetupError(f"switchyard not ready in 300 s:\n{proc.output()}")
+        to_ready = float(out.strip()) - spawn
+        probe_cmd = topo.ns_argv(t.client, pinned(LOAD_CPU, [
+            sys.executable, "-c", PROBE, TOGGLE_VIP, str(60 + args.changes * 3)]))
+        probe = subprocess.Popen(probe_cmd, stdout=subprocess.PIPE, text=True,
+                                 start_new_session=True)
+        try:
+            first = json.loads(probe.stdout.readline())
+            if not first["ok"]:
+                first = json.loads(probe.stdout.readline())
+            to_serving = first["t"] - spawn
+            hwm_start = vm(proc.pid, "VmHWM")
+            print(f"ready {to_ready:.3f}s, first proxied answer {to_serving:.3f}s, "
+                  f"VmHWM {hwm_start / 1024:.0f} MiB", flush=True)
+            lat = {"remove": [], "add": []}
+            on, timeouts = True, 0
+            for i in range(args.changes):
+                time.sleep(0.3 + (i % 7) * 0.05)  # not in step with any poll period
+                on = not on
+                mf.write_atomic(manifests / "toggle.yaml", toggle_yaml(on))
+                wrote = time.monotonic()
+                ev = json.loads(probe.stdout.readline())
+                if ev["ok"] != on:
+                    raise SetupError(f"probe flipped the wrong way: {ev}")
+                lat["add" if on else "remove"].append((ev["t"] - wrote) * 1e3)
+                timeouts = ev["timeouts"]
+            hwm_end = vm(proc.pid, "VmHWM")
+        finally:
+            probe.kill()
+            probe.wait(timeout=10)
+        rss = vm(proc.pid, "VmRSS")
+        rc = proc.stop()
+    both = lat["add"] + lat["remove"]
+    rec = {
+        "date": started.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+        "versions": versions(binary), "services": args.services,
+        "endpoints": args.services * args.endpoints, "files": -(-args.services // PER_FILE) + 1,
+        "generate_s": gen_s, "ready_s": to_ready, "first_proxied_s": to_serving,
+        "vmhwm_after_start_mib": hwm_start / 1024, "vmhwm_end_mib": hwm_end / 1024,
+        "rss_end_mib": rss / 1024, "exit_code": rc, "changes": args.changes,
+        "change_ms": {k: {"p50": pct(v, 50), "p90": pct(v, 90), "p99": pct(v, 99),
+                          "max": max(v), "mean": statistics.mean(v), "n": len(v)}
+                      for k, v in (("add", lat["add"]), ("remove", lat["remove"]),
+                                   ("all", both))},
+        "raw_ms": lat, "probe_timeouts": timeouts,
+        "command": " ".join(["taskset", "-c", str(PROXY_CPU), *argv_sy]),
+        "user_notes": args.note,
+    }
+    stem = f"{started.strftime('%Y-%m-%d')}-{args.name}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(rec, indent=1, default=str) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(rec))
+    print(markdown(rec))
+    subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
+    return 0
+
+
+def markdown(r: dict) -> str:
+    m, c = r["machine"], r["change_ms"]
+    met = lambda ok: "met" if ok else "**not met**"  # noqa: E731
+    rows = "\n".join(f"| {k} | {v['n']} | {v['p50']:.2f} | {v['p90']:.2f} | {v['p99']:.2f} | "
+                     f"{v['max']:.2f} |" for k, v in c.items())
+    notes = "".join(f"{n}\n\n" for n in r.get("user_notes", []))
+    return f"""# Switchyard control-plane scale — {r['date']}
+
+Machine: {m['cpu_model']}, {m['cores']} cores, {m['mem_gib']:.1f} GiB, kernel {m['kernel']}.
+Switchyard pinned to CPU 1 (`{r['command']}`), {r['services']:,} Services /
+{r['endpoints']:,} endpoints in {r['files']} manifest files (100 Services each).
+
+{notes}| figure | value | goal (issue 5 item 6) |
+|---|---|---|
+| spawn → /readyz 200 | {r['ready_s']:.3f} s | ≤ 1 s: {met(r['ready_s'] <= 1)} |
+| spawn → first answer through a Service | {r['first_proxied_s']:.3f} s | |
+| peak RSS (VmHWM) after start | {r['vmhwm_after_start_mib']:.0f} MiB | |
+| peak RSS after {r['changes']} changes | {r['vmhwm_end_mib']:.0f} MiB | |
+| one endpoint change → effective, p99 | {c['all']['p99']:.2f} ms | ≤ 5 ms: {met(c['all']['p99'] <= 5)} |
+
+One endpoint change to effective, milliseconds from the rename of the Service's
+file to the first connection that sees the new state (add: 0 → 1 endpoint,
+the connection is answered; remove: 1 → 0, it is refused). The probe tries about
+once a millisecond, which bounds the resolution; connection attempts that timed out
+(0.5 s) during the whole run: {r.get('probe_timeouts', 0)}.
+
+| change | n | p50 | p90 | p99 | max |
+|---|---|---|---|---|---|
+{rows}
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
