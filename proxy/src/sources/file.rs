@@ -183,7 +183,11 @@ pub fn watch(dir: &Path, tx: mpsc::Sender<()>, poll: Duration) -> Result<WatchGu
     use notify::Watcher;
     let notify_tx = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Reading the directory (our own rescan) raises access events on
+        // it; waking on those would make every rescan trigger the next and
+        // spin the control thread. Only changes matter.
+        let change = event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_)));
+        if change {
             // A full channel already holds a wake-up; dropping this is fine.
             let _ = notify_tx.try_send(());
         }
