@@ -1,7 +1,7 @@
 """CPU and memory accounting from /proc.
 
-The per-CPU lines of /proc/stat count every cycle a core spent, in user
-code, in the kernel on behalf of a process, and in interrupt/softirq work
+The per-CPU lines of /proc/stat account for every moment of a core: idle,
+user code, the kernel on behalf of a process, and interrupt/softirq work
 (where most TCP processing lands); the proxy is the only thing pinned to
 the proxy CPU, so that core's busy time during the load is what proxying
 cost, kernel work included. A process's own utime+stime (from
@@ -134,19 +134,31 @@ def wait_quiet(limit: float = 0.05, window: float = 2.0, timeout: float = 120.0)
 
 def delta(a: Sample, b: Sample, proxy_cpu: int, load_cpu: int) -> dict:
     """Seconds of busy CPU between two samples: the proxy core, the load core,
-    both, and the peer's processes, plus the proxy core's split."""
+    both, and the peer's processes, plus the proxy core's split.
+
+    Busy = wall time - idle - iowait. The idle counters are exact under
+    NO_HZ (sleep lengths), while user/system/softirq are sampled at the tick
+    and undercount a core that wakes and sleeps between ticks (checked here:
+    a half-busy proxy showed half its own process time); the sampled fields
+    only split the busy time into user / system / softirq shares."""
+    wall = b.t - a.t
+
     def busy(name: str) -> float:
-        return (_busy(b.cpus[name]) - _busy(a.cpus[name])) / TICK
+        v, w = b.cpus[name], a.cpus[name]
+        idle = (v[3] + v[4] - w[3] - w[4]) / TICK
+        return min(wall, max(0.0, wall - idle))
 
     p, q = b.cpus[f"cpu{proxy_cpu}"], a.cpus[f"cpu{proxy_cpu}"]
+    sampled = max(_busy(p) - _busy(q), 1)
+    core = busy(f"cpu{proxy_cpu}")
     return {
-        "wall_s": b.t - a.t,
-        "proxy_core_s": busy(f"cpu{proxy_cpu}"),
-        "proxy_core_user_s": (p[0] + p[1] - q[0] - q[1]) / TICK,
-        "proxy_core_sys_s": (p[2] - q[2]) / TICK,
-        "proxy_core_softirq_s": (p[5] + p[6] - q[5] - q[6]) / TICK,
+        "wall_s": wall,
+        "proxy_core_s": core,
+        "proxy_core_user_s": core * (p[0] + p[1] - q[0] - q[1]) / sampled,
+        "proxy_core_sys_s": core * (p[2] - q[2]) / sampled,
+        "proxy_core_softirq_s": core * (p[5] + p[6] - q[5] - q[6]) / sampled,
         "load_core_s": busy(f"cpu{load_cpu}"),
-        "total_s": busy(f"cpu{proxy_cpu}") + busy(f"cpu{load_cpu}"),
+        "total_s": core + busy(f"cpu{load_cpu}"),
         "peer_process_s": (b.proc - a.proc) / TICK,
         "foreign_cores": foreign_share(a, b),
         "foreign_names": foreign_names(a, b),
