@@ -152,7 +152,7 @@ def method(s: Settings, rounds: int) -> list[str]:
         "holds them without sending a byte; once the peer's upstream connections are "
         "established, VmRSS of the peer's processes (the fd hard limit here, 20,000 per "
         "process, keeps a 2-fd-per-connection proxy under 10,000).",
-        "CPU: /proc/stat per-CPU busy time (user+nice+system+irq+softirq) of the proxy core "
+        "CPU: busy time of the proxy core (wall time minus idle and iowait from /proc/stat) "
         "sampled just before and after each load; divided by connections (or requests, "
         "queries, GB) completed. 'both cores' adds the load core (client, backends and the "
         "kernel work done there, which is where kernel DNAT spends its time).",
