@@ -74,6 +74,22 @@ fn config_for(name: &str) -> &'static str {
     }
 }
 
+/// A new connection from a distinct client to the benchmark Service.
+fn request<'a>(
+    route: &'a Route,
+    binding: Option<&'a Arc<BoundPolicy>>,
+    client: u32,
+) -> PickRequest<'a> {
+    PickRequest {
+        route,
+        binding,
+        generation: 1,
+        client: std::net::SocketAddr::from((client.to_be_bytes(), 40000)),
+        frontend: std::net::SocketAddr::from(([10, 96, 0, 10], 80)),
+        tried: &[],
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let engine = PolicyEngine::new(&PolicyConfig::default()).expect("engine");
     let mut candidates: Vec<(String, Option<Arc<BoundPolicy>>)> =
@@ -132,14 +148,7 @@ fn bench(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(name.as_str(), n), &n, |b, _| {
                 b.iter(|| {
                     client = client.wrapping_add(1);
-                    let req = PickRequest {
-                        route: &route,
-                        binding: binding.as_ref(),
-                        generation: 1,
-                        client: std::net::SocketAddr::from((client.to_be_bytes(), 40000)),
-                        frontend: std::net::SocketAddr::from(([10, 96, 0, 10], 80)),
-                        tried: &[],
-                    };
+                    let req = request(&route, binding.as_ref(), client);
                     decider.pick(&req).map(|d| d.index)
                 })
             });
@@ -151,14 +160,7 @@ fn bench(c: &mut Criterion) {
                 |b, _| {
                     b.iter(|| {
                         client = client.wrapping_add(1);
-                        let req = PickRequest {
-                            route: &route,
-                            binding: binding.as_ref(),
-                            generation: 1,
-                            client: std::net::SocketAddr::from((client.to_be_bytes(), 40000)),
-                            frontend: std::net::SocketAddr::from(([10, 96, 0, 10], 80)),
-                            tried: &[],
-                        };
+                        let req = request(&route, binding.as_ref(), client);
                         if let Some(d) = decider.pick(&req) {
                             let addr = route.endpoints()[d.index].addr;
                             decider.outcome(
