@@ -74,6 +74,8 @@ def make_peers(binary: Path, policies: Path) -> list[Peer]:
         Switchyard(binary, "epoll"),
         Switchyard(binary, "uring", policy="round-robin", policies_dir=policies,
                    workloads=("idlecpu", "connrate", "keepalive")),
+        Switchyard(binary, "uring", transparent=False,
+                   workloads=("idlecpu", "connrate", "keepalive")),
         HAProxy(),
         HAProxy(splice=True),
         NginxStream(),

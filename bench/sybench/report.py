@@ -118,6 +118,20 @@ def goals(med: dict) -> list[dict]:
     return out
 
 
+def transparency_table(med: dict) -> str:
+    """Issue 9: what keeping the client's address costs, io_uring, same run."""
+    on, off = BASE, "switchyard-uring-opaque"
+    rows = []
+    for wl, metric, what in (("connrate", "cpu_us_per_conn_proxy_core",
+                              "proxy-core CPU per new connection (µs)"),
+                             ("connrate", "conn_per_s", "new connections/s"),
+                             ("keepalive", "rps", "keep-alive requests/s")):
+        a, b = get(med, on, wl, metric), get(med, off, wl, metric)
+        rows.append([what, _fmt(a, "{:,.1f}"), _fmt(b, "{:,.1f}"),
+                     _fmt(ratio(med, on, off, wl, metric), "{:.2f}×")])
+    return _table(["figure", "transparency on", "transparency off", "on / off"], rows)
+
+
 def goals_table(gs: list[dict]) -> str:
     rows = []
     for g in gs:
@@ -171,6 +185,10 @@ def markdown(rec: dict) -> str:
           "## Goals of issue 5 item 6", "", goals_table(rec["goals"]), "",
           "Not measured by this harness: one Wasm decision ≤ 150 ns (criterion, item 4); "
           "10k Services to serving ≤ 1 s and endpoint change ≤ 5 ms p99 (item 3).", "",
+          "## Transparent source on vs off (issue 9)", "",
+          "Both Switchyard io_uring with the built-in round robin; \"off\" is "
+          "`dataplane.transparent: false` (the backend sees the node's address).", "",
+          transparency_table(med), "",
           "## Absolute medians", "", absolute_table(med, peers), "",
           "## Per round", "", rounds_table(rec["raw"], peers), ""]
     if rec.get("skipped"):
