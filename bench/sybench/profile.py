@@ -85,12 +85,54 @@ def perf_stat(t: topo.Topology, peer, seconds: float) -> str:
     return f"connections: {m.group(1) if m else '?'}\n{text}"
 
 
+def thread_ticks(pids: list[int]) -> dict[str, int]:
+    """utime + stime in clock ticks per thread name (threads of one name summed)."""
+    out: dict[str, int] = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            out[comm] = out.get(comm, 0) + int(fields[11]) + int(fields[12])
+    return out
+
+
+def thread_cpu(t: topo.Topology, peer, seconds: float) -> str:
+    """CPU per thread of the peer under the conn/s load: which thread spends
+    what per connection (the data-plane worker should be nearly all of it)."""
+    host, port = peer.target(WEB)
+    before = thread_ticks(peer.pids())
+    res = topo.run(topo.pinned(topo.LOAD_CPU, [
+        "wrk", "-t1", "-c32", f"-d{seconds:g}s", "-H", "Connection: close", "-s", str(LUA),
+        f"http://{host}:{port}/"]), ns=t.client, timeout=seconds + 30)
+    after = thread_ticks(peer.pids())
+    m = re.search(r'"requests":(\d+)', res.stdout.decode())
+    conns = int(m.group(1)) if m else 0
+    hz = os.sysconf("SC_CLK_TCK")
+    lines = [f"{peer.name}: {conns} connections in {seconds:g} s; CPU per thread"]
+    for comm in sorted(after, key=lambda c: before.get(c, 0) - after[c]):
+        ticks = after[comm] - before.get(comm, 0)
+        if ticks:
+            us = ticks / hz * 1e6 / max(conns, 1)
+            lines.append(f"  {comm:<18} {ticks / hz * 1000:8.0f} ms  {us:7.1f} µs/conn")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m bench.sybench.profile")
     ap.add_argument("peers", nargs="*", default=["switchyard-uring", "switchyard-epoll",
                                                   "haproxy"])
     ap.add_argument("--conns", type=int, default=2000)
     ap.add_argument("--perf", type=float, default=0, help="also perf stat for this many seconds")
+    ap.add_argument("--threads", type=float, default=0,
+                    help="CPU per thread under this many seconds of conn/s load (no strace)")
     ap.add_argument("--bin", type=Path)
     ap.add_argument("--policies", type=Path, default=REPO / "target" / "policies")
     args = ap.parse_args(argv)
@@ -107,6 +149,9 @@ def main(argv: list[str]) -> int:
         for peer in peers:
             peer.start(t)
             try:
+                if args.threads:
+                    print(thread_cpu(t, peer, args.threads))
+                    continue
                 runs = [("all threads", None)]
                 if worker_tids(peer):
                     runs.append(("data-plane worker thread only", worker_tids(peer)))

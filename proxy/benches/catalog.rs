@@ -86,6 +86,7 @@ fn objects(services: usize, per: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
 fn bench(c: &mut Criterion) {
     let node = NodeContext {
         node_name: Some("node-a".into()),
+        ..NodeContext::default()
     };
     let mut group = c.benchmark_group("catalog_build");
     group

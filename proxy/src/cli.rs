@@ -193,6 +193,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let manifests = source.manifests();
     let node = NodeContext {
+        addresses: manifests.node_addresses(config.node_name.as_deref()),
         node_name: config.node_name.clone(),
     };
     let built = catalog::build(&manifests.services, &manifests.slices, &node);

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod intercept;
+pub mod l7;
 pub mod logging;
 pub mod policy;
 pub mod snapshot;

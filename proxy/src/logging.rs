@@ -43,3 +43,16 @@ pub fn rate_limited_warn(key: &str, log: impl FnOnce()) {
         }
     }
 }
+
+/// Counts a reached limit (`switchyard_limits_reached_total{limit}`) and
+/// logs it at most once per window: a client flood at a cap must not turn
+/// into a log flood.
+pub fn limit_reached(metrics: &crate::admin::Metrics, limit: &str, log: impl FnOnce()) {
+    metrics
+        .limits_reached
+        .get_or_create(&crate::admin::metrics::LimitLabels {
+            limit: limit.to_owned(),
+        })
+        .inc();
+    rate_limited_warn(&format!("limit:{limit}"), log);
+}

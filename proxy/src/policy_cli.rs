@@ -151,6 +151,7 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     let manifests = source.manifests();
     let node = NodeContext {
         node_name: args.node_name.clone(),
+        ..NodeContext::default()
     };
     let table = catalog::build(&manifests.services, &manifests.slices, &node).table;
     let route = find_route(args, &table)?;

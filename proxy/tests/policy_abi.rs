@@ -90,6 +90,7 @@ fn route(n: usize) -> Route {
         port: 80,
         node_port: None,
         app_protocol: None,
+        l7: None,
         internal: endpoints.clone(),
         external: endpoints,
     };

@@ -198,3 +198,39 @@ def test_external_traffic_policy_local_drops_external_traffic_only(bare_cluster,
                "external traffic to reach only the local endpoint", timeout=20, interval=0.3)
     pods, err = c.get_many(f"http://{vip}/", N)
     assert_all_answered(pods, N, err)
+
+
+def test_node_port_addresses_primary_follow_the_node_object(bare_cluster, api, tmp_path):
+    """`nodePortAddresses: [primary]`: NodePorts answer on the addresses the
+    Node object lists and on no other local address; a change to the Node
+    object moves them."""
+    c = bare_cluster
+    c.start_http()
+    node_port = 30082
+    svc = mf.ServiceDef("web-np", ["10.96.0.73"], [mf.Port("http", 80, mf.HTTP_PORT,
+                                                           node_port=node_port)],
+                        [mf.backends()], type="NodePort")
+    node = node_object(NODE_NAME, zone=ZONE)
+    node["status"]["addresses"] = [{"type": "InternalIP", "address": NODE_UPLINK_V4},
+                                   {"type": "Hostname", "address": NODE_NAME}]
+    api.put(node, *svc.documents())
+    api.start()
+    config = tmp_path / "switchyard.yaml"
+    config.write_text("intercept:\n  nodePortAddresses: [primary]\n")
+    kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
+    c.start_proxy(["--config", str(config), "--kubeconfig", str(kubeconfig)])
+
+    listed = f"http://{NODE_UPLINK_V4}:{node_port}/"
+    unlisted = f"http://10.244.1.1:{node_port}/"  # the node's bridge address
+    pods, err = c.get_many(listed, N, where="ext")
+    assert_all_answered(pods, N, err)
+    assert c.curl(unlisted).returncode != 0, "a NodePort answered on an address not listed"
+    assert c.get_many("http://10.96.0.73/", 3)[0], "the ClusterIP must not be affected"
+
+    # The Node object gains the bridge address: the NodePort follows it.
+    node["status"]["addresses"].append({"type": "InternalIP", "address": "10.244.1.1"})
+    api.put(node)
+    wait_until(lambda: c.curl(unlisted).returncode == 0,
+               "the NodePort to answer on the Node's new address", timeout=20, interval=0.3)
+    pods, err = c.get_many(listed, N, where="ext")
+    assert_all_answered(pods, N, err)

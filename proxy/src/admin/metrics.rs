@@ -70,6 +70,12 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// Which configured limit was reached (see `Metrics::limits_reached`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub policy: String,
@@ -99,6 +105,9 @@ pub struct Metrics {
     /// Flows refused because a worker's flow table was full.
     pub udp_flows_dropped: Counter,
     pub accept_errors: Counter,
+    /// Times a limit refused work: connections, udp_flows, file_descriptors,
+    /// module_bytes, policy_endpoints, manifest_bytes, config_bytes.
+    pub limits_reached: Family<LimitLabels, Counter>,
     /// Rejected input by kind (manifest, config).
     pub rejected_input: Family<KindLabels, Counter>,
     pub syncs: Family<KindLabels, Counter>,
@@ -111,6 +120,8 @@ pub struct Metrics {
     /// Time of one decision, sampled (1 in [`DECISION_SAMPLE`]) so that the
     /// measuring costs nothing that shows.
     pub policy_decision: Family<PolicyLabels, Histogram>,
+    /// Per-request metrics of L7 Service ports.
+    pub l7: crate::l7::L7Metrics,
     registry: Registry,
 }
 
@@ -133,6 +144,7 @@ impl Metrics {
             udp_flows_active: Gauge::default(),
             udp_flows_dropped: Counter::default(),
             accept_errors: Counter::default(),
+            limits_reached: Family::default(),
             rejected_input: Family::default(),
             syncs: Family::default(),
             sync_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
@@ -144,6 +156,7 @@ impl Metrics {
             policy_decision: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_000_05, 2.0, 16))
             }),
+            l7: crate::l7::L7Metrics::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -185,6 +198,11 @@ impl Metrics {
             m.accept_errors.clone(),
         );
         r.register(
+            "limits_reached",
+            "Connections, flows, files or modules refused at a configured limit, by limit",
+            m.limits_reached.clone(),
+        );
+        r.register(
             "rejected_input",
             "Rejected manifests and configs",
             m.rejected_input.clone(),
@@ -220,6 +238,7 @@ impl Metrics {
             "Policy module loads by result",
             m.policy_loads.clone(),
         );
+        m.l7.register(r);
         let info = Info::new(vec![("backend".to_owned(), io_backend.to_owned())]);
         r.register("io", "The data-plane io back end in use", info);
         Metrics { registry, ..m }

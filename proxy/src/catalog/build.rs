@@ -7,6 +7,7 @@
 //! whole set of objects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
@@ -25,6 +26,24 @@ pub struct NodeContext {
     /// This node's name, which `Local` traffic policies compare with each
     /// endpoint's `nodeName`. Without it no endpoint is local.
     pub node_name: Option<String>,
+    /// This node's InternalIP and ExternalIP addresses (`node_addresses`).
+    pub addresses: Vec<IpAddr>,
+}
+
+/// A Node object's InternalIP and ExternalIP addresses, sorted, without
+/// duplicates; entries that are not addresses (a misconfigured kubelet) are
+/// skipped.
+pub fn node_addresses(node: &k8s_openapi::api::core::v1::Node) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = node
+        .status
+        .iter()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// A table and every problem met while building it.
@@ -106,7 +125,8 @@ pub fn build<'a>(
             translate_parsed(svc, &slices, node)
         })
         .collect();
-    let assembled = assemble(&translated);
+    let mut assembled = assemble(&translated);
+    assembled.table.node_addresses = node.addresses.clone();
     problems.extend(assembled.problems);
     BuildOutput {
         table: assembled.table,
@@ -218,6 +238,7 @@ fn translate_parsed(
             port: p.port,
             node_port: p.node_port,
             app_protocol: p.app_protocol.clone(),
+            l7: p.l7,
             internal,
             external,
         });

@@ -2,6 +2,7 @@
 //! with kube-proxy's semantics. Pure: no I/O, no clocks, no globals, so that
 //! every Service rule is written once and unit tested exhaustively.
 
+mod app_protocol;
 mod build;
 mod check;
 mod endpoints;
@@ -12,8 +13,10 @@ mod table;
 mod tests;
 mod vips;
 
+pub use app_protocol::{L7Protocol, PROTOCOL_ANNOTATION, port_l7};
 pub use build::{
-    BuildOutput, NodeContext, TranslatedService, Translation, assemble, build, translate_service,
+    BuildOutput, NodeContext, TranslatedService, Translation, assemble, build, node_addresses,
+    translate_service,
 };
 pub use endpoints::validate_endpoint_slice;
 pub use problem::{ObjectRef, Problem, Severity};

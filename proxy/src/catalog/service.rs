@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::app_protocol::{L7Protocol, PROTOCOL_ANNOTATION, port_l7};
 use super::check::{Checker, check_port_name, parse_protocol, port_number};
 use super::problem::Problem;
 use super::table::{Protocol, ServiceInfo, ServiceKey};
@@ -45,6 +46,8 @@ pub(crate) struct ParsedPort {
     pub port: u16,
     pub node_port: Option<u16>,
     pub app_protocol: Option<String>,
+    /// Proxied per HTTP request (see `app_protocol.rs`).
+    pub l7: Option<L7Protocol>,
     /// `spec.ports[i]`
     pub field: String,
 }
@@ -89,7 +92,7 @@ pub(crate) fn parse_service(svc: &Service) -> (Option<ParsedService>, Vec<Proble
     }
     let internal_vips = cluster_vips(spec, &mut ck);
     let external_vips = external_vips(svc, spec, &internal_vips, &mut ck);
-    let ports = ports(spec, kind, &mut ck);
+    let mut ports = ports(spec, kind, &mut ck);
     let internal_local = local_policy(
         spec.internal_traffic_policy.as_deref(),
         "spec.internalTrafficPolicy",
@@ -141,6 +144,10 @@ pub(crate) fn parse_service(svc: &Service) -> (Option<ParsedService>, Vec<Proble
             false
         }
     };
+    let l7 = l7_annotation(&annotations, &mut ck);
+    for p in &mut ports {
+        p.l7 = port_l7(p.protocol, p.app_protocol.as_deref(), l7);
+    }
     let info = Arc::new(ServiceInfo {
         key,
         policy: annotations.get(POLICY_ANNOTATION).cloned(),
@@ -160,6 +167,20 @@ pub(crate) fn parse_service(svc: &Service) -> (Option<ParsedService>, Vec<Proble
         external_local,
     };
     (Some(parsed), ck.into_problems())
+}
+
+/// The Service-wide `switchyard.dev/protocol` annotation; an unknown value
+/// is a warning and leaves the ports L4 (never a guess).
+fn l7_annotation(annotations: &BTreeMap<String, String>, ck: &mut Checker) -> Option<L7Protocol> {
+    let value = annotations.get(PROTOCOL_ANNOTATION)?;
+    let l7 = L7Protocol::from_annotation(value);
+    if l7.is_none() {
+        ck.warning(
+            format!("metadata.annotations[\"{PROTOCOL_ANNOTATION}\"]"),
+            format!("{value:?} is not supported; expected \"http\" or \"h2c\" (ports stay L4)"),
+        );
+    }
+    l7
 }
 
 /// `None` for ExternalName Services (no proxying) and unknown types.
@@ -258,6 +279,7 @@ fn ports(spec: &ServiceSpec, kind: Kind, ck: &mut Checker) -> Vec<ParsedPort> {
             port,
             node_port,
             app_protocol: p.app_protocol.clone(),
+            l7: None,
             field,
         });
     }

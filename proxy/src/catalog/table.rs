@@ -7,6 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::app_protocol::L7Protocol;
+
 /// L4 protocols a Service port can proxy. SCTP is reported as unsupported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Protocol {
@@ -106,6 +108,8 @@ pub struct ServicePort {
     pub port: u16,
     pub node_port: Option<u16>,
     pub app_protocol: Option<String>,
+    /// `Some`: proxied per HTTP request (opt-in, see `app_protocol.rs`).
+    pub l7: Option<L7Protocol>,
     /// Endpoints for ClusterIP traffic (after `internalTrafficPolicy`).
     #[serde(serialize_with = "ser::through_arc")]
     pub internal: Arc<[Endpoint]>,
@@ -180,6 +184,9 @@ pub struct ServiceTable {
     /// policy bindings.
     #[serde(serialize_with = "ser::services")]
     pub services: BTreeMap<ServiceKey, Vec<Arc<ServicePort>>>,
+    /// This node's addresses as its Node object lists them (InternalIP,
+    /// ExternalIP): what `intercept.nodePortAddresses: [primary]` means.
+    pub node_addresses: Vec<IpAddr>,
 }
 
 impl ServiceTable {

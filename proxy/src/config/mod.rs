@@ -3,11 +3,15 @@
 //! KubeProxyConfiguration; every error names the file and the field.
 
 mod duration;
+mod l7;
 mod model;
+mod node_ports;
 
 use std::path::{Path, PathBuf};
 
 pub use duration::{HumanDuration, parse_duration};
+pub use l7::L7Config;
+pub use node_ports::{NodePortAddress, network};
 pub use model::{
     AdminConfig, Config, DataplaneConfig, InterceptConfig, IoMode, LogConfig, LogFormat,
     PolicyConfig, SourceConfig, SourceKind,

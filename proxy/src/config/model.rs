@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::HumanDuration;
+use super::l7::L7Config;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -28,6 +29,9 @@ pub struct SourceConfig {
     pub kind: SourceKind,
     /// Directory of Service / EndpointSlice YAML for `kind: file`.
     pub manifests: PathBuf,
+    /// Largest manifest file read (`kind: file`); a larger file is refused
+    /// whole, its last good contents stay in force.
+    pub max_manifest_bytes: u64,
     /// Kubeconfig for `kind: kubernetes`. Absent: `$KUBECONFIG`, then
     /// `~/.kube/config`, then the in-cluster service account (in a Pod).
     pub kubeconfig: Option<PathBuf>,
@@ -67,6 +71,12 @@ pub struct DataplaneConfig {
     pub udp_idle_timeout: HumanDuration,
     /// UDP flows one worker tracks at most; new flows past it are dropped.
     pub max_udp_flows: usize,
+    /// TCP connections one worker serves at once; connections past it are
+    /// reset on accept (each holds two file descriptors and two buffers).
+    pub max_connections_per_worker: usize,
+    /// Kernel queue of connections not yet accepted, per listener
+    /// (`listen(2)` backlog; the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Backends see the client's own address (IP_TRANSPARENT), as with
     /// kube-proxy. Off: they see the node's.
     pub transparent: bool,
@@ -76,6 +86,8 @@ pub struct DataplaneConfig {
     /// How long connections to an endpoint that left its Service (removed,
     /// or terminating) may go on before they are closed.
     pub endpoint_drain_time: HumanDuration,
+    /// The per-request HTTP proxy of L7 Service ports.
+    pub l7: L7Config,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +112,10 @@ pub struct InterceptConfig {
     /// TPROXY cannot intercept Pod traffic that br_netfilter hands to
     /// iptables at the bridge layer (see intercept/bridge.rs).
     pub disable_bridge_netfilter: bool,
+    /// Which of this node's addresses accept NodePort traffic (kube-proxy's
+    /// `--nodeport-addresses`): CIDRs and/or `primary` (the Node object's
+    /// InternalIP and ExternalIP). Empty: every local address.
+    pub node_port_addresses: Vec<super::NodePortAddress>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +137,12 @@ pub struct PolicyConfig {
     pub memory_limit: usize,
     /// Largest `.wasm` file loaded, in bytes.
     pub max_module_bytes: u64,
+    /// Most endpoints of one Service port handed to a policy module; a
+    /// larger set is balanced by the built-in round robin instead.
+    pub max_endpoints: usize,
+    /// sha256 (hex) of the only modules that may load; empty: any module in
+    /// `directory`. See SECURITY.md.
+    pub allowed_sha256: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,6 +174,7 @@ impl Default for SourceConfig {
         Self {
             kind: SourceKind::File,
             manifests: PathBuf::from("conf/services"),
+            max_manifest_bytes: 64 << 20,
             kubeconfig: None,
         }
     }
@@ -168,9 +191,12 @@ impl Default for DataplaneConfig {
             buffer_size: 64 * 1024,
             udp_idle_timeout: HumanDuration::from_secs(30),
             max_udp_flows: 65536,
+            max_connections_per_worker: 16384,
+            listen_backlog: 4096,
             transparent: true,
             drain_timeout: HumanDuration::from_secs(20),
             endpoint_drain_time: HumanDuration::from_secs(30),
+            l7: L7Config::default(),
         }
     }
 }
@@ -186,6 +212,7 @@ impl Default for InterceptConfig {
             rule_priority: 100,
             keep_table_on_exit: false,
             disable_bridge_netfilter: true,
+            node_port_addresses: Vec::new(),
         }
     }
 }
@@ -199,6 +226,8 @@ impl Default for PolicyConfig {
             setup_deadline: HumanDuration::from_millis(50),
             memory_limit: 16 << 20,
             max_module_bytes: 16 << 20,
+            max_endpoints: 16384,
+            allowed_sha256: Vec::new(),
         }
     }
 }
@@ -226,6 +255,7 @@ impl Config {
     /// what was expected.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let dp = &self.dataplane;
+        dp.l7.validate()?;
         if dp.workers > 256 {
             return Err((
                 "dataplane.workers",
@@ -270,6 +300,30 @@ impl Config {
         }
         if dp.max_udp_flows == 0 {
             return Err(("dataplane.maxUdpFlows", "expected at least 1".into()));
+        }
+        if !(1..=1 << 20).contains(&dp.max_connections_per_worker) {
+            return Err((
+                "dataplane.maxConnectionsPerWorker",
+                format!(
+                    "{} is out of range; expected 1 to 1048576",
+                    dp.max_connections_per_worker
+                ),
+            ));
+        }
+        if !(1..=65535).contains(&dp.listen_backlog) {
+            return Err((
+                "dataplane.listenBacklog",
+                format!("{} is out of range; expected 1 to 65535", dp.listen_backlog),
+            ));
+        }
+        if !(1024..=1 << 30).contains(&self.source.max_manifest_bytes) {
+            return Err((
+                "source.maxManifestBytes",
+                format!(
+                    "{} is out of range; expected 1024 to 1073741824 bytes",
+                    self.source.max_manifest_bytes
+                ),
+            ));
         }
         let ic = &self.intercept;
         let table_ok = !ic.table.is_empty()
@@ -347,6 +401,22 @@ impl Config {
                     "{} is out of range; expected 1024 to 268435456 bytes",
                     pc.max_module_bytes
                 ),
+            ));
+        }
+        if !(1..=1 << 20).contains(&pc.max_endpoints) {
+            return Err((
+                "policy.maxEndpoints",
+                format!("{} is out of range; expected 1 to 1048576", pc.max_endpoints),
+            ));
+        }
+        if let Some(bad) = pc
+            .allowed_sha256
+            .iter()
+            .find(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err((
+                "policy.allowedSha256",
+                format!("{bad:?} is not a sha256; expected 64 hex digits (sha256sum prints them)"),
             ));
         }
         if self.policy.default.is_empty() {

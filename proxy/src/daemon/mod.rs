@@ -119,7 +119,10 @@ async fn control(
     // installed: a half-listed cluster would drop Services that exist.
     let (source, zone) = match config.source.kind {
         SourceKind::File => (
-            Source::File(FileSource::new(&config.source.manifests)),
+            Source::File(
+                FileSource::new(&config.source.manifests)
+                    .with_max_bytes(config.source.max_manifest_bytes),
+            ),
             None,
         ),
         SourceKind::Kubernetes => {
@@ -147,12 +150,16 @@ async fn control(
         zone,
     };
     let registry = match PolicyEngine::new(&config.policy) {
-        Ok(engine) => Some(PolicyRegistry::new(
-            engine,
-            &config.policy.directory,
-            &config.policy.default,
-            here.clone(),
-        )),
+        Ok(engine) => {
+            let mut registry = PolicyRegistry::new(
+                engine,
+                &config.policy.directory,
+                &config.policy.default,
+                here.clone(),
+            );
+            registry.set_limits(&config.policy.allowed_sha256, config.policy.max_endpoints);
+            Some(registry)
+        }
         Err(e) => {
             tracing::error!(error = %e, "WebAssembly policies are unavailable; every Service uses the built-in round robin");
             None
@@ -178,6 +185,7 @@ async fn control(
         policies: registry,
         node: NodeContext {
             node_name: Some(node_name),
+            addresses: Vec::new(),
         },
         interceptor: config.intercept.enabled.then(|| {
             Interceptor::new(

@@ -8,7 +8,7 @@ use crate::admin::metrics::KindLabels;
 use crate::admin::{Metrics, PolicySummary};
 use crate::catalog::{self, BuildOutput, NodeContext, Problem, Severity};
 use crate::intercept::Interceptor;
-use crate::policy::PolicyRegistry;
+use crate::policy::{ModuleError, PolicyProblem, PolicyRegistry};
 use crate::snapshot::SharedSnapshot;
 use crate::sources::Source;
 
@@ -73,6 +73,9 @@ impl Sync {
             Some(registry) => {
                 let (bindings, problems) = registry.bind(&table);
                 for p in problems {
+                    if matches!(p, PolicyProblem::TooManyEndpoints { .. }) {
+                        crate::logging::limit_reached(&self.metrics, "policy_endpoints", || {});
+                    }
                     self.metrics
                         .rejected_input
                         .get_or_create(&KindLabels {
@@ -130,6 +133,9 @@ impl Sync {
             return Ok(None);
         };
         let scan = files.rescan()?;
+        for _ in 0..scan.too_large {
+            crate::logging::limit_reached(&self.metrics, "manifest_bytes", || {});
+        }
         for p in &scan.problems {
             self.count(&self.metrics.rejected_input, "manifest");
             let object = p.object.as_deref().unwrap_or("-");
@@ -151,6 +157,7 @@ impl Sync {
             return Ok(None);
         };
         let manifests = files.manifests();
+        self.node.addresses = manifests.node_addresses(self.node.node_name.as_deref());
         Ok(Some(catalog::build(
             &manifests.services,
             &manifests.slices,
@@ -174,7 +181,10 @@ impl Sync {
             }
             log_problem(p, report);
         }
-        if dirty.is_empty() && !policies_changed && !force {
+        let addresses = store.node_addresses();
+        let node_changed = addresses != self.node.addresses;
+        self.node.addresses = addresses;
+        if dirty.is_empty() && !policies_changed && !node_changed && !force {
             return None;
         }
         let problems = self.translations.refresh(&store, &dirty, &self.node);
@@ -186,6 +196,7 @@ impl Sync {
             "re-translated changed Services"
         );
         let mut built = self.translations.assemble();
+        built.table.node_addresses = self.node.addresses.clone();
         built.problems.splice(0..0, problems);
         Some(built)
     }
@@ -197,6 +208,15 @@ impl Sync {
         };
         let (changed, problems) = registry.rescan();
         for p in problems {
+            if matches!(
+                p,
+                PolicyProblem::Module {
+                    error: ModuleError::TooLarge { .. },
+                    ..
+                }
+            ) {
+                crate::logging::limit_reached(&self.metrics, "module_bytes", || {});
+            }
             self.metrics
                 .policy_loads
                 .get_or_create(&KindLabels {

@@ -2,17 +2,19 @@
 //! its SO_REUSEPORT listeners, its picker and its buffers. Nothing is shared
 //! between workers but the snapshot (read lock-free) and the metrics.
 
+mod admission;
 mod bufpool;
 mod drain;
 mod local_addrs;
 mod orig_dst;
+mod port_stats;
 mod proxy_protocol;
-mod session;
-mod sockets;
+pub(crate) mod session;
+pub(crate) mod sockets;
 mod tcp_epoll;
 mod tcp_uring;
 mod udp;
-mod worker;
+pub(crate) mod worker;
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -26,9 +28,6 @@ use crate::policy::{Locality, PolicyEngine};
 use crate::snapshot::SharedSnapshot;
 
 pub use worker::Worker;
-
-/// Pending connections per listener.
-const LISTEN_BACKLOG: i32 = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoBackend {
@@ -82,7 +81,7 @@ struct WorkerSockets {
     udp: Vec<std::net::UdpSocket>,
 }
 
-fn bind_worker_sockets(port: u16) -> Result<WorkerSockets, DataplaneError> {
+fn bind_worker_sockets(port: u16, backlog: u32) -> Result<WorkerSockets, DataplaneError> {
     let mut out = WorkerSockets {
         tcp: Vec::new(),
         udp: Vec::new(),
@@ -95,7 +94,7 @@ fn bind_worker_sockets(port: u16) -> Result<WorkerSockets, DataplaneError> {
         let addr = SocketAddr::new(ip, port);
         let listen_err = |source| DataplaneError::Listen { addr, source };
         match (
-            sockets::tcp_listener(addr, LISTEN_BACKLOG),
+            sockets::tcp_listener(addr, i32::try_from(backlog).unwrap_or(i32::MAX)),
             sockets::udp_listener(addr),
         ) {
             (Ok(tcp), Ok(udp)) => {
@@ -137,7 +136,7 @@ pub fn start(
 ) -> Result<Vec<JoinHandle<()>>, DataplaneError> {
     let mut handles = Vec::with_capacity(workers);
     for id in 0..workers {
-        let sockets = bind_worker_sockets(shared.cfg.listen_port)?;
+        let sockets = bind_worker_sockets(shared.cfg.listen_port, shared.cfg.listen_backlog)?;
         let s = shared.clone();
         let handle = std::thread::Builder::new()
             .name(format!("sy-worker-{id}"))

@@ -7,7 +7,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::admin::metrics::{Direction, DirectionLabels};
 use crate::catalog::Protocol;
 use crate::policy::Decision;
 
@@ -83,14 +82,10 @@ impl<'a> Active<'a> {
         decision: Decision,
         fds: [RawFd; 2],
     ) -> Self {
-        let labels = &accepted.target.labels;
-        tracing::trace!(client = %accepted.client, service = %labels.service, %endpoint, "proxying");
-        worker.metrics.connections.get_or_create(labels).inc();
-        worker
-            .metrics
-            .connections_active
-            .get_or_create(labels)
-            .inc();
+        let stats = &accepted.target.stats;
+        tracing::trace!(client = %accepted.client, service = %stats.labels.service, %endpoint, "proxying");
+        stats.connections.inc();
+        stats.active.inc();
         worker.active.fetch_add(1, Ordering::Relaxed);
         let id = worker.conns.register(&accepted.target.route, endpoint, fds);
         Self {
@@ -103,25 +98,14 @@ impl<'a> Active<'a> {
     }
 
     pub fn finish(self, to_backend: u64, to_client: u64) {
-        let m = &self.worker.metrics;
-        let labels = &self.target.labels;
-        let by = |direction| DirectionLabels {
-            service: labels.service.clone(),
-            port: labels.port.clone(),
-            direction,
-        };
-        m.bytes.get_or_create(&by(Direction::Tx)).inc_by(to_backend);
-        m.bytes.get_or_create(&by(Direction::Rx)).inc_by(to_client);
+        self.target.stats.tx.inc_by(to_backend);
+        self.target.stats.rx.inc_by(to_client);
     }
 }
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.worker
-            .metrics
-            .connections_active
-            .get_or_create(&self.target.labels)
-            .dec();
+        self.target.stats.active.dec();
         self.worker
             .release(self.target, self.decision, self.endpoint);
         self.worker.conns.unregister(self.id);

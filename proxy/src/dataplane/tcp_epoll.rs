@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::admission;
 use super::session::{self, Stop};
 use super::sockets;
 use super::worker::Worker;
@@ -30,17 +31,26 @@ pub async fn serve(worker: Rc<Worker>, listener: std::net::TcpListener, mut stop
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::task::spawn_local(handle(worker.clone(), stream, peer));
+                if let Some(slot) = admission::admit(&worker, &stream) {
+                    tokio::task::spawn_local(handle(worker.clone(), stream, peer, slot));
+                }
             }
-            Err(e) => session::accept_failed(&worker, &e).await,
+            Err(e) => {
+                admission::accept_error(&worker, &e);
+                session::accept_failed(&worker, &e).await;
+            }
         }
     }
 }
 
-async fn handle(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr) {
+async fn handle(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr, _slot: admission::Slot) {
     let Some(accepted) = session::accept(&worker, &client, peer) else {
         return;
     };
+    if accepted.target.route.port.l7.is_some() {
+        crate::l7::serve(worker, client, accepted).await;
+        return;
+    }
     let mark = worker.bypass_mark;
     let header = session::proxy_header(&accepted);
     let connect = |addr| {

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
 
+use super::admission;
 use super::session::{self, Stop};
 use super::sockets;
 use super::worker::Worker;
@@ -23,17 +24,34 @@ pub async fn serve(worker: Rc<Worker>, listener: std::net::TcpListener, mut stop
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio_uring::spawn(handle(worker.clone(), stream, peer));
+                if let Some(slot) = admission::admit(&worker, &stream) {
+                    tokio_uring::spawn(handle(worker.clone(), stream, peer, slot));
+                }
             }
-            Err(e) => session::accept_failed(&worker, &e).await,
+            Err(e) => {
+                admission::accept_error(&worker, &e);
+                session::accept_failed(&worker, &e).await;
+            }
         }
     }
 }
 
-async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr) {
+async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, _slot: admission::Slot) {
     let Some(accepted) = session::accept(&worker, &client, peer) else {
         return;
     };
+    if accepted.target.route.port.l7.is_some() {
+        // hyper needs readiness-based io: the L7 server runs on the tokio
+        // reactor under the ring (ARCHITECTURE.md, "L7").
+        match crate::l7::adopt(&client) {
+            Ok(stream) => {
+                drop(client);
+                crate::l7::serve(worker, stream, accepted).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot hand an L7 connection to the reactor"),
+        }
+        return;
+    }
     let mark = worker.bypass_mark;
     let header = session::proxy_header(&accepted);
     let connect = |addr| {

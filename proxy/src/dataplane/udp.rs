@@ -83,7 +83,11 @@ async fn start_flow(
 ) {
     if flows.borrow().len() >= worker.cfg.max_udp_flows {
         worker.metrics.udp_flows_dropped.inc();
-        tracing::warn!(worker = worker.id, limit = worker.cfg.max_udp_flows, %client, "UDP flow table full; datagram dropped");
+        // A flood of new clients would otherwise log one line per datagram.
+        let limit = worker.cfg.max_udp_flows;
+        crate::logging::limit_reached(&worker.metrics, "udp_flows", || {
+            tracing::warn!(worker = worker.id, limit, %client, "UDP flow table full (dataplane.maxUdpFlows); datagram dropped");
+        });
         return;
     }
     let Some(target) = worker.resolve(Protocol::Udp, dst) else {
@@ -101,7 +105,7 @@ async fn start_flow(
     let reply = match sockets::reply_udp(dst, client).and_then(UdpSocket::from_std) {
         Ok(reply) => reply,
         Err(e) => {
-            tracing::warn!(service = %target.labels.service, %dst, error = %e, "cannot bind a reply socket to the Service address");
+            tracing::warn!(service = %target.stats.labels.service, %dst, error = %e, "cannot bind a reply socket to the Service address");
             return;
         }
     };
@@ -112,9 +116,9 @@ async fn start_flow(
         last_seen: Cell::new(Instant::now()),
     });
     flows.borrow_mut().insert((client, dst), flow.clone());
-    worker.metrics.udp_flows.get_or_create(&target.labels).inc();
+    target.stats.udp_flows.inc();
     worker.metrics.udp_flows_active.inc();
-    tracing::trace!(%client, service = %target.labels.service, %endpoint, "UDP flow started");
+    tracing::trace!(%client, service = %target.stats.labels.service, %endpoint, "UDP flow started");
     let worker = worker.clone();
     let flows = flows.clone();
     tokio::task::spawn_local(async move {

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use crate::admin::Metrics;
-use crate::admin::metrics::{FailureLabels, FailureReason, PortLabels};
+use crate::admin::metrics::{FailureLabels, FailureReason};
 use crate::catalog::{Protocol, Route, Scope};
 use crate::config::DataplaneConfig;
 use crate::policy::{BoundPolicy, Decider, Decision, Outcome, PickRequest};
@@ -23,6 +23,7 @@ use super::Shared;
 use super::bufpool::BufPool;
 use super::drain::Connections;
 use super::local_addrs::local_addresses;
+use super::port_stats::{PortStats, PortStatsCache};
 
 /// Buffers kept idle per worker beyond the ones in use.
 const MAX_IDLE_BUFFERS: usize = 256;
@@ -44,6 +45,7 @@ pub struct Worker {
     /// This node's addresses (refreshed by the sweep task).
     pub local: RefCell<HashSet<IpAddr>>,
     decider: RefCell<Decider>,
+    port_stats: PortStatsCache,
 }
 
 /// The connected upstream, and the decision that chose it (its outcome and
@@ -60,7 +62,7 @@ pub struct Resolved {
     pub route: Route,
     pub binding: Option<Arc<BoundPolicy>>,
     pub generation: u64,
-    pub labels: PortLabels,
+    pub stats: Arc<PortStats>,
 }
 
 impl Worker {
@@ -79,6 +81,7 @@ impl Worker {
             active: shared.active,
             local: RefCell::new(local_addresses()),
             decider: RefCell::new(decider),
+            port_stats: PortStatsCache::default(),
         }
     }
 
@@ -90,11 +93,7 @@ impl Worker {
         Some(Resolved {
             binding: snapshot.bindings.get(&port.id).cloned(),
             generation: snapshot.generation,
-            labels: PortLabels {
-                service: port.service.key.to_string(),
-                port: port.name.clone(),
-                protocol: protocol.to_string(),
-            },
+            stats: self.port_stats.get(&self.metrics, port),
             route: route.clone(),
         })
     }
@@ -144,7 +143,7 @@ impl Worker {
                     });
                 }
                 Ok(Err(e)) => {
-                    tracing::debug!(service = %target.labels.service, endpoint = %addr, error = %e, "upstream connect failed");
+                    tracing::debug!(service = %target.stats.labels.service, endpoint = %addr, error = %e, "upstream connect failed");
                     match e.kind() {
                         io::ErrorKind::ConnectionRefused => FailureReason::Refused,
                         io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
@@ -166,7 +165,7 @@ impl Worker {
             tried.push(index);
         }
         self.count_failure(target, FailureReason::Exhausted);
-        tracing::warn!(service = %target.labels.service, port = %target.labels.port, client = %client, tried = tried.len(), "no endpoint accepted the connection");
+        tracing::warn!(service = %target.stats.labels.service, port = %target.stats.labels.port, client = %client, tried = tried.len(), "no endpoint accepted the connection");
         None
     }
 
@@ -191,6 +190,12 @@ impl Worker {
         transparent.then_some(client)
     }
 
+    /// The worker's decision maker, for the L7 per-request pick
+    /// (`l7::forward`), which has no connection-level connect loop.
+    pub(crate) fn decider(&self) -> &RefCell<Decider> {
+        &self.decider
+    }
+
     /// A proxied connection or flow to `endpoint` ended.
     pub fn release(&self, target: &Resolved, decision: Decision, endpoint: SocketAddr) {
         self.decider
@@ -202,8 +207,8 @@ impl Worker {
         self.metrics
             .connect_failures
             .get_or_create(&FailureLabels {
-                service: target.labels.service.clone(),
-                port: target.labels.port.clone(),
+                service: target.stats.labels.service.clone(),
+                port: target.stats.labels.port.clone(),
                 reason,
             })
             .inc();

@@ -6,11 +6,14 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use crate::catalog::{Protocol, ServiceTable};
+use crate::config::{NodePortAddress, network};
 
 /// One element of a `vip4`/`vip6`/`noep4`/`noep6` set.
 type VipKey = (IpAddr, Protocol, u16);
 /// One element of a `nodeport`/`nodeport_noep` set.
 type PortKey = (Protocol, u16);
+/// One prefix of a `nodeaddr4`/`nodeaddr6` interval set.
+type Prefix = (IpAddr, u8);
 
 /// Desired contents of every set in our table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,6 +24,10 @@ pub struct Elements {
     pub vips_no_endpoints: BTreeSet<VipKey>,
     pub node_ports: BTreeSet<PortKey>,
     pub node_ports_no_endpoints: BTreeSet<PortKey>,
+    /// The addresses NodePorts are accepted on, when
+    /// `intercept.nodePortAddresses` restricts them (empty otherwise: the
+    /// rules then match every local address).
+    pub node_addresses: BTreeSet<Prefix>,
 }
 
 impl Elements {
@@ -42,6 +49,36 @@ impl Elements {
             }
         }
         out
+    }
+
+    /// Adds the prefixes `nodePortAddresses` stands for: its CIDRs, and the
+    /// Node object's addresses for `primary`. Prefixes inside another are
+    /// left out: an interval set refuses overlapping elements.
+    pub fn with_node_addresses(mut self, wanted: &[NodePortAddress], table: &ServiceTable) -> Self {
+        let mut prefixes: Vec<Prefix> = Vec::new();
+        for entry in wanted {
+            match *entry {
+                NodePortAddress::Cidr(ip, len) => prefixes.push((ip, len)),
+                NodePortAddress::Primary => prefixes.extend(
+                    table
+                        .node_addresses
+                        .iter()
+                        .map(|&ip| (ip, if ip.is_ipv4() { 32 } else { 128 })),
+                ),
+            }
+        }
+        // Widest first, so that a prefix only needs checking against kept ones.
+        prefixes.sort_by_key(|&(ip, len)| (len, ip));
+        for (ip, len) in prefixes {
+            let covered = self
+                .node_addresses
+                .iter()
+                .any(|&(net, l)| net.is_ipv4() == ip.is_ipv4() && network(ip, l) == net);
+            if !covered {
+                self.node_addresses.insert((ip, len));
+            }
+        }
+        self
     }
 
     /// `add element` / `delete element` commands that turn `old` into
@@ -68,6 +105,10 @@ impl Elements {
             let gone: Vec<_> = from.difference(to).copied().collect();
             emit_ports(&mut out, "delete", table, set, &gone);
         }
+        let gone: Vec<_> = old.node_addresses.difference(&self.node_addresses).copied().collect();
+        emit_prefixes(&mut out, "delete", table, &gone);
+        let new: Vec<_> = self.node_addresses.difference(&old.node_addresses).copied().collect();
+        emit_prefixes(&mut out, "add", table, &new);
         for (from, to, set) in pairs {
             let new: Vec<_> = to.difference(from).copied().collect();
             emit_vips(&mut out, "add", table, set, &new);
@@ -91,6 +132,7 @@ impl Elements {
             + self.vips_no_endpoints.len()
             + self.node_ports.len()
             + self.node_ports_no_endpoints.len()
+            + self.node_addresses.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -114,6 +156,23 @@ fn emit_vips(out: &mut String, verb: &str, table: &str, set: &str, keys: &[VipKe
             let _ = writeln!(
                 out,
                 "{verb} element inet {table} {set}{suffix} {{ {} }}",
+                items.join(", ")
+            );
+        }
+    }
+}
+
+fn emit_prefixes(out: &mut String, verb: &str, table: &str, keys: &[Prefix]) {
+    for (suffix, v6) in [("4", false), ("6", true)] {
+        let items: Vec<String> = keys
+            .iter()
+            .filter(|k| k.0.is_ipv6() == v6)
+            .map(|(ip, len)| format!("{ip}/{len}"))
+            .collect();
+        if !items.is_empty() {
+            let _ = writeln!(
+                out,
+                "{verb} element inet {table} nodeaddr{suffix} {{ {} }}",
                 items.join(", ")
             );
         }
@@ -160,5 +219,28 @@ mod tests {
              add element inet sy nodeport { udp . 30053 }\n"
         );
         assert!(new.diff_commands(&new, "sy").is_empty());
+    }
+
+    #[test]
+    fn node_addresses_merge_config_and_node_object_without_overlap() {
+        let mut table = ServiceTable::default();
+        table.node_addresses = vec![
+            "192.168.50.1".parse().expect("ip"),
+            "10.0.0.5".parse().expect("ip"),
+            "fd00:50::1".parse().expect("ip"),
+        ];
+        let wanted = [
+            NodePortAddress::parse("192.168.50.0/24").expect("cidr"),
+            NodePortAddress::Primary,
+        ];
+        let el = Elements::default().with_node_addresses(&wanted, &table);
+        let cmds = el.diff_commands(&Elements::default(), "sy");
+        assert_eq!(
+            cmds,
+            "add element inet sy nodeaddr4 { 10.0.0.5/32, 192.168.50.0/24 }\n\
+             add element inet sy nodeaddr6 { fd00:50::1/128 }\n"
+        );
+        // Unrestricted: no addresses, the rules match every local one.
+        assert!(Elements::default().with_node_addresses(&[], &table).node_addresses.is_empty());
     }
 }

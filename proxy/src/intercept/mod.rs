@@ -90,7 +90,8 @@ impl Interceptor {
     /// table and installs routing; later calls send only element changes.
     pub fn sync(&mut self, table: &ServiceTable) -> Result<SyncStats, InterceptError> {
         let start = Instant::now();
-        let want = Elements::from_table(table);
+        let want = Elements::from_table(table)
+            .with_node_addresses(&self.cfg.node_port_addresses, table);
         let changed = match &self.installed {
             None => {
                 if self.cfg.disable_bridge_netfilter {

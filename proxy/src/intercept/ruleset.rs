@@ -26,11 +26,30 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     ] {
         lines.push(format!("  set {set} {{\n    type {ty}\n  }}"));
     }
-    let reject_new = [
-        "ct state new ip daddr . meta l4proto . th dport @noep4 goto reject_no_endpoints",
-        "ct state new ip6 daddr . meta l4proto . th dport @noep6 goto reject_no_endpoints",
-        "ct state new fib daddr type local meta l4proto . th dport @nodeport_noep goto reject_no_endpoints",
+    for (set, ty) in [("nodeaddr4", "ipv4_addr"), ("nodeaddr6", "ipv6_addr")] {
+        lines.push(format!("  set {set} {{\n    type {ty}\n    flags interval\n  }}"));
+    }
+    // A NodePort is a local destination, restricted to the configured
+    // addresses (kube-proxy's --nodeport-addresses) when there are any.
+    let restricted = !cfg.node_port_addresses.is_empty();
+    let node_dst = |fam: &str| {
+        let set = if fam == "ip" { "nodeaddr4" } else { "nodeaddr6" };
+        if restricted {
+            format!("fib daddr type local {fam} daddr @{set}")
+        } else {
+            format!("meta nfproto {} fib daddr type local", nfproto(fam))
+        }
+    };
+    let mut reject_new = vec![
+        "ct state new ip daddr . meta l4proto . th dport @noep4 goto reject_no_endpoints".to_string(),
+        "ct state new ip6 daddr . meta l4proto . th dport @noep6 goto reject_no_endpoints".to_string(),
     ];
+    for fam in ["ip", "ip6"] {
+        reject_new.push(format!(
+            "ct state new {} meta l4proto . th dport @nodeport_noep goto reject_no_endpoints",
+            node_dst(fam)
+        ));
+    }
 
     // Pod and external traffic. A packet of a connection we already hold
     // (its socket is ours, hence transparent) goes straight to it, whatever
@@ -48,9 +67,10 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
                 "    meta l4proto {proto} {fam} daddr . meta l4proto . th dport @{set} {divert} tproxy {fam} to :{listen_port} accept"
             ));
         }
-        for (nfproto, fam) in [("ipv4", "ip"), ("ipv6", "ip6")] {
+        for fam in ["ip", "ip6"] {
             lines.push(format!(
-                "    meta nfproto {nfproto} meta l4proto {proto} fib daddr type local meta l4proto . th dport @nodeport {divert} tproxy {fam} to :{listen_port} accept"
+                "    meta l4proto {proto} {} meta l4proto . th dport @nodeport {divert} tproxy {fam} to :{listen_port} accept",
+                node_dst(fam)
             ));
         }
     }
@@ -75,9 +95,12 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     lines.push(format!(
         "    ip6 daddr . meta l4proto . th dport @vip6 {divert} {ct_divert}"
     ));
-    lines.push(format!(
-        "    fib daddr type local meta l4proto . th dport @nodeport {divert} {ct_divert}"
-    ));
+    for fam in ["ip", "ip6"] {
+        lines.push(format!(
+            "    {} meta l4proto . th dport @nodeport {divert} {ct_divert}",
+            node_dst(fam)
+        ));
+    }
     lines.push("  }".into());
 
     // kube-proxy answers a Service port without endpoints at once instead
@@ -88,6 +111,10 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     out.push('\n');
     out.push_str(&elements.diff_commands(&Elements::default(), t));
     out
+}
+
+fn nfproto(fam: &str) -> &'static str {
+    if fam == "ip" { "ipv4" } else { "ipv6" }
 }
 
 #[cfg(test)]
@@ -107,5 +134,17 @@ mod tests {
         assert!(text.contains("tproxy ip to :15001"));
         assert!(text.contains("tproxy ip6 to :15001"));
         assert!(text.ends_with("add element inet switchyard vip4 { 10.96.0.10 . tcp . 80 }\n"));
+        assert!(text.contains("meta nfproto ipv4 fib daddr type local meta l4proto . th dport @nodeport"));
+        assert!(!text.contains("@nodeaddr4 "));
+    }
+
+    #[test]
+    fn node_port_addresses_restrict_node_ports() {
+        let mut cfg = InterceptConfig::default();
+        cfg.node_port_addresses = vec![crate::config::NodePortAddress::Primary];
+        let text = render(&cfg, 15001, &Elements::default());
+        assert!(text.contains("fib daddr type local ip daddr @nodeaddr4 meta l4proto . th dport @nodeport "));
+        assert!(text.contains("fib daddr type local ip6 daddr @nodeaddr6 meta l4proto . th dport @nodeport_noep goto"));
+        assert!(!text.contains("meta nfproto ipv4 fib daddr type local"));
     }
 }

@@ -114,6 +114,25 @@ impl Decider {
 
     /// Chooses an endpoint index into `req.route.endpoints()`.
     pub fn pick(&mut self, req: &PickRequest<'_>) -> Option<Decision> {
+        self.decide(req, None)
+    }
+
+    /// Chooses an endpoint for one HTTP request (context `mode` 1). The
+    /// request head is lent to the policy for the call (`request_attr`)
+    /// and is back in `request` when this returns.
+    pub fn pick_request(
+        &mut self,
+        req: &PickRequest<'_>,
+        request: &mut Option<hyper::http::request::Parts>,
+    ) -> Option<Decision> {
+        self.decide(req, Some(request))
+    }
+
+    fn decide(
+        &mut self,
+        req: &PickRequest<'_>,
+        mut request: Option<&mut Option<hyper::http::request::Parts>>,
+    ) -> Option<Decision> {
         if req.generation != self.generation {
             self.generation = req.generation;
             self.prune();
@@ -137,7 +156,7 @@ impl Decider {
             .filter(|&&i| i < 64)
             .fold(0u64, |m, &i| m | 1 << i);
         let ctx = CallContext {
-            l7: false,
+            l7: request.is_some(),
             client: req.client,
             frontend: req.frontend,
             attempt: req.tried.len() as u16,
@@ -155,7 +174,7 @@ impl Decider {
                     .sample
                     .is_multiple_of(DECISION_SAMPLE)
                     .then(Instant::now);
-                let answer = state.ask(engine, by, &ctx);
+                let answer = state.ask(engine, by, &ctx, request.as_deref_mut());
                 if let (Some(start), Some(slot)) = (timed, state.slot(by)) {
                     let labels = PolicyLabels {
                         policy: slot.binding.module.name.to_string(),
@@ -374,6 +393,7 @@ impl PortState {
         engine: &PolicyEngine,
         by: DecidedBy,
         ctx: &CallContext,
+        request: Option<&mut Option<hyper::http::request::Parts>>,
     ) -> Option<Result<Option<usize>, Fault>> {
         let (table, version, count) = (&self.table, self.table_version, self.endpoints.len());
         let stats = &self.stats;
@@ -382,7 +402,7 @@ impl PortState {
             DecidedBy::Previous => self.previous.as_mut()?,
             DecidedBy::Builtin => return None,
         };
-        Some(slot.decide(engine, table, version, count, stats, ctx))
+        Some(slot.decide(engine, (table, version, count), stats, ctx, request))
     }
 
     fn round_robin(&mut self, tried: &[usize]) -> Option<usize> {
@@ -427,11 +447,10 @@ impl Slot {
     fn decide(
         &mut self,
         engine: &PolicyEngine,
-        table: &[u8],
-        version: u64,
-        count: usize,
+        (table, version, count): (&[u8], u64, usize),
         stats: &[LiveStats],
         ctx: &CallContext,
+        request: Option<&mut Option<hyper::http::request::Parts>>,
     ) -> Result<Option<usize>, Fault> {
         if self.instance.is_none() {
             self.instance = Some(WasmInstance::new(
@@ -453,6 +472,6 @@ impl Slot {
             }
             self.table_version = version;
         }
-        instance.pick(ctx)
+        instance.pick_request(ctx, request)
     }
 }

@@ -3,7 +3,8 @@
 //! metering), and the host functions of ABI v1.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::{
@@ -30,6 +31,9 @@ pub struct HostState {
     /// Thread CPU time when the current call first passed its deadline, and
     /// how often it was given more time since (see `deadline_reached`).
     probe: Option<(u64, u32)>,
+    /// The HTTP request being routed, moved in for the length of one L7
+    /// `sy_pick` (a move, not a copy) so `request_attr` can read it.
+    pub request: Option<hyper::http::request::Parts>,
 }
 
 impl HostState {
@@ -48,6 +52,7 @@ impl HostState {
             log_window: Instant::now(),
             log_lines: 0,
             probe: None,
+            request: None,
         }
     }
 
@@ -191,41 +196,88 @@ impl PolicyEngine {
     }
 }
 
-/// One flag per thread that runs guest code, each on its own cache line so
-/// that workers never share one.
+/// One worker thread's slot: whether guest code runs on it now, and how
+/// many calls it has started (written only by its owner). Cache-line
+/// aligned so that workers never share one.
 #[repr(align(64))]
-struct Busy(AtomicBool);
+struct Slot {
+    busy: AtomicBool,
+    calls: AtomicU64,
+}
 
-const BUSY_SLOTS: usize = 64;
-static BUSY: [Busy; BUSY_SLOTS] = [const { Busy(AtomicBool::new(false)) }; BUSY_SLOTS];
-static NEXT_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const SLOTS: usize = 64;
+static SLOT_TABLE: [Slot; SLOTS] = [const {
+    Slot {
+        busy: AtomicBool::new(false),
+        calls: AtomicU64::new(0),
+    }
+}; SLOTS];
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+/// Tickers asleep until the next guest call (see `spawn_ticker`).
+static PARKED: AtomicUsize = AtomicUsize::new(0);
+static TICKERS: Mutex<Vec<std::thread::Thread>> = Mutex::new(Vec::new());
 
 thread_local! {
-    static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % BUSY_SLOTS;
+    static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS;
 }
 
 /// Marks this thread as running guest code until `guest_done`, so that the
-/// ticker ticks at deadline pace only while someone can miss a deadline.
+/// ticker ticks at deadline pace only while someone can miss a deadline,
+/// and wakes a ticker that parked for lack of calls.
 pub fn guest_running() {
-    SLOT.with(|&slot| BUSY[slot].0.store(true, Ordering::Relaxed));
+    SLOT.with(|&i| {
+        let slot = &SLOT_TABLE[i];
+        slot.calls
+            .store(slot.calls.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        // SeqCst pairs with the ticker's: either it sees this call, or
+        // this call sees it parked and wakes it.
+        slot.busy.store(true, Ordering::SeqCst);
+    });
+    if PARKED.load(Ordering::SeqCst) > 0 {
+        wake_tickers();
+    }
 }
 
 pub fn guest_done() {
-    SLOT.with(|&slot| BUSY[slot].0.store(false, Ordering::Relaxed));
+    SLOT.with(|&i| SLOT_TABLE[i].busy.store(false, Ordering::Release));
 }
 
 fn any_guest_running() -> bool {
-    BUSY.iter().any(|b| b.0.load(Ordering::Relaxed))
+    SLOT_TABLE.iter().any(|s| s.busy.load(Ordering::SeqCst))
 }
 
-/// Tick pace while no guest code runs: a node without policy calls should
-/// not wake a thread tens of thousands of times a second.
+fn calls_started() -> u64 {
+    SLOT_TABLE
+        .iter()
+        .fold(0u64, |sum, s| sum.wrapping_add(s.calls.load(Ordering::Relaxed)))
+}
+
+fn wake_tickers() {
+    let tickers = TICKERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for t in tickers.iter() {
+        t.unpark();
+    }
+}
+
+/// Tick pace while no guest code runs at the moment of the tick.
 const IDLE_TICK: Duration = Duration::from_millis(1);
+/// Idle ticks without a single call after which the ticker parks: a node
+/// whose Services use only built-in policies, or that is quiet, should not
+/// wake a thread a thousand times a second on the proxy's core.
+const PARK_AFTER_IDLE_TICKS: u32 = 200;
+/// A parked ticker still looks at its stop flag this often.
+const PARK_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn spawn_ticker(engine: Engine, tick: Duration, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new()
         .name("sy-policy-epoch".into())
         .spawn(move || {
+            let me = std::thread::current();
+            TICKERS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(me.clone());
+            let (mut seen, mut idle) = (calls_started(), 0u32);
             while !stop.load(Ordering::Relaxed) {
                 // A call that starts during an idle sleep gets its deadline
                 // late (by at most IDLE_TICK), never early.
@@ -235,7 +287,32 @@ fn spawn_ticker(engine: Engine, tick: Duration, stop: Arc<AtomicBool>) {
                     IDLE_TICK.max(tick)
                 });
                 engine.increment_epoch();
+                let calls = calls_started();
+                idle = if calls == seen && !any_guest_running() {
+                    idle + 1
+                } else {
+                    0
+                };
+                seen = calls;
+                if idle >= PARK_AFTER_IDLE_TICKS {
+                    PARKED.fetch_add(1, Ordering::SeqCst);
+                    // Looked at again after announcing the park: a call
+                    // that began before it was visible is seen here.
+                    if !any_guest_running() && calls_started() == seen {
+                        std::thread::park_timeout(PARK_TIMEOUT);
+                    }
+                    PARKED.fetch_sub(1, Ordering::SeqCst);
+                    idle = 0;
+                    seen = calls_started();
+                    // The call that woke us armed its deadline against the
+                    // epoch we parked at; move on from there.
+                    engine.increment_epoch();
+                }
             }
+            TICKERS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .retain(|t| t.id() != me.id());
         });
     if let Err(e) = spawned {
         // Without the ticker no deadline fires; say so loudly.
@@ -255,6 +332,48 @@ fn guest_bytes(
     let start = usize::try_from(ptr).ok()?;
     let len = usize::try_from(len).ok()?.min(max);
     data.get(start..start.checked_add(len)?).map(<[u8]>::to_vec)
+}
+
+/// `request_attr`: -1 when there is no request (L4) or no such attribute,
+/// or when a pointer is outside guest memory; else the full length, with
+/// up to `out_cap` bytes copied. Reads the name and writes the value in
+/// guest memory directly, and the value from the request the worker moved
+/// into the store: nothing is allocated.
+fn request_attr(
+    caller: &mut Caller<'_, HostState>,
+    kind: i32,
+    (name_ptr, name_len): (i32, i32),
+    (out_ptr, out_cap): (i32, i32),
+) -> i32 {
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+        return -1;
+    };
+    let (data, state) = memory.data_and_store_mut(caller);
+    let Some(parts) = state.request.as_ref() else {
+        return -1;
+    };
+    let range = |ptr: i32, len: i32| {
+        let start = usize::try_from(ptr).ok()?;
+        let len = usize::try_from(len).ok()?;
+        Some(start..start.checked_add(len)?)
+    };
+    let Some(name) = range(name_ptr, name_len).and_then(|r| data.get(r)) else {
+        return -1;
+    };
+    let Some(value) = crate::l7::attrs::lookup(parts, kind, name) else {
+        return -1;
+    };
+    let Ok(len) = i32::try_from(value.len()) else {
+        return -1;
+    };
+    if out_cap != 0 {
+        let cap = usize::try_from(out_cap).unwrap_or(0).min(value.len());
+        let Some(out) = range(out_ptr, cap as i32).and_then(|r| data.get_mut(r)) else {
+            return -1;
+        };
+        crate::l7::attrs::copy_out(value, out);
+    }
+    len
 }
 
 fn link(engine: &Engine, start: Instant) -> Result<Linker<HostState>, EngineError> {
@@ -306,14 +425,13 @@ fn link(engine: &Engine, start: Instant) -> Result<Linker<HostState>, EngineErro
         .func_wrap(
             "switchyard",
             "request_attr",
-            // L4 connections have no request attributes.
-            |_: Caller<'_, HostState>,
-             _kind: i32,
-             _name_ptr: i32,
-             _name_len: i32,
-             _out_ptr: i32,
-             _out_cap: i32|
-             -> i32 { -1 },
+            |mut caller: Caller<'_, HostState>,
+             kind: i32,
+             name_ptr: i32,
+             name_len: i32,
+             out_ptr: i32,
+             out_cap: i32|
+             -> i32 { request_attr(&mut caller, kind, (name_ptr, name_len), (out_ptr, out_cap)) },
         )
         .map_err(err("request_attr"))?;
     Ok(linker)

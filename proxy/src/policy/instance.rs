@@ -224,13 +224,28 @@ impl WasmInstance {
 
     /// One decision: `Ok(None)` is the guest's "no choice".
     pub fn pick(&mut self, ctx: &CallContext) -> Result<Option<usize>, Fault> {
+        self.pick_request(ctx, None)
+    }
+
+    /// One decision about an HTTP request: `request` is moved into the
+    /// store for the call (where `request_attr` reads it) and back out,
+    /// whatever the call did.
+    pub fn pick_request(
+        &mut self,
+        ctx: &CallContext,
+        request: Option<&mut Option<hyper::http::request::Parts>>,
+    ) -> Result<Option<usize>, Fault> {
         self.write_at(self.ctx_ptr, &ctx.encode())?;
         self.arm();
-        let answer = self
-            .pick
-            .call(&mut self.store, self.ctx_ptr as i32)
-            .map_err(fault_done)
-            .inspect(|_| guest_done())?;
+        let mut mounted = request;
+        if let Some(r) = mounted.as_deref_mut() {
+            self.store.data_mut().request = r.take();
+        }
+        let answer = self.pick.call(&mut self.store, self.ctx_ptr as i32);
+        if let Some(r) = mounted {
+            *r = self.store.data_mut().request.take();
+        }
+        let answer = answer.map_err(fault_done).inspect(|_| guest_done())?;
         match answer {
             -1 => Ok(None),
             i if i >= 0 && (i as usize) < self.count => Ok(Some(i as usize)),

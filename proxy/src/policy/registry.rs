@@ -3,7 +3,7 @@
 //! binding of each Service port to a module, validated before it is
 //! published. A failed load or binding leaves the previous one in force.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -42,6 +42,19 @@ pub enum PolicyProblem {
         loaded: String,
     },
     #[error(
+        "{file}: sha256 {hash} is not in policy.allowedSha256; the module is not loaded (the previous version, if any, stays in force)"
+    )]
+    Untrusted { file: PathBuf, hash: String },
+    #[error(
+        "Service {service} port {port:?}: {count} endpoints, more than policy.maxEndpoints ({max}) hands to a policy; the built-in round robin balances it"
+    )]
+    TooManyEndpoints {
+        service: ServiceKey,
+        port: String,
+        count: usize,
+        max: usize,
+    },
+    #[error(
         "Service {service}: policy {policy} refused the binding: {reason}; the Service keeps its previous policy"
     )]
     Rejected {
@@ -61,6 +74,10 @@ pub struct PolicyRegistry {
     /// Validation results per (module hash, config): a dry run is done once.
     verdicts: HashMap<(String, Arc<str>), Result<(), String>>,
     next_id: u64,
+    /// `policy.allowedSha256`: when set, the only modules that may load.
+    allowed: Option<BTreeSet<String>>,
+    /// `policy.maxEndpoints`.
+    max_endpoints: usize,
 }
 
 impl PolicyRegistry {
@@ -74,6 +91,23 @@ impl PolicyRegistry {
             bindings: Arc::default(),
             verdicts: HashMap::new(),
             next_id: 1,
+            allowed: None,
+            max_endpoints: crate::config::PolicyConfig::default().max_endpoints,
+        }
+    }
+
+    /// Applies `policy.allowedSha256` (empty: any module in the directory)
+    /// and `policy.maxEndpoints`. Modules already loaded that the new list
+    /// does not allow are dropped at the next rescan.
+    pub fn set_limits(&mut self, allowed_sha256: &[String], max_endpoints: usize) {
+        let allowed: BTreeSet<String> = allowed_sha256
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        self.allowed = (!allowed.is_empty()).then_some(allowed);
+        self.max_endpoints = max_endpoints;
+        if let Some(allowed) = &self.allowed {
+            self.loaded.retain(|_, l| allowed.contains(&l.module.hash));
         }
     }
 
@@ -113,6 +147,18 @@ impl PolicyRegistry {
             if self.loaded.get(&name).is_some_and(|l| l.stamp == stamp) {
                 continue;
             }
+            // Checked before reading: a huge file is never read into memory.
+            if stamp.len > self.engine.max_module_bytes {
+                self.remember_stamp(&name, &stamp);
+                problems.push(PolicyProblem::Module {
+                    file: path,
+                    error: ModuleError::TooLarge {
+                        size: usize::try_from(stamp.len).unwrap_or(usize::MAX),
+                        max: self.engine.max_module_bytes,
+                    },
+                });
+                continue;
+            }
             let bytes = match std::fs::read(&path) {
                 Ok(bytes) => bytes,
                 Err(e) => {
@@ -124,6 +170,15 @@ impl PolicyRegistry {
                 }
             };
             let hash = module::content_hash(&bytes);
+            // Trust is decided on the exact bytes, before wasmtime compiles
+            // anything of them.
+            if let Some(allowed) = &self.allowed
+                && !allowed.contains(&hash)
+            {
+                self.remember_stamp(&name, &stamp);
+                problems.push(PolicyProblem::Untrusted { file: path, hash });
+                continue;
+            }
             if let Some(loaded) = self.loaded.get_mut(&name)
                 && loaded.module.hash == hash
             {
@@ -143,16 +198,20 @@ impl PolicyRegistry {
                     changed = true;
                 }
                 Err(error) => {
-                    // Remember the stamp so that the same bad file is
-                    // reported once, not at every poll.
-                    if let Some(loaded) = self.loaded.get_mut(&name) {
-                        loaded.stamp = stamp;
-                    }
+                    self.remember_stamp(&name, &stamp);
                     problems.push(PolicyProblem::Module { file: path, error });
                 }
             }
         }
         (changed, problems)
+    }
+
+    /// Remembers a refused file's stamp so that the same bad file is
+    /// reported once, not at every poll.
+    fn remember_stamp(&mut self, name: &str, stamp: &Stamp) {
+        if let Some(loaded) = self.loaded.get_mut(name) {
+            loaded.stamp = stamp.clone();
+        }
     }
 
     /// Binds every Service port of `table` to its module, reusing bindings
@@ -197,6 +256,19 @@ impl PolicyRegistry {
                 }
             };
             for port in ports {
+                // A policy gets the whole endpoint table in its memory and
+                // may precompute over it; past the cap, the native round
+                // robin (no table) balances the port instead.
+                let count = port.internal.len().max(port.external.len());
+                if count > self.max_endpoints {
+                    problems.push(PolicyProblem::TooManyEndpoints {
+                        service: key.clone(),
+                        port: port.name.clone(),
+                        count,
+                        max: self.max_endpoints,
+                    });
+                    continue;
+                }
                 match self.bind_port(key, port, &module, &config) {
                     Ok(bound) => {
                         next.insert(port.id, bound);

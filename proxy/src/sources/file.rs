@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use super::manifest::{self, ManifestProblem, Manifests};
 use crate::catalog::Severity;
 
-/// Largest manifest file read; larger ones are rejected, not truncated.
+/// Largest manifest file read unless `source.maxManifestBytes` says
+/// otherwise; larger ones are rejected, not truncated.
 pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,8 @@ pub struct Scan {
     pub changed: bool,
     /// Problems in files read during this scan (errors and warnings).
     pub problems: Vec<ManifestProblem>,
+    /// Files refused whole for their size (`source.maxManifestBytes`).
+    pub too_large: usize,
 }
 
 /// The manifests in force, per file.
@@ -53,6 +56,7 @@ pub struct Scan {
 pub struct FileSource {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileEntry>,
+    max_bytes: u64,
 }
 
 impl FileSource {
@@ -60,7 +64,14 @@ impl FileSource {
         Self {
             dir: dir.into(),
             files: BTreeMap::new(),
+            max_bytes: MAX_MANIFEST_BYTES,
         }
+    }
+
+    /// Sets the largest manifest file read (`source.maxManifestBytes`).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -80,7 +91,8 @@ impl FileSource {
             if self.files.get(&path).is_some_and(|e| e.stamp == stamp) {
                 continue;
             }
-            let (parsed, problems) = read_manifest(&path, stamp.len);
+            scan.too_large += usize::from(stamp.len > self.max_bytes);
+            let (parsed, problems) = read_manifest(&path, stamp.len, self.max_bytes);
             let ok = !problems.iter().any(|p| p.severity == Severity::Error);
             scan.problems.extend(problems);
             let entry = self.files.entry(path).or_insert(FileEntry {
@@ -117,7 +129,7 @@ impl FileSource {
     }
 }
 
-fn read_manifest(path: &Path, len: u64) -> (Manifests, Vec<ManifestProblem>) {
+fn read_manifest(path: &Path, len: u64, max_bytes: u64) -> (Manifests, Vec<ManifestProblem>) {
     let problem = |message: String| ManifestProblem {
         file: path.to_owned(),
         document: 0,
@@ -126,11 +138,26 @@ fn read_manifest(path: &Path, len: u64) -> (Manifests, Vec<ManifestProblem>) {
         message,
         severity: Severity::Error,
     };
-    if len > MAX_MANIFEST_BYTES {
-        let message = format!("{len} bytes; a manifest file may be at most {MAX_MANIFEST_BYTES}");
+    if len > max_bytes {
+        let message = format!(
+            "{len} bytes; a manifest file may be at most {max_bytes} (source.maxManifestBytes)"
+        );
         return (Manifests::default(), vec![problem(message)]);
     }
-    match std::fs::read_to_string(path) {
+    // The file may grow between the stat and the read: read at most one
+    // byte past the limit, so that the limit holds whatever happens.
+    let read = std::fs::File::open(path).and_then(|f| {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(f, max_bytes + 1), &mut text)
+            .map(|_| text)
+    });
+    match read {
+        Ok(text) if text.len() as u64 > max_bytes => (
+            Manifests::default(),
+            vec![problem(format!(
+                "grew past {max_bytes} bytes while read (source.maxManifestBytes)"
+            ))],
+        ),
         Ok(text) => manifest::parse(&text, path),
         Err(e) => (
             Manifests::default(),

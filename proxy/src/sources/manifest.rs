@@ -1,10 +1,12 @@
 //! Multi-document YAML (or JSON) manifests → typed Service and EndpointSlice
-//! objects, the same YAML `kubectl get svc,endpointslices -o yaml` prints.
+//! objects, the same YAML `kubectl get svc,endpointslices -o yaml` prints,
+//! plus Node objects (`kubectl get node NAME -o yaml`) for this node's
+//! addresses.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
@@ -15,12 +17,26 @@ use crate::catalog::{self, Severity};
 pub struct Manifests {
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
+    pub nodes: Vec<Node>,
 }
 
 impl Manifests {
     pub fn extend(&mut self, other: &Manifests) {
         self.services.extend(other.services.iter().cloned());
         self.slices.extend(other.slices.iter().cloned());
+        self.nodes.extend(other.nodes.iter().cloned());
+    }
+
+    /// The addresses of the Node called `node_name`, if a manifest has it.
+    pub fn node_addresses(&self, node_name: Option<&str>) -> Vec<std::net::IpAddr> {
+        let Some(name) = node_name else {
+            return Vec::new();
+        };
+        self.nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+            .map(catalog::node_addresses)
+            .unwrap_or_default()
     }
 }
 
@@ -99,6 +115,10 @@ fn add_object(
                 let issues = catalog::validate_service(&svc);
                 accept(svc, issues, &mut out.services, problems, problem);
             }
+            Err((field, message)) => problems.push(named(problem(&field, message), &kind, name)),
+        },
+        ("Node", "v1") => match typed::<Node>(value) {
+            Ok(node) => out.nodes.push(node),
             Err((field, message)) => problems.push(named(problem(&field, message), &kind, name)),
         },
         ("EndpointSlice", "discovery.k8s.io/v1") => match typed::<EndpointSlice>(value) {

@@ -8,6 +8,7 @@ mod endpoints;
 mod external;
 mod frontends;
 mod incremental;
+mod l7;
 mod slices;
 mod traffic;
 mod validation;
@@ -76,6 +77,7 @@ pub(super) fn slice(yaml: &str) -> EndpointSlice {
 pub(super) fn node(name: &str) -> NodeContext {
     NodeContext {
         node_name: Some(name.to_owned()),
+        ..NodeContext::default()
     }
 }
 

@@ -159,6 +159,16 @@ impl Store {
             .collect()
     }
 
+    /// This node's InternalIP and ExternalIP addresses.
+    pub fn node_addresses(&self) -> Vec<std::net::IpAddr> {
+        self.nodes
+            .live
+            .values()
+            .next()
+            .map(crate::catalog::node_addresses)
+            .unwrap_or_default()
+    }
+
     /// This node's `topology.kubernetes.io/zone` label.
     pub fn node_zone(&self) -> Option<String> {
         let node = self.nodes.live.values().next()?;
