@@ -35,14 +35,16 @@ impl Elements {
         let mut out = Elements::default();
         for (frontend, route) in &table.frontends {
             let key = (frontend.ip, frontend.protocol, frontend.port);
-            if route.endpoints().is_empty() {
+            // An L7 port without endpoints stays diverted: its clients get
+            // a 503 (or gRPC UNAVAILABLE) that says why, not a reset.
+            if route.endpoints().is_empty() && route.port.l7.is_none() {
                 out.vips_no_endpoints.insert(key);
             } else {
                 out.vips.insert(key);
             }
         }
         for (&key, route) in &table.node_ports {
-            if route.endpoints().is_empty() {
+            if route.endpoints().is_empty() && route.port.l7.is_none() {
                 out.node_ports_no_endpoints.insert(key);
             } else {
                 out.node_ports.insert(key);
