@@ -406,7 +406,10 @@ impl Config {
         if !(1..=1 << 20).contains(&pc.max_endpoints) {
             return Err((
                 "policy.maxEndpoints",
-                format!("{} is out of range; expected 1 to 1048576", pc.max_endpoints),
+                format!(
+                    "{} is out of range; expected 1 to 1048576",
+                    pc.max_endpoints
+                ),
             ));
         }
         if let Some(bad) = pc
