@@ -7,7 +7,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -98,21 +98,48 @@ async fn connect(
 }
 
 /// Copies until EOF, then half-closes the writer (see the io_uring twin).
-async fn pump(worker: &Worker, mut from: ReadHalf<'_>, mut to: WriteHalf<'_>) -> u64 {
-    let mut buf = worker.pool.take();
+///
+/// Readiness first, then a buffer: a connection waiting for data holds
+/// none, and one that just moved a short message goes back to a small one.
+async fn pump(worker: &Worker, from: ReadHalf<'_>, mut to: WriteHalf<'_>) -> u64 {
+    let mut buf: Option<Vec<u8>> = None;
     let mut total = 0u64;
     let failed = loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => break false,
+        if from.readable().await.is_err() {
+            break true;
+        }
+        let mut b = buf.take().unwrap_or_else(|| worker.pool.take_small());
+        let n = match from.try_read(&mut b) {
+            Ok(0) => {
+                worker.pool.give(b);
+                break false;
+            }
             Ok(n) => n,
-            Err(_) => break true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buf = Some(b);
+                continue;
+            }
+            Err(_) => {
+                worker.pool.give(b);
+                break true;
+            }
         };
-        if to.write_all(&buf[..n]).await.is_err() {
+        let written = to.write_all(&b[..n]).await;
+        let b = worker.pool.next(b, n);
+        if b.len() < worker.cfg.buffer_size {
+            // Short messages: wait for the next one holding nothing.
+            worker.pool.give(b);
+        } else {
+            buf = Some(b);
+        }
+        if written.is_err() {
             break true;
         }
         total += n as u64;
     };
-    worker.pool.give(buf);
+    if let Some(b) = buf {
+        worker.pool.give(b);
+    }
     if failed {
         sockets::reset_on_close(to.as_ref());
         let _ = socket2::SockRef::from(from.as_ref()).shutdown(Shutdown::Both);

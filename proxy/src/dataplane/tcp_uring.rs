@@ -102,7 +102,8 @@ async fn connect(
 /// Copies `from` → `to` until EOF, then half-closes `to`: a client that
 /// shuts its write side still gets the whole response.
 async fn pump(worker: &Worker, from: &TcpStream, to: &TcpStream) -> u64 {
-    let mut buf = worker.pool.take();
+    // A ring read holds its buffer until data comes: start small (bufpool.rs).
+    let mut buf = worker.pool.take_small();
     let mut total = 0u64;
     let failed = loop {
         let (res, b) = from.read(buf).await;
@@ -113,7 +114,7 @@ async fn pump(worker: &Worker, from: &TcpStream, to: &TcpStream) -> u64 {
             Err(_) => break true,
         };
         let (res, slice) = to.write_all(buf.slice(..n)).await;
-        buf = slice.into_inner();
+        buf = worker.pool.next(slice.into_inner(), n);
         if res.is_err() {
             break true;
         }
