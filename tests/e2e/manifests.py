@@ -101,6 +101,7 @@ class Port:
     target: int | str
     protocol: str = "TCP"
     node_port: int | None = None
+    app_protocol: str | None = None
 
 
 @dataclass
@@ -153,6 +154,8 @@ def service(s: ServiceDef) -> dict:
         port = {"name": p.name, "port": p.port, "protocol": p.protocol, "targetPort": p.target}
         if p.node_port is not None:
             port["nodePort"] = p.node_port
+        if p.app_protocol is not None:
+            port["appProtocol"] = p.app_protocol
         spec["ports"].append(port)
     if s.type in ("NodePort", "LoadBalancer"):
         spec["externalTrafficPolicy"] = "Cluster"

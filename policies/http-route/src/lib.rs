@@ -27,7 +27,9 @@
 
 use serde::Deserialize;
 use switchyard_policy::glob::Glob;
-use switchyard_policy::{Attr, Context, Endpoint, Endpoints, Policy, config, export_policy, select};
+use switchyard_policy::{
+    Attr, Context, Endpoint, Endpoints, Policy, config, export_policy, select,
+};
 
 /// Longest path prefix compared without allocating.
 const PATH_BUF: usize = 512;
@@ -146,10 +148,14 @@ impl Policy for HttpRoute {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.into_iter().enumerate() {
             if r.value.is_some() && r.header.is_none() {
-                return Err(format!("invalid policy config: routes[{i}].value needs header"));
+                return Err(format!(
+                    "invalid policy config: routes[{i}].value needs header"
+                ));
             }
             if r.header.as_deref() == Some("") {
-                return Err(format!("invalid policy config: routes[{i}].header must not be empty"));
+                return Err(format!(
+                    "invalid policy config: routes[{i}].header must not be empty"
+                ));
             }
             if r.path_prefix.as_deref().is_some_and(|p| p.len() > PATH_BUF) {
                 return Err(format!(
@@ -271,7 +277,8 @@ mod tests {
         let mut h = Harness::<HttpRoute>::with_endpoints(CONFIG, &fleet()[..2]);
         let api = l7(Request::get("/api/"));
         assert_eq!(h.distribution(10, |_| api.clone()).counts, [5, 5]);
-        let strict = r#"{"routes": [{"pathPrefix": "/api/", "endpoints": "api-*"}], "strict": true}"#;
+        let strict =
+            r#"{"routes": [{"pathPrefix": "/api/", "endpoints": "api-*"}], "strict": true}"#;
         let mut h = Harness::<HttpRoute>::with_endpoints(strict, &fleet()[..2]);
         assert_eq!(h.pick(&api), None);
         let mut h = Harness::<HttpRoute>::with_endpoints(CONFIG, &fleet());

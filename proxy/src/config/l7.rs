@@ -53,7 +53,10 @@ impl L7Config {
         for (field, d) in [
             ("dataplane.l7.headerReadTimeout", &self.header_read_timeout),
             ("dataplane.l7.idleTimeout", &self.idle_timeout),
-            ("dataplane.l7.upstreamIdleTimeout", &self.upstream_idle_timeout),
+            (
+                "dataplane.l7.upstreamIdleTimeout",
+                &self.upstream_idle_timeout,
+            ),
             ("dataplane.l7.responseTimeout", &self.response_timeout),
         ] {
             if zero(d) {
@@ -92,6 +95,9 @@ mod tests {
             idle_timeout: HumanDuration::from_secs(0),
             ..L7Config::default()
         };
-        assert_eq!(c.validate().map_err(|e| e.0), Err("dataplane.l7.idleTimeout"));
+        assert_eq!(
+            c.validate().map_err(|e| e.0),
+            Err("dataplane.l7.idleTimeout")
+        );
     }
 }

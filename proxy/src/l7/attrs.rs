@@ -91,7 +91,9 @@ mod tests {
 
     #[test]
     fn http1_origin_form() {
-        let p = parts("POST /api/v1/items?x=1 HTTP/1.1\r\nHost: shop.example\r\nX-Canary: 1\r\nX-Canary: 2\r\n\r\n");
+        let p = parts(
+            "POST /api/v1/items?x=1 HTTP/1.1\r\nHost: shop.example\r\nX-Canary: 1\r\nX-Canary: 2\r\n\r\n",
+        );
         assert_eq!(attr(&p, METHOD, "").as_deref(), Some("POST"));
         assert_eq!(attr(&p, AUTHORITY, "").as_deref(), Some("shop.example"));
         assert_eq!(attr(&p, PATH, "").as_deref(), Some("/api/v1/items?x=1"));

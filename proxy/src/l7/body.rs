@@ -129,8 +129,10 @@ pub fn failure(reason: ErrorReason, grpc: bool, message: String) -> Response<Pro
         );
         r
     };
-    resp.headers_mut()
-        .insert("x-switchyard-error", HeaderValue::from_static(reason_name(reason)));
+    resp.headers_mut().insert(
+        "x-switchyard-error",
+        HeaderValue::from_static(reason_name(reason)),
+    );
     resp
 }
 
@@ -166,7 +168,11 @@ mod tests {
 
     #[test]
     fn grpc_failures_are_trailers_only() {
-        let r = failure(ErrorReason::NoEndpoint, true, "no endpoint for a/b 100%".into());
+        let r = failure(
+            ErrorReason::NoEndpoint,
+            true,
+            "no endpoint for a/b 100%".into(),
+        );
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["grpc-status"], "14");
         assert_eq!(r.headers()["grpc-message"], "no endpoint for a/b 100%25");

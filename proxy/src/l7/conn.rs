@@ -81,7 +81,12 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(worker: Rc<Worker>, client: SocketAddr, frontend: SocketAddr, target: Target) -> Self {
+    pub fn new(
+        worker: Rc<Worker>,
+        client: SocketAddr,
+        frontend: SocketAddr,
+        target: Target,
+    ) -> Self {
         let dial = Dial::new(
             worker.bypass_mark,
             worker.cfg.connect_timeout.0,

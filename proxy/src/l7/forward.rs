@@ -128,7 +128,11 @@ pub async fn handle(
     Ok(resp)
 }
 
-async fn proxy(conn: &Rc<Conn>, target: &Rc<Target>, req: Request<Incoming>) -> Result<Answer, Failed> {
+async fn proxy(
+    conn: &Rc<Conn>,
+    target: &Rc<Target>,
+    req: Request<Incoming>,
+) -> Result<Answer, Failed> {
     let endpoints = target.resolved.route.endpoints();
     if endpoints.is_empty() {
         return Err(no_endpoint(target));
@@ -155,7 +159,14 @@ async fn proxy(conn: &Rc<Conn>, target: &Rc<Target>, req: Request<Incoming>) -> 
         let sent_at = Instant::now();
         let failed = |tried: &[usize]| {
             let after = sent_at.elapsed();
-            report(conn, target, tried, decision, addr, Outcome::Failed { after });
+            report(
+                conn,
+                target,
+                tried,
+                decision,
+                addr,
+                Outcome::Failed { after },
+            );
         };
         let sender = match pool::checkout(addr, target.protocol, conn.dial, fresh).await {
             Ok(sender) => sender,
@@ -177,7 +188,14 @@ async fn proxy(conn: &Rc<Conn>, target: &Rc<Target>, req: Request<Incoming>) -> 
         match tokio::time::timeout(timeout, sender.send(Request::from_parts(parts, b))).await {
             Ok(Ok(resp)) => {
                 let latency = sent_at.elapsed();
-                report(conn, target, &tried, decision, addr, Outcome::Connected { latency });
+                report(
+                    conn,
+                    target,
+                    &tried,
+                    decision,
+                    addr,
+                    Outcome::Connected { latency },
+                );
                 return Ok(Answer::Upstream(resp, decision, addr));
             }
             Ok(Err(mut e)) => {

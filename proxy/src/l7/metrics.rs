@@ -224,7 +224,10 @@ mod tests {
         h.error(ErrorReason::UpstreamReset);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).expect("encodes");
-        assert!(out.contains(r#"http_requests_total{service="shop/web",port="http",class="2xx"} 1"#), "{out}");
+        assert!(
+            out.contains(r#"http_requests_total{service="shop/web",port="http",class="2xx"} 1"#),
+            "{out}"
+        );
         assert!(out.contains(r#"class="5xx"} 2"#), "{out}");
         assert!(out.contains(r#"reason="upstream_reset"} 1"#), "{out}");
     }

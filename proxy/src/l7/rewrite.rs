@@ -142,20 +142,35 @@ mod tests {
     #[test]
     fn http2_upstream_gets_an_absolute_uri() {
         let mut p = parts("GET /x?y=1 HTTP/1.1\r\nHost: api.shop\r\n\r\n");
-        request(&mut p, L7Protocol::H2c, CLIENT.parse().expect("addr"), BACKEND.parse().expect("addr"));
+        request(
+            &mut p,
+            L7Protocol::H2c,
+            CLIENT.parse().expect("addr"),
+            BACKEND.parse().expect("addr"),
+        );
         assert_eq!(p.uri.to_string(), "http://api.shop/x?y=1");
         assert_eq!(p.version, Version::HTTP_2);
         assert!(p.headers.get("host").is_none());
         assert_eq!(p.headers["x-forwarded-for"], "10.0.0.9");
         let mut p = parts("GET / HTTP/1.0\r\n\r\n");
-        request(&mut p, L7Protocol::H2c, CLIENT.parse().expect("addr"), BACKEND.parse().expect("addr"));
+        request(
+            &mut p,
+            L7Protocol::H2c,
+            CLIENT.parse().expect("addr"),
+            BACKEND.parse().expect("addr"),
+        );
         assert_eq!(p.uri.to_string(), "http://10.1.0.2:8080/");
     }
 
     #[test]
     fn http1_upstream_gets_origin_form_and_host() {
         let mut p = parts("GET http://api.shop/x HTTP/1.1\r\n\r\n");
-        request(&mut p, L7Protocol::Http1, CLIENT.parse().expect("addr"), BACKEND.parse().expect("addr"));
+        request(
+            &mut p,
+            L7Protocol::Http1,
+            CLIENT.parse().expect("addr"),
+            BACKEND.parse().expect("addr"),
+        );
         assert_eq!(p.uri.to_string(), "/x");
         assert_eq!(p.headers["host"], "api.shop");
         assert_eq!(p.version, Version::HTTP_11);

@@ -38,7 +38,12 @@ pub async fn serve(worker: Rc<Worker>, stream: tokio::net::TcpStream, accepted: 
     let target = Target::new(&worker, accepted.target);
     target.metrics.connections.inc();
     let l7 = worker.cfg.l7.clone();
-    let conn = Rc::new(Conn::new(worker, accepted.client, accepted.frontend, target));
+    let conn = Rc::new(Conn::new(
+        worker,
+        accepted.client,
+        accepted.frontend,
+        target,
+    ));
     let service = {
         let conn = conn.clone();
         hyper::service::service_fn(move |req| forward::handle(conn.clone(), req))
@@ -62,7 +67,8 @@ pub async fn serve(worker: Rc<Worker>, stream: tokio::net::TcpStream, accepted: 
     tokio::pin!(served);
     let opened = Instant::now();
     let mut closing = false;
-    let tick = (l7.header_read_timeout.0.min(l7.idle_timeout.0) / 4).max(Duration::from_millis(100));
+    let tick =
+        (l7.header_read_timeout.0.min(l7.idle_timeout.0) / 4).max(Duration::from_millis(100));
     loop {
         tokio::select! {
             result = served.as_mut() => {

@@ -78,7 +78,16 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => return Err(failed(ErrorReason::Upstream, e.to_string())),
     };
-    report(conn, target, &[], decision, addr, Outcome::Connected { latency: start.elapsed() });
+    report(
+        conn,
+        target,
+        &[],
+        decision,
+        addr,
+        Outcome::Connected {
+            latency: start.elapsed(),
+        },
+    );
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Refused: an ordinary response, streamed back.
         return Ok(Answer::Upstream(resp, decision, addr));
@@ -100,5 +109,8 @@ pub async fn handle(
         worker.release(&resolved, decision, addr);
     });
     let (parts, _) = resp.into_parts();
-    Ok(Answer::Ready(Response::from_parts(parts, ProxyBody::Local(None))))
+    Ok(Answer::Ready(Response::from_parts(
+        parts,
+        ProxyBody::Local(None),
+    )))
 }
