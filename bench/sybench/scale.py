@@ -14,6 +14,12 @@ on them in the bench topology's node (pinned to the proxy CPU), and records
   both the snapshot and the nftables sets to follow. Latency = flip time -
   the rename that published the file (one monotonic clock for all
   namespaces).
+
+`--source kubernetes` serves the same objects from the emulated API server of
+the end-to-end tests (tests/e2e/apiserver.py, in the node namespace) and runs
+Switchyard with a kubeconfig: time to serving then includes the initial list,
+and a change is the EndpointSlice replaced through the server (latency from
+the moment the server stored it, before the watch event is written).
 """
 
 from __future__ import annotations
@@ -80,22 +86,77 @@ sys.exit(1)
 def generate(directory: Path, services: int, endpoints: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for f in range(0, services, PER_FILE):
-        docs = []
-        for i in range(f, min(f + PER_FILE, services)):
-            vip = f"10.96.{1 + i // 250}.{1 + i % 250}"
-            eps = [mf.Endpoint(f"10.{100 + (i * endpoints + j) // 65025 % 100}."
-                               f"{(i * endpoints + j) // 255 % 255}.{1 + (i * endpoints + j) % 254}",
-                               f"svc{i}-pod{j}", node=NODE_NAME) for j in range(endpoints)]
-            svc = mf.ServiceDef(f"svc{i}", [vip], [mf.Port("http", 80, 8080)], [eps],
-                                namespace="scale")
-            docs += svc.documents()
+        docs = generate_docs(range(f, min(f + PER_FILE, services)), endpoints)
         (directory / f"scale-{f // PER_FILE:04d}.yaml").write_text(mf.to_yaml(*docs))
 
 
-def toggle_yaml(on: bool) -> str:
+def generate_docs(indices, endpoints: int) -> list[dict]:
+    docs = []
+    for i in indices:
+        vip = f"10.96.{1 + i // 250}.{1 + i % 250}"
+        eps = [mf.Endpoint(f"10.{100 + (i * endpoints + j) // 65025 % 100}."
+                           f"{(i * endpoints + j) // 255 % 255}.{1 + (i * endpoints + j) % 254}",
+                           f"svc{i}-pod{j}", node=NODE_NAME) for j in range(endpoints)]
+        svc = mf.ServiceDef(f"svc{i}", [vip], [mf.Port("http", 80, 8080)], [eps],
+                            namespace="scale")
+        docs += svc.documents()
+    return docs
+
+
+def toggle_def(on: bool) -> "mf.ServiceDef":
     eps = [mf.Endpoint(BACKENDS[0].ip, BACKENDS[0].name, node=NODE_NAME)] if on else []
     return mf.ServiceDef("toggle", [TOGGLE_VIP], [mf.Port("http", 80, backends.HTTP_PORT)],
-                         [eps], namespace="scale").yaml()
+                         [eps], namespace="scale")
+
+
+def toggle_yaml(on: bool) -> str:
+    return toggle_def(on).yaml()
+
+
+class FileSource:
+    """Manifests in a watched directory; a change is an atomic rename."""
+
+    def __init__(self, work: Path, services: int, endpoints: int):
+        self.dir = work / "manifests"
+        generate(self.dir, services, endpoints)
+        (self.dir / "toggle.yaml").write_text(toggle_yaml(True))
+
+    def args(self) -> list[str]:
+        return ["--manifests", str(self.dir)]
+
+    def toggle(self, on: bool) -> float:
+        mf.write_atomic(self.dir / "toggle.yaml", toggle_yaml(on))
+        return time.monotonic()
+
+    def close(self) -> None:
+        pass
+
+
+class KubeSource:
+    """The emulated API server of the e2e tests, serving the same objects."""
+
+    def __init__(self, work: Path, t, services: int, endpoints: int):
+        sys.path.insert(0, str(REPO / "tests" / "e2e"))
+        from apiserver import ApiServer, node_object  # noqa: PLC0415
+        self.api = ApiServer(t.node, log=work / "apiserver.log")
+        self.api.put(node_object(NODE_NAME))
+        for f in range(0, services, PER_FILE):
+            self.api.put(*generate_docs(range(f, min(f + PER_FILE, services)), endpoints))
+        self.api.put(*toggle_def(True).documents())
+        self.api.start()
+        self.kubeconfig = self.api.kubeconfig(work / "kubeconfig")
+
+    def args(self) -> list[str]:
+        return ["--kubeconfig", str(self.kubeconfig)]
+
+    def toggle(self, on: bool) -> float:
+        slice_doc = toggle_def(on).documents()[1]
+        wrote = time.monotonic()
+        self.api.put(slice_doc)
+        return wrote
+
+    def close(self) -> None:
+        self.api.stop()
 
 
 def vm(pid: int, key: str) -> int:
@@ -115,6 +176,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--services", type=int, default=10000)
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--changes", type=int, default=40)
+    ap.add_argument("--source", choices=("file", "kubernetes"), default="file")
     ap.add_argument("--bin", type=Path)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--name", default="scale")
@@ -129,14 +191,14 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="sybench-scale-"))
     with topo.Topology(work) as t:
         backends.start(t)
-        manifests = work / "manifests"
         t0 = time.monotonic()
-        generate(manifests, args.services, args.endpoints)
-        (manifests / "toggle.yaml").write_text(toggle_yaml(True))
+        source = (KubeSource(work, t, args.services, args.endpoints)
+                  if args.source == "kubernetes"
+                  else FileSource(work, args.services, args.endpoints))
         gen_s = time.monotonic() - t0
         print(f"generated {args.services} Services / {args.services * args.endpoints} "
-              f"endpoints in {gen_s:.1f}s", flush=True)
-        argv_sy = [str(binary), "run", "--manifests", str(manifests), "--node-name", NODE_NAME,
+              f"endpoints in {gen_s:.1f}s ({args.source} source)", flush=True)
+        argv_sy = [str(binary), "run", *source.args(), "--node-name", NODE_NAME,
                    "--io", "uring", "--workers", "1", "--default-policy", "builtin-round-robin",
                    "--log-level", "warn"]
         ready = subprocess.Popen(topo.ns_argv(t.node, pinned(LOAD_CPU, [
@@ -164,8 +226,7 @@ def main(argv: list[str]) -> int:
             for i in range(args.changes):
                 time.sleep(0.3 + (i % 7) * 0.05)  # not in step with any poll period
                 on = not on
-                mf.write_atomic(manifests / "toggle.yaml", toggle_yaml(on))
-                wrote = time.monotonic()
+                wrote = source.toggle(on)
                 ev = json.loads(probe.stdout.readline())
                 if ev["ok"] != on:
                     raise SetupError(f"probe flipped the wrong way: {ev}")
@@ -177,12 +238,13 @@ def main(argv: list[str]) -> int:
             probe.wait(timeout=10)
         rss = vm(proc.pid, "VmRSS")
         rc = proc.stop()
+        source.close()
     both = lat["add"] + lat["remove"]
     rec = {
         "date": started.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
         "versions": versions(binary), "services": args.services,
         "endpoints": args.services * args.endpoints, "files": -(-args.services // PER_FILE) + 1,
-        "generate_s": gen_s, "ready_s": to_ready, "first_proxied_s": to_serving,
+        "source": args.source, "generate_s": gen_s, "ready_s": to_ready, "first_proxied_s": to_serving,
         "vmhwm_after_start_mib": hwm_start / 1024, "vmhwm_end_mib": hwm_end / 1024,
         "rss_end_mib": rss / 1024, "exit_code": rc, "changes": args.changes,
         "change_ms": {k: {"p50": pct(v, 50), "p90": pct(v, 90), "p99": pct(v, 99),
@@ -208,11 +270,15 @@ def markdown(r: dict) -> str:
     rows = "\n".join(f"| {k} | {v['n']} | {v['p50']:.2f} | {v['p90']:.2f} | {v['p99']:.2f} | "
                      f"{v['max']:.2f} |" for k, v in c.items())
     notes = "".join(f"{n}\n\n" for n in r.get("user_notes", []))
+    source_text = (f"in {r['files']} manifest files (100 Services each)"
+                   if r.get("source", "file") == "file" else
+                   "served by the emulated API server (tests/e2e/apiserver.py) through a "
+                   "kubeconfig")
     return f"""# Switchyard control-plane scale — {r['date']}
 
 Machine: {m['cpu_model']}, {m['cores']} cores, {m['mem_gib']:.1f} GiB, kernel {m['kernel']}.
 Switchyard pinned to CPU 1 (`{r['command']}`), {r['services']:,} Services /
-{r['endpoints']:,} endpoints in {r['files']} manifest files (100 Services each).
+{r['endpoints']:,} endpoints, {source_text}.
 
 {notes}| figure | value | goal (issue 5 item 6) |
 |---|---|---|
@@ -223,7 +289,8 @@ Switchyard pinned to CPU 1 (`{r['command']}`), {r['services']:,} Services /
 | one endpoint change → effective, p99 | {c['all']['p99']:.2f} ms | ≤ 5 ms: {met(c['all']['p99'] <= 5)} |
 
 One endpoint change to effective, milliseconds from the rename of the Service's
-file to the first connection that sees the new state (add: 0 → 1 endpoint,
+file (kubernetes: from the API server storing the new EndpointSlice) to the first
+connection that sees the new state (add: 0 → 1 endpoint,
 the connection is answered; remove: 1 → 0, it is refused). The probe tries about
 once a millisecond, which bounds the resolution; connection attempts that timed out
 (0.5 s) during the whole run: {r.get('probe_timeouts', 0)}.

@@ -1,13 +1,57 @@
-//! Per-Service rebuilds for the watch source: a change to one Service or
-//! one of its EndpointSlices re-translates only that Service; the table is
-//! then re-assembled from the cached translations (cheap: it moves `Arc`s
-//! and settles frontend conflicts), so untouched Services keep their
-//! `ServicePort` `Arc`s and every rule stays written once in the catalog.
+//! Per-Service rebuilds: a change to one Service or one of its
+//! EndpointSlices (a watch event, or an edited manifest file) re-translates
+//! only that Service; the table is then re-assembled from the cached
+//! translations (cheap: it moves `Arc`s and settles frontend conflicts), so
+//! untouched Services keep their `ServicePort` `Arc`s and every rule stays
+//! written once in the catalog.
 
 use std::collections::BTreeMap;
 
-use crate::catalog::{self, BuildOutput, NodeContext, Problem, TranslatedService};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::catalog::{self, BuildOutput, NodeContext, ObjectRef, Problem, TranslatedService};
+use crate::sources::file_index::FileIndex;
 use crate::sources::kube::{Dirty, Key, Store};
+
+/// The objects of one source, by Service.
+pub trait ServiceObjects {
+    fn service_keys(&self) -> Vec<Key>;
+    fn service(&self, key: &Key) -> Option<&Service>;
+    fn slices_of(&self, key: &Key) -> Vec<&EndpointSlice>;
+    /// Definitions of this Service beyond the first (files can repeat one;
+    /// the API cannot).
+    fn duplicates(&self, _key: &Key) -> usize {
+        0
+    }
+}
+
+impl ServiceObjects for Store {
+    fn service_keys(&self) -> Vec<Key> {
+        self.services().map(|(k, _)| k.clone()).collect()
+    }
+    fn service(&self, key: &Key) -> Option<&Service> {
+        Store::service(self, key)
+    }
+    fn slices_of(&self, key: &Key) -> Vec<&EndpointSlice> {
+        Store::slices_of(self, key)
+    }
+}
+
+impl ServiceObjects for FileIndex {
+    fn service_keys(&self) -> Vec<Key> {
+        FileIndex::service_keys(self).cloned().collect()
+    }
+    fn service(&self, key: &Key) -> Option<&Service> {
+        FileIndex::service(self, key)
+    }
+    fn slices_of(&self, key: &Key) -> Vec<&EndpointSlice> {
+        FileIndex::slices_of(self, key)
+    }
+    fn duplicates(&self, key: &Key) -> usize {
+        self.definitions(key).saturating_sub(1)
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Translations {
@@ -16,21 +60,34 @@ pub struct Translations {
 
 impl Translations {
     /// Re-translates the Services in `dirty` (all of them when `dirty.all`)
-    /// from the store; returns the translations' own problems.
-    pub fn refresh(&mut self, store: &Store, dirty: &Dirty, node: &NodeContext) -> Vec<Problem> {
+    /// from the source's objects; returns the translations' own problems.
+    pub fn refresh(
+        &mut self,
+        objects: &impl ServiceObjects,
+        dirty: &Dirty,
+        node: &NodeContext,
+    ) -> Vec<Problem> {
         let mut problems = Vec::new();
         let keys: Vec<Key> = if dirty.all {
             self.by_service.clear();
-            store.services().map(|(k, _)| k.clone()).collect()
+            objects.service_keys()
         } else {
             dirty.services.iter().cloned().collect()
         };
         for key in keys {
-            let Some(svc) = store.service(&key) else {
+            let Some(svc) = objects.service(&key) else {
                 self.by_service.remove(&key);
                 continue;
             };
-            let slices = store.slices_of(&key);
+            if objects.duplicates(&key) > 0 {
+                problems.push(Problem::error(
+                    &ObjectRef::new("Service", &key.0, &key.1),
+                    "metadata.name",
+                    "expected one Service of this name; it is defined twice and the first is used"
+                        .to_owned(),
+                ));
+            }
+            let slices = objects.slices_of(&key);
             let translation = catalog::translate_service(svc, &slices, node);
             problems.extend(translation.problems);
             match translation.service {

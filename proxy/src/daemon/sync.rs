@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use crate::admin::metrics::KindLabels;
 use crate::admin::{Metrics, PolicySummary};
-use crate::catalog::{self, BuildOutput, NodeContext, Problem, Severity};
+use crate::catalog::{BuildOutput, NodeContext, Problem, Severity};
 use crate::intercept::Interceptor;
 use crate::policy::{ModuleError, PolicyProblem, PolicyRegistry};
 use crate::snapshot::SharedSnapshot;
 use crate::sources::Source;
+use crate::sources::kube::Dirty;
 
 use super::DaemonError;
 use super::incremental::Translations;
@@ -26,9 +27,9 @@ pub struct SyncReport {
 
 pub struct Sync {
     pub source: Source,
-    /// Cached per-Service translations (watch source only).
+    /// Cached per-Service translations.
     pub translations: Translations,
-    /// The next watch-source sync re-translates every Service.
+    /// The next sync re-translates every Service.
     pub rebuild_all: bool,
     pub policies: Option<PolicyRegistry>,
     pub node: NodeContext,
@@ -156,13 +157,24 @@ impl Sync {
         let Source::File(files) = &self.source else {
             return Ok(None);
         };
-        let manifests = files.manifests();
-        self.node.addresses = manifests.node_addresses(self.node.node_name.as_deref());
-        Ok(Some(catalog::build(
-            &manifests.services,
-            &manifests.slices,
-            &self.node,
-        )))
+        self.node.addresses = files.node_addresses(self.node.node_name.as_deref());
+        // Only the Services the changed files touched are translated again,
+        // unless everything must be (the first sync, a forced reload).
+        let dirty = Dirty {
+            all: force || std::mem::take(&mut self.rebuild_all),
+            services: scan.touched,
+        };
+        let problems = self.translations.refresh(files.index(), &dirty, &self.node);
+        tracing::debug!(
+            all = dirty.all,
+            services = dirty.services.len(),
+            proxied = self.translations.len(),
+            "re-translated changed Services"
+        );
+        let mut built = self.translations.assemble();
+        built.table.node_addresses = self.node.addresses.clone();
+        built.problems.splice(0..0, problems);
+        Ok(Some(built))
     }
 
     /// The watch source: re-translate only the Services that changed.
@@ -187,7 +199,7 @@ impl Sync {
         if dirty.is_empty() && !policies_changed && !node_changed && !force {
             return None;
         }
-        let problems = self.translations.refresh(&store, &dirty, &self.node);
+        let problems = self.translations.refresh(&*store, &dirty, &self.node);
         drop(store);
         tracing::debug!(
             all = dirty.all,

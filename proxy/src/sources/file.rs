@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
+use super::file_index::{FileIndex, Key};
 use super::manifest::{self, ManifestProblem, Manifests};
 use crate::catalog::Severity;
 
@@ -49,6 +50,8 @@ pub struct Scan {
     pub problems: Vec<ManifestProblem>,
     /// Files refused whole for their size (`source.maxManifestBytes`).
     pub too_large: usize,
+    /// Services whose definition or EndpointSlices changed.
+    pub touched: std::collections::BTreeSet<Key>,
 }
 
 /// The manifests in force, per file.
@@ -57,6 +60,7 @@ pub struct FileSource {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileEntry>,
     max_bytes: u64,
+    index: FileIndex,
 }
 
 impl FileSource {
@@ -65,6 +69,7 @@ impl FileSource {
             dir: dir.into(),
             files: BTreeMap::new(),
             max_bytes: MAX_MANIFEST_BYTES,
+            index: FileIndex::default(),
         }
     }
 
@@ -83,10 +88,19 @@ impl FileSource {
     pub fn rescan(&mut self) -> Result<Scan, SourceError> {
         let mut scan = Scan::default();
         let present = list_manifest_files(&self.dir)?;
-        let before = self.files.len();
-        self.files
-            .retain(|path, _| present.iter().any(|(p, _)| p == path));
-        scan.changed |= self.files.len() != before;
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|path| !present.iter().any(|(p, _)| p == *path))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some(entry) = self.files.remove(&path) {
+                let touched = self.index.replace(&path, entry.good.as_ref(), None);
+                scan.touched.extend(touched);
+                scan.changed = true;
+            }
+        }
         for (path, stamp) in present {
             if self.files.get(&path).is_some_and(|e| e.stamp == stamp) {
                 continue;
@@ -95,13 +109,16 @@ impl FileSource {
             let (parsed, problems) = read_manifest(&path, stamp.len, self.max_bytes);
             let ok = !problems.iter().any(|p| p.severity == Severity::Error);
             scan.problems.extend(problems);
-            let entry = self.files.entry(path).or_insert(FileEntry {
+            let entry = self.files.entry(path.clone()).or_insert(FileEntry {
                 stamp: stamp.clone(),
                 good: None,
             });
             entry.stamp = stamp;
             if ok {
-                entry.good = Some(Arc::new(parsed));
+                let new = Arc::new(parsed);
+                let touched = self.index.replace(&path, entry.good.as_ref(), Some(&new));
+                scan.touched.extend(touched);
+                entry.good = Some(new);
                 scan.changed = true;
             }
         }
@@ -117,6 +134,21 @@ impl FileSource {
                 len: u64::MAX,
             };
         }
+    }
+
+    /// The objects in force, by Service.
+    pub fn index(&self) -> &FileIndex {
+        &self.index
+    }
+
+    /// The addresses of the Node called `node_name`, if a manifest has it.
+    pub fn node_addresses(&self, node_name: Option<&str>) -> Vec<std::net::IpAddr> {
+        self.files
+            .values()
+            .filter_map(|e| e.good.as_ref())
+            .map(|m| m.node_addresses(node_name))
+            .find(|a| !a.is_empty())
+            .unwrap_or_default()
     }
 
     /// Every object in force, from every file's last good contents.
