@@ -177,6 +177,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--changes", type=int, default=40)
     ap.add_argument("--source", choices=("file", "kubernetes"), default="file")
+    ap.add_argument("--log-level", default="warn",
+                    help="Switchyard's log level; its log is printed at the end unless warn")
     ap.add_argument("--bin", type=Path)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--name", default="scale")
@@ -200,7 +202,7 @@ def main(argv: list[str]) -> int:
               f"endpoints in {gen_s:.1f}s ({args.source} source)", flush=True)
         argv_sy = [str(binary), "run", *source.args(), "--node-name", NODE_NAME,
                    "--io", "uring", "--workers", "1", "--default-policy", "builtin-round-robin",
-                   "--log-level", "warn"]
+                   "--log-level", args.log_level]
         ready = subprocess.Popen(topo.ns_argv(t.node, pinned(LOAD_CPU, [
             sys.executable, "-c", READY, "300"])), stdout=subprocess.PIPE, text=True)
         spawn = time.monotonic()
@@ -239,6 +241,8 @@ def main(argv: list[str]) -> int:
         rss = vm(proc.pid, "VmRSS")
         rc = proc.stop()
         source.close()
+        if args.log_level != "warn":
+            print(proc.output(tail=20000))
     both = lat["add"] + lat["remove"]
     rec = {
         "date": started.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
