@@ -98,6 +98,27 @@ impl Translations {
         problems
     }
 
+    /// Re-translates what `dirty` names and assembles the table, with this
+    /// node's addresses and every problem met.
+    pub fn rebuild(
+        &mut self,
+        objects: &impl ServiceObjects,
+        dirty: &Dirty,
+        node: &NodeContext,
+    ) -> BuildOutput {
+        let problems = self.refresh(objects, dirty, node);
+        tracing::debug!(
+            all = dirty.all,
+            services = dirty.services.len(),
+            proxied = self.len(),
+            "re-translated changed Services"
+        );
+        let mut built = self.assemble();
+        built.table.node_addresses = node.addresses.clone();
+        built.problems.splice(0..0, problems);
+        built
+    }
+
     pub fn assemble(&self) -> BuildOutput {
         catalog::assemble(self.by_service.values())
     }

@@ -164,17 +164,11 @@ impl Sync {
             all: force || std::mem::take(&mut self.rebuild_all),
             services: scan.touched,
         };
-        let problems = self.translations.refresh(files.index(), &dirty, &self.node);
-        tracing::debug!(
-            all = dirty.all,
-            services = dirty.services.len(),
-            proxied = self.translations.len(),
-            "re-translated changed Services"
-        );
-        let mut built = self.translations.assemble();
-        built.table.node_addresses = self.node.addresses.clone();
-        built.problems.splice(0..0, problems);
-        Ok(Some(built))
+        Ok(Some(self.translations.rebuild(
+            files.index(),
+            &dirty,
+            &self.node,
+        )))
     }
 
     /// The watch source: re-translate only the Services that changed.
@@ -199,18 +193,7 @@ impl Sync {
         if dirty.is_empty() && !policies_changed && !node_changed && !force {
             return None;
         }
-        let problems = self.translations.refresh(&*store, &dirty, &self.node);
-        drop(store);
-        tracing::debug!(
-            all = dirty.all,
-            services = dirty.services.len(),
-            proxied = self.translations.len(),
-            "re-translated changed Services"
-        );
-        let mut built = self.translations.assemble();
-        built.table.node_addresses = self.node.addresses.clone();
-        built.problems.splice(0..0, problems);
-        Some(built)
+        Some(self.translations.rebuild(&*store, &dirty, &self.node))
     }
 
     /// Loads new and changed policy modules; true when any changed.

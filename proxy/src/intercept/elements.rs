@@ -107,9 +107,17 @@ impl Elements {
             let gone: Vec<_> = from.difference(to).copied().collect();
             emit_ports(&mut out, "delete", table, set, &gone);
         }
-        let gone: Vec<_> = old.node_addresses.difference(&self.node_addresses).copied().collect();
+        let gone: Vec<_> = old
+            .node_addresses
+            .difference(&self.node_addresses)
+            .copied()
+            .collect();
         emit_prefixes(&mut out, "delete", table, &gone);
-        let new: Vec<_> = self.node_addresses.difference(&old.node_addresses).copied().collect();
+        let new: Vec<_> = self
+            .node_addresses
+            .difference(&old.node_addresses)
+            .copied()
+            .collect();
         emit_prefixes(&mut out, "add", table, &new);
         for (from, to, set) in pairs {
             let new: Vec<_> = to.difference(from).copied().collect();
@@ -148,11 +156,24 @@ fn vip_element((ip, proto, port): &VipKey) -> String {
 
 /// Writes `verb element inet T <set>4 { ... }` and the `6` twin.
 fn emit_vips(out: &mut String, verb: &str, table: &str, set: &str, keys: &[VipKey]) {
+    emit_by_family(out, verb, table, set, keys, |k| k.0, vip_element);
+}
+
+/// Splits `keys` by address family into `<set>4` and `<set>6` commands.
+fn emit_by_family<K>(
+    out: &mut String,
+    verb: &str,
+    table: &str,
+    set: &str,
+    keys: &[K],
+    ip: impl Fn(&K) -> IpAddr,
+    element: impl Fn(&K) -> String,
+) {
     for (suffix, v6) in [("4", false), ("6", true)] {
         let items: Vec<String> = keys
             .iter()
-            .filter(|k| k.0.is_ipv6() == v6)
-            .map(vip_element)
+            .filter(|k| ip(k).is_ipv6() == v6)
+            .map(&element)
             .collect();
         if !items.is_empty() {
             let _ = writeln!(
@@ -165,20 +186,15 @@ fn emit_vips(out: &mut String, verb: &str, table: &str, set: &str, keys: &[VipKe
 }
 
 fn emit_prefixes(out: &mut String, verb: &str, table: &str, keys: &[Prefix]) {
-    for (suffix, v6) in [("4", false), ("6", true)] {
-        let items: Vec<String> = keys
-            .iter()
-            .filter(|k| k.0.is_ipv6() == v6)
-            .map(|(ip, len)| format!("{ip}/{len}"))
-            .collect();
-        if !items.is_empty() {
-            let _ = writeln!(
-                out,
-                "{verb} element inet {table} nodeaddr{suffix} {{ {} }}",
-                items.join(", ")
-            );
-        }
-    }
+    emit_by_family(
+        out,
+        verb,
+        table,
+        "nodeaddr",
+        keys,
+        |k| k.0,
+        |(ip, len)| format!("{ip}/{len}"),
+    );
 }
 
 fn emit_ports(out: &mut String, verb: &str, table: &str, set: &str, keys: &[PortKey]) {
@@ -243,6 +259,11 @@ mod tests {
              add element inet sy nodeaddr6 { fd00:50::1/128 }\n"
         );
         // Unrestricted: no addresses, the rules match every local one.
-        assert!(Elements::default().with_node_addresses(&[], &table).node_addresses.is_empty());
+        assert!(
+            Elements::default()
+                .with_node_addresses(&[], &table)
+                .node_addresses
+                .is_empty()
+        );
     }
 }
