@@ -2,7 +2,7 @@
 //! one malformed object is named and skipped instead of failing the whole
 //! list it came in, as a typed watch would.
 
-use ::kube::core::{DynamicObject, TypeMeta};
+use ::kube::core::DynamicObject;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -73,24 +73,35 @@ pub fn key(obj: &DynamicObject) -> Key {
 
 /// Decodes and checks one object. A decode error or a validation error
 /// is pushed to `problems` (naming the object and field) and gives `None`.
-pub fn typed<T: Typed>(kind: Kind, obj: &DynamicObject, problems: &mut Vec<Problem>) -> Option<T> {
-    let (namespace, name) = key(obj);
+///
+/// The object is consumed: its fields move into the value the typed
+/// decoder reads, instead of a clone re-serialised (two deep copies per
+/// object, most of an initial list's decode time at 100,000 endpoints).
+pub fn typed<T: Typed>(kind: Kind, obj: DynamicObject, problems: &mut Vec<Problem>) -> Option<T> {
+    let (namespace, name) = key(&obj);
     let object = ObjectRef::new(kind.name(), &namespace, &name);
-    let mut obj = obj.clone();
-    // Lists carry apiVersion/kind only on the list; the typed decoder wants
-    // them on the object.
-    obj.types = Some(TypeMeta {
-        api_version: kind.api_version().to_owned(),
-        kind: kind.name().to_owned(),
-    });
-    let value = match serde_json::to_value(&obj) {
-        Ok(v) => v,
-        Err(e) => {
-            problems.push(Problem::error(&object, "(object)", e.to_string()));
+    let DynamicObject { metadata, data, .. } = obj;
+    let mut fields = match data {
+        serde_json::Value::Object(fields) => fields,
+        serde_json::Value::Null => serde_json::Map::new(),
+        _ => {
+            problems.push(Problem::error(&object, "(object)", "expected a JSON object"));
             return None;
         }
     };
-    let typed: T = match serde_path_to_error::deserialize(value) {
+    let metadata = match serde_json::to_value(metadata) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(Problem::error(&object, "metadata", e.to_string()));
+            return None;
+        }
+    };
+    fields.insert("metadata".into(), metadata);
+    // Lists carry apiVersion/kind only on the list; the typed decoder wants
+    // them on the object.
+    fields.insert("apiVersion".into(), kind.api_version().into());
+    fields.insert("kind".into(), kind.name().into());
+    let typed: T = match serde_path_to_error::deserialize(serde_json::Value::Object(fields)) {
         Ok(t) => t,
         Err(e) => {
             let field = e.path().to_string();

@@ -75,7 +75,7 @@ impl Store {
             Kind::Service => self.apply_services(event),
             Kind::EndpointSlice => self.apply_slices(event),
             Kind::Node => {
-                !apply_generic(&mut self.nodes, &mut self.problems, Kind::Node, &event).is_empty()
+                !apply_generic(&mut self.nodes, &mut self.problems, Kind::Node, event).is_empty()
             }
         };
         changed || !self.problems.is_empty()
@@ -87,7 +87,7 @@ impl Store {
             &mut self.services,
             &mut self.problems,
             Kind::Service,
-            &event,
+            event,
         );
         let changed = !touched.is_empty();
         self.dirty
@@ -102,7 +102,7 @@ impl Store {
             &mut self.slices,
             &mut self.problems,
             Kind::EndpointSlice,
-            &event,
+            event,
         );
         let changed = !touched.is_empty();
         // A slice can move between Services (its label changed) or vanish:
@@ -194,7 +194,7 @@ fn apply_generic<T>(
     objects: &mut Objects<T>,
     problems: &mut Vec<Problem>,
     kind: Kind,
-    event: &Event<DynamicObject>,
+    event: Event<DynamicObject>,
 ) -> Vec<(Key, Option<T>)>
 where
     T: decode::Typed + PartialEq + Clone,
@@ -205,7 +205,7 @@ where
             Vec::new()
         }
         Event::InitApply(obj) => {
-            let key = decode::key(obj);
+            let key = decode::key(&obj);
             let decoded = decode::typed::<T>(kind, obj, problems);
             // A bad object keeps its last good version, as a bad file edit
             // keeps the file's last good contents.
@@ -251,7 +251,7 @@ where
             changed
         }
         Event::Apply(obj) => {
-            let key = decode::key(obj);
+            let key = decode::key(&obj);
             match decode::typed::<T>(kind, obj, problems) {
                 Some(value) if objects.live.get(&key) != Some(&value) => {
                     let old = objects.live.insert(key.clone(), value);
@@ -261,7 +261,7 @@ where
             }
         }
         Event::Delete(obj) => {
-            let key = decode::key(obj);
+            let key = decode::key(&obj);
             match objects.live.remove(&key) {
                 Some(old) => vec![(key, Some(old))],
                 None => Vec::new(),
