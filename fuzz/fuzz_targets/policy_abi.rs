@@ -20,6 +20,7 @@ use libfuzzer_sys::fuzz_target;
 use switchyard::admin::Metrics;
 use switchyard::catalog::{self, Endpoint, NodeContext, Route, Scope, ServiceKey, ServicePort};
 use switchyard::config::{HumanDuration, PolicyConfig};
+use switchyard::l7::attrs;
 use switchyard::sources::manifest;
 use switchyard::policy::{
     BoundPolicy, Decider, Locality, Outcome, PickRequest, PolicyEngine, PolicyModule, load_module,
@@ -92,6 +93,12 @@ const SCRIPTED: &str = r#"
     (if (i32.lt_u (local.get $op) (i32.const 0xf0)) (then (return (call $word))))
     (if (i32.eq (local.get $op) (i32.const 0xf8)) (then
       (call $log (call $word) (call $word) (call $word)) (return (call $word))))
+    (if (i32.eq (local.get $op) (i32.const 0xf7)) (then
+      ;; request_attr with pointers mostly inside the first page, so that
+      ;; the host's copy paths run, not only its bounds checks.
+      (return (call $attr (call $byte)
+        (i32.and (call $word) (i32.const 0xffff)) (call $byte)
+        (i32.and (call $word) (i32.const 0xffff)) (i32.shl (call $byte) (i32.const 2))))))
     (if (i32.eq (local.get $op) (i32.const 0xf9)) (then
       (return (call $attr (call $word) (call $word) (call $word) (call $word) (call $word)))))
     (if (i32.eq (local.get $op) (i32.const 0xfa)) (then
@@ -147,6 +154,8 @@ struct Ep {
 #[derive(Arbitrary, Debug)]
 enum Step {
     Pick { tried: Vec<u8>, client_port: u16 },
+    /// An L7 decision: the head is lent to the guest via `request_attr`.
+    PickRequest { head: Vec<u8> },
     Connected { latency_us: u32 },
     Failed { after_us: u32 },
     Release,
@@ -265,6 +274,25 @@ fuzz_target!(|input: Input| {
                         current.endpoints().len()
                     ),
                     None => assert!(current.endpoints().is_empty() || !tried.is_empty()),
+                }
+            }
+            Step::PickRequest { head } => {
+                let Some(parts) = attrs::parse_head(head) else {
+                    continue;
+                };
+                let mut request = Some(parts);
+                let req = PickRequest {
+                    route: &current,
+                    binding: Some(&binding),
+                    generation,
+                    client,
+                    frontend,
+                    tried: &[],
+                };
+                last = decider.pick_request(&req, &mut request);
+                assert!(request.is_some(), "the request head comes back after the call");
+                if let Some(d) = last {
+                    assert!(d.index < current.endpoints().len());
                 }
             }
             Step::Connected { latency_us } | Step::Failed { after_us: latency_us } => {
