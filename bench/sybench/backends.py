@@ -27,12 +27,15 @@ class Frontend:
     proto: str          # tcp | udp
     backends: tuple[str, ...]
     target_port: int
+    l7: bool = False    # HTTP per request (appProtocol http; HAProxy/nginx in http mode)
 
 
 WEB = Frontend("10.96.0.10", 80, "tcp", tuple(p.ip for p in BACKENDS), HTTP_PORT)
 IPERF = Frontend("10.96.0.20", IPERF_PORT, "tcp", (BACKENDS[2].ip,), IPERF_PORT)
 DNS = Frontend("10.96.0.53", 53, "udp", (BACKENDS[0].ip,), DNS_PORT)
-FRONTENDS = {"web": WEB, "iperf": IPERF, "dns": DNS}
+# The same nginx Pods behind an L7 Service port (issue 8): per-request balancing.
+WEB7 = Frontend("10.96.0.11", 80, "tcp", tuple(p.ip for p in BACKENDS), HTTP_PORT, l7=True)
+FRONTENDS = {"web": WEB, "iperf": IPERF, "dns": DNS, "web7": WEB7}
 
 
 def write_manifests(directory: Path) -> None:
@@ -43,6 +46,9 @@ def write_manifests(directory: Path) -> None:
 
     services = [
         mf.ServiceDef("web", [WEB.vip], [mf.Port("http", WEB.port, HTTP_PORT)], [eps(WEB)],
+                      namespace="bench"),
+        mf.ServiceDef("web7", [WEB7.vip], [mf.Port("http", WEB7.port, HTTP_PORT,
+                                                   app_protocol="http")], [eps(WEB7)],
                       namespace="bench"),
         mf.ServiceDef("iperf", [IPERF.vip], [mf.Port("iperf", IPERF.port, IPERF_PORT)],
                       [eps(IPERF)], namespace="bench"),

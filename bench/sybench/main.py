@@ -16,11 +16,12 @@ import traceback
 from pathlib import Path
 
 from . import backends, cpu, report, topo
-from .peers import Direct, HAProxy, KernelDnat, NginxStream, Peer, Switchyard
+from .peers import Direct, HAProxy, KernelDnat, NginxHttp, NginxStream, Peer, Switchyard
 from .workloads import WORKLOADS, Settings
 
 REPO = Path(__file__).resolve().parents[2]
-WORKLOAD_ORDER = ("idlecpu", "bulk", "connrate", "keepalive", "latency", "dns", "idle")
+WORKLOAD_ORDER = ("idlecpu", "bulk", "connrate", "keepalive", "latency", "dns", "idle",
+                  "l7keepalive")
 MODES = {
     "full": dict(rounds=3, settings=Settings(duration=5, bulk_seconds=5, conns=32,
                                              idle_conns=9000, warmup=1)),
@@ -79,6 +80,7 @@ def make_peers(binary: Path, policies: Path) -> list[Peer]:
         HAProxy(),
         HAProxy(splice=True),
         NginxStream(),
+        NginxHttp(),
         KernelDnat(),
         Direct(),
     ]

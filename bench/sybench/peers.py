@@ -20,7 +20,7 @@ class Peer:
     name = "peer"
     label = ""
     workloads: tuple[str, ...] = ("idlecpu", "bulk", "connrate", "keepalive", "latency", "dns",
-                                  "idle")
+                                  "idle", "l7keepalive")
 
     def __init__(self) -> None:
         self.topo: Topology | None = None
@@ -147,7 +147,8 @@ def del_vips(topo: Topology) -> None:
 
 # --------------------------------------------------------------------- HAProxy
 class HAProxy(Peer):
-    workloads = ("idlecpu", "bulk", "connrate", "keepalive", "latency", "idle")  # no UDP
+    workloads = ("idlecpu", "bulk", "connrate", "keepalive", "latency", "idle",
+                 "l7keepalive")  # no UDP
 
     def __init__(self, splice: bool = False):
         super().__init__()
@@ -174,13 +175,16 @@ defaults
                 continue
             servers = "\n".join(f"    server s{i} {ip}:{fe.target_port}"
                                 for i, ip in enumerate(fe.backends))
+            # L7 frontends: HTTP mode, keep-alive both sides, per-request
+            # round robin (HAProxy's defaults for http mode otherwise).
+            mode = "    mode http\n    timeout http-request 10s\n" if fe.l7 else ""
             out.append(f"""
 frontend fe_{name}
-    bind {fe.vip}:{fe.port} backlog 8192
+{mode}    bind {fe.vip}:{fe.port} backlog 8192
     default_backend be_{name}
 
 backend be_{name}
-    balance roundrobin
+{mode}    balance roundrobin
 {servers}
 """)
         return "".join(out)
@@ -232,6 +236,8 @@ stream {{
 {''.join(upstreams)}{''.join(servers)}}}
 """
 
+    workloads = ("idlecpu", "bulk", "connrate", "keepalive", "latency", "dns", "idle")
+
     def available(self) -> str:
         ok = Path("/usr/lib/nginx/modules/ngx_stream_module.so").is_file()
         return "" if ok else "nginx stream module missing (apt-get install libnginx-mod-stream)"
@@ -246,6 +252,71 @@ stream {{
         self.proc = topo.spawn(self.name, topo.node, pinned(PROXY_CPU, [
             "nginx", "-c", str(conf), "-p", str(root), "-g", "daemon off;"]))
         topo.wait_listening(topo.node, be.WEB.port, proc=self.proc)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.topo is not None:
+            del_vips(self.topo)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "command": "taskset -c 1 nginx -c CONF -g 'daemon off;'",
+                "config": self.config(Path("ROOT"))}
+
+
+# ------------------------------------------------------------------ nginx http
+class NginxHttp(Peer):
+    """nginx `proxy_pass` for the L7 frontends only: HTTP/1.1 to the
+    backends with an upstream keep-alive pool, as a reverse proxy is run."""
+    name = "nginx-http"
+    label = "nginx http proxy_pass, 1 worker, upstream keepalive"
+    workloads = ("idlecpu", "l7keepalive")
+
+    def config(self, root: Path) -> str:
+        blocks = []
+        for name, fe in FRONTENDS.items():
+            if not fe.l7:
+                continue
+            servers = "".join(f"        server {ip}:{fe.target_port};\n" for ip in fe.backends)
+            blocks.append(f"""    upstream {name} {{
+{servers}        keepalive 64;
+    }}
+    server {{
+        listen {fe.vip}:{fe.port} backlog=8192;
+        location / {{
+            proxy_pass http://{name};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+""")
+        return f"""user root;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections {2 * MAXCONN}; multi_accept on; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 600s;
+    client_body_temp_path {root}/tmp-body;
+    proxy_temp_path {root}/tmp-proxy;
+    fastcgi_temp_path {root}/tmp-fastcgi;
+    uwsgi_temp_path {root}/tmp-uwsgi;
+    scgi_temp_path {root}/tmp-scgi;
+{''.join(blocks)}}}
+"""
+
+    def start(self, topo: Topology) -> None:
+        super().start(topo)
+        root = topo.workdir / "nginx-http"
+        root.mkdir(exist_ok=True)
+        conf = root / "nginx.conf"
+        conf.write_text(self.config(root))
+        add_vips(topo)
+        self.proc = topo.spawn(self.name, topo.node, pinned(PROXY_CPU, [
+            "nginx", "-c", str(conf), "-p", str(root), "-g", "daemon off;"]))
+        topo.wait_listening(topo.node, be.WEB7.port, proc=self.proc)
 
     def stop(self) -> None:
         super().stop()

@@ -25,6 +25,9 @@ HEADLINE = (
     ("dns", "qps", "DNS q/s", True, "{:,.0f}"),
     ("dns", "cpu_us_per_query_proxy_core", "proxy-core µs/query", False, "{:.1f}"),
     ("idle", "rss_kib", "RSS idle conns MiB", False, "{:.1f}"),
+    ("l7keepalive", "rps", "L7 keep-alive rps", True, "{:,.0f}"),
+    ("l7keepalive", "p99_us", "L7 p99 µs (32 conns)", False, "{:.0f}"),
+    ("l7keepalive", "cpu_us_per_req_proxy_core", "L7 proxy-core µs/req", False, "{:.2f}"),
 )
 RATIO_COLS = tuple(h for h in HEADLINE if h[1] not in (
     "p50_us", "p999_us", "cpu_us_per_conn_total", "proxy_core_busy"))
@@ -115,6 +118,10 @@ def goals(med: dict) -> list[dict]:
         ratio(med, "switchyard-uring-wasm-rr", sy, *cpu), 1.03, False)
     add("RSS with idle proxied connections vs HAProxy", ratio(med, sy, ha, "idle", "rss_kib"),
         0.7, False)
+    # Issue 8: L7 keep-alive through Switchyard vs HAProxy in http mode.
+    add("L7 keep-alive rps vs HAProxy http", ratio(med, sy, ha, "l7keepalive", "rps"), 1.0, True)
+    add("L7 keep-alive p99 vs HAProxy http", ratio(med, sy, ha, "l7keepalive", "p99_us"), 1.0,
+        False)
     return out
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import cpu
-from .backends import DNS, DNS_NAME, IPERF, WEB
+from .backends import DNS, DNS_NAME, IPERF, WEB, WEB7, Frontend
 from .peers import Peer
 from .topo import LOAD_CPU, PROXY_CPU, SetupError, Topology, ns_argv, pinned, run, wait_until
 
@@ -56,8 +56,9 @@ def _per(c: dict, n: float, scale: float, prefix: str) -> dict:
             f"{prefix}_process": c["peer_process_s"] * scale / n}
 
 
-def _wrk(topo: Topology, peer: Peer, s: Settings, conns: int, close: bool) -> tuple[dict, dict]:
-    host, port = peer.target(WEB)
+def _wrk(topo: Topology, peer: Peer, s: Settings, conns: int, close: bool,
+         fe: Frontend = WEB) -> tuple[dict, dict]:
+    host, port = peer.target(fe)
     argv = pinned(LOAD_CPU, ["wrk", "-t1", f"-c{conns}", f"-d{s.duration:g}s", "--timeout", "2s",
                              "-s", str(LUA)])
     if close:
@@ -90,6 +91,17 @@ def connrate(topo: Topology, peer: Peer, s: Settings) -> dict:
 def keepalive(topo: Topology, peer: Peer, s: Settings) -> dict:
     """Requests per second on `conns` kept-alive connections (saturating)."""
     w, c = _wrk(topo, peer, s, s.conns, close=False)
+    return {"rps": w["rate"], "errors": w["errors"], "requests": w["requests"],
+            "p50_us": w["lat_p50_us"], "p99_us": w["lat_p99_us"], "p999_us": w["lat_p999_us"],
+            **_per(c, w["requests"], 1e6, "cpu_us_per_req"),
+            "proxy_core_util": c["proxy_core_s"] / c["wall_s"]}
+
+
+def l7_keepalive(topo: Topology, peer: Peer, s: Settings) -> dict:
+    """Issue 8: requests per second and tail latency on `conns` kept-alive
+    connections to an L7 Service port (a pick per request; HAProxy `mode
+    http`, nginx `proxy_pass`; L4 peers carry it as plain TCP)."""
+    w, c = _wrk(topo, peer, s, s.conns, close=False, fe=WEB7)
     return {"rps": w["rate"], "errors": w["errors"], "requests": w["requests"],
             "p50_us": w["lat_p50_us"], "p99_us": w["lat_p99_us"], "p999_us": w["lat_p999_us"],
             **_per(c, w["requests"], 1e6, "cpu_us_per_req"),
@@ -223,4 +235,5 @@ WORKLOADS = {
     "latency": latency,
     "dns": dns,
     "idle": idle,
+    "l7keepalive": l7_keepalive,
 }
