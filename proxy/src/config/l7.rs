@@ -21,7 +21,8 @@ pub struct L7Config {
     /// Largest request head (request line + headers) a client may send;
     /// larger ones get 431.
     pub max_header_bytes: usize,
-    /// Idle HTTP/1.1 connections kept per backend per worker.
+    /// HTTP/1.1 connections kept for reuse per backend per worker (busy or
+    /// idle); past it, a new connection serves one request and closes.
     pub max_idle_per_endpoint: usize,
 }
 

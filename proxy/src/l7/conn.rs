@@ -78,6 +78,8 @@ pub struct Conn {
     pub in_flight: Cell<u32>,
     pub last_active: Cell<Instant>,
     pub requests: Cell<u64>,
+    /// `x-forwarded-for` for this client, made once.
+    pub forwarded_for: hyper::http::HeaderValue,
 }
 
 impl Conn {
@@ -101,6 +103,7 @@ impl Conn {
             in_flight: Cell::new(0),
             last_active: Cell::new(Instant::now()),
             requests: Cell::new(0),
+            forwarded_for: super::rewrite::forwarded_for(client),
         }
     }
 

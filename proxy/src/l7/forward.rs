@@ -183,7 +183,7 @@ async fn proxy(
         let (Some(mut parts), Some(b)) = (head.take(), body.take()) else {
             break;
         };
-        rewrite::request(&mut parts, target.protocol, conn.client, addr);
+        rewrite::request(&mut parts, target.protocol, &conn.forwarded_for, addr);
         let timeout = conn.worker.cfg.l7.response_timeout.0;
         match tokio::time::timeout(timeout, sender.send(Request::from_parts(parts, b))).await {
             Ok(Ok(resp)) => {

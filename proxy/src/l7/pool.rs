@@ -56,7 +56,10 @@ impl Sender {
             Sender::H1 { addr, mut inner } => {
                 let resp = inner.try_send_request(req).await;
                 if resp.is_ok() {
-                    checkin_when_ready(addr, inner);
+                    // Back in the pool at once, busy until its response
+                    // body has been read; `take` skips it until then. No
+                    // task or timer per request (see `take`).
+                    POOL.with_borrow_mut(|p| p.put(addr, inner));
                 }
                 resp
             }
@@ -67,7 +70,17 @@ impl Sender {
 
 struct Idle {
     sender: http1::SendRequest<Incoming>,
+    /// When its last request was sent.
     since: Instant,
+}
+
+impl Idle {
+    /// Closed, or ready and unused for `timeout` (a busy connection is
+    /// never expired: its response may be long).
+    fn stale(&self, now: Instant, timeout: Duration) -> bool {
+        self.sender.is_closed()
+            || (self.sender.is_ready() && now.saturating_duration_since(self.since) >= timeout)
+    }
 }
 
 struct Shared {
@@ -200,11 +213,17 @@ impl Pool {
                 Some(Sender::H2(shared.sender.clone()))
             }
             L7Protocol::Http1 => {
-                let idle = self.h1.get_mut(&addr)?;
-                // Most recently used first: it is the least likely to have
-                // been closed by the backend's own keep-alive timeout.
-                while let Some(c) = idle.pop() {
-                    if c.sender.is_ready() && c.since.elapsed() < self.idle_timeout {
+                let conns = self.h1.get_mut(&addr)?;
+                let now = Instant::now();
+                // Newest first: the least likely to have been closed by the
+                // backend's own keep-alive timeout. Busy ones stay.
+                let mut i = conns.len();
+                while i > 0 {
+                    i -= 1;
+                    if conns[i].stale(now, self.idle_timeout) {
+                        conns.swap_remove(i);
+                    } else if conns[i].sender.is_ready() {
+                        let c = conns.swap_remove(i);
                         return Some(Sender::H1 {
                             addr,
                             inner: c.sender,
@@ -228,24 +247,14 @@ impl Pool {
 
     fn prune(&mut self) {
         let timeout = self.idle_timeout;
-        self.h1.retain(|_, idle| {
-            idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < timeout);
-            !idle.is_empty()
+        let now = Instant::now();
+        self.h1.retain(|_, conns| {
+            conns.retain(|c| !c.stale(now, timeout));
+            !conns.is_empty()
         });
         self.h2
             .retain(|_, s| !s.sender.is_closed() && s.used.elapsed() < timeout);
     }
-}
-
-/// An HTTP/1.1 connection is reusable once its response has been read to
-/// the end; `ready` says when (or fails when it closed instead).
-fn checkin_when_ready(addr: SocketAddr, mut sender: http1::SendRequest<Incoming>) {
-    tokio::task::spawn_local(async move {
-        let limit = POOL.with_borrow(|p| p.idle_timeout);
-        if let Ok(Ok(())) = tokio::time::timeout(limit, sender.ready()).await {
-            POOL.with_borrow_mut(|p| p.put(addr, sender));
-        }
-    });
 }
 
 /// Drops idle connections past the idle timeout, so that an idle worker

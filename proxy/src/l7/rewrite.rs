@@ -43,7 +43,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Prepares a client's request head for the backend at `addr`.
-pub fn request(parts: &mut Parts, protocol: L7Protocol, client: SocketAddr, addr: SocketAddr) {
+pub fn request(parts: &mut Parts, protocol: L7Protocol, client: &HeaderValue, addr: SocketAddr) {
     strip_hop_by_hop(&mut parts.headers);
     match protocol {
         L7Protocol::Http1 => {
@@ -73,7 +73,7 @@ pub fn request(parts: &mut Parts, protocol: L7Protocol, client: SocketAddr, addr
             parts.headers.remove(header::HOST);
         }
     }
-    forwarded_for(&mut parts.headers, client);
+    parts.headers.append("x-forwarded-for", client.clone());
 }
 
 /// `http://<authority>/<path>` for an HTTP/2 backend: the request's own
@@ -99,11 +99,11 @@ fn absolute(uri: &Uri, headers: &HeaderMap, addr: SocketAddr) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
-/// Appends the client to `x-forwarded-for`.
-fn forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
-    if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
-        headers.append("x-forwarded-for", v);
-    }
+/// The client's address as an `x-forwarded-for` value, made once per
+/// connection.
+pub fn forwarded_for(client: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// A backend's response head on its way to the client.
@@ -145,7 +145,7 @@ mod tests {
         request(
             &mut p,
             L7Protocol::H2c,
-            CLIENT.parse().expect("addr"),
+            &forwarded_for(CLIENT.parse().expect("addr")),
             BACKEND.parse().expect("addr"),
         );
         assert_eq!(p.uri.to_string(), "http://api.shop/x?y=1");
@@ -156,7 +156,7 @@ mod tests {
         request(
             &mut p,
             L7Protocol::H2c,
-            CLIENT.parse().expect("addr"),
+            &forwarded_for(CLIENT.parse().expect("addr")),
             BACKEND.parse().expect("addr"),
         );
         assert_eq!(p.uri.to_string(), "http://10.1.0.2:8080/");
@@ -168,7 +168,7 @@ mod tests {
         request(
             &mut p,
             L7Protocol::Http1,
-            CLIENT.parse().expect("addr"),
+            &forwarded_for(CLIENT.parse().expect("addr")),
             BACKEND.parse().expect("addr"),
         );
         assert_eq!(p.uri.to_string(), "/x");
