@@ -12,6 +12,7 @@ from pathlib import Path
 H1_PORT = 8081
 H2_PORT = 8082
 BREAK_PORT = 9200
+UPGRADE_PORT = 9300
 
 
 def nginx_conf(root: Path, pod: str) -> Path:
@@ -77,5 +78,50 @@ def serve_break(port: int) -> None:
         print("broke a response off", flush=True)
 
 
+def _upgrade_echo(conn: socket.socket) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < 65536:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    if b"upgrade: websocket" not in head.lower():
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        return
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\n\r\n")
+    if rest:
+        conn.sendall(rest)
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        conn.sendall(chunk)
+
+
+def serve_upgrade(port: int) -> None:
+    """Switches any `Upgrade: websocket` request to a raw echo of bytes."""
+    import threading
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", port))
+    sock.listen(64)
+    print(f"upgrade echo server listening on {port}", flush=True)
+    while True:
+        conn, _ = sock.accept()
+        conn.settimeout(30)
+
+        def run(c=conn):
+            try:
+                _upgrade_echo(c)
+            except OSError:
+                pass
+            finally:
+                c.close()
+        threading.Thread(target=run, daemon=True).start()
+
+
 if __name__ == "__main__":
-    serve_break(int(sys.argv[1]) if len(sys.argv) > 1 else BREAK_PORT)
+    mode, port = sys.argv[1], int(sys.argv[2])
+    {"break": serve_break, "upgrade": serve_upgrade}[mode](port)

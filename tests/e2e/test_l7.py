@@ -27,6 +27,7 @@ CANARY_VIP = "10.96.0.83"  # h2c, canary policy (header)
 EMPTY_VIP = "10.96.0.84"   # http + grpc ports, no endpoints
 BREAK_VIP = "10.96.0.85"   # http, a backend that resets mid-response
 BIG_VIP = "10.96.0.86"     # h2c, web-a only (large bodies)
+WS_VIP = "10.96.0.87"      # kubernetes.io/ws, an upgrade echo server on web-b
 PODS = ("web-a", "web-b", "web-c")
 
 ROUTES = ('{"routes": [{"header": "x-canary", "value": "1", "endpoints": "web-c"},'
@@ -64,6 +65,8 @@ def l7_services() -> list[mf.ServiceDef]:
                       [mf.backends(["web-c"])]),
         mf.ServiceDef("l7-big", [BIG_VIP], [port("kubernetes.io/h2c", lb.H2_PORT)],
                       [mf.backends(["web-a"])]),
+        mf.ServiceDef("l7-ws", [WS_VIP], [port("kubernetes.io/ws", lb.UPGRADE_PORT)],
+                      [mf.backends(["web-b"])]),
     ]
 
 
@@ -86,8 +89,10 @@ def l7(bare_cluster, tmp_path):
                                           "-g", "daemon off;"], lb.H1_PORT)
         c.topo.wait_listening(c.topo.pods[pod], lb.H2_PORT)
         c.nginx_roots[pod] = root
-    c._spawn("l7-break", "web-c", [sys.executable, str(Path(lb.__file__)),
+    c._spawn("l7-break", "web-c", [sys.executable, str(Path(lb.__file__)), "break",
                                    str(lb.BREAK_PORT)], lb.BREAK_PORT)
+    c._spawn("l7-upgrade", "web-b", [sys.executable, str(Path(lb.__file__)), "upgrade",
+                                     str(lb.UPGRADE_PORT)], lb.UPGRADE_PORT)
     c.start_proxy(["--config", str(config), "--policies", str(policies)])
     return c
 
@@ -206,13 +211,13 @@ def test_no_endpoints_is_503_and_grpc_unavailable(l7):
     still_serving(l7)
 
 
-def client_socket(c, payload: str, wait: float) -> str:
-    """Sends `payload` (a Python bytes literal) to H1_VIP:80 from the client
+def client_socket(c, payload: str, wait: float, vip: str = H1_VIP) -> str:
+    """Sends `payload` (a Python bytes literal) to `vip`:80 from the client
     pod, then reads until close or `wait` seconds; prints what came back
     and how long it took."""
     code = f"""
 import socket, time
-s = socket.create_connection(("{H1_VIP}", 80), timeout=3)
+s = socket.create_connection(("{vip}", 80), timeout=3)
 start, got = time.monotonic(), b""
 try:
     s.sendall({payload})
@@ -263,6 +268,39 @@ def test_upstream_reset_mid_response(l7):
     assert int(out.split()[1]) < 1000000, out
     assert metric(l7, "switchyard_http_errors_total", service="e2e/l7-break",
                   reason="upstream_reset") == 1
+    still_serving(l7)
+
+
+def test_websocket_upgrade_passes_through(l7):
+    """An `Upgrade: websocket` request is picked, the backend's 101 is
+    passed on, and then bytes flow both ways untouched (here an echo)."""
+    code = f"""
+import socket
+s = socket.create_connection(("{WS_VIP}", 80), timeout=5)
+s.sendall(b"GET /chat HTTP/1.1\\r\\nHost: ws\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n")
+head = b""
+while b"\\r\\n\\r\\n" not in head:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    head += chunk
+print(head.split(b"\\r\\n")[0].decode())
+for word in (b"ping", b"x" * 100000):
+    s.sendall(word)
+    got = b""
+    while len(got) < len(word):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    print("echo", got == word)
+"""
+    proc = l7.run_in("client", [sys.executable, "-c", code], timeout=30)
+    lines = proc.stdout.decode().splitlines()
+    assert lines == ["HTTP/1.1 101 Switching Protocols", "echo True", "echo True"], (
+        proc.stdout, proc.stderr)
+    assert metric(l7, "switchyard_http_requests_total", service="e2e/l7-ws",
+                  **{"class": "1xx"}) == 1
     still_serving(l7)
 
 
