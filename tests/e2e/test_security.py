@@ -97,3 +97,12 @@ def test_only_modules_on_the_allow_list_load(bare_cluster, tmp_path):
                                          "http://127.0.0.1:10249/debug/policies"]).stdout)
     loaded = {item.get("name") or item.get("module", {}).get("name") for item in debug}
     assert loaded == {"round-robin"}, debug
+
+    # Trusting maglev too takes a config reload (here: the file watch), not
+    # a restart; revoking works the same way.
+    mark = c.proxy.log_mark()
+    config.write_text(f"policy:\n  allowedSha256: [\"{allowed}\", \"{maglev_hash}\"]\n")
+    c.proxy.wait_log(r"allowedSha256 / policy.maxEndpoints changed", since=mark)
+    c.proxy.wait_log(r"policy module loaded.*policy=maglev|policy=maglev.*loaded", since=mark)
+    pods, err = c.get_many("http://10.96.0.70/", 6)
+    assert len(pods) == 6 and len(set(pods)) == 1, (pods, err)  # maglev: one client, one pod

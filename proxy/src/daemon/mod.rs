@@ -18,8 +18,8 @@ pub use reconfigure::Loader;
 
 use crate::admin::{self, AdminState, Health, Metrics, PolicySummary, ReloadAnswer};
 use crate::catalog::NodeContext;
-use crate::config::Config;
 use crate::config::SourceKind;
+use crate::config::{Config, ConfigError};
 use crate::dataplane::{self, DataplaneError, IoBackend};
 use crate::intercept::{InterceptError, Interceptor};
 use crate::policy::{Locality, PolicyEngine, PolicyRegistry};
@@ -302,6 +302,18 @@ fn reload(
                 sync.set_default_policy(&default);
                 notes.push(format!("policy.default is now {default}"));
             }
+            if let Some((allowed, max_endpoints)) = change.policy_limits {
+                tracing::info!(
+                    allowed = allowed.len(),
+                    max_endpoints,
+                    "policy.allowedSha256 / policy.maxEndpoints changed"
+                );
+                sync.set_policy_limits(&allowed, max_endpoints);
+                notes.push(format!(
+                    "policy.allowedSha256 ({} hashes) and policy.maxEndpoints ({max_endpoints}) applied",
+                    allowed.len()
+                ));
+            }
             for section in change.needs_restart {
                 tracing::warn!(
                     section,
@@ -311,6 +323,15 @@ fn reload(
             }
         }
         Err(e) => {
+            if matches!(e, ConfigError::TooLarge { .. }) {
+                crate::logging::limit_reached(&sync.metrics, "config_bytes", || {});
+            }
+            sync.metrics
+                .rejected_input
+                .get_or_create(&crate::admin::metrics::KindLabels {
+                    kind: "config".into(),
+                })
+                .inc();
             tracing::error!(error = %e, "config rejected; the running config stays in force");
             problems.push(format!("error: {e}"));
         }

@@ -22,6 +22,10 @@ pub struct ConfigSource {
 pub struct ConfigChange {
     /// The new policy default, when it changed (applied at once).
     pub policy_default: Option<String>,
+    /// `policy.allowedSha256` and `policy.maxEndpoints`, when either
+    /// changed (applied at once: revoking a module must not wait for a
+    /// restart).
+    pub policy_limits: Option<(Vec<String>, usize)>,
     /// Changed settings that take effect only after a restart.
     pub needs_restart: Vec<&'static str>,
 }
@@ -60,6 +64,12 @@ impl ConfigSource {
         if new.policy.default != running.policy.default {
             change.policy_default = Some(new.policy.default.clone());
         }
+        if new.policy.allowed_sha256 != running.policy.allowed_sha256
+            || new.policy.max_endpoints != running.policy.max_endpoints
+        {
+            change.policy_limits =
+                Some((new.policy.allowed_sha256.clone(), new.policy.max_endpoints));
+        }
         let sections: [(&'static str, bool); 8] = [
             ("nodeName", new.node_name != running.node_name),
             ("source", new.source != running.source),
@@ -67,11 +77,16 @@ impl ConfigSource {
             ("intercept", new.intercept != running.intercept),
             ("admin", new.admin != running.admin),
             ("log", new.log != running.log),
-            ("policy (other than policy.default)", {
-                let mut a = new.policy.clone();
-                a.default.clone_from(&running.policy.default);
-                a != running.policy
-            }),
+            (
+                "policy (other than default, allowedSha256, maxEndpoints)",
+                {
+                    let mut a = new.policy.clone();
+                    a.default.clone_from(&running.policy.default);
+                    a.allowed_sha256.clone_from(&running.policy.allowed_sha256);
+                    a.max_endpoints = running.policy.max_endpoints;
+                    a != running.policy
+                },
+            ),
             ("(none)", false),
         ];
         change.needs_restart = sections
@@ -81,6 +96,10 @@ impl ConfigSource {
             .collect();
         if let Some(default) = &change.policy_default {
             running.policy.default.clone_from(default);
+        }
+        if let Some((allowed, max_endpoints)) = &change.policy_limits {
+            running.policy.allowed_sha256.clone_from(allowed);
+            running.policy.max_endpoints = *max_endpoints;
         }
         Ok(change)
     }

@@ -230,6 +230,14 @@ impl Sync {
         changed
     }
 
+    /// Applies a reloaded `policy.allowedSha256` / `policy.maxEndpoints`;
+    /// the caller's forced sync then re-reads every module against it.
+    pub fn set_policy_limits(&mut self, allowed_sha256: &[String], max_endpoints: usize) {
+        if let Some(registry) = &mut self.policies {
+            registry.set_limits(allowed_sha256, max_endpoints);
+        }
+    }
+
     pub fn set_default_policy(&mut self, name: &str) {
         if let Some(registry) = &mut self.policies {
             registry.set_default(name);
