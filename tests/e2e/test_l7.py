@@ -191,6 +191,17 @@ def test_header_and_path_routing(l7):
     assert metric(l7, "switchyard_http_connections_total", service="e2e/l7-canary") == 2
 
 
+def test_client_and_backend_protocols_may_differ(l7):
+    """An HTTP/1.1 client reaches an h2c backend Service and an h2c client
+    an HTTP/1.1 one: the proxy translates, per request."""
+    urls = [f"http://{H2_VIP}/pod.txt?n={i}" for i in range(3)]
+    bodies, connects = curl_many(l7, urls)
+    assert sorted(bodies) == sorted(PODS) and sum(connects) == 1, bodies
+    urls = [f"http://{H1_VIP}/api/pod.txt?n={i}" for i in range(3)]
+    got = l7.run_in("client", ["nghttp", "-t", "10", *urls])
+    assert sorted(got.stdout.decode().splitlines()) == [f"api {p}" for p in PODS], got
+
+
 # -------------------------------------------------------------- failures
 def test_no_endpoints_is_503_and_grpc_unavailable(l7):
     proc = l7.run_in("client", ["curl", "-sS", "-i", "--max-time", "10",
