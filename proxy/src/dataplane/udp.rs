@@ -105,7 +105,11 @@ async fn start_flow(
     let reply = match sockets::reply_udp(dst, client).and_then(UdpSocket::from_std) {
         Ok(reply) => reply,
         Err(e) => {
-            tracing::warn!(service = %target.stats.labels.service, %dst, error = %e, "cannot bind a reply socket to the Service address");
+            // Fails for every new flow when descriptors run out: rate-limited.
+            let service = &target.stats.labels.service;
+            crate::logging::rate_limited_warn(&format!("reply-socket:{service}"), || {
+                tracing::warn!(%service, %dst, error = %e, "cannot bind a reply socket to the Service address");
+            });
             return;
         }
     };

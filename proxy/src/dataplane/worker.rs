@@ -165,7 +165,12 @@ impl Worker {
             tried.push(index);
         }
         self.count_failure(target, FailureReason::Exhausted);
-        tracing::warn!(service = %target.stats.labels.service, port = %target.stats.labels.port, client = %client, tried = tried.len(), "no endpoint accepted the connection");
+        // Once per Service per window: a dead backend set (or a node out of
+        // descriptors) fails every connection, and must not flood the log.
+        let labels = &target.stats.labels;
+        crate::logging::rate_limited_warn(&format!("exhausted:{}", labels.service), || {
+            tracing::warn!(service = %labels.service, port = %labels.port, client = %client, tried = tried.len(), "no endpoint accepted the connection");
+        });
         None
     }
 
