@@ -73,6 +73,7 @@ class Soak:
         self.churn = False
         self.api = None
         self.t0 = time.monotonic()
+        self.build = build_info()
 
     # ---------------------------------------------------------- services
     def services(self) -> list[mf.ServiceDef]:
@@ -261,6 +262,18 @@ def machine() -> str:
     return f"{platform.node()}, {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}"
 
 
+def build_info() -> str:
+    """The binary under test and the commit the tree is at."""
+    binary = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    try:
+        built = dt.datetime.fromtimestamp(binary.stat().st_mtime, dt.timezone.utc)
+        return f"`{binary}` built {built:%Y-%m-%d %H:%M} UTC; tree at {commit or 'unknown'}"
+    except OSError:
+        return f"`{binary}`; tree at {commit or 'unknown'}"
+
+
 def report(args, soak: Soak, out: dict, started: dt.datetime, path: Path) -> str:
     s = soak.samples
     # Warm: past the UDP idle timeout (30 s), when every flow the load
@@ -270,6 +283,7 @@ def report(args, soak: Soak, out: dict, started: dt.datetime, path: Path) -> str
              f"source {args.source}", "",
              f"Command: `bash tests/soak --minutes {args.minutes} --io {args.io} "
              f"--source {args.source}`  ",
+             f"Binary: {soak.build}  ",
              f"Machine: {machine()}; the run was `nice`d and shared the machine with other "
              f"work (builds, fuzzing), so rates and latencies are not benchmarks.", "",
              "## Verdict", ""]
