@@ -48,7 +48,10 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, _slot: 
                 drop(client);
                 crate::l7::serve(worker, stream, accepted).await;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot hand an L7 connection to the reactor"),
+            // dup() fails for every connection once descriptors run out.
+            Err(e) => crate::logging::rate_limited_warn("l7-adopt", || {
+                tracing::warn!(error = %e, "cannot hand an L7 connection to the reactor");
+            }),
         }
         return;
     }
