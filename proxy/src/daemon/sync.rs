@@ -69,6 +69,7 @@ impl Sync {
         for p in &built.problems {
             log_problem(p, &mut report);
         }
+        let built_at = start.elapsed();
         let table = Arc::new(built.table);
         let bindings = match &mut self.policies {
             Some(registry) => {
@@ -91,7 +92,9 @@ impl Sync {
             }
             None => Arc::default(),
         };
+        let bound_at = start.elapsed();
         let generation = self.snapshot.publish(table.clone(), bindings);
+        let published_at = start.elapsed();
         if let Some(interceptor) = &mut self.interceptor {
             match interceptor.sync(&table) {
                 Ok(stats) => {
@@ -111,9 +114,17 @@ impl Sync {
             }
         }
         self.count(&self.metrics.syncs, "ok");
-        self.metrics
-            .sync_duration
-            .observe(start.elapsed().as_secs_f64());
+        let took = start.elapsed();
+        self.metrics.sync_duration.observe(took.as_secs_f64());
+        // Where a sync's time goes, cumulative from its start: read and
+        // build, policy binding, snapshot publish, nftables.
+        tracing::debug!(
+            built_us = built_at.as_micros() as u64,
+            bound_us = bound_at.as_micros() as u64,
+            published_us = published_at.as_micros() as u64,
+            done_us = took.as_micros() as u64,
+            "sync timings"
+        );
         tracing::info!(
             generation,
             services = table.services.len(),

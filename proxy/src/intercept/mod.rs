@@ -5,11 +5,12 @@
 mod bridge;
 mod command;
 mod elements;
+mod endpoint_counts;
 mod routing;
 mod ruleset;
 mod steer;
 
-use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use command::CommandError;
@@ -17,6 +18,7 @@ pub use elements::Elements;
 
 use crate::catalog::ServiceTable;
 use crate::config::InterceptConfig;
+use endpoint_counts::EndpointCounts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterceptError {
@@ -38,9 +40,14 @@ pub struct Interceptor {
     listen_port: u16,
     installed: Option<Elements>,
     bridge: bridge::Saved,
-    /// Same-bridge reply steering (transparent mode only): the bridges and
-    /// endpoints installed in our `bridge` table.
-    steer: Option<(Vec<steer::Bridge>, BTreeSet<steer::EndpointKey>)>,
+    /// Same-bridge reply steering (transparent mode only): the bridges
+    /// installed in our `bridge` table (None: not installed, or a batch
+    /// failed and the next sync renders it whole)...
+    steer: Option<Vec<steer::Bridge>>,
+    /// ...and its endpoints, updated from the Services that changed since
+    /// `last` (the table of the previous sync).
+    endpoints: EndpointCounts,
+    last: Option<Arc<ServiceTable>>,
     transparent: bool,
 }
 
@@ -59,6 +66,8 @@ impl Interceptor {
             installed: None,
             bridge: bridge::Saved::default(),
             steer: None,
+            endpoints: EndpointCounts::default(),
+            last: None,
             transparent,
         }
     }
@@ -70,28 +79,31 @@ impl Interceptor {
             return Ok(());
         }
         let bridges = steer::bridges();
-        let endpoints = steer::endpoint_keys(table);
+        let change = self.endpoints.update(self.last.as_deref(), table);
         let name = &self.cfg.table;
         let batch = match &self.steer {
-            Some((had, old)) if *had == bridges => steer::diff(name, old, &endpoints),
-            _ => steer::render(name, &bridges, &endpoints),
+            Some(had) if *had == bridges => steer::diff(name, &change.removed, &change.added),
+            _ => steer::render(name, &bridges, &self.endpoints.keys()),
         };
-        if !batch.is_empty() {
-            command::nft_batch(&batch).map_err(|source| InterceptError::Update {
+        if !batch.is_empty()
+            && let Err(source) = command::nft_batch(&batch)
+        {
+            self.steer = None;
+            return Err(InterceptError::Update {
                 table: format!("bridge {name}"),
                 source,
-            })?;
+            });
         }
-        self.steer = Some((bridges, endpoints));
+        self.steer = Some(bridges);
         Ok(())
     }
 
     /// Makes the kernel match `table`: the first call replaces any stale
     /// table and installs routing; later calls send only element changes.
-    pub fn sync(&mut self, table: &ServiceTable) -> Result<SyncStats, InterceptError> {
+    pub fn sync(&mut self, table: &Arc<ServiceTable>) -> Result<SyncStats, InterceptError> {
         let start = Instant::now();
-        let want = Elements::from_table(table)
-            .with_node_addresses(&self.cfg.node_port_addresses, table);
+        let want =
+            Elements::from_table(table).with_node_addresses(&self.cfg.node_port_addresses, table);
         let changed = match &self.installed {
             None => {
                 if self.cfg.disable_bridge_netfilter {
@@ -120,7 +132,9 @@ impl Interceptor {
             }
         };
         self.installed = Some(want);
-        self.sync_steering(table)?;
+        let steered = self.sync_steering(table);
+        self.last = Some(table.clone());
+        steered?;
         Ok(SyncStats {
             changed_elements: changed,
             took: start.elapsed(),

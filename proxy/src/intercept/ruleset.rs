@@ -27,13 +27,19 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
         lines.push(format!("  set {set} {{\n    type {ty}\n  }}"));
     }
     for (set, ty) in [("nodeaddr4", "ipv4_addr"), ("nodeaddr6", "ipv6_addr")] {
-        lines.push(format!("  set {set} {{\n    type {ty}\n    flags interval\n  }}"));
+        lines.push(format!(
+            "  set {set} {{\n    type {ty}\n    flags interval\n  }}"
+        ));
     }
     // A NodePort is a local destination, restricted to the configured
     // addresses (kube-proxy's --nodeport-addresses) when there are any.
     let restricted = !cfg.node_port_addresses.is_empty();
     let node_dst = |fam: &str| {
-        let set = if fam == "ip" { "nodeaddr4" } else { "nodeaddr6" };
+        let set = if fam == "ip" {
+            "nodeaddr4"
+        } else {
+            "nodeaddr6"
+        };
         if restricted {
             format!("fib daddr type local {fam} daddr @{set}")
         } else {
@@ -41,8 +47,10 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
         }
     };
     let mut reject_new = vec![
-        "ct state new ip daddr . meta l4proto . th dport @noep4 goto reject_no_endpoints".to_string(),
-        "ct state new ip6 daddr . meta l4proto . th dport @noep6 goto reject_no_endpoints".to_string(),
+        "ct state new ip daddr . meta l4proto . th dport @noep4 goto reject_no_endpoints"
+            .to_string(),
+        "ct state new ip6 daddr . meta l4proto . th dport @noep6 goto reject_no_endpoints"
+            .to_string(),
     ];
     for fam in ["ip", "ip6"] {
         reject_new.push(format!(
@@ -134,7 +142,11 @@ mod tests {
         assert!(text.contains("tproxy ip to :15001"));
         assert!(text.contains("tproxy ip6 to :15001"));
         assert!(text.ends_with("add element inet switchyard vip4 { 10.96.0.10 . tcp . 80 }\n"));
-        assert!(text.contains("meta nfproto ipv4 fib daddr type local meta l4proto . th dport @nodeport"));
+        assert!(
+            text.contains(
+                "meta nfproto ipv4 fib daddr type local meta l4proto . th dport @nodeport"
+            )
+        );
         assert!(!text.contains("@nodeaddr4 "));
     }
 
@@ -143,8 +155,12 @@ mod tests {
         let mut cfg = InterceptConfig::default();
         cfg.node_port_addresses = vec![crate::config::NodePortAddress::Primary];
         let text = render(&cfg, 15001, &Elements::default());
-        assert!(text.contains("fib daddr type local ip daddr @nodeaddr4 meta l4proto . th dport @nodeport "));
-        assert!(text.contains("fib daddr type local ip6 daddr @nodeaddr6 meta l4proto . th dport @nodeport_noep goto"));
+        assert!(text.contains(
+            "fib daddr type local ip daddr @nodeaddr4 meta l4proto . th dport @nodeport "
+        ));
+        assert!(text.contains(
+            "fib daddr type local ip6 daddr @nodeaddr6 meta l4proto . th dport @nodeport_noep goto"
+        ));
         assert!(!text.contains("meta nfproto ipv4 fib daddr type local"));
     }
 }

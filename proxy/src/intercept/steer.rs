@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use crate::catalog::{Protocol, Scope, ServiceTable};
+use crate::catalog::Protocol;
 
 /// A Linux bridge in our network namespace: its MAC and the subnets of its
 /// addresses (the kernel here has no `meta ibrname` in the bridge family,
@@ -113,19 +113,6 @@ fn network(ip: IpAddr, prefix: u8) -> Option<(IpAddr, u8)> {
     }
 }
 
-/// Every endpoint of every Service port.
-pub fn endpoint_keys(table: &ServiceTable) -> BTreeSet<EndpointKey> {
-    let mut out = BTreeSet::new();
-    for port in table.services.values().flatten() {
-        for scope in [Scope::Internal, Scope::External] {
-            for e in port.endpoints(scope).iter() {
-                out.insert((e.addr.ip(), port.protocol, e.addr.port()));
-            }
-        }
-    }
-    out
-}
-
 fn element((ip, proto, port): &EndpointKey) -> String {
     format!("{ip} . {} . {port}", proto.nft_name())
 }
@@ -177,21 +164,11 @@ pub fn render(table: &str, bridges: &[Bridge], endpoints: &BTreeSet<EndpointKey>
     s
 }
 
-/// Element changes from `old` to `new`.
-pub fn diff(table: &str, old: &BTreeSet<EndpointKey>, new: &BTreeSet<EndpointKey>) -> String {
+/// Element changes: deletions first, so a batch never holds a key twice.
+pub fn diff(table: &str, removed: &[EndpointKey], added: &[EndpointKey]) -> String {
     let mut s = String::new();
-    emit(
-        &mut s,
-        "delete",
-        table,
-        &old.difference(new).collect::<Vec<_>>(),
-    );
-    emit(
-        &mut s,
-        "add",
-        table,
-        &new.difference(old).collect::<Vec<_>>(),
-    );
+    emit(&mut s, "delete", table, &removed.iter().collect::<Vec<_>>());
+    emit(&mut s, "add", table, &added.iter().collect::<Vec<_>>());
     s
 }
 
@@ -217,9 +194,9 @@ mod tests {
         let text = render("switchyard", &b, &eps);
         assert!(text.contains("ether type ip ip daddr 10.244.1.0/24 ip saddr . meta l4proto . th sport @ep4 ether daddr set 02:00:0a:f4:01:01 meta pkttype set host comment \"br0\""), "{text}");
         assert!(text.ends_with("add element bridge switchyard ep4 { 10.244.1.11 . tcp . 8080 }\n"));
-        let none = BTreeSet::new();
+        let gone: Vec<EndpointKey> = eps.iter().copied().collect();
         assert_eq!(
-            diff("switchyard", &eps, &none),
+            diff("switchyard", &gone, &[]),
             "delete element bridge switchyard ep4 { 10.244.1.11 . tcp . 8080 }\n"
         );
     }

@@ -1,0 +1,147 @@
+//! The endpoints the bridge steering table must know, kept up to date from
+//! the Services that changed between two tables instead of recomputed: at
+//! 100,000 endpoints, collecting and diffing the whole set took longer than
+//! the rest of a one-endpoint change together.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::steer::EndpointKey;
+use crate::catalog::{Scope, ServicePort, ServiceTable};
+
+/// How many Service ports use each endpoint key.
+#[derive(Debug, Default)]
+pub struct EndpointCounts {
+    counts: HashMap<EndpointKey, u32>,
+}
+
+/// Keys that appeared and keys that went, in one update.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    pub added: Vec<EndpointKey>,
+    pub removed: Vec<EndpointKey>,
+}
+
+impl EndpointCounts {
+    /// Moves from `old` (nothing, the first time) to `new`, looking only at
+    /// Services whose ports are not the very same `Arc`s in both.
+    pub fn update(&mut self, old: Option<&ServiceTable>, new: &ServiceTable) -> Change {
+        let empty = BTreeMap::new();
+        let old_services = old.map_or(&empty, |t| &t.services);
+        let mut change = Change::default();
+        let mut went: Vec<&Arc<ServicePort>> = Vec::new();
+        for (key, ports) in &new.services {
+            let before = old_services.get(key);
+            if before.is_some_and(|b| same(b, ports)) {
+                continue;
+            }
+            for port in ports {
+                for k in keys(port) {
+                    let n = self.counts.entry(k).or_insert(0);
+                    if *n == 0 {
+                        change.added.push(k);
+                    }
+                    *n += 1;
+                }
+            }
+            went.extend(before.into_iter().flatten());
+        }
+        went.extend(
+            old_services
+                .iter()
+                .filter(|(key, _)| !new.services.contains_key(*key))
+                .flat_map(|(_, ports)| ports),
+        );
+        // Removals after additions: a key that only moved between Services
+        // never drops to zero, so it is neither deleted nor added.
+        for port in went {
+            for k in keys(port) {
+                if let Some(n) = self.counts.get_mut(&k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.counts.remove(&k);
+                        change.removed.push(k);
+                    }
+                }
+            }
+        }
+        change.added.retain(|k| self.counts.contains_key(k));
+        change
+    }
+
+    pub fn keys(&self) -> BTreeSet<EndpointKey> {
+        self.counts.keys().copied().collect()
+    }
+}
+
+fn same(a: &[Arc<ServicePort>], b: &[Arc<ServicePort>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+/// One port's endpoint keys, each once (a Pod can be in both scopes).
+fn keys(port: &ServicePort) -> BTreeSet<EndpointKey> {
+    [Scope::Internal, Scope::External]
+        .iter()
+        .flat_map(|&scope| port.endpoints(scope).iter())
+        .map(|e| (e.addr.ip(), port.protocol, e.addr.port()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::catalog::{NodeContext, build};
+    use crate::sources::manifest::parse;
+
+    fn service(name: &str, ip: &str, pods: &[&str]) -> String {
+        let eps: Vec<String> = pods
+            .iter()
+            .map(|p| format!("{{addresses: [{p}]}}"))
+            .collect();
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-1, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nendpoints: [{}]\nports: [{{port: 8080}}]\n---\n",
+            eps.join(", ")
+        )
+    }
+
+    fn table(text: &str) -> ServiceTable {
+        let (m, problems) = parse(text, Path::new("t.yaml"));
+        assert!(problems.is_empty(), "{problems:?}");
+        build(&m.services, &m.slices, &NodeContext::default()).table
+    }
+
+    fn ips(keys: &[EndpointKey]) -> Vec<String> {
+        let mut v: Vec<String> = keys.iter().map(|k| k.0.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn only_keys_no_service_uses_any_more_are_removed() {
+        let mut counts = EndpointCounts::default();
+        let a = service("a", "10.96.0.1", &["10.244.1.1", "10.244.1.2"]);
+        let b = service("b", "10.96.0.2", &["10.244.1.2"]);
+        let first = table(&(a.clone() + &b));
+        let change = counts.update(None, &first);
+        assert_eq!(ips(&change.added), ["10.244.1.1", "10.244.1.2"]);
+
+        // b loses its Pod, which a still uses: nothing to delete.
+        let second = table(&(a + &service("b", "10.96.0.2", &["10.244.1.3"])));
+        let change = counts.update(Some(&first), &second);
+        assert_eq!(ips(&change.added), ["10.244.1.3"]);
+        assert!(change.removed.is_empty());
+
+        // a goes away: its keys nobody else has are deleted.
+        let third = table(&service("b", "10.96.0.2", &["10.244.1.3"]));
+        let change = counts.update(Some(&second), &third);
+        assert!(change.added.is_empty(), "{change:?}");
+        assert_eq!(ips(&change.removed), ["10.244.1.1", "10.244.1.2"]);
+        assert_eq!(counts.keys().len(), 1);
+    }
+}
