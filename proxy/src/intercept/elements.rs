@@ -241,12 +241,14 @@ mod tests {
 
     #[test]
     fn node_addresses_merge_config_and_node_object_without_overlap() {
-        let mut table = ServiceTable::default();
-        table.node_addresses = vec![
-            "192.168.50.1".parse().expect("ip"),
-            "10.0.0.5".parse().expect("ip"),
-            "fd00:50::1".parse().expect("ip"),
-        ];
+        let table = ServiceTable {
+            node_addresses: vec![
+                "192.168.50.1".parse().expect("ip"),
+                "10.0.0.5".parse().expect("ip"),
+                "fd00:50::1".parse().expect("ip"),
+            ],
+            ..ServiceTable::default()
+        };
         let wanted = [
             NodePortAddress::parse("192.168.50.0/24").expect("cidr"),
             NodePortAddress::Primary,

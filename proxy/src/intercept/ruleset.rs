@@ -152,8 +152,10 @@ mod tests {
 
     #[test]
     fn node_port_addresses_restrict_node_ports() {
-        let mut cfg = InterceptConfig::default();
-        cfg.node_port_addresses = vec![crate::config::NodePortAddress::Primary];
+        let cfg = InterceptConfig {
+            node_port_addresses: vec![crate::config::NodePortAddress::Primary],
+            ..InterceptConfig::default()
+        };
         let text = render(&cfg, 15001, &Elements::default());
         assert!(text.contains(
             "fib daddr type local ip daddr @nodeaddr4 meta l4proto . th dport @nodeport "
