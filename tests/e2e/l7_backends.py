@@ -30,7 +30,13 @@ def nginx_conf(root: Path, pod: str) -> Path:
         client_max_body_size 256m;
         client_body_timeout 30s;
         location /up/ {{ dav_methods PUT; create_full_put_path on; }}
-    """.format(root=root)
+        location /grpc.Echo/ {{
+            default_type application/grpc;
+            add_trailer grpc-status 0 always;
+            add_trailer grpc-message ok-from-{pod} always;
+            return 200 "reply";
+        }}
+    """.format(root=root, pod=pod)
     conf.write_text(f"""
 user root;
 worker_processes 1;

@@ -202,6 +202,23 @@ def test_client_and_backend_protocols_may_differ(l7):
     assert sorted(got.stdout.decode().splitlines()) == [f"api {p}" for p in PODS], got
 
 
+def test_grpc_trailers_pass_through(l7, tmp_path):
+    """A gRPC-shaped call (POST, application/grpc, te: trailers) on one h2c
+    connection: the backend's grpc-status trailer reaches the client, and
+    the calls spread over the pods."""
+    body = tmp_path / "req.bin"
+    body.write_bytes(b"\0\0\0\0\5hello")
+    urls = [f"http://{H2_VIP}/grpc.Echo/Say?n={i}" for i in range(3)]
+    proc = l7.run_in("client", ["nghttp", "-v", "-t", "10", "-d", str(body),
+                                "-H", "content-type: application/grpc",
+                                "-H", "te: trailers", *urls])
+    out = proc.stdout.decode(errors="replace")
+    assert proc.returncode == 0, out
+    assert out.count("grpc-status: 0") == 3, out
+    senders = sorted(re.findall(r"grpc-message: ok-from-(web-[abc])", out))
+    assert senders == list(PODS), out
+
+
 # -------------------------------------------------------------- failures
 def test_no_endpoints_is_503_and_grpc_unavailable(l7):
     proc = l7.run_in("client", ["curl", "-sS", "-i", "--max-time", "10",
