@@ -28,6 +28,7 @@ EMPTY_VIP = "10.96.0.84"   # http + grpc ports, no endpoints
 BREAK_VIP = "10.96.0.85"   # http, a backend that resets mid-response
 BIG_VIP = "10.96.0.86"     # h2c, web-a only (large bodies)
 WS_VIP = "10.96.0.87"      # kubernetes.io/ws, an upgrade echo server on web-b
+RETRY_VIP = "10.96.0.88"   # http, one endpoint refuses connections
 PODS = ("web-a", "web-b", "web-c")
 
 ROUTES = ('{"routes": [{"header": "x-canary", "value": "1", "endpoints": "web-c"},'
@@ -330,6 +331,28 @@ for word in (b"ping", b"x" * 100000):
     assert metric(l7, "switchyard_http_requests_total", service="e2e/l7-ws",
                   **{"class": "1xx"}) == 1
     still_serving(l7)
+
+
+def test_connect_failures_retry_on_another_endpoint(l7):
+    """One of three endpoints refuses connections (its slice names a port
+    nothing listens on): every request still succeeds, on the others, and
+    the refused connects are counted."""
+    svc = mf.ServiceDef("l7-retry", [RETRY_VIP], [mf.Port("http", 80, lb.H1_PORT,
+                                                          app_protocol="http")],
+                        [mf.backends(["web-a", "web-b"]), mf.backends(["web-c"])])
+    docs = svc.documents()
+    docs[2]["ports"][0]["port"] = lb.H1_PORT + 100  # web-c: connection refused
+    l7.write_file("l7-retry.yaml", mf.to_yaml(*docs))
+    mark = l7.proxy.log_mark()
+    l7.proxy.wait_log(r"service table in force", since=mark, timeout=20)
+    urls = [f"http://{RETRY_VIP}/pod.txt?n={i}" for i in range(12)]
+    bodies, connects = curl_many(l7, urls)
+    assert sum(connects) == 1, connects
+    assert sorted(set(bodies)) == ["web-a", "web-b"] and len(bodies) == 12, bodies
+    assert metric(l7, "switchyard_http_errors_total", service="e2e/l7-retry",
+                  reason="connect") >= 1
+    assert metric(l7, "switchyard_http_requests_total", service="e2e/l7-retry",
+                  **{"class": "2xx"}) == 12
 
 
 # ------------------------------------------------------------ large body
