@@ -72,11 +72,12 @@ impl Interceptor {
         }
     }
 
-    /// Keeps the bridge table in step: a full render when the bridges
-    /// changed, element updates otherwise.
-    fn sync_steering(&mut self, table: &ServiceTable) -> Result<(), InterceptError> {
+    /// The bridge table's part of a batch: a full render when the bridges
+    /// changed (or a batch failed), element updates otherwise; and the
+    /// bridges it installs.
+    fn steering_batch(&mut self, table: &ServiceTable) -> (String, Option<Vec<steer::Bridge>>) {
         if !self.transparent {
-            return Ok(());
+            return (String::new(), None);
         }
         let bridges = steer::bridges();
         let change = self.endpoints.update(self.last.as_deref(), table);
@@ -85,26 +86,18 @@ impl Interceptor {
             Some(had) if *had == bridges => steer::diff(name, &change.removed, &change.added),
             _ => steer::render(name, &bridges, &self.endpoints.keys()),
         };
-        if !batch.is_empty()
-            && let Err(source) = command::nft_batch(&batch)
-        {
-            self.steer = None;
-            return Err(InterceptError::Update {
-                table: format!("bridge {name}"),
-                source,
-            });
-        }
-        self.steer = Some(bridges);
-        Ok(())
+        (batch, Some(bridges))
     }
 
-    /// Makes the kernel match `table`: the first call replaces any stale
-    /// table and installs routing; later calls send only element changes.
+    /// Makes the kernel match `table` with one `nft -f` (a process start is
+    /// most of what a one-endpoint change costs): the first call replaces
+    /// any stale tables and installs routing; later calls send only element
+    /// changes.
     pub fn sync(&mut self, table: &Arc<ServiceTable>) -> Result<SyncStats, InterceptError> {
         let start = Instant::now();
         let want =
             Elements::from_table(table).with_node_addresses(&self.cfg.node_port_addresses, table);
-        let changed = match &self.installed {
+        let (mut batch, changed) = match &self.installed {
             None => {
                 if self.cfg.disable_bridge_netfilter {
                     self.bridge = bridge::disable();
@@ -113,28 +106,31 @@ impl Interceptor {
                     route_table: self.cfg.route_table,
                     source,
                 })?;
-                let batch = ruleset::render(&self.cfg, self.listen_port, &want);
-                command::nft_batch(&batch).map_err(|source| InterceptError::Install {
-                    table: self.cfg.table.clone(),
-                    source,
-                })?;
-                want.len()
+                (ruleset::render(&self.cfg, self.listen_port, &want), want.len())
             }
             Some(have) => {
                 let batch = want.diff_commands(have, &self.cfg.table);
-                if !batch.is_empty() {
-                    command::nft_batch(&batch).map_err(|source| InterceptError::Update {
-                        table: self.cfg.table.clone(),
-                        source,
-                    })?;
-                }
-                batch.lines().count()
+                let changed = batch.lines().count();
+                (batch, changed)
             }
         };
-        self.installed = Some(want);
-        let steered = self.sync_steering(table);
+        let (steering, bridges) = self.steering_batch(table);
+        batch.push_str(&steering);
         self.last = Some(table.clone());
-        steered?;
+        if !batch.is_empty()
+            && let Err(source) = command::nft_batch(&batch)
+        {
+            // Nothing of the batch applied; the endpoint counts already
+            // moved on, so the bridge table is rendered whole next time.
+            self.steer = None;
+            let table = self.cfg.table.clone();
+            return Err(match self.installed {
+                None => InterceptError::Install { table, source },
+                Some(_) => InterceptError::Update { table, source },
+            });
+        }
+        self.installed = Some(want);
+        self.steer = bridges;
         Ok(SyncStats {
             changed_elements: changed,
             took: start.elapsed(),
