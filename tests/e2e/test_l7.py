@@ -378,3 +378,38 @@ def test_100_mib_each_way_over_http2(l7, tmp_path):
                                 f"http://{BIG_VIP}/up/big.bin | sha256sum"], timeout=150)
     assert proc.stdout.decode().split()[0] == want, proc.stderr
     still_serving(l7)
+
+
+# ------------------------------------------------------------------ stop
+def test_stop_closes_l7_connections_gracefully(l7):
+    """SIGTERM with a kept-alive HTTP/1.1 connection open: it is closed
+    cleanly (after its answer, no reset) and the process exits well before
+    the drain timeout (20 s)."""
+    code = f"""
+import socket, time
+s = socket.create_connection(("{H1_VIP}", 80), timeout=5)
+s.sendall(b"GET /pod.txt HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n")
+got = b""
+while b"web-" not in got:
+    got += s.recv(4096)
+print("answered", flush=True)
+s.settimeout(30)
+try:
+    print("closed" if s.recv(4096) == b"" else "data", flush=True)
+except OSError as e:
+    print("error", type(e).__name__, flush=True)
+"""
+    holder = l7.topo.spawn("l7-holder", l7.topo.client, [sys.executable, "-c", code])
+    deadline = time.monotonic() + 10
+    while "answered" not in holder.output() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "answered" in holder.output(), holder.output()
+    start = time.monotonic()
+    rc = l7.proxy.stop()
+    took = time.monotonic() - start
+    assert rc == 0, l7.proxy.log()[-3000:]
+    assert took < 10, took
+    deadline = time.monotonic() + 10
+    while holder.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "closed" in holder.output(), holder.output()

@@ -42,6 +42,9 @@ pub struct Worker {
     pub conns: Connections,
     /// Connections and flows open on every worker (the stop waits for 0).
     pub active: Arc<AtomicUsize>,
+    /// Turns true at stop; L7 connections watch it to close gracefully
+    /// (HTTP/2 GOAWAY, HTTP/1.1 close after the current response).
+    pub stop: super::session::Stop,
     /// This node's addresses (refreshed by the sweep task).
     pub local: RefCell<HashSet<IpAddr>>,
     decider: RefCell<Decider>,
@@ -79,6 +82,7 @@ impl Worker {
             scratch: RefCell::new(vec![0; super::udp::MAX_DATAGRAM]),
             conns: Connections::default(),
             active: shared.active,
+            stop: shared.stop.clone(),
             local: RefCell::new(local_addresses()),
             decider: RefCell::new(decider),
             port_stats: PortStatsCache::default(),

@@ -6,6 +6,8 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -15,7 +17,7 @@ use super::conn::{Conn, Target};
 use super::exec::LocalExec;
 use super::forward;
 use super::metrics::ErrorReason;
-use crate::dataplane::session::Accepted;
+use crate::dataplane::session::{self, Accepted};
 use crate::dataplane::sockets;
 use crate::dataplane::worker::Worker;
 
@@ -35,6 +37,10 @@ pub fn adopt(socket: &impl AsRawFd) -> io::Result<tokio::net::TcpStream> {
 
 pub async fn serve(worker: Rc<Worker>, stream: tokio::net::TcpStream, accepted: Accepted) {
     let _ = stream.set_nodelay(true);
+    // Counted with the worker's connections: a stop waits for it (up to
+    // the drain timeout) after asking it to close gracefully below.
+    let _open = Open::new(worker.active.clone());
+    let mut stop = worker.stop.clone();
     let target = Target::new(&worker, accepted.target);
     target.metrics.connections.inc();
     let l7 = worker.cfg.l7.clone();
@@ -80,6 +86,10 @@ pub async fn serve(worker: Rc<Worker>, stream: tokio::net::TcpStream, accepted: 
                 }
                 break;
             }
+            () = session::stopped(&mut stop), if !closing => {
+                closing = true;
+                served.as_mut().graceful_shutdown();
+            }
             () = tokio::time::sleep(tick), if !closing => {
                 // Before its first request a connection gets the header
                 // timeout (hyper's auto detection has none of its own);
@@ -95,5 +105,22 @@ pub async fn serve(worker: Rc<Worker>, stream: tokio::net::TcpStream, accepted: 
                 }
             }
         }
+    }
+}
+
+/// One open L7 client connection in the worker's count of open
+/// connections and flows (what a stop waits for).
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(active: Arc<AtomicUsize>) -> Self {
+        active.fetch_add(1, Ordering::Relaxed);
+        Self(active)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
