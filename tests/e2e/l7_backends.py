@@ -11,6 +11,7 @@ from pathlib import Path
 
 H1_PORT = 8081
 H2_PORT = 8082
+SHORT_KEEPALIVE_PORT = 8083  # HTTP/1.1, idle connections closed after 1 s
 BREAK_PORT = 9200
 UPGRADE_PORT = 9300
 
@@ -53,6 +54,7 @@ http {{
     scgi_temp_path {root}/tmp-scgi;
     server {{ listen {H1_PORT}; {server} }}
     server {{ listen {H2_PORT} http2; {server} }}
+    server {{ listen {SHORT_KEEPALIVE_PORT}; keepalive_timeout 1s; {server} }}
 }}
 """)
     return conf

@@ -29,6 +29,7 @@ BREAK_VIP = "10.96.0.85"   # http, a backend that resets mid-response
 BIG_VIP = "10.96.0.86"     # h2c, web-a only (large bodies)
 WS_VIP = "10.96.0.87"      # kubernetes.io/ws, an upgrade echo server on web-b
 RETRY_VIP = "10.96.0.88"   # http, one endpoint refuses connections
+STALE_VIP = "10.96.0.89"   # http, web-a only, nginx closes idle connections after 1 s
 PODS = ("web-a", "web-b", "web-c")
 
 ROUTES = ('{"routes": [{"header": "x-canary", "value": "1", "endpoints": "web-c"},'
@@ -65,6 +66,8 @@ def l7_services() -> list[mf.ServiceDef]:
         mf.ServiceDef("l7-break", [BREAK_VIP], [port("http", lb.BREAK_PORT)],
                       [mf.backends(["web-c"])]),
         mf.ServiceDef("l7-big", [BIG_VIP], [port("kubernetes.io/h2c", lb.H2_PORT)],
+                      [mf.backends(["web-a"])]),
+        mf.ServiceDef("l7-stale", [STALE_VIP], [port("http", lb.SHORT_KEEPALIVE_PORT)],
                       [mf.backends(["web-a"])]),
         mf.ServiceDef("l7-ws", [WS_VIP], [port("kubernetes.io/ws", lb.UPGRADE_PORT)],
                       [mf.backends(["web-b"])]),
@@ -342,8 +345,8 @@ def test_connect_failures_retry_on_another_endpoint(l7):
                         [mf.backends(["web-a", "web-b"]), mf.backends(["web-c"])])
     docs = svc.documents()
     docs[2]["ports"][0]["port"] = lb.H1_PORT + 100  # web-c: connection refused
-    l7.write_file("l7-retry.yaml", mf.to_yaml(*docs))
     mark = l7.proxy.log_mark()
+    l7.write_file("l7-retry.yaml", mf.to_yaml(*docs))
     l7.proxy.wait_log(r"service table in force", since=mark, timeout=20)
     urls = [f"http://{RETRY_VIP}/pod.txt?n={i}" for i in range(12)]
     bodies, connects = curl_many(l7, urls)
@@ -353,6 +356,20 @@ def test_connect_failures_retry_on_another_endpoint(l7):
                   reason="connect") >= 1
     assert metric(l7, "switchyard_http_requests_total", service="e2e/l7-retry",
                   **{"class": "2xx"}) == 12
+
+
+def test_backend_closing_pooled_connections_is_not_an_error(l7):
+    """nginx closes idle upstream connections after 1 s; requests spaced
+    past that find their pooled connection closed and go on a new one to
+    the same (only) endpoint, never a 502."""
+    for i in range(4):
+        bodies, _ = curl_many(l7, [f"http://{STALE_VIP}/pod.txt?n={i}"])
+        assert bodies == ["web-a"], bodies
+        time.sleep(1.5)
+    assert metric(l7, "switchyard_http_requests_total", service="e2e/l7-stale",
+                  **{"class": "2xx"}) == 4
+    assert metric(l7, "switchyard_http_requests_total", service="e2e/l7-stale",
+                  **{"class": "5xx"}) == 0
 
 
 # ------------------------------------------------------------ large body

@@ -140,11 +140,14 @@ async fn proxy(
     let attempts = (conn.worker.cfg.connect_attempts as usize)
         .min(endpoints.len())
         .max(1);
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // Once, before any attempt: a retry must not add it twice.
+    parts
+        .headers
+        .append("x-forwarded-for", conn.forwarded_for.clone());
     let mut head: Option<Parts> = Some(parts);
     let mut body = Some(body);
     let mut tried: Vec<usize> = Vec::new();
-    let mut fresh = false;
     let mut last = String::new();
     for _ in 0..attempts {
         let decision = {
@@ -156,73 +159,58 @@ async fn proxy(
         };
         let Some(decision) = decision else { break };
         let addr = endpoints[decision.index].addr;
-        let sent_at = Instant::now();
-        let failed = |tried: &[usize]| {
-            let after = sent_at.elapsed();
-            report(
-                conn,
-                target,
-                tried,
-                decision,
-                addr,
-                Outcome::Failed { after },
-            );
-        };
-        let sender = match pool::checkout(addr, target.protocol, conn.dial, fresh).await {
-            Ok(sender) => sender,
-            Err(e) => {
-                failed(&tried);
-                target.metrics.error(ErrorReason::Connect);
-                tracing::debug!(service = %target.name(), endpoint = %addr, error = %e, "L7 upstream connect failed");
-                last = e.to_string();
-                tried.push(decision.index);
-                fresh = false;
-                continue;
-            }
-        };
-        let (Some(mut parts), Some(b)) = (head.take(), body.take()) else {
+        let (Some(parts), Some(b)) = (head.take(), body.take()) else {
             break;
         };
-        rewrite::request(&mut parts, target.protocol, &conn.forwarded_for, addr);
-        let timeout = conn.worker.cfg.l7.response_timeout.0;
-        match tokio::time::timeout(timeout, sender.send(Request::from_parts(parts, b))).await {
-            Ok(Ok(resp)) => {
+        let sent_at = Instant::now();
+        let report_as = |tried: &[usize], outcome| {
+            report(conn, target, tried, decision, addr, outcome);
+        };
+        match send(conn, target, addr, Request::from_parts(parts, b)).await {
+            Sent::Answered(resp) => {
                 let latency = sent_at.elapsed();
-                report(
-                    conn,
-                    target,
-                    &tried,
-                    decision,
-                    addr,
-                    Outcome::Connected { latency },
-                );
+                report_as(&tried, Outcome::Connected { latency });
                 return Ok(Answer::Upstream(resp, decision, addr));
             }
-            Ok(Err(mut e)) => {
-                failed(&tried);
-                if let Some(unsent) = e.take_message() {
-                    // A pooled connection that had closed: the request
-                    // never left; a new connection may take it.
-                    let (p, b) = unsent.into_parts();
-                    head = Some(p);
-                    body = Some(b);
-                    tried.push(decision.index);
-                    fresh = true;
-                    last = e.into_error().to_string();
-                    continue;
-                }
-                let e = e.into_error();
+            Sent::Unsent(req, why) => {
+                // Nothing reached this endpoint: another may take it.
+                report_as(
+                    &tried,
+                    Outcome::Failed {
+                        after: sent_at.elapsed(),
+                    },
+                );
+                target.metrics.error(ErrorReason::Connect);
+                tracing::debug!(service = %target.name(), endpoint = %addr, error = %why, "L7 upstream unreachable; trying another endpoint");
+                let (p, b) = req.into_parts();
+                head = Some(p);
+                body = Some(b);
+                tried.push(decision.index);
+                last = why;
+            }
+            Sent::Failed(why) => {
+                report_as(
+                    &tried,
+                    Outcome::Failed {
+                        after: sent_at.elapsed(),
+                    },
+                );
                 return Err((
                     ErrorReason::Upstream,
-                    format!("backend {addr} of {} failed: {e}", target.name()),
+                    format!("backend {addr} of {} failed: {why}", target.name()),
                 ));
             }
-            Err(_) => {
-                failed(&tried);
+            Sent::TimedOut(after) => {
+                report_as(
+                    &tried,
+                    Outcome::Failed {
+                        after: sent_at.elapsed(),
+                    },
+                );
                 return Err((
                     ErrorReason::Timeout,
                     format!(
-                        "backend {addr} of {} did not answer within {timeout:?}",
+                        "backend {addr} of {} did not answer within {after:?}",
                         target.name()
                     ),
                 ));
@@ -240,6 +228,45 @@ async fn proxy(
             tried.len()
         ),
     ))
+}
+
+/// How sending one request to one endpoint went.
+enum Sent {
+    Answered(Response<Incoming>),
+    /// The request never left (connect failed, or no connection would take
+    /// it); here it is back.
+    Unsent(Request<Incoming>, String),
+    /// It may have reached the backend: not retried.
+    Failed(String),
+    TimedOut(std::time::Duration),
+}
+
+/// Sends on a pooled connection; if that one turns out closed before the
+/// request left (the backend's keep-alive timeout closed it), once more on
+/// a new connection to the same endpoint, which is not the endpoint's
+/// fault.
+async fn send(conn: &Conn, target: &Target, addr: SocketAddr, req: Request<Incoming>) -> Sent {
+    let (mut parts, body) = req.into_parts();
+    rewrite::request(&mut parts, target.protocol, addr);
+    let mut req = Request::from_parts(parts, body);
+    let timeout = conn.worker.cfg.l7.response_timeout.0;
+    for fresh in [false, true] {
+        let sender = match pool::checkout(addr, target.protocol, conn.dial, fresh).await {
+            Ok(sender) => sender,
+            Err(e) => return Sent::Unsent(req, e.to_string()),
+        };
+        let reused = sender.reused();
+        match tokio::time::timeout(timeout, sender.send(req)).await {
+            Ok(Ok(resp)) => return Sent::Answered(resp),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(unsent) if reused && !fresh => req = unsent,
+                Some(unsent) => return Sent::Unsent(unsent, e.into_error().to_string()),
+                None => return Sent::Failed(e.into_error().to_string()),
+            },
+            Err(_) => return Sent::TimedOut(timeout),
+        }
+    }
+    Sent::Failed("no connection took the request".into())
 }
 
 pub fn no_endpoint(target: &Target) -> Failed {

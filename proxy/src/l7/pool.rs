@@ -41,11 +41,22 @@ pub enum Sender {
     H1 {
         addr: SocketAddr,
         inner: http1::SendRequest<Incoming>,
+        reused: bool,
     },
-    H2(http2::SendRequest<Incoming>),
+    H2 {
+        inner: http2::SendRequest<Incoming>,
+        reused: bool,
+    },
 }
 
 impl Sender {
+    /// Taken from the pool (it may have been closed by the backend since).
+    pub fn reused(&self) -> bool {
+        match self {
+            Sender::H1 { reused, .. } | Sender::H2 { reused, .. } => *reused,
+        }
+    }
+
     /// Sends; an error that hands the request back means it never left
     /// (the pooled connection had closed), so it may go elsewhere.
     pub async fn send(
@@ -53,7 +64,9 @@ impl Sender {
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, TrySendError<Request<Incoming>>> {
         match self {
-            Sender::H1 { addr, mut inner } => {
+            Sender::H1 {
+                addr, mut inner, ..
+            } => {
                 let resp = inner.try_send_request(req).await;
                 if resp.is_ok() {
                     // Back in the pool at once, busy until its response
@@ -63,7 +76,7 @@ impl Sender {
                 }
                 resp
             }
-            Sender::H2(mut inner) => inner.try_send_request(req).await,
+            Sender::H2 { mut inner, .. } => inner.try_send_request(req).await,
         }
     }
 }
@@ -157,6 +170,7 @@ pub async fn checkout(
             Ok(Sender::H1 {
                 addr,
                 inner: sender,
+                reused: false,
             })
         }
         L7Protocol::H2c => {
@@ -182,7 +196,10 @@ pub async fn checkout(
                     },
                 )
             });
-            Ok(Sender::H2(sender))
+            Ok(Sender::H2 {
+                inner: sender,
+                reused: false,
+            })
         }
     }
 }
@@ -210,7 +227,10 @@ impl Pool {
                     return None;
                 }
                 shared.used = Instant::now();
-                Some(Sender::H2(shared.sender.clone()))
+                Some(Sender::H2 {
+                    inner: shared.sender.clone(),
+                    reused: true,
+                })
             }
             L7Protocol::Http1 => {
                 let conns = self.h1.get_mut(&addr)?;
@@ -227,6 +247,7 @@ impl Pool {
                         return Some(Sender::H1 {
                             addr,
                             inner: c.sender,
+                            reused: true,
                         });
                     }
                 }
