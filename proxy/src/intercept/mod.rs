@@ -106,7 +106,10 @@ impl Interceptor {
                     route_table: self.cfg.route_table,
                     source,
                 })?;
-                (ruleset::render(&self.cfg, self.listen_port, &want), want.len())
+                (
+                    ruleset::render(&self.cfg, self.listen_port, &want),
+                    want.len(),
+                )
             }
             Some(have) => {
                 let batch = want.diff_commands(have, &self.cfg.table);
