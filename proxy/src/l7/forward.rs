@@ -158,7 +158,11 @@ async fn proxy(
                 .pick_request(&pick, &mut head)
         };
         let Some(decision) = decision else { break };
-        let addr = endpoints[decision.index].addr;
+        // The decider answers within this very list; `get` keeps a slip
+        // from ever panicking the worker.
+        let Some(addr) = endpoints.get(decision.index).map(|e| e.addr) else {
+            break;
+        };
         let (Some(parts), Some(b)) = (head.take(), body.take()) else {
             break;
         };

@@ -55,7 +55,9 @@ pub async fn handle(
         req = Request::from_parts(parts, body);
         d.ok_or_else(|| no_endpoint(target))?
     };
-    let addr = endpoints[decision.index].addr;
+    let Some(addr) = endpoints.get(decision.index).map(|e| e.addr) else {
+        return Err(no_endpoint(target));
+    };
     let start = Instant::now();
     let failed = |reason, message: String| {
         let after = start.elapsed();
