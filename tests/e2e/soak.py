@@ -134,10 +134,17 @@ class Soak:
     def metrics(self) -> dict[str, float]:
         proc = self.cluster.curl("http://127.0.0.1:10249/metrics", where="node")
         out: dict[str, float] = {}
+        self.by_label: dict[str, float] = {}
         for line in proc.stdout.decode(errors="replace").splitlines():
             m = re.match(r"^([a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", line)
             if m and m.group(1) in COUNTERS:
                 out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
+                # Reasons and kinds, for the report's breakdown (per-Service
+                # labels summed away).
+                labels = re.findall(r'(reason|kind|limit)="([^"]*)"', m.group(2) or "")
+                if labels and float(m.group(3)) > 0:
+                    key = f"{m.group(1)}{{{','.join(f'{k}={v}' for k, v in labels)}}}"
+                    self.by_label[key] = self.by_label.get(key, 0.0) + float(m.group(3))
         return out
 
     def sample(self) -> None:
@@ -339,6 +346,9 @@ def report(args, soak: Soak, out: dict, started: dt.datetime, path: Path) -> str
                          f"{g('switchyard_syncs_total')} | "
                          f"{g('switchyard_http_requests_total')} | "
                          f"{g('switchyard_http_errors_total')} |")
+    if getattr(soak, "by_label", None):
+        lines += ["", "Counters by reason at the end (summed over Services):", ""]
+        lines += [f"- `{k}`: {int(v)}" for k, v in sorted(soak.by_label.items())]
     lines += ["", f"Proxy log: {out['log_lines']} lines, {out['warn_lines']} WARN, "
               f"{out['error_lines']} ERROR (log level info).", ""]
     text = "\n".join(lines)
