@@ -138,11 +138,21 @@ pub fn start(
     for id in 0..workers {
         let sockets = bind_worker_sockets(shared.cfg.listen_port, shared.cfg.listen_backlog)?;
         let s = shared.clone();
+        // hyper runs faster on plain tokio than on tokio-uring's runtime:
+        // an io_uring worker hands its L7 connections to an epoll thread.
+        let l7_handoff = match backend {
+            IoBackend::Uring => Some(
+                crate::l7::spawn_companion(id, shared.clone()).map_err(DataplaneError::Thread)?,
+            ),
+            IoBackend::Epoll => None,
+        };
         let handle = std::thread::Builder::new()
             .name(format!("sy-worker-{id}"))
             .spawn(move || {
                 let stop = s.stop.clone();
-                let worker = Rc::new(Worker::new(id, s));
+                let mut worker = Worker::new(id, s);
+                worker.l7_handoff = l7_handoff;
+                let worker = Rc::new(worker);
                 run_worker(backend, worker, sockets, stop);
             })
             .map_err(DataplaneError::Thread)?;

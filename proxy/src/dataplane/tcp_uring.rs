@@ -41,8 +41,23 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, _slot: 
         return;
     };
     if accepted.target.route.port.l7.is_some() {
-        // hyper needs readiness-based io: the L7 server runs on the tokio
-        // reactor under the ring (ARCHITECTURE.md, "L7").
+        // hyper needs readiness-based io: the L7 server runs on the epoll
+        // companion thread, or on the tokio reactor under the ring
+        // (ARCHITECTURE.md, "L7").
+        if let Some(handoff) = &worker.l7_handoff {
+            match crate::l7::adopt_std(&client) {
+                Ok(stream) => {
+                    if !handoff.send(stream, accepted) {
+                        tracing::warn!(
+                            worker = worker.id,
+                            "L7 companion thread is gone; connection closed"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot hand an L7 connection over"),
+            }
+            return;
+        }
         match crate::l7::adopt(&client) {
             Ok(stream) => {
                 drop(client);

@@ -45,6 +45,8 @@ pub struct Worker {
     /// Turns true at stop; L7 connections watch it to close gracefully
     /// (HTTP/2 GOAWAY, HTTP/1.1 close after the current response).
     pub stop: super::session::Stop,
+    /// io_uring workers: where L7 connections go (`l7::companion`).
+    pub l7_handoff: Option<crate::l7::Handoff>,
     /// This node's addresses (refreshed by the sweep task).
     pub local: RefCell<HashSet<IpAddr>>,
     decider: RefCell<Decider>,
@@ -83,6 +85,7 @@ impl Worker {
             conns: Connections::default(),
             active: shared.active,
             stop: shared.stop.clone(),
+            l7_handoff: None,
             local: RefCell::new(local_addresses()),
             decider: RefCell::new(decider),
             port_stats: PortStatsCache::default(),

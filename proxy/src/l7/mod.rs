@@ -18,9 +18,11 @@
 //! | `body.rs` | the response body; local failure answers (503/502/504, gRPC) |
 //! | `metrics.rs` | per-Service request metrics |
 //! | `exec.rs` | hyper's executor on the worker's thread |
+//! | `companion.rs` | the epoll thread that serves an io_uring worker's L7 connections |
 
 pub mod attrs;
 mod body;
+mod companion;
 mod conn;
 mod exec;
 mod forward;
@@ -30,6 +32,7 @@ mod rewrite;
 mod server;
 mod upgrade;
 
+pub use companion::{Handoff, spawn as spawn_companion};
 pub use metrics::L7Metrics;
 pub use pool::ConnectError;
-pub(crate) use server::{adopt, serve};
+pub(crate) use server::{adopt, adopt_std, serve};

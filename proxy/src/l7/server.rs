@@ -29,10 +29,15 @@ const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// tokio-uring runs on (see ARCHITECTURE.md, "L7"), and the ring's handle
 /// is closed by the caller.
 pub fn adopt(socket: &impl AsRawFd) -> io::Result<tokio::net::TcpStream> {
+    tokio::net::TcpStream::from_std(adopt_std(socket)?)
+}
+
+/// The duplicate as a non-blocking std socket, to hand to another thread.
+pub fn adopt_std(socket: &impl AsRawFd) -> io::Result<std::net::TcpStream> {
     let owned = sockets::borrow(socket).try_clone_to_owned()?;
     let std = std::net::TcpStream::from(owned);
     std.set_nonblocking(true)?;
-    tokio::net::TcpStream::from_std(std)
+    Ok(std)
 }
 
 pub async fn serve(worker: Rc<Worker>, stream: tokio::net::TcpStream, accepted: Accepted) {

@@ -1,0 +1,70 @@
+//! L7 connections of an io_uring worker are served on an epoll runtime of
+//! their own (one thread per worker), because hyper on tokio-uring's
+//! runtime measured slower than on plain tokio (ARCHITECTURE.md, "L7"):
+//! the io_uring worker accepts, resolves and hands the socket over; the
+//! companion thread owns the HTTP connection, its policy instances and its
+//! upstream pool from then on.
+
+use std::io;
+use std::rc::Rc;
+
+use tokio::sync::mpsc;
+
+use crate::dataplane::Shared;
+use crate::dataplane::session::Accepted;
+use crate::dataplane::worker::Worker;
+
+/// Where an io_uring worker sends its L7 connections.
+#[derive(Clone)]
+pub struct Handoff(mpsc::UnboundedSender<(std::net::TcpStream, Accepted)>);
+
+impl Handoff {
+    /// Passes a connection on; `false` when the companion is gone (the
+    /// socket is then closed).
+    pub fn send(&self, stream: std::net::TcpStream, accepted: Accepted) -> bool {
+        self.0.send((stream, accepted)).is_ok()
+    }
+}
+
+/// Starts worker `id`'s L7 companion thread.
+pub fn spawn(id: usize, shared: Shared) -> io::Result<Handoff> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name(format!("sy-l7-{id}"))
+        .spawn(move || run(id, shared, rx))?;
+    Ok(Handoff(tx))
+}
+
+fn run(id: usize, shared: Shared, rx: mpsc::UnboundedReceiver<(std::net::TcpStream, Accepted)>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = id, error = %e, "cannot start the L7 runtime; L7 connections of this worker will be closed");
+            return;
+        }
+    };
+    let worker = Rc::new(Worker::new(id, shared));
+    tokio::task::LocalSet::new().block_on(&rt, serve(worker, rx));
+}
+
+async fn serve(
+    worker: Rc<Worker>,
+    mut rx: mpsc::UnboundedReceiver<(std::net::TcpStream, Accepted)>,
+) {
+    while let Some((stream, accepted)) = rx.recv().await {
+        match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => {
+                tokio::task::spawn_local(super::serve(worker.clone(), stream, accepted));
+            }
+            Err(e) => {
+                tracing::warn!(worker = worker.id, error = %e, "cannot register an L7 connection")
+            }
+        }
+    }
+    // The io_uring worker is gone (stop): connections still open finish
+    // or are cut when the process exits.
+    std::future::pending::<()>().await;
+}
