@@ -21,10 +21,10 @@ use switchyard::admin::Metrics;
 use switchyard::catalog::{self, Endpoint, NodeContext, Route, Scope, ServiceKey, ServicePort};
 use switchyard::config::{HumanDuration, PolicyConfig};
 use switchyard::l7::attrs;
-use switchyard::sources::manifest;
 use switchyard::policy::{
     BoundPolicy, Decider, Locality, Outcome, PickRequest, PolicyEngine, PolicyModule, load_module,
 };
+use switchyard::sources::manifest;
 
 /// Reads its behaviour from the configuration `sy_init` receives: one byte
 /// per decision point, four for an arbitrary i32, wrapping around.
@@ -153,14 +153,28 @@ struct Ep {
 
 #[derive(Arbitrary, Debug)]
 enum Step {
-    Pick { tried: Vec<u8>, client_port: u16 },
+    Pick {
+        tried: Vec<u8>,
+        client_port: u16,
+    },
     /// An L7 decision: the head is lent to the guest via `request_attr`.
-    PickRequest { head: Vec<u8> },
-    Connected { latency_us: u32 },
-    Failed { after_us: u32 },
+    PickRequest {
+        head: Vec<u8>,
+    },
+    Connected {
+        latency_us: u32,
+    },
+    Failed {
+        after_us: u32,
+    },
     Release,
-    Endpoints { keep: u8, add: Vec<Ep> },
-    Rebind { script: Vec<u8> },
+    Endpoints {
+        keep: u8,
+        add: Vec<Ep>,
+    },
+    Rebind {
+        script: Vec<u8>,
+    },
     Generation,
 }
 
@@ -198,7 +212,12 @@ fn route(endpoints: Vec<Endpoint>, scope: Scope) -> Route {
     let template = TEMPLATE.get_or_init(|| {
         let (objects, _) = manifest::parse(SERVICE, Path::new("fuzz.yaml"));
         let built = catalog::build(&objects.services, &objects.slices, &NodeContext::default());
-        let ports = built.table.services.values().next().expect("template Service builds");
+        let ports = built
+            .table
+            .services
+            .values()
+            .next()
+            .expect("template Service builds");
         (*ports[0]).clone()
     });
     let endpoints: Arc<[Endpoint]> = endpoints.into();
@@ -290,12 +309,18 @@ fuzz_target!(|input: Input| {
                     tried: &[],
                 };
                 last = decider.pick_request(&req, &mut request);
-                assert!(request.is_some(), "the request head comes back after the call");
+                assert!(
+                    request.is_some(),
+                    "the request head comes back after the call"
+                );
                 if let Some(d) = last {
                     assert!(d.index < current.endpoints().len());
                 }
             }
-            Step::Connected { latency_us } | Step::Failed { after_us: latency_us } => {
+            Step::Connected { latency_us }
+            | Step::Failed {
+                after_us: latency_us,
+            } => {
                 let Some(d) = last else { continue };
                 let Some(ep) = current.endpoints().get(d.index) else {
                     continue;
