@@ -2,7 +2,7 @@
 //! its SO_REUSEPORT listeners, its picker and its buffers. Nothing is shared
 //! between workers but the snapshot (read lock-free) and the metrics.
 
-mod admission;
+pub(crate) mod admission;
 mod bufpool;
 mod drain;
 mod local_addrs;

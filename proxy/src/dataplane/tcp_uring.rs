@@ -54,7 +54,10 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, _slot: 
                         );
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot hand an L7 connection over"),
+                // dup() fails for every connection once descriptors run out.
+                Err(e) => crate::logging::rate_limited_warn("l7-handoff", || {
+                    tracing::warn!(error = %e, "cannot hand an L7 connection over");
+                }),
             }
             return;
         }

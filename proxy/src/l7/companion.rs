@@ -11,6 +11,7 @@ use std::rc::Rc;
 use tokio::sync::mpsc;
 
 use crate::dataplane::Shared;
+use crate::dataplane::admission;
 use crate::dataplane::session::Accepted;
 use crate::dataplane::worker::Worker;
 
@@ -57,7 +58,16 @@ async fn serve(
     while let Some((stream, accepted)) = rx.recv().await {
         match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => {
-                tokio::task::spawn_local(super::serve(worker.clone(), stream, accepted));
+                // The ring worker's admission slot ended at the hand-over;
+                // this thread's own count keeps maxConnectionsPerWorker.
+                let Some(slot) = admission::admit(&worker, &stream) else {
+                    continue;
+                };
+                let worker = worker.clone();
+                tokio::task::spawn_local(async move {
+                    let _slot = slot;
+                    super::serve(worker, stream, accepted).await;
+                });
             }
             Err(e) => {
                 tracing::warn!(worker = worker.id, error = %e, "cannot register an L7 connection")
