@@ -188,6 +188,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--changes", type=int, default=40)
     ap.add_argument("--source", choices=("file", "kubernetes"), default="file")
+    ap.add_argument("--io", choices=("uring", "epoll"), default="uring")
+    ap.add_argument("--opaque", action="store_true",
+                    help="dataplane.transparent: false (backends see the node's address)")
     ap.add_argument("--log-level", default="warn",
                     help="Switchyard's log level; its log is printed at the end unless warn")
     ap.add_argument("--bin", type=Path)
@@ -215,8 +218,11 @@ def main(argv: list[str]) -> int:
         print(f"generated {args.services} Services / {args.services * args.endpoints} "
               f"endpoints in {gen_s:.1f}s ({args.source} source)", flush=True)
         argv_sy = [str(binary), "run", *source.args(), "--node-name", NODE_NAME,
-                   "--io", "uring", "--workers", "1", "--default-policy", "builtin-round-robin",
+                   "--io", args.io, "--workers", "1", "--default-policy", "builtin-round-robin",
                    "--log-level", args.log_level]
+        if args.opaque:
+            (work / "opaque.yaml").write_text("dataplane:\n  transparent: false\n")
+            argv_sy += ["--config", str(work / "opaque.yaml")]
         ready = subprocess.Popen(topo.ns_argv(t.node, pinned(LOAD_CPU, [
             sys.executable, "-c", READY, "300"])), stdout=subprocess.PIPE, text=True)
         spawn = time.monotonic()
