@@ -43,7 +43,12 @@ pub async fn serve(worker: Rc<Worker>, listener: std::net::TcpListener, mut stop
     }
 }
 
-async fn handle(worker: Rc<Worker>, mut client: TcpStream, peer: SocketAddr, _slot: admission::Slot) {
+async fn handle(
+    worker: Rc<Worker>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    _slot: admission::Slot,
+) {
     let Some(accepted) = session::accept(&worker, &client, peer) else {
         return;
     };
