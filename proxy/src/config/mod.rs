@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 pub use duration::{HumanDuration, parse_duration};
 pub use l7::L7Config;
-pub use node_ports::{NodePortAddress, network};
 pub use model::{
     AdminConfig, Config, DataplaneConfig, InterceptConfig, IoMode, LogConfig, LogFormat,
     PolicyConfig, SourceConfig, SourceKind,
 };
+pub use node_ports::{NodePortAddress, network};
 
 /// Largest config file we read; a config is a few hundred bytes.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;

@@ -84,10 +84,16 @@ mod tests {
 
     #[test]
     fn parses_primary_cidrs_and_plain_addresses() {
-        assert_eq!(NodePortAddress::parse("primary"), Ok(NodePortAddress::Primary));
+        assert_eq!(
+            NodePortAddress::parse("primary"),
+            Ok(NodePortAddress::Primary)
+        );
         assert_eq!(
             NodePortAddress::parse("192.168.50.7/24"),
-            Ok(NodePortAddress::Cidr("192.168.50.0".parse().expect("ip"), 24))
+            Ok(NodePortAddress::Cidr(
+                "192.168.50.0".parse().expect("ip"),
+                24
+            ))
         );
         assert_eq!(
             NodePortAddress::parse("fd00::1"),
@@ -103,7 +109,10 @@ mod tests {
     fn rejects_what_is_neither() {
         for bad in ["eth0", "10.0.0.0/33", "fd00::/129", "10.0.0.0/x", ""] {
             let err = NodePortAddress::parse(bad).expect_err(bad);
-            assert!(err.contains("expected") || err.contains("prefix"), "{bad}: {err}");
+            assert!(
+                err.contains("expected") || err.contains("prefix"),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -227,8 +227,10 @@ thread_local! {
 pub fn guest_running() {
     SLOT.with(|&i| {
         let slot = &SLOT_TABLE[i];
-        slot.calls
-            .store(slot.calls.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        slot.calls.store(
+            slot.calls.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
         // SeqCst pairs with the ticker's: either it sees this call, or
         // this call sees it parked and wakes it.
         slot.busy.store(true, Ordering::SeqCst);
@@ -247,13 +249,15 @@ fn any_guest_running() -> bool {
 }
 
 fn calls_started() -> u64 {
-    SLOT_TABLE
-        .iter()
-        .fold(0u64, |sum, s| sum.wrapping_add(s.calls.load(Ordering::Relaxed)))
+    SLOT_TABLE.iter().fold(0u64, |sum, s| {
+        sum.wrapping_add(s.calls.load(Ordering::Relaxed))
+    })
 }
 
 fn wake_tickers() {
-    let tickers = TICKERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tickers = TICKERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     for t in tickers.iter() {
         t.unpark();
     }
@@ -431,7 +435,9 @@ fn link(engine: &Engine, start: Instant) -> Result<Linker<HostState>, EngineErro
              name_len: i32,
              out_ptr: i32,
              out_cap: i32|
-             -> i32 { request_attr(&mut caller, kind, (name_ptr, name_len), (out_ptr, out_cap)) },
+             -> i32 {
+                request_attr(&mut caller, kind, (name_ptr, name_len), (out_ptr, out_cap))
+            },
         )
         .map_err(err("request_attr"))?;
     Ok(linker)

@@ -125,7 +125,10 @@ fn service_key(svc: &Service) -> Option<Key> {
 
 fn slice_owner(slice: &EndpointSlice) -> Option<Key> {
     let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some((namespace(slice.metadata.namespace.as_deref()), service.clone()))
+    Some((
+        namespace(slice.metadata.namespace.as_deref()),
+        service.clone(),
+    ))
 }
 
 /// A manifest without a namespace is in `default`, as kubectl applies it.
@@ -174,9 +177,18 @@ ports: [{port: 8080}]
         assert_eq!(index.slices_of(&key("demo", "web")).len(), 1);
 
         // b.yaml loses its slice: only db is touched.
-        let db2 = manifests(WEB.split("---").next().expect("doc").replace("web", "db").as_str());
+        let db2 = manifests(
+            WEB.split("---")
+                .next()
+                .expect("doc")
+                .replace("web", "db")
+                .as_str(),
+        );
         let touched = index.replace(Path::new("b.yaml"), Some(&db), Some(&db2));
-        assert_eq!(touched.into_iter().collect::<Vec<_>>(), vec![key("demo", "db")]);
+        assert_eq!(
+            touched.into_iter().collect::<Vec<_>>(),
+            vec![key("demo", "db")]
+        );
         assert!(index.slices_of(&key("demo", "db")).is_empty());
         assert_eq!(index.slices_of(&key("demo", "web")).len(), 1);
 
@@ -195,7 +207,9 @@ ports: [{port: 8080}]
         index.replace(Path::new("a.yaml"), None, Some(&first));
         let k = key("demo", "web");
         assert_eq!(index.definitions(&k), 2);
-        let ip = index.service(&k).and_then(|s| s.spec.as_ref()?.cluster_ip.clone());
+        let ip = index
+            .service(&k)
+            .and_then(|s| s.spec.as_ref()?.cluster_ip.clone());
         assert_eq!(ip.as_deref(), Some("10.96.0.10"), "a.yaml sorts first");
     }
 }

@@ -85,7 +85,11 @@ pub fn typed<T: Typed>(kind: Kind, obj: DynamicObject, problems: &mut Vec<Proble
         serde_json::Value::Object(fields) => fields,
         serde_json::Value::Null => serde_json::Map::new(),
         _ => {
-            problems.push(Problem::error(&object, "(object)", "expected a JSON object"));
+            problems.push(Problem::error(
+                &object,
+                "(object)",
+                "expected a JSON object",
+            ));
             return None;
         }
     };

@@ -83,12 +83,7 @@ impl Store {
 
     /// True when a Service changed.
     fn apply_services(&mut self, event: Event<DynamicObject>) -> bool {
-        let touched = apply_generic(
-            &mut self.services,
-            &mut self.problems,
-            Kind::Service,
-            event,
-        );
+        let touched = apply_generic(&mut self.services, &mut self.problems, Kind::Service, event);
         let changed = !touched.is_empty();
         self.dirty
             .services
