@@ -126,6 +126,17 @@ class Store:
                      if matches(o, field_selector)]
             return items, self.rv
 
+    def list_page(self, kind: str, field_selector: str | None, start: int,
+                  limit: int) -> tuple[list[dict], int, int]:
+        """Items `start` to `start + limit` (all when `limit` is 0) in key
+        order, the list's resourceVersion, and how many items there are."""
+        with self.lock:
+            keys = sorted(k for k, o in self.objects[kind].items()
+                          if matches(o, field_selector))
+            page = keys[start:start + limit] if limit > 0 else keys
+            items = [copy.deepcopy(self.objects[kind][k]) for k in page]
+            return items, self.rv, len(keys)
+
     def events_after(self, kind: str, rv: int, field_selector: str | None):
         with self.lock:
             # The history is in resourceVersion order: skip what the watch
@@ -300,10 +311,21 @@ class ApiServer:
                 selector = query.get("fieldSelector")
                 if query.get("watch") in ("true", "1"):
                     return self._watch(kind, query, selector)
-                items, rv = api.store.list(kind, selector)
+                limit = int(query.get("limit") or 0)
+                start = int(query.get("continue") or 0)
+                items, rv, total = api.store.list_page(kind, selector, start, limit)
+                meta = {"resourceVersion": str(rv)}
+                # Pages, as the real server serves them for `limit` (kube-rs
+                # asks for 500): a client never holds the whole list at once.
+                # The token is the offset into the list in key order; the
+                # emulator re-lists for each page, which is consistent as
+                # long as nothing changes mid-list (true where lists are long:
+                # the scale benchmark).
+                if limit > 0 and start + limit < total:
+                    meta["continue"] = str(start + limit)
+                    meta["remainingItemCount"] = total - start - limit
                 return self._json(200, {"kind": f"{kind}List", "apiVersion": api_version,
-                                        "metadata": {"resourceVersion": str(rv)},
-                                        "items": items})
+                                        "metadata": meta, "items": items})
 
             def _json(self, code: int, body: dict):
                 data = json.dumps(body).encode()
