@@ -145,8 +145,40 @@ def del_vips(topo: Topology) -> None:
         run(["ip", "-n", topo.node, "addr", "del", f"{fe.vip}/32", "dev", "lo"], check=False)
 
 
+class VipPeer(Peer):
+    """A proxy that binds the VIPs itself (see add_vips); they go at stop."""
+
+    def stop(self) -> None:
+        super().stop()
+        if self.topo is not None:
+            del_vips(self.topo)
+
+
+class NginxPeer(VipPeer):
+    """nginx with one generated config in its own directory under the work dir."""
+    ready_port = be.WEB.port  # the frontend port to wait for before measuring
+
+    def config(self, root: Path) -> str:
+        raise NotImplementedError
+
+    def start(self, topo: Topology) -> None:
+        super().start(topo)
+        root = topo.workdir / self.name
+        root.mkdir(exist_ok=True)
+        conf = root / "nginx.conf"
+        conf.write_text(self.config(root))
+        add_vips(topo)
+        self.proc = topo.spawn(self.name, topo.node, pinned(PROXY_CPU, [
+            "nginx", "-c", str(conf), "-p", str(root), "-g", "daemon off;"]))
+        topo.wait_listening(topo.node, self.ready_port, proc=self.proc)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "command": "taskset -c 1 nginx -c CONF -g 'daemon off;'",
+                "config": self.config(Path("ROOT"))}
+
+
 # --------------------------------------------------------------------- HAProxy
-class HAProxy(Peer):
+class HAProxy(VipPeer):
     workloads = ("idlecpu", "bulk", "connrate", "keepalive", "latency", "idle",
                  "l7keepalive")  # no UDP
 
@@ -198,18 +230,13 @@ backend be_{name}
                                pinned(PROXY_CPU, ["haproxy", "-db", "-f", str(cfg)]))
         topo.wait_listening(topo.node, be.WEB.port, proc=self.proc)
 
-    def stop(self) -> None:
-        super().stop()
-        if self.topo is not None:
-            del_vips(self.topo)
-
     def describe(self) -> dict:
         return {**super().describe(), "command": "taskset -c 1 haproxy -db -f CFG",
                 "config": self.config()}
 
 
 # ----------------------------------------------------------------- nginx stream
-class NginxStream(Peer):
+class NginxStream(NginxPeer):
     name = "nginx-stream"
     label = "nginx stream, 1 worker"
 
@@ -242,34 +269,16 @@ stream {{
         ok = Path("/usr/lib/nginx/modules/ngx_stream_module.so").is_file()
         return "" if ok else "nginx stream module missing (apt-get install libnginx-mod-stream)"
 
-    def start(self, topo: Topology) -> None:
-        super().start(topo)
-        root = topo.workdir / "nginx-stream"
-        root.mkdir(exist_ok=True)
-        conf = root / "nginx.conf"
-        conf.write_text(self.config(root))
-        add_vips(topo)
-        self.proc = topo.spawn(self.name, topo.node, pinned(PROXY_CPU, [
-            "nginx", "-c", str(conf), "-p", str(root), "-g", "daemon off;"]))
-        topo.wait_listening(topo.node, be.WEB.port, proc=self.proc)
-
-    def stop(self) -> None:
-        super().stop()
-        if self.topo is not None:
-            del_vips(self.topo)
-
-    def describe(self) -> dict:
-        return {**super().describe(), "command": "taskset -c 1 nginx -c CONF -g 'daemon off;'",
-                "config": self.config(Path("ROOT"))}
 
 
 # ------------------------------------------------------------------ nginx http
-class NginxHttp(Peer):
+class NginxHttp(NginxPeer):
     """nginx `proxy_pass` for the L7 frontends only: HTTP/1.1 to the
     backends with an upstream keep-alive pool, as a reverse proxy is run."""
     name = "nginx-http"
     label = "nginx http proxy_pass, 1 worker, upstream keepalive"
     workloads = ("idlecpu", "l7keepalive")
+    ready_port = be.WEB7.port
 
     def config(self, root: Path) -> str:
         blocks = []
@@ -307,25 +316,6 @@ http {{
 {''.join(blocks)}}}
 """
 
-    def start(self, topo: Topology) -> None:
-        super().start(topo)
-        root = topo.workdir / "nginx-http"
-        root.mkdir(exist_ok=True)
-        conf = root / "nginx.conf"
-        conf.write_text(self.config(root))
-        add_vips(topo)
-        self.proc = topo.spawn(self.name, topo.node, pinned(PROXY_CPU, [
-            "nginx", "-c", str(conf), "-p", str(root), "-g", "daemon off;"]))
-        topo.wait_listening(topo.node, be.WEB7.port, proc=self.proc)
-
-    def stop(self) -> None:
-        super().stop()
-        if self.topo is not None:
-            del_vips(self.topo)
-
-    def describe(self) -> dict:
-        return {**super().describe(), "command": "taskset -c 1 nginx -c CONF -g 'daemon off;'",
-                "config": self.config(Path("ROOT"))}
 
 
 # ------------------------------------------------------------ kernel nftables DNAT
