@@ -85,6 +85,70 @@ def perf_stat(t: topo.Topology, peer, seconds: float) -> str:
     return f"connections: {m.group(1) if m else '?'}\n{text}"
 
 
+def perf_record(t: topo.Topology, peer, seconds: float, cpu_no: int, top: int = 45,
+                callers: int = 4) -> str:
+    """Where the proxy core's time goes under the conn/s load: `perf record`
+    of that core (kernel and user, every process on it), as the hottest
+    symbols with their share of samples and the connections completed."""
+    host, port = peer.target(WEB)
+    data = t.workdir / f"perf-{peer.name}-cpu{cpu_no}.data"
+    perf = subprocess.Popen(["perf", "record", "-q", "-C", str(cpu_no), "-F", "4999", "-g",
+                             "-o", str(data), "--", "sleep", f"{seconds + 1:g}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    res = topo.run(topo.pinned(topo.LOAD_CPU, [
+        "wrk", "-t1", "-c32", f"-d{seconds:g}s", "-H", "Connection: close", "-s", str(LUA),
+        f"http://{host}:{port}/"]), ns=t.client, timeout=seconds + 30)
+    perf.wait(timeout=seconds + 30)
+    m = re.search(r'"requests":(\d+)', res.stdout.decode())
+    def report(*extra: str) -> str:
+        return subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
+                               *extra], capture_output=True, timeout=300
+                              ).stdout.decode(errors="replace")
+
+    flat = [line for line in report("--sort", "sym", "-g", "none").splitlines()
+            if re.match(r"\s+\d+\.\d+%", line)]
+    out = [f"{peer.name}: {m.group(1) if m else '?'} connections in {seconds:g} s", *flat[:top]]
+    # Where the hottest kernel symbols are called from: locks and wakeups
+    # say nothing by themselves.
+    for line in flat[:callers]:
+        sym = line.split("]", 1)[1].strip()
+        graph = report("--sort", "sym", "-S", sym, "-g", "caller,2,callee,function,percent",
+                       "--percent-limit", "1")
+        out.append(f"\n-- callers of {sym}")
+        out.extend(g for g in graph.splitlines()
+                   if g.strip() and not g.startswith("#"))
+    return "\n".join(out)
+
+
+def nstat_counters(ns: str) -> dict[str, int]:
+    out = topo.run(["nstat", "-asz", "--json"], ns=ns).stdout.decode()
+    import json
+    return {k: int(v) for k, v in json.loads(out).get("kernel", {}).items()}
+
+
+def kernel_counters(t: topo.Topology, peer, seconds: float) -> str:
+    """The kernel's TCP/IP counters (nstat) per namespace under the conn/s
+    load, per connection: retransmits, listen overflows, TIME_WAIT recycling
+    and the like say why connections wait when no core is busy."""
+    host, port = peer.target(WEB)
+    spaces = {"node": t.node, "client": t.client, **{n: ns for n, ns in t.pods.items()
+                                                     if ns != t.client}}
+    before = {name: nstat_counters(ns) for name, ns in spaces.items()}
+    res = topo.run(topo.pinned(topo.LOAD_CPU, [
+        "wrk", "-t1", "-c32", f"-d{seconds:g}s", "-H", "Connection: close", "-s", str(LUA),
+        f"http://{host}:{port}/"]), ns=t.client, timeout=seconds + 30)
+    m = re.search(r'"requests":(\d+)', res.stdout.decode())
+    conns = int(m.group(1)) if m else 0
+    lines = [f"{peer.name}: {conns} connections in {seconds:g} s; counters per 1000 connections"]
+    for name, ns in spaces.items():
+        after = nstat_counters(ns)
+        delta = {k: v - before[name].get(k, 0) for k, v in after.items()}
+        shown = [f"{k}={v * 1000 / max(conns, 1):.1f}" for k, v in sorted(delta.items())
+                 if v and not k.startswith(("Ip6", "Icmp6", "Udp6"))]
+        lines.append(f"  {name}: " + " ".join(shown))
+    return "\n".join(lines)
+
+
 def thread_ticks(pids: list[int]) -> dict[str, int]:
     """utime + stime in clock ticks per thread name (threads of one name summed)."""
     out: dict[str, int] = {}
@@ -133,6 +197,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--perf", type=float, default=0, help="also perf stat for this many seconds")
     ap.add_argument("--threads", type=float, default=0,
                     help="CPU per thread under this many seconds of conn/s load (no strace)")
+    ap.add_argument("--record", type=float, default=0,
+                    help="perf record the proxy core for this many seconds of conn/s load "
+                         "and print the hottest symbols (no strace)")
+    ap.add_argument("--record-cpu", type=int, default=topo.PROXY_CPU,
+                    help="the core --record samples (default: the proxy's; the load "
+                         "core shows what a peer costs the client and backends)")
+    ap.add_argument("--nstat", type=float, default=0,
+                    help="kernel TCP/IP counters per connection over this many seconds of "
+                         "conn/s load (no strace)")
     ap.add_argument("--bin", type=Path)
     ap.add_argument("--policies", type=Path, default=REPO / "target" / "policies")
     args = ap.parse_args(argv)
@@ -151,6 +224,12 @@ def main(argv: list[str]) -> int:
             try:
                 if args.threads:
                     print(thread_cpu(t, peer, args.threads))
+                    continue
+                if args.nstat:
+                    print(kernel_counters(t, peer, args.nstat))
+                    continue
+                if args.record:
+                    print(perf_record(t, peer, args.record, args.record_cpu))
                     continue
                 runs = [("all threads", None)]
                 if worker_tids(peer):

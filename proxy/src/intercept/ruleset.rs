@@ -59,15 +59,27 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
         ));
     }
 
-    // Pod and external traffic. A packet of a connection we already hold
-    // (its socket is ours, hence transparent) goes straight to it, whatever
-    // happened to its Service since; a new one to a frontend is diverted to
-    // the listeners with TPROXY. The divert mark makes the fwmark rule
-    // route the packet to `lo`, i.e. deliver it locally although no
-    // interface owns the VIP.
+    // Pod and external traffic. A packet for a socket of ours (its socket
+    // is transparent: a proxied connection, an upstream connection's
+    // replies, a UDP flow) goes straight to it, whatever happened to its
+    // Service since, and keeps the kernel's early demux. A new connection
+    // to a frontend is diverted to the listeners with TPROXY. A TCP SYN
+    // skips the socket rule: only TPROXY hands a SYN that meets one of our
+    // TIME_WAIT sockets (a client reusing its port) to the listener; the
+    // socket rule would deliver it to the TIME_WAIT socket, which answers
+    // with a stale ACK, and the client would retry only after a reset and
+    // a retransmit timeout (a third of all connections at a high
+    // connection rate, bench/results/2026-11-25-timewait.md). The divert
+    // mark makes the fwmark rule route the packet to `lo`, i.e. deliver it
+    // locally although no interface owns the VIP.
     lines.push("  chain prerouting {".into());
     lines.push("    type filter hook prerouting priority mangle; policy accept;".into());
-    lines.push(format!("    socket transparent 1 {divert} accept"));
+    lines.push(format!(
+        "    tcp flags & (syn | ack) != syn socket transparent 1 {divert} accept"
+    ));
+    lines.push(format!(
+        "    meta l4proto != tcp socket transparent 1 {divert} accept"
+    ));
     lines.extend(reject_new.iter().map(|r| format!("    {r}")));
     for proto in ["tcp", "udp"] {
         for (fam, set) in [("ip", "vip4"), ("ip6", "vip6")] {
@@ -82,6 +94,9 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
             ));
         }
     }
+    // A SYN for a socket of ours to an address that is no frontend (any
+    // more): deliver it rather than let it be routed out.
+    lines.push(format!("    socket transparent 1 {divert} accept"));
     lines.push("  }".into());
 
     // The node's own processes: TPROXY works only in prerouting, so mark the
@@ -148,6 +163,11 @@ mod tests {
             )
         );
         assert!(!text.contains("@nodeaddr4 "));
+        // TPROXY sees a frontend's SYNs before any socket rule does.
+        let tproxy = text.find("tproxy ip to").expect("tproxy rule");
+        let syn_socket = text.find("\n    socket transparent 1").expect("socket rule");
+        assert!(tproxy < syn_socket);
+        assert!(text.contains("tcp flags & (syn | ack) != syn socket transparent 1"));
     }
 
     #[test]
