@@ -238,7 +238,7 @@ fn run_worker(backend: IoBackend, worker: Rc<Worker>, sockets: WorkerSockets, st
         std::future::pending::<()>().await;
     };
     match backend {
-        IoBackend::Uring => match tokio_uring::Runtime::new(tokio_uring::builder().entries(1024)) {
+        IoBackend::Uring => match uring_runtime() {
             Ok(rt) => rt.block_on(serve),
             Err(e) => tracing::error!(error = %e, "cannot start io_uring runtime"),
         },
@@ -252,4 +252,21 @@ fn run_worker(backend: IoBackend, worker: Rc<Worker>, sockets: WorkerSockets, st
             }
         }
     }
+}
+
+/// The worker's ring. A completion normally interrupts the worker with a
+/// signal-like notification (an inter-processor interrupt when the worker
+/// runs on another core than the softirq that completed it); cooperative
+/// task running lets it pick completions up at its next ring call instead,
+/// which the event loop makes anyway. The ring has one submitter, the
+/// worker thread, which lets the kernel skip its locking. Kernels before
+/// 6.0 lack the flags: the ring is then made without them.
+fn uring_runtime() -> std::io::Result<tokio_uring::Runtime> {
+    let mut flags = tokio_uring::uring_builder();
+    flags.setup_coop_taskrun().setup_single_issuer();
+    tokio_uring::Runtime::new(tokio_uring::builder().entries(1024).uring_builder(&flags))
+        .or_else(|e| {
+            tracing::debug!(error = %e, "io_uring without cooperative task running");
+            tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))
+        })
 }
