@@ -7,6 +7,10 @@
     clients.py idle     --host H --port P --idle K --requests M
                         open K connections that send nothing, then make M HTTP
                         requests on fresh connections while the idle ones stay open
+    clients.py reuse-port --host H --port P --requests M --local-port L
+                        M HTTP requests, each on a new connection from the same local
+                        port, each read to the server's close; reports the pods and how
+                        many SYNs this namespace retransmitted meanwhile
 """
 
 from __future__ import annotations
@@ -80,20 +84,58 @@ def idle(host: str, port: int, n_idle: int, n_requests: int) -> dict:
     return {"ok": not errors and len(pods) == n_requests, "pods": pods, "errors": errors}
 
 
+def syn_retransmits() -> int:
+    """TcpExt TCPSynRetrans of this network namespace."""
+    lines = [line.split() for line in open("/proc/net/netstat", encoding="ascii")]
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names[0] == "TcpExt:":
+            return int(values[names.index("TCPSynRetrans")])
+    raise RuntimeError("no TcpExt TCPSynRetrans in /proc/net/netstat")
+
+
+def reuse_port(host: str, port: int, n_requests: int, local_port: int) -> dict:
+    """The proxy closes first (it relays the server's close), so it holds each
+    connection's TIME_WAIT when the next one arrives from the same port."""
+    before = syn_retransmits()
+    pods, errors = [], []
+    for i in range(n_requests):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.settimeout(10)
+        try:
+            sock.bind(("0.0.0.0", local_port))
+            sock.connect((host, port))
+            sock.sendall(f"GET /reuse/{i} HTTP/1.1\r\nHost: {host}\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            pods.append(json.loads(data.split(b"\r\n\r\n", 1)[1])["pod"])
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            errors.append(repr(exc))
+        finally:
+            sock.close()
+    return {"ok": not errors and len(pods) == n_requests, "pods": pods, "errors": errors,
+            "syn_retransmits": syn_retransmits() - before}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["sha-up", "sha-down", "idle"])
+    ap.add_argument("kind", choices=["sha-up", "sha-down", "idle", "reuse-port"])
     ap.add_argument("--host", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--bytes", type=int, default=1 << 20)
     ap.add_argument("--idle", type=int, default=10)
     ap.add_argument("--requests", type=int, default=10)
+    ap.add_argument("--local-port", type=int, default=40123)
     args = ap.parse_args()
     try:
         if args.kind == "sha-up":
             result = sha_up(args.host, args.port, args.bytes)
         elif args.kind == "sha-down":
             result = sha_down(args.host, args.port, args.bytes)
+        elif args.kind == "reuse-port":
+            result = reuse_port(args.host, args.port, args.requests, args.local_port)
         else:
             result = idle(args.host, args.port, args.idle, args.requests)
     except Exception as exc:  # noqa: BLE001 - reported to the test

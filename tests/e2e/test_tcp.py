@@ -24,6 +24,19 @@ def test_clusterip_from_node_namespace(cluster):
     assert_all_answered(pods, N, err)
 
 
+def test_client_reusing_its_port_meets_no_stale_time_wait(cluster):
+    """A client that reconnects from the same port while the proxy still holds
+    the last connection's TIME_WAIT is handed to the listener at once: its
+    SYN is never answered by the old connection (which would cost a reset
+    and a SYN retransmit per connection)."""
+    cluster.start_http()
+    got = cluster.client_py("reuse-port", "--host", mf.WEB_VIP, "--port", "80",
+                            "--requests", "6")
+    assert got["ok"], got
+    assert_all_answered(got["pods"], 6, "")
+    assert got["syn_retransmits"] == 0, got
+
+
 def test_nodeport_from_outside(cluster):
     cluster.start_http()
     url = f"http://{NODE_UPLINK_V4}:{mf.NODE_PORT}/"

@@ -81,7 +81,11 @@ struct WorkerSockets {
     udp: Vec<std::net::UdpSocket>,
 }
 
-fn bind_worker_sockets(port: u16, backlog: u32) -> Result<WorkerSockets, DataplaneError> {
+fn bind_worker_sockets(
+    port: u16,
+    backlog: u32,
+    bypass_mark: u32,
+) -> Result<WorkerSockets, DataplaneError> {
     let mut out = WorkerSockets {
         tcp: Vec::new(),
         udp: Vec::new(),
@@ -94,7 +98,11 @@ fn bind_worker_sockets(port: u16, backlog: u32) -> Result<WorkerSockets, Datapla
         let addr = SocketAddr::new(ip, port);
         let listen_err = |source| DataplaneError::Listen { addr, source };
         match (
-            sockets::tcp_listener(addr, i32::try_from(backlog).unwrap_or(i32::MAX)),
+            sockets::tcp_listener(
+                addr,
+                i32::try_from(backlog).unwrap_or(i32::MAX),
+                bypass_mark,
+            ),
             sockets::udp_listener(addr),
         ) {
             (Ok(tcp), Ok(udp)) => {
@@ -136,7 +144,11 @@ pub fn start(
 ) -> Result<Vec<JoinHandle<()>>, DataplaneError> {
     let mut handles = Vec::with_capacity(workers);
     for id in 0..workers {
-        let sockets = bind_worker_sockets(shared.cfg.listen_port, shared.cfg.listen_backlog)?;
+        let sockets = bind_worker_sockets(
+            shared.cfg.listen_port,
+            shared.cfg.listen_backlog,
+            shared.bypass_mark,
+        )?;
         let s = shared.clone();
         // hyper runs faster on plain tokio than on tokio-uring's runtime:
         // an io_uring worker hands its L7 connections to an epoll thread.
@@ -264,9 +276,10 @@ fn run_worker(backend: IoBackend, worker: Rc<Worker>, sockets: WorkerSockets, st
 fn uring_runtime() -> std::io::Result<tokio_uring::Runtime> {
     let mut flags = tokio_uring::uring_builder();
     flags.setup_coop_taskrun().setup_single_issuer();
-    tokio_uring::Runtime::new(tokio_uring::builder().entries(1024).uring_builder(&flags))
-        .or_else(|e| {
+    tokio_uring::Runtime::new(tokio_uring::builder().entries(1024).uring_builder(&flags)).or_else(
+        |e| {
             tracing::debug!(error = %e, "io_uring without cooperative task running");
             tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))
-        })
+        },
+    )
 }

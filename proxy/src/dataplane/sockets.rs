@@ -29,8 +29,15 @@ fn set_transparent(socket: &Socket, v6: bool) -> io::Result<()> {
 
 /// A TCP listener that accepts connections TPROXY diverted to it: bound on
 /// every address with IP_TRANSPARENT, shared by the workers through
-/// SO_REUSEPORT.
-pub fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+/// SO_REUSEPORT. It carries the bypass mark, which the kernel gives to the
+/// handshake replies and the accepted sockets, so that what we send to a
+/// client is, like what we send upstream, marked as ours (nftables leaves
+/// it out of connection tracking).
+pub fn tcp_listener(
+    addr: SocketAddr,
+    backlog: i32,
+    bypass_mark: u32,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(
         domain(&addr),
         Type::STREAM.nonblocking(),
@@ -42,6 +49,7 @@ pub fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpL
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     set_transparent(&socket, addr.is_ipv6())?;
+    socket.set_mark(bypass_mark)?;
     socket.bind(&SockAddr::from(addr))?;
     socket.listen(backlog)?;
     Ok(socket.into())
@@ -141,12 +149,17 @@ fn bind_source(socket: &Socket, from: SocketAddr) -> io::Result<()> {
 
 /// A UDP socket bound to the Service VIP (not a local address, hence
 /// IP_TRANSPARENT) and connected to the client, so that replies leave from
-/// the address the client sent to.
-pub fn reply_udp(vip: SocketAddr, client: SocketAddr) -> io::Result<std::net::UdpSocket> {
+/// the address the client sent to, with the bypass mark.
+pub fn reply_udp(
+    vip: SocketAddr,
+    client: SocketAddr,
+    bypass_mark: u32,
+) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(domain(&vip), Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
     if vip.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    socket.set_mark(bypass_mark)?;
     socket.set_reuse_address(true)?;
     set_transparent(&socket, vip.is_ipv6())?;
     socket.bind(&SockAddr::from(vip))?;

@@ -102,7 +102,7 @@ async fn start_flow(
     let Some(up) = worker.connect_upstream(&target, client, dst, connect).await else {
         return;
     };
-    let reply = match sockets::reply_udp(dst, client).and_then(UdpSocket::from_std) {
+    let reply = match sockets::reply_udp(dst, client, mark).and_then(UdpSocket::from_std) {
         Ok(reply) => reply,
         Err(e) => {
             // Fails for every new flow when descriptors run out: rate-limited.
