@@ -188,7 +188,7 @@ impl Default for DataplaneConfig {
             listen_port: 15001,
             connect_timeout: HumanDuration::from_secs(2),
             connect_attempts: 3,
-            buffer_size: 64 * 1024,
+            buffer_size: 256 * 1024,
             udp_idle_timeout: HumanDuration::from_secs(30),
             max_udp_flows: 65536,
             max_connections_per_worker: 16384,

@@ -131,7 +131,7 @@ async fn pump(worker: &Worker, from: ReadHalf<'_>, mut to: WriteHalf<'_>) -> u64
         };
         let written = to.write_all(&b[..n]).await;
         let b = worker.pool.next(b, n);
-        if b.len() < worker.cfg.buffer_size {
+        if worker.pool.is_small(&b) {
             // Short messages: wait for the next one holding nothing.
             worker.pool.give(b);
         } else {
