@@ -53,7 +53,9 @@ async fn handle(
         return;
     };
     if accepted.target.route.port.l7.is_some() {
-        crate::l7::serve(worker, client, accepted).await;
+        // Boxed: the HTTP server's state is ~2.5 KiB, and inline it would
+        // size every L4 connection's task too (ARCHITECTURE.md, "Copy loop").
+        Box::pin(crate::l7::serve(worker, client, accepted)).await;
         return;
     }
     let mark = worker.bypass_mark;

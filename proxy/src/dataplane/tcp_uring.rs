@@ -64,7 +64,8 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, _slot: 
         match crate::l7::adopt(&client) {
             Ok(stream) => {
                 drop(client);
-                crate::l7::serve(worker, stream, accepted).await;
+                // Boxed, as in the epoll twin: it would size every task.
+                Box::pin(crate::l7::serve(worker, stream, accepted)).await;
             }
             // dup() fails for every connection once descriptors run out.
             Err(e) => crate::logging::rate_limited_warn("l7-adopt", || {
