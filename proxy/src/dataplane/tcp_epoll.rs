@@ -64,14 +64,14 @@ async fn handle(
         let from = worker.upstream_source(&accepted.target, accepted.client, addr);
         connect(addr, mark, from, header.clone())
     };
-    let Some(up) = worker
-        .connect_upstream(
-            &accepted.target,
-            accepted.client,
-            accepted.frontend,
-            connect,
-        )
-        .await
+    // Boxed: see the io_uring twin.
+    let Some(up) = Box::pin(worker.connect_upstream(
+        &accepted.target,
+        accepted.client,
+        accepted.frontend,
+        connect,
+    ))
+    .await
     else {
         sockets::reset_on_close(&client);
         return;

@@ -80,14 +80,15 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, _slot: 
         let from = worker.upstream_source(&accepted.target, accepted.client, addr);
         connect(addr, mark, from, header.clone())
     };
-    let Some(up) = worker
-        .connect_upstream(
-            &accepted.target,
-            accepted.client,
-            accepted.frontend,
-            connect,
-        )
-        .await
+    // Boxed for the same reason as the L7 server: the connect state would
+    // otherwise be reserved in the task for the connection's whole life.
+    let Some(up) = Box::pin(worker.connect_upstream(
+        &accepted.target,
+        accepted.client,
+        accepted.frontend,
+        connect,
+    ))
+    .await
     else {
         sockets::reset_on_close(&client);
         return;
@@ -135,9 +136,20 @@ async fn pump(worker: &Worker, from: &TcpStream, to: &TcpStream) -> u64 {
             Ok(n) => n,
             Err(_) => break true,
         };
-        let (res, slice) = to.write_all(buf.slice(..n)).await;
-        buf = worker.pool.next(slice.into_inner(), n);
-        if res.is_err() {
+        // One ring write per partial write. Not `write_all`: the state of
+        // every future awaited here is reserved in each connection's task,
+        // idle or not, and that one's is three times this loop's.
+        let mut pending = buf.slice(..n);
+        let written = loop {
+            let (res, rest) = to.write(pending).submit().await;
+            match res {
+                Ok(k) if k > 0 && k < rest.bytes_init() => pending = rest.slice(k..),
+                Ok(k) => break (k > 0, rest.into_inner()),
+                Err(_) => break (false, rest.into_inner()),
+            }
+        };
+        buf = worker.pool.next(written.1, n);
+        if !written.0 {
             break true;
         }
         total += n as u64;
