@@ -1,9 +1,11 @@
 //! The parts of a proxied TCP connection that do not depend on the io back
 //! end: where it was going, and the metrics of its life.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use crate::catalog::Protocol;
 use crate::policy::Decision;
 
 use super::sockets;
-use super::worker::{Resolved, Worker};
+use super::worker::{Resolved, Upstream, Worker};
 
 /// Turns true when the process stops: listeners close, open connections
 /// go on until the drain timeout.
@@ -63,6 +65,37 @@ pub fn proxy_header(accepted: &Accepted) -> Option<Vec<u8>> {
         .service
         .proxy_protocol
         .then(|| super::proxy_protocol::v2_header(accepted.client, accepted.frontend, false))
+}
+
+/// Picks and connects the upstream of an accepted connection; each attempt
+/// is `connect(endpoint, bypass mark, source, PROXY header)`, the source
+/// being the client's address when the connection is transparent. Boxed: a
+/// future's state is reserved in the connection's task for its whole life,
+/// and the connect phase's would be most of an idle connection's task.
+pub fn connect_upstream<'a, S, Fut>(
+    worker: &'a Worker,
+    accepted: &'a Accepted,
+    connect: impl Fn(SocketAddr, u32, Option<SocketAddr>, Option<Vec<u8>>) -> Fut + 'a,
+) -> Pin<Box<impl Future<Output = Option<Upstream<S>>> + 'a>>
+where
+    Fut: Future<Output = io::Result<S>> + 'a,
+{
+    let header = proxy_header(accepted);
+    let mark = worker.bypass_mark;
+    Box::pin(async move {
+        let attempt = |addr| {
+            let from = worker.upstream_source(&accepted.target, accepted.client, addr);
+            connect(addr, mark, from, header.clone())
+        };
+        worker
+            .connect_upstream(
+                &accepted.target,
+                accepted.client,
+                accepted.frontend,
+                attempt,
+            )
+            .await
+    })
 }
 
 /// Counts a connection while it is open.

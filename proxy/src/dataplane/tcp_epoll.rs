@@ -58,21 +58,7 @@ async fn handle(
         Box::pin(crate::l7::serve(worker, client, accepted)).await;
         return;
     }
-    let mark = worker.bypass_mark;
-    let header = session::proxy_header(&accepted);
-    let connect = |addr| {
-        let from = worker.upstream_source(&accepted.target, accepted.client, addr);
-        connect(addr, mark, from, header.clone())
-    };
-    // Boxed: see the io_uring twin.
-    let Some(up) = Box::pin(worker.connect_upstream(
-        &accepted.target,
-        accepted.client,
-        accepted.frontend,
-        connect,
-    ))
-    .await
-    else {
+    let Some(up) = session::connect_upstream(&worker, &accepted, connect).await else {
         sockets::reset_on_close(&client);
         return;
     };

@@ -74,22 +74,7 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, _slot: 
         }
         return;
     }
-    let mark = worker.bypass_mark;
-    let header = session::proxy_header(&accepted);
-    let connect = |addr| {
-        let from = worker.upstream_source(&accepted.target, accepted.client, addr);
-        connect(addr, mark, from, header.clone())
-    };
-    // Boxed for the same reason as the L7 server: the connect state would
-    // otherwise be reserved in the task for the connection's whole life.
-    let Some(up) = Box::pin(worker.connect_upstream(
-        &accepted.target,
-        accepted.client,
-        accepted.frontend,
-        connect,
-    ))
-    .await
-    else {
+    let Some(up) = session::connect_upstream(&worker, &accepted, connect).await else {
         sockets::reset_on_close(&client);
         return;
     };
