@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod intercept;
 pub mod l7;
 pub mod logging;
+pub mod netif;
 pub mod policy;
 pub mod snapshot;
 pub mod sources;

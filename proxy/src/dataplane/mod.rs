@@ -5,7 +5,6 @@
 pub(crate) mod admission;
 mod bufpool;
 mod drain;
-mod local_addrs;
 mod orig_dst;
 mod port_stats;
 mod proxy_protocol;
@@ -196,7 +195,7 @@ async fn sweep(worker: &Worker, mut stop: session::Stop) {
         }
         let now = std::time::Instant::now();
         if now.duration_since(refreshed) >= LOCAL_REFRESH {
-            *worker.local.borrow_mut() = local_addrs::local_addresses();
+            *worker.local.borrow_mut() = crate::netif::local_addresses();
             refreshed = now;
         }
         if let Some(since) = stopping_since

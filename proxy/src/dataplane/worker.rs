@@ -22,7 +22,6 @@ use crate::snapshot::SharedSnapshot;
 use super::Shared;
 use super::bufpool::BufPool;
 use super::drain::Connections;
-use super::local_addrs::local_addresses;
 use super::port_stats::{PortStats, PortStatsCache};
 
 /// Buffers kept idle per worker beyond the ones in use.
@@ -86,7 +85,7 @@ impl Worker {
             active: shared.active,
             stop: shared.stop.clone(),
             l7_handoff: None,
-            local: RefCell::new(local_addresses()),
+            local: RefCell::new(crate::netif::local_addresses()),
             decider: RefCell::new(decider),
             port_stats: PortStatsCache::default(),
         }

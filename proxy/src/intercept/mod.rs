@@ -117,12 +117,24 @@ impl Interceptor {
                 (batch, changed)
             }
         };
+        let diffed = start.elapsed();
         let (steering, bridges) = self.steering_batch(table);
         batch.push_str(&steering);
         self.last = Some(table.clone());
-        if !batch.is_empty()
-            && let Err(source) = command::nft_batch(&batch)
-        {
+        let steered = start.elapsed();
+        let applied = if batch.is_empty() {
+            Ok(())
+        } else {
+            command::nft_batch(&batch)
+        };
+        tracing::debug!(
+            diffed_us = diffed.as_micros() as u64,
+            steered_us = steered.as_micros() as u64,
+            nft_us = (start.elapsed() - steered).as_micros() as u64,
+            batch_bytes = batch.len(),
+            "nftables sync timings"
+        );
+        if let Err(source) = applied {
             // Nothing of the batch applied; the endpoint counts already
             // moved on, so the bridge table is rendered whole next time.
             self.steer = None;

@@ -55,36 +55,17 @@ pub fn bridges() -> Vec<Bridge> {
     out
 }
 
-/// The subnets of a device's global addresses, from `ip -j addr show`.
+/// The subnets of a device's global addresses.
 fn subnets(dev: &str) -> Vec<(IpAddr, u8)> {
-    let Ok(out) = std::process::Command::new("ip")
-        .args(["-j", "addr", "show", "dev", dev])
-        .output()
-    else {
-        return Vec::new();
-    };
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-        return Vec::new();
-    };
-    let mut nets = Vec::new();
-    for link in json.as_array().into_iter().flatten() {
-        for info in link["addr_info"].as_array().into_iter().flatten() {
-            let (Some(local), Some(prefix)) = (info["local"].as_str(), info["prefixlen"].as_u64())
-            else {
-                continue;
-            };
-            let Ok(ip) = local.parse::<IpAddr>() else {
-                continue;
-            };
-            let global = match ip {
-                IpAddr::V4(v4) => !v4.is_link_local(),
-                IpAddr::V6(v6) => !v6.is_unicast_link_local(),
-            };
-            if global && let Some(net) = network(ip, prefix as u8) {
-                nets.push(net);
-            }
-        }
-    }
+    let mut nets: Vec<(IpAddr, u8)> = crate::netif::addresses()
+        .into_iter()
+        .filter(|a| a.interface == dev)
+        .filter(|a| match a.ip {
+            IpAddr::V4(v4) => !v4.is_link_local(),
+            IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+        })
+        .filter_map(|a| network(a.ip, a.prefix))
+        .collect();
     nets.sort();
     nets.dedup();
     nets
