@@ -10,6 +10,7 @@ prints calls per connection, busiest first. Optionally `--perf` records
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -71,18 +72,25 @@ def strace_counts(t: topo.Topology, peer, conns: int,
     return conns, counts
 
 
+def connrate_load(t: topo.Topology, host: str, port: int, seconds: float) -> int:
+    """The conn/s workload (one request per connection) from the client Pod
+    for `seconds`; returns the connections completed."""
+    res = topo.run(topo.pinned(topo.LOAD_CPU, [
+        "wrk", "-t1", "-c32", f"-d{seconds:g}s", "-H", "Connection: close", "-s", str(LUA),
+        f"http://{host}:{port}/"]), ns=t.client, timeout=seconds + 30)
+    m = re.search(r'"requests":(\d+)', res.stdout.decode())
+    return int(m.group(1)) if m else 0
+
+
 def perf_stat(t: topo.Topology, peer, seconds: float) -> str:
     host, port = peer.target(WEB)
     perf = subprocess.Popen(["perf", "stat", "-C", str(topo.PROXY_CPU), "-e",
                              "task-clock,context-switches,cpu-migrations,instructions,cycles",
                              "--", "sleep", f"{seconds + 1:g}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    res = topo.run(topo.pinned(topo.LOAD_CPU, [
-        "wrk", "-t1", "-c32", f"-d{seconds:g}s", "-H", "Connection: close", "-s", str(LUA),
-        f"http://{host}:{port}/"]), ns=t.client, timeout=seconds + 30)
-    m = re.search(r'"requests":(\d+)', res.stdout.decode())
+    conns = connrate_load(t, host, port, seconds)
     text = perf.communicate(timeout=seconds + 30)[0].decode(errors="replace")
-    return f"connections: {m.group(1) if m else '?'}\n{text}"
+    return f"connections: {conns}\n{text}"
 
 
 def perf_record(t: topo.Topology, peer, seconds: float, cpu_no: int, top: int = 45,
@@ -95,11 +103,8 @@ def perf_record(t: topo.Topology, peer, seconds: float, cpu_no: int, top: int = 
     perf = subprocess.Popen(["perf", "record", "-q", "-C", str(cpu_no), "-F", "4999", "-g",
                              "-o", str(data), "--", "sleep", f"{seconds + 1:g}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    res = topo.run(topo.pinned(topo.LOAD_CPU, [
-        "wrk", "-t1", "-c32", f"-d{seconds:g}s", "-H", "Connection: close", "-s", str(LUA),
-        f"http://{host}:{port}/"]), ns=t.client, timeout=seconds + 30)
+    conns = connrate_load(t, host, port, seconds)
     perf.wait(timeout=seconds + 30)
-    m = re.search(r'"requests":(\d+)', res.stdout.decode())
     def report(*extra: str) -> str:
         return subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
                                *extra], capture_output=True, timeout=300
@@ -107,7 +112,7 @@ def perf_record(t: topo.Topology, peer, seconds: float, cpu_no: int, top: int = 
 
     flat = [line for line in report("--sort", "sym", "-g", "none").splitlines()
             if re.match(r"\s+\d+\.\d+%", line)]
-    out = [f"{peer.name}: {m.group(1) if m else '?'} connections in {seconds:g} s", *flat[:top]]
+    out = [f"{peer.name}: {conns} connections in {seconds:g} s", *flat[:top]]
     # Where the hottest kernel symbols are called from: locks and wakeups
     # say nothing by themselves.
     for line in flat[:callers]:
@@ -122,7 +127,6 @@ def perf_record(t: topo.Topology, peer, seconds: float, cpu_no: int, top: int = 
 
 def nstat_counters(ns: str) -> dict[str, int]:
     out = topo.run(["nstat", "-asz", "--json"], ns=ns).stdout.decode()
-    import json
     return {k: int(v) for k, v in json.loads(out).get("kernel", {}).items()}
 
 
@@ -134,11 +138,7 @@ def kernel_counters(t: topo.Topology, peer, seconds: float) -> str:
     spaces = {"node": t.node, "client": t.client, **{n: ns for n, ns in t.pods.items()
                                                      if ns != t.client}}
     before = {name: nstat_counters(ns) for name, ns in spaces.items()}
-    res = topo.run(topo.pinned(topo.LOAD_CPU, [
-        "wrk", "-t1", "-c32", f"-d{seconds:g}s", "-H", "Connection: close", "-s", str(LUA),
-        f"http://{host}:{port}/"]), ns=t.client, timeout=seconds + 30)
-    m = re.search(r'"requests":(\d+)', res.stdout.decode())
-    conns = int(m.group(1)) if m else 0
+    conns = connrate_load(t, host, port, seconds)
     lines = [f"{peer.name}: {conns} connections in {seconds:g} s; counters per 1000 connections"]
     for name, ns in spaces.items():
         after = nstat_counters(ns)
@@ -173,12 +173,8 @@ def thread_cpu(t: topo.Topology, peer, seconds: float) -> str:
     what per connection (the data-plane worker should be nearly all of it)."""
     host, port = peer.target(WEB)
     before = thread_ticks(peer.pids())
-    res = topo.run(topo.pinned(topo.LOAD_CPU, [
-        "wrk", "-t1", "-c32", f"-d{seconds:g}s", "-H", "Connection: close", "-s", str(LUA),
-        f"http://{host}:{port}/"]), ns=t.client, timeout=seconds + 30)
+    conns = connrate_load(t, host, port, seconds)
     after = thread_ticks(peer.pids())
-    m = re.search(r'"requests":(\d+)', res.stdout.decode())
-    conns = int(m.group(1)) if m else 0
     hz = os.sysconf("SC_CLK_TCK")
     lines = [f"{peer.name}: {conns} connections in {seconds:g} s; CPU per thread"]
     for comm in sorted(after, key=lambda c: before.get(c, 0) - after[c]):

@@ -31,6 +31,7 @@ pub fn bridges() -> Vec<Bridge> {
     let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
         return Vec::new();
     };
+    let addresses = crate::netif::addresses();
     let mut out: Vec<Bridge> = entries
         .flatten()
         .filter(|e| e.path().join("bridge").is_dir())
@@ -47,7 +48,7 @@ pub fn bridges() -> Vec<Bridge> {
             if !(safe && mac_ok) {
                 return None;
             }
-            let nets = subnets(&name);
+            let nets = subnets(&addresses, &name);
             (!nets.is_empty()).then_some(Bridge { name, mac, nets })
         })
         .collect();
@@ -56,9 +57,9 @@ pub fn bridges() -> Vec<Bridge> {
 }
 
 /// The subnets of a device's global addresses.
-fn subnets(dev: &str) -> Vec<(IpAddr, u8)> {
-    let mut nets: Vec<(IpAddr, u8)> = crate::netif::addresses()
-        .into_iter()
+fn subnets(addresses: &[crate::netif::IfAddr], dev: &str) -> Vec<(IpAddr, u8)> {
+    let mut nets: Vec<(IpAddr, u8)> = addresses
+        .iter()
         .filter(|a| a.interface == dev)
         .filter(|a| match a.ip {
             IpAddr::V4(v4) => !v4.is_link_local(),
