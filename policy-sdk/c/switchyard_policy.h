@@ -223,6 +223,19 @@ static inline void sy_set_error_str(const char *msg) {
     sy_set_error(msg, (int32_t)sy_strlen(msg));
 }
 
+/* sy_set_error with a message made of a NUL-terminated prefix and `len`
+ * bytes (a config's field name, for instance); cut at 256 bytes. */
+static inline void sy_set_error_with(const char *prefix, const char *bytes, uint32_t len) {
+    char msg[256];
+    uint32_t n = 0;
+    while (prefix[n] && n < sizeof msg) {
+        msg[n] = prefix[n];
+        n++;
+    }
+    for (uint32_t i = 0; i < len && n < sizeof msg; i++) msg[n++] = bytes[i];
+    sy_set_error(msg, (int32_t)n);
+}
+
 /* A request header's first value (lowercase NUL-terminated name): its full
  * length, -1 when absent (and always in L4 mode); copies at most cap bytes. */
 static inline int32_t sy_header(const char *name, char *out, uint32_t cap) {

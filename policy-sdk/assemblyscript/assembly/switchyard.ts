@@ -76,6 +76,15 @@ export function setError(msg: string): void {
   host_set_error(TEXT, utf8(msg));
 }
 
+// setError with a message made of `msg` and `len` bytes at `ptr` (a
+// config's field name, for instance); cut at 1 KiB.
+export function setErrorWith(msg: string, ptr: usize, len: u32): void {
+  const n = <u32>utf8(msg);
+  const extra = min(len, 1024 - n);
+  memory.copy(TEXT + n, ptr, extra);
+  host_set_error(TEXT, <i32>(n + extra));
+}
+
 // The raw request_attr import: copies min(length, outCap) bytes of the
 // attribute to outPtr and returns its full length, or -1 when absent
 // (always in L4 mode). `name` (kind 3) is a lowercase header name in memory.
@@ -274,7 +283,11 @@ export function takeConfig(configPtr: i32, configLen: i32, out: usize, cap: u32)
 // written, copied to out (at most cap bytes). Returns its length; -1 when
 // the key is absent; -2 when the text is not such an object or the value
 // does not fit. With `known` set, -3 when a key is not among the
-// comma-separated `known` names (for rejecting typos).
+// comma-separated `known` names (for rejecting typos); that key's raw text
+// is then at jsonBadKey / jsonBadKeyLen.
+export let jsonBadKey: usize = 0;
+export let jsonBadKeyLen: u32 = 0;
+
 export function jsonValue(json: usize, len: u32, key: string, out: usize, cap: u32, known: string = ""): i32 {
   let i: u32 = skipWs(json, 0, len);
   if (i >= len || load<u8>(json + i) != 0x7b) return -2; // {
@@ -306,7 +319,11 @@ export function jsonValue(json: usize, len: u32, key: string, out: usize, cap: u
         ve = i;
         if (ve == vs) return -2;
       }
-      if (known.length > 0 && !listed(known, json + ks, <u32>ke - ks)) return -3;
+      if (known.length > 0 && !listed(known, json + ks, <u32>ke - ks)) {
+        jsonBadKey = json + ks;
+        jsonBadKeyLen = <u32>ke - ks;
+        return -3;
+      }
       if (result == -1 && rawEquals(json + ks, <u32>ke - ks, key)) {
         result = unescape(json + vs, ve - vs, out, cap);
         if (result < 0) return -2;

@@ -7,6 +7,7 @@
 //
 //   {"header": "x-pod"}        (the default; matched case-insensitively)
 import {
+  jsonBadKey, jsonBadKeyLen, setErrorWith,
   ATTR_HEADER, Context, MODE_L7, context, count, jsonValue, nameStartsWith, requestAttr, setError,
   takeConfig,
 } from "../assembly/switchyard";
@@ -38,7 +39,7 @@ export function sy_init(configPtr: i32, configLen: i32): i32 {
   const n = jsonValue(CONFIG, len, "header", VALUE, MAX_NAME, "header");
   if (n == -1) return 0;
   if (n == -3) {
-    setError("invalid policy config: the only field is \"header\"");
+    setErrorWith("invalid policy config: unknown field ", jsonBadKey, jsonBadKeyLen);
     return 1;
   }
   if (n <= 0) {

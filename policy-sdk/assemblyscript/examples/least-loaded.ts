@@ -6,6 +6,7 @@
 //
 //   {"avoidMs": 10000}
 import {
+  jsonBadKey, jsonBadKeyLen, setErrorWith,
   context, count, endpoint, jsonValue, parseU32, setError, takeConfig,
 } from "../assembly/switchyard";
 
@@ -28,7 +29,7 @@ export function sy_init(configPtr: i32, configLen: i32): i32 {
   const n = jsonValue(CONFIG, len, "avoidMs", VALUE, 16, "avoidMs");
   if (n == -1) return 0;
   if (n == -3) {
-    setError("invalid policy config: the only field is \"avoidMs\"");
+    setErrorWith("invalid policy config: unknown field ", jsonBadKey, jsonBadKeyLen);
     return 1;
   }
   const v = n < 0 ? -1 : parseU32(VALUE, <u32>n);

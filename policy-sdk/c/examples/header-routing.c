@@ -29,8 +29,10 @@ SY_EXPORT("sy_init") int32_t sy_init(int32_t config_ptr, int32_t config_len) {
     const char *bad;
     uint32_t bad_len;
     if (!sy_json_keys_only(config, len, keys, &bad, &bad_len)) {
-        sy_set_error_str(bad ? "invalid policy config: the only field is \"header\""
-                             : "invalid policy config: expected a flat JSON object");
+        if (bad)
+            sy_set_error_with("invalid policy config: unknown field ", bad, bad_len);
+        else
+            sy_set_error_str("invalid policy config: expected a flat JSON object");
         return 1;
     }
     char value[MAX_NAME];

@@ -25,14 +25,10 @@ SY_EXPORT("sy_init") int32_t sy_init(int32_t config_ptr, int32_t config_len) {
     const char *bad;
     uint32_t bad_len;
     if (!sy_json_keys_only(config, len, keys, &bad, &bad_len)) {
-        if (!bad) {
+        if (bad)
+            sy_set_error_with("invalid policy config: unknown field ", bad, bad_len);
+        else
             sy_set_error_str("invalid policy config: expected a flat JSON object");
-        } else {
-            char msg[128] = "invalid policy config: unknown field ";
-            uint32_t n = sy_strlen(msg);
-            for (uint32_t i = 0; i < bad_len && n < sizeof msg; i++) msg[n++] = bad[i];
-            sy_set_error(msg, (int32_t)n);
-        }
         return 1;
     }
     char value[16];
