@@ -112,3 +112,16 @@ def get_many_with(cluster, url: str, count: int, *args: str) -> tuple[list[str],
                         timeout=15 + count * 12)
     pods = [json.loads(line)["pod"] for line in proc.stdout.decode().splitlines() if line.strip()]
     return pods, proc.stderr.decode(errors="replace")
+
+
+def churn(module: Path, rounds: int = 2000) -> dict:
+    """sdk_churn.mjs: the host's call sequence through `rounds` endpoint-set
+    changes (0 to 2000 endpoints), in node's WebAssembly engine."""
+    script = Path(__file__).resolve().parent / "sdk_churn.mjs"
+    proc = subprocess.run(["node", str(script), str(module), str(rounds)], capture_output=True,
+                          timeout=120)
+    lines = proc.stdout.decode(errors="replace").strip().splitlines()
+    if not lines:
+        raise AssertionError(f"sdk_churn.mjs {module} printed nothing ({proc.returncode}): "
+                             f"{proc.stderr.decode(errors='replace')}")
+    return json.loads(lines[-1])

@@ -45,6 +45,16 @@ def test_example_passes_policy_check(modules, name):
         assert where == "switchyard" and what in ABI_IMPORTS, f"{name} imports {where}.{what}"
 
 
+@pytest.mark.parametrize("name", sdk.EXAMPLES)
+def test_example_survives_table_churn(modules, name):
+    # Tables of up to 2000 endpoints (128 KiB), two alive at a time: freed
+    # tables must be reused, so memory stays near two of the largest.
+    got = sdk.churn(modules[name])
+    assert got["ok"], got
+    assert got["endBytes"] <= 1 << 20, f"memory grew to {got['endBytes']} bytes: {got}"
+    assert got["errors"] == 0, got
+
+
 def test_examples_accept_and_reject_configs(modules):
     rc, out = sdk.policy("check", str(modules["least-loaded"]), "--config", '{"avoidMs": 500}')
     assert rc == 0 and "configuration accepted" in out, out
