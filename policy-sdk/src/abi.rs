@@ -160,6 +160,7 @@ fn free(ptr: usize) {
     unsafe { dealloc(ptr as *mut u8, layout) }
 }
 
+/// `sy_abi_version`: [`ABI_VERSION`].
 pub fn abi_version() -> i32 {
     ABI_VERSION
 }

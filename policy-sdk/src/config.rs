@@ -1,5 +1,22 @@
 //! Policy configuration: the Service's `switchyard.dev/policy-config`
 //! annotation, JSON text handed to [`crate::Policy::new`].
+//!
+//! ```
+//! use switchyard_policy::config;
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields, rename_all = "camelCase")]
+//! struct Config {
+//!     #[serde(default)]
+//!     avoid_ms: u32,
+//! }
+//!
+//! let c: Config = config::from_json(br#"{"avoidMs": 500}"#).unwrap();
+//! assert_eq!(c.avoid_ms, 500);
+//! assert_eq!(config::from_json::<Config>(b"").unwrap().avoid_ms, 0);
+//! let err = config::from_json::<Config>(br#"{"avoid": 1}"#).err().unwrap();
+//! assert!(err.starts_with("invalid policy config: unknown field `avoid`"), "{err}");
+//! ```
 
 use serde::de::DeserializeOwned;
 

@@ -1,5 +1,16 @@
 //! Exponentially weighted moving averages over irregular samples, with a
 //! time constant instead of a fixed per-sample weight.
+//!
+//! ```
+//! use switchyard_policy::ewma::PeakEwma;
+//!
+//! const S: u64 = 1_000_000_000;
+//! let mut e = PeakEwma::new(10 * S);
+//! e.observe(2_000_000.0, 0); // a slow connect counts at once
+//! e.observe(1_000_000.0, S); // a faster one only pulls it down
+//! assert!(e.value() > 1_000_000.0 && e.value() < 2_000_000.0);
+//! assert!(e.decayed(100 * S) < e.value());
+//! ```
 
 /// `exp(-elapsed / tau)`: how much of an old value survives `elapsed_ns`.
 pub fn decay(elapsed_ns: u64, tau_ns: u64) -> f64 {
@@ -63,6 +74,7 @@ pub struct PeakEwma {
 }
 
 impl PeakEwma {
+    /// A zero estimate with time constant `tau_ns` (the host uses 10 s).
     pub fn new(tau_ns: u64) -> Self {
         Self {
             value: 0.0,
@@ -71,6 +83,7 @@ impl PeakEwma {
         }
     }
 
+    /// Adds a sample taken at `now_ns`: above the value it replaces it, below it decays it.
     pub fn observe(&mut self, sample: f64, now_ns: u64) {
         self.value = match self.last_ns {
             Some(last) if sample <= self.value => {
@@ -82,6 +95,7 @@ impl PeakEwma {
         self.last_ns = Some(now_ns);
     }
 
+    /// The estimate as of the last sample.
     pub fn value(&self) -> f64 {
         self.value
     }
@@ -96,6 +110,7 @@ impl PeakEwma {
         }
     }
 
+    /// When the last sample was taken, `None` before the first.
     pub fn last_ns(&self) -> Option<u64> {
         self.last_ns
     }

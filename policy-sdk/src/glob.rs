@@ -2,19 +2,34 @@
 //! any run of bytes (including none), `?` exactly one byte, everything else
 //! itself. `web-canary-*`, `*-v2-*`, `zone-?`. Kubernetes names are ASCII,
 //! so bytes and characters coincide.
+//!
+//! ```
+//! use switchyard_policy::glob::Glob;
+//!
+//! assert!(Glob::new("web-canary-*").matches("web-canary-7f9c"));
+//! assert!(Glob::new("*-v2-*").matches("api-v2-abc"));
+//! assert!(Glob::new("zone-?").matches("zone-a"));
+//! assert!(!Glob::new("zone-?").matches("zone-ab"));
+//! ```
 
 /// A compiled pattern: literal, prefix and suffix patterns (the common
 /// cases) skip the general matcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Glob {
+    /// `*`: matches everything.
     Any,
+    /// No wildcard: the text itself.
     Exact(String),
+    /// `prefix*`.
     Prefix(String),
+    /// `*suffix`.
     Suffix(String),
+    /// Any other pattern, matched with backtracking on `*`.
     General(String),
 }
 
 impl Glob {
+    /// Compiles a pattern (never fails: every string is a pattern).
     pub fn new(pattern: &str) -> Self {
         let wild = |c: char| c == '*' || c == '?';
         if pattern.chars().all(|c| c == '*') && !pattern.is_empty() {
@@ -36,6 +51,7 @@ impl Glob {
         Glob::General(pattern.to_owned())
     }
 
+    /// Whether `text` matches the whole pattern.
     pub fn matches(&self, text: &str) -> bool {
         match self {
             Glob::Any => true,

@@ -1,6 +1,18 @@
 //! Fast, dependency-free hashing for addresses and names: FNV-1a with a
 //! 64-bit finaliser (FNV alone has weak low bits), and a seeded hasher for
 //! `HashMap`s keyed by client addresses.
+//!
+//! ```
+//! use std::net::{IpAddr, Ipv4Addr};
+//! use switchyard_policy::hash::{fast_map, fnv1a, hash_ip};
+//!
+//! assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+//! let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7));
+//! assert_eq!(hash_ip(ip), hash_ip(ip));
+//! let mut seen = fast_map::<IpAddr, u32>();
+//! *seen.entry(ip).or_default() += 1;
+//! assert_eq!(seen[&ip], 1);
+//! ```
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -113,10 +125,12 @@ impl Hasher for FastHasher {
 pub struct FastState(u64);
 
 impl FastState {
+    /// A state seeded from the host's [`crate::random_u64`].
     pub fn new() -> Self {
         Self(crate::random_u64())
     }
 
+    /// A state with a fixed seed (reproducible tests).
     pub fn with_seed(seed: u64) -> Self {
         Self(seed)
     }

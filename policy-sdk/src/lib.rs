@@ -47,6 +47,7 @@
 //! rest of the crate denies `unsafe_code`.
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)]
@@ -111,9 +112,15 @@ pub trait Policy: Sized + 'static {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Connected after `latency_ns`.
-    Connected { latency_ns: u64 },
+    Connected {
+        /// Time to connect (L7: from the request to its response headers), ns.
+        latency_ns: u64,
+    },
     /// Failed after `latency_ns`.
-    Failed { latency_ns: u64 },
+    Failed {
+        /// Time until the failure, ns.
+        latency_ns: u64,
+    },
 }
 
 impl Outcome {
@@ -128,10 +135,12 @@ impl Outcome {
         }
     }
 
+    /// Whether the endpoint answered.
     pub fn is_connected(self) -> bool {
         matches!(self, Outcome::Connected { .. })
     }
 
+    /// The latency of either kind, ns.
     pub fn latency_ns(self) -> u64 {
         match self {
             Outcome::Connected { latency_ns } | Outcome::Failed { latency_ns } => latency_ns,
@@ -174,9 +183,13 @@ pub fn pick_result(choice: Option<usize>, count: usize) -> i32 {
 /// Log levels of the `log` import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
+    /// Level 0.
     Error = 0,
+    /// Level 1.
     Warn = 1,
+    /// Level 2.
     Info = 2,
+    /// Level 3.
     Debug = 3,
 }
 

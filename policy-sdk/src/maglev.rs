@@ -19,6 +19,19 @@
 //! about 1 ms for 65537 slots (native; wasm is slower), 30 µs for 4099.
 //! Build in `endpoints_changed`, never per pick. The table holds `M` u32s
 //! (256 KiB at the default size).
+//!
+//! ```
+//! use switchyard_policy::hash::fnv1a;
+//! use switchyard_policy::maglev::Maglev;
+//!
+//! let keys: Vec<u64> = ["web-a", "web-b", "web-c"].iter().map(|n| fnv1a(n.as_bytes())).collect();
+//! let table = Maglev::with_size(&keys, 4099);
+//! let client = fnv1a(b"10.0.0.7");
+//! let owner = table.lookup(client).unwrap();
+//! assert!(owner < 3);
+//! // Same key, same backend: on every worker and after a restart.
+//! assert_eq!(Maglev::with_size(&keys, 4099).lookup(client), Some(owner));
+//! ```
 
 /// The table size [`Maglev::new`] uses (prime).
 pub const DEFAULT_TABLE_SIZE: usize = 65537;
@@ -119,6 +132,7 @@ impl Maglev {
         self.backends
     }
 
+    /// Whether the table has no backends (every lookup is `None`).
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }

@@ -1,6 +1,17 @@
 //! Everyday choices over endpoint indices, skipping endpoints already tried
 //! for the connection ([`Context::tried`]). O(1) in the common case (nothing
 //! tried); never more than one pass over the candidates.
+//!
+//! ```
+//! use switchyard_policy::select;
+//! use switchyard_policy::testing::Call;
+//!
+//! let mut cursor = 0;
+//! let ctx = Call::new().tried(&[1]).context(3, 0);
+//! assert_eq!(select::round_robin(&mut cursor, 3, &ctx), Some(0));
+//! assert_eq!(select::round_robin(&mut cursor, 3, &ctx), Some(2)); // 1 already failed
+//! assert_eq!(select::round_robin_in(&mut cursor, &[1], &ctx), None);
+//! ```
 
 use crate::Context;
 use crate::weighted::uniform;

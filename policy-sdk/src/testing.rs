@@ -52,21 +52,33 @@ fn parse_addr(addr: &str, default_port: u16) -> SocketAddr {
 /// One endpoint of a test table: everything the ABI record carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSpec {
+    /// Address and target port.
     pub addr: SocketAddr,
+    /// Pod name (`targetRef.name`); empty for none.
     pub name: String,
+    /// Node name; empty for none.
     pub node: String,
+    /// Zone; empty for none.
     pub zone: String,
+    /// EndpointSlice condition `ready` (flag bit 0).
     pub ready: bool,
+    /// EndpointSlice condition `serving` (flag bit 1).
     pub serving: bool,
+    /// EndpointSlice condition `terminating` (flag bit 2).
     pub terminating: bool,
     /// On this node (flag bit 3).
     pub local: bool,
     /// In this node's zone (flag bit 4).
     pub same_zone: bool,
+    /// The record's `weight` (1 from the host today).
     pub weight: u32,
+    /// Live `active` at the start.
     pub active: u32,
+    /// Live `failures` at the start.
     pub failures: u32,
+    /// Live `last_failure_ms` at the start (0: none).
     pub last_failure_ms: u32,
+    /// Live `ewma_ns` at the start (0: no sample).
     pub ewma_ns: u64,
 }
 
@@ -77,6 +89,7 @@ impl EndpointSpec {
         Self::from_addr(parse_addr(addr, 8080))
     }
 
+    /// A ready, serving endpoint at `addr`, with no name, node or zone.
     pub fn from_addr(addr: SocketAddr) -> Self {
         Self {
             addr,
@@ -106,16 +119,19 @@ impl EndpointSpec {
             .collect()
     }
 
+    /// Sets the Pod name.
     pub fn name(mut self, name: &str) -> Self {
         self.name = name.to_owned();
         self
     }
 
+    /// Sets the node name.
     pub fn node(mut self, node: &str) -> Self {
         self.node = node.to_owned();
         self
     }
 
+    /// Sets the zone.
     pub fn zone(mut self, zone: &str) -> Self {
         self.zone = zone.to_owned();
         self
@@ -128,6 +144,7 @@ impl EndpointSpec {
         self
     }
 
+    /// Marks it as in this node's zone.
     pub fn same_zone(mut self) -> Self {
         self.same_zone = true;
         self
@@ -140,28 +157,33 @@ impl EndpointSpec {
         self
     }
 
+    /// Neither ready nor serving.
     pub fn not_ready(mut self) -> Self {
         self.ready = false;
         self.serving = false;
         self
     }
 
+    /// Sets the record's weight.
     pub fn weight(mut self, weight: u32) -> Self {
         self.weight = weight;
         self
     }
 
+    /// Sets the initial live `active` count.
     pub fn active(mut self, active: u32) -> Self {
         self.active = active;
         self
     }
 
+    /// Sets the initial live `failures` and `last_failure_ms`.
     pub fn failures(mut self, failures: u32, last_failure_ms: u32) -> Self {
         self.failures = failures;
         self.last_failure_ms = last_failure_ms;
         self
     }
 
+    /// Sets the initial live `ewma_ns`.
     pub fn ewma_ns(mut self, ewma_ns: u64) -> Self {
         self.ewma_ns = ewma_ns;
         self
@@ -236,9 +258,13 @@ pub fn encode_table(specs: &[EndpointSpec]) -> Vec<u8> {
 /// An HTTP request, for L7-mode calls.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
+    /// `GET`, `POST`...; `None`: absent.
     pub method: Option<String>,
+    /// `:authority` / `Host`; `None`: absent.
     pub authority: Option<String>,
+    /// Path with query; `None`: absent.
     pub path: Option<String>,
+    /// `http` or `https`; `None`: absent.
     pub scheme: Option<String>,
     /// Names are stored lowercase, as the host passes them.
     pub headers: Vec<(String, String)>,
@@ -250,6 +276,7 @@ impl Request {
         Self::new("GET", path)
     }
 
+    /// A request with this method and path over http, no authority, no headers.
     pub fn new(method: &str, path: &str) -> Self {
         Self {
             method: Some(method.to_owned()),
@@ -259,16 +286,19 @@ impl Request {
         }
     }
 
+    /// Sets the authority.
     pub fn authority(mut self, authority: &str) -> Self {
         self.authority = Some(authority.to_owned());
         self
     }
 
+    /// Sets the scheme.
     pub fn scheme(mut self, scheme: &str) -> Self {
         self.scheme = Some(scheme.to_owned());
         self
     }
 
+    /// Adds a header (the name is lowercased; the first of a name wins).
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers
             .push((name.to_ascii_lowercase(), value.to_owned()));
@@ -299,9 +329,13 @@ impl Request {
 /// One pick call: the context record's inputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
+    /// The client's address and port.
     pub client: SocketAddr,
+    /// The Service address and port connected to.
     pub frontend: SocketAddr,
+    /// 0 for the first pick of a connection, 1.. for retries.
     pub attempt: u16,
+    /// Bit `i`: endpoint `i` already failed for this connection.
     pub tried: u64,
     /// `Some` makes it an L7 call.
     pub request: Option<Request>,
@@ -343,21 +377,25 @@ impl Call {
         }
     }
 
+    /// Sets the client's address and port.
     pub fn client(mut self, client: SocketAddr) -> Self {
         self.client = client;
         self
     }
 
+    /// Sets the client's port only.
     pub fn client_port(mut self, port: u16) -> Self {
         self.client.set_port(port);
         self
     }
 
+    /// Sets the Service address (`ip:port`; panics on a malformed one).
     pub fn frontend(mut self, frontend: &str) -> Self {
         self.frontend = parse_addr(frontend, 80);
         self
     }
 
+    /// Sets the attempt number.
     pub fn attempt(mut self, attempt: u16) -> Self {
         self.attempt = attempt;
         self
@@ -420,6 +458,7 @@ pub struct Distribution {
 }
 
 impl Distribution {
+    /// Picks plus "no choice" answers.
     pub fn total(&self) -> usize {
         self.counts.iter().sum::<usize>() + self.none
     }
@@ -513,18 +552,22 @@ impl<P: Policy> Harness<P> {
         Endpoints::new(&self.table, self.count, crate::now_ns())
     }
 
+    /// Endpoints in the current table.
     pub fn len(&self) -> usize {
         self.endpoints().len()
     }
 
+    /// Whether the current table is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The policy under test.
     pub fn policy(&self) -> &P {
         &self.policy
     }
 
+    /// The policy under test, mutably.
     pub fn policy_mut(&mut self) -> &mut P {
         &mut self.policy
     }
@@ -534,10 +577,12 @@ impl<P: Policy> Harness<P> {
         crate::now_ns()
     }
 
+    /// Sets the fake clock (what [`crate::now_ns`] returns).
     pub fn set_now_ns(&mut self, now_ns: u64) {
         native::set_fake_now(Some(now_ns));
     }
 
+    /// Moves the fake clock forward.
     pub fn advance(&mut self, by: Duration) {
         let now = crate::now_ns().saturating_add(by.as_nanos().min(u128::from(u64::MAX)) as u64);
         native::set_fake_now(Some(now));
@@ -592,14 +637,17 @@ impl<P: Policy> Harness<P> {
         self.write_u32(i, off::ACTIVE, active);
     }
 
+    /// Live field `failures` of endpoint `i`.
     pub fn set_failures(&mut self, i: usize, failures: u32) {
         self.write_u32(i, off::FAILURES, failures);
     }
 
+    /// Live field `last_failure_ms` of endpoint `i`.
     pub fn set_last_failure_ms(&mut self, i: usize, ms: u32) {
         self.write_u32(i, off::LAST_FAILURE_MS, ms);
     }
 
+    /// Live field `ewma_ns` of endpoint `i` (also resets the harness's own EWMA to it).
     pub fn set_ewma_ns(&mut self, i: usize, ewma_ns: u64) {
         self.write_u64(i, off::EWMA_NS, ewma_ns);
         if let Some(e) = self.ewma.get_mut(i) {

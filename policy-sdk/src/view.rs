@@ -12,10 +12,15 @@ pub const CONTEXT_SIZE: usize = 64;
 
 /// Bits of an endpoint record's `flags` byte.
 pub mod flags {
+    /// Bit 0: `ready`.
     pub const READY: u8 = 1;
+    /// Bit 1: `serving`.
     pub const SERVING: u8 = 1 << 1;
+    /// Bit 2: `terminating`.
     pub const TERMINATING: u8 = 1 << 2;
+    /// Bit 3: on this node.
     pub const LOCAL: u8 = 1 << 3;
+    /// Bit 4: in this node's zone.
     pub const SAME_ZONE: u8 = 1 << 4;
 }
 
@@ -88,6 +93,25 @@ fn ip_at(b: &[u8], at: usize, family: u8) -> IpAddr {
 /// Every endpoint in the table may be chosen: the host has already applied
 /// Kubernetes' readiness rule (ready endpoints, or only serving+terminating
 /// ones when none is ready). The flags are there for policies that care.
+///
+/// ```
+/// use switchyard_policy::testing::{EndpointSpec, Harness};
+/// # use switchyard_policy::{Context, Endpoints, Policy};
+/// # struct Any;
+/// # impl Policy for Any {
+/// #     fn new(_: &[u8]) -> Result<Self, String> { Ok(Any) }
+/// #     fn pick(&mut self, _: &Context, _: &Endpoints<'_>) -> Option<usize> { None }
+/// # }
+/// let specs = [
+///     EndpointSpec::new("10.0.0.1:8080").name("web-a").active(3),
+///     EndpointSpec::new("10.0.0.2:8080").name("web-b").failures(2, 1000),
+/// ];
+/// let h = Harness::<Any>::with_endpoints("{}", &specs);
+/// let endpoints = h.endpoints();
+/// let least = endpoints.iter().min_by_key(|e| e.active()).unwrap();
+/// assert_eq!((least.name(), least.port(), least.failures()), ("web-b", 8080, 2));
+/// assert_eq!(endpoints.get(7).name(), ""); // out of range reads as empty
+/// ```
 #[derive(Clone, Copy)]
 pub struct Endpoints<'a> {
     table: &'a [u8],
@@ -114,10 +138,12 @@ impl<'a> Endpoints<'a> {
         }
     }
 
+    /// Number of endpoints.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -147,6 +173,7 @@ impl<'a> Endpoints<'a> {
         (i < self.len).then(|| self.get(i))
     }
 
+    /// The endpoints in index order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Endpoint<'a>> + DoubleEndedIterator + 'a {
         let this = *self;
         (0..self.len).map(move |i| this.get(i))
@@ -173,8 +200,11 @@ impl std::fmt::Debug for Endpoints<'_> {
 /// Identifies an endpoint by family, address and port ([`Endpoint::key`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
+    /// 4 or 6.
     pub family: u8,
+    /// The address bytes (IPv4 in the first 4).
     pub addr: [u8; 16],
+    /// The target port.
     pub port: u16,
 }
 
@@ -198,10 +228,12 @@ impl<'a> Endpoint<'a> {
         u8_at(self.record, off::FAMILY)
     }
 
+    /// The raw flags byte (bits in [`flags`](crate::flags)).
     pub fn flags(&self) -> u8 {
         u8_at(self.record, off::FLAGS)
     }
 
+    /// Its IP address.
     pub fn address(&self) -> IpAddr {
         ip_at(self.record, off::ADDRESS, self.family())
     }
@@ -211,6 +243,7 @@ impl<'a> Endpoint<'a> {
         u16_at(self.record, off::PORT)
     }
 
+    /// Address and target port.
     pub fn socket_addr(&self) -> SocketAddr {
         SocketAddr::new(self.address(), self.port())
     }
@@ -226,14 +259,17 @@ impl<'a> Endpoint<'a> {
         }
     }
 
+    /// EndpointSlice condition `ready`.
     pub fn ready(&self) -> bool {
         self.flags() & flags::READY != 0
     }
 
+    /// EndpointSlice condition `serving`.
     pub fn serving(&self) -> bool {
         self.flags() & flags::SERVING != 0
     }
 
+    /// EndpointSlice condition `terminating`.
     pub fn terminating(&self) -> bool {
         self.flags() & flags::TERMINATING != 0
     }
@@ -338,6 +374,7 @@ impl std::fmt::Debug for Endpoint<'_> {
 /// A request attribute for [`Context::attr`] (L7 mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attr<'n> {
+    /// `GET`, `POST`... as sent.
     Method,
     /// `:authority` / `Host`.
     Authority,
@@ -345,6 +382,7 @@ pub enum Attr<'n> {
     Path,
     /// A header by name (looked up lowercase).
     Header(&'n str),
+    /// `http` or `https`.
     Scheme,
 }
 
@@ -366,6 +404,35 @@ const STACK_ATTR: usize = 256;
 
 /// The context of one pick: who connects, to which Service address, which
 /// attempt, which endpoints already failed. A 64-byte copy of the record.
+///
+/// ```
+/// use switchyard_policy::{Attr, Context, Endpoints, Policy};
+/// use switchyard_policy::testing::{Call, EndpointSpec, Harness, Request};
+///
+/// /// L7: `x-pod: <name>` picks that Pod; anything else the first untried.
+/// struct ByHeader;
+///
+/// impl Policy for ByHeader {
+///     fn new(_: &[u8]) -> Result<Self, String> {
+///         Ok(ByHeader)
+///     }
+///
+///     fn pick(&mut self, ctx: &Context, endpoints: &Endpoints<'_>) -> Option<usize> {
+///         let mut buf = [0u8; 64];
+///         if let Some(n) = ctx.attr(Attr::Header("x-pod"), &mut buf)
+///             && let Some(e) = endpoints.iter().find(|e| e.name().as_bytes() == &buf[..n.min(64)])
+///         {
+///             return Some(e.index());
+///         }
+///         (0..endpoints.len()).find(|&i| !ctx.tried(i))
+///     }
+/// }
+///
+/// let specs = [EndpointSpec::new("10.0.0.1:80").name("a"), EndpointSpec::new("10.0.0.2:80").name("b")];
+/// let mut h = Harness::<ByHeader>::with_endpoints("{}", &specs);
+/// assert_eq!(h.pick(&Call::new().l7(Request::get("/").header("x-pod", "b"))), Some(1));
+/// assert_eq!(h.pick(&Call::new()), Some(0)); // L4: no headers
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Context {
     raw: [u8; CONTEXT_SIZE],
@@ -380,6 +447,7 @@ impl Context {
         Self { raw }
     }
 
+    /// The 64 raw bytes.
     pub fn as_bytes(&self) -> &[u8; CONTEXT_SIZE] {
         &self.raw
     }
@@ -399,14 +467,17 @@ impl Context {
         self.mode() == 1
     }
 
+    /// The client's IP address.
     pub fn client_ip(&self) -> IpAddr {
         ip_at(&self.raw, off::CTX_CLIENT_ADDR, self.family())
     }
 
+    /// The client's port.
     pub fn client_port(&self) -> u16 {
         u16_at(&self.raw, off::CTX_CLIENT_PORT)
     }
 
+    /// The client's address and port.
     pub fn client(&self) -> SocketAddr {
         SocketAddr::new(self.client_ip(), self.client_port())
     }

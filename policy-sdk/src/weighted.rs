@@ -1,4 +1,16 @@
 //! Weighted and uniform choice from a random `u64`.
+//!
+//! ```
+//! use switchyard_policy::weighted::{WeightedIndex, uniform, weighted_pick};
+//!
+//! assert_eq!(uniform(u64::MAX, 10), 9);
+//! assert_eq!(weighted_pick(&[0, 5, 0], 12345), Some(1));
+//! assert_eq!(weighted_pick(&[0, 0], 12345), None);
+//! let index = WeightedIndex::new([1, 3]);
+//! assert_eq!(index.total(), 4);
+//! assert_eq!(index.pick(0), Some(0));
+//! assert_eq!(index.pick(u64::MAX), Some(1));
+//! ```
 
 /// A uniform index below `n` from 64 random bits (Lemire's multiply-shift:
 /// no division, no modulo bias worth measuring). `0` when `n == 0`.
@@ -43,6 +55,7 @@ pub struct WeightedIndex {
 }
 
 impl WeightedIndex {
+    /// Indexes `weights` (entry `i` is chosen with probability `w_i / sum`).
     pub fn new(weights: impl IntoIterator<Item = u32>) -> Self {
         let mut sum = 0u64;
         let cumulative = weights
@@ -60,6 +73,7 @@ impl WeightedIndex {
         self.cumulative.len()
     }
 
+    /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
         self.cumulative.is_empty()
     }
