@@ -225,3 +225,28 @@ fn io_uring_seccomp_profile_allows_io_uring() {
         Some("switchyard-io-uring.json")
     );
 }
+
+#[test]
+fn module_cache_dir_is_a_writable_volume_that_outlives_the_pod() {
+    let cm: ConfigMap = typed("configmap.yaml");
+    let text = &cm.data.expect("data")["switchyard.yaml"];
+    let config = Config::parse(text, Path::new("configmap.yaml")).expect("valid config");
+    let cache = config.policy.cache_dir.expect("policy.cacheDir is set");
+    let ds: DaemonSet = typed("daemonset.yaml");
+    let pod = ds.spec.expect("spec").template.spec.expect("pod spec");
+    let mount = pod.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| Path::new(&m.mount_path) == cache)
+        .expect("policy.cacheDir is mounted (the root filesystem is read-only)");
+    assert_ne!(mount.read_only, Some(true));
+    let volume = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == mount.name)
+        .expect("cache volume");
+    assert!(volume.host_path.is_some(), "a hostPath survives a rollout");
+}

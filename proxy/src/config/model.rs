@@ -143,6 +143,10 @@ pub struct PolicyConfig {
     /// sha256 (hex) of the only modules that may load; empty: any module in
     /// `directory`. See SECURITY.md.
     pub allowed_sha256: Vec<String>,
+    /// Directory of compiled modules kept across restarts (keyed by module
+    /// sha256, wasmtime version and engine config); absent: no cache, every
+    /// start compiles every module. Must be writable only by the proxy.
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,6 +232,7 @@ impl Default for PolicyConfig {
             max_module_bytes: 16 << 20,
             max_endpoints: 16384,
             allowed_sha256: Vec::new(),
+            cache_dir: None,
         }
     }
 }

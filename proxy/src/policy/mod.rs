@@ -6,6 +6,7 @@
 //! Data plane: each worker's [`Decider`] owns its instances.
 
 mod binding;
+mod cache;
 mod decider;
 mod engine;
 mod instance;
