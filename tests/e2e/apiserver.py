@@ -16,11 +16,13 @@ namespaces. Plain HTTP; kube-rs accepts an http:// server in a kubeconfig.
 
 from __future__ import annotations
 
+import base64
 import bisect
 import copy
 import ctypes
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -37,7 +39,11 @@ RESOURCES = {
     "/api/v1/services": ("Service", "v1"),
     "/apis/discovery.k8s.io/v1/endpointslices": ("EndpointSlice", "discovery.k8s.io/v1"),
     "/api/v1/nodes": ("Node", "v1"),
+    "/api/v1/configmaps": ("ConfigMap", "v1"),
 }
+# /api/v1/namespaces/<ns>/<resource> (and /apis/<group>/<version>/...): the
+# namespaced form of a path above, as Api::namespaced asks for it.
+NAMESPACED_RE = re.compile(r"^(/apis?(?:/[^/]+)?/v1)/namespaces/([^/]+)/([^/]+)$")
 
 
 def socket_in_netns(ns: str, host: str, port: int) -> socket.socket:
@@ -292,7 +298,13 @@ class ApiServer:
                 query = dict(urllib.parse.parse_qsl(url.query))
                 path = url.path
                 kind, single = None, None
-                if path in RESOURCES:
+                namespaced = NAMESPACED_RE.match(path)
+                if namespaced and f"{namespaced[1]}/{namespaced[3]}" in RESOURCES:
+                    kind, api_version = RESOURCES[f"{namespaced[1]}/{namespaced[3]}"]
+                    ns_term = f"metadata.namespace={namespaced[2]}"
+                    query["fieldSelector"] = ",".join(
+                        t for t in (query.get("fieldSelector"), ns_term) if t)
+                elif path in RESOURCES:
                     kind, api_version = RESOURCES[path]
                 elif path.startswith("/api/v1/nodes/"):
                     kind, api_version = "Node", "v1"
@@ -385,6 +397,13 @@ class ApiServer:
 
 
 RESOURCES_BY_KIND = {kind: version for kind, version in RESOURCES.values()}
+
+
+def config_map(namespace: str, name: str, binary: dict[str, bytes]) -> dict:
+    """A ConfigMap whose binaryData holds `binary` (base64, as the API sends it)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "uid": f"cm-{namespace}-{name}"},
+            "binaryData": {k: base64.b64encode(v).decode() for k, v in binary.items()}}
 
 
 def node_object(name: str, zone: str | None = None) -> dict:
