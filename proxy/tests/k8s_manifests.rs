@@ -290,3 +290,26 @@ fn policy_configmap_role_grants_that_one_configmap_read_only() {
     let subject = &binding.subjects.expect("subjects")[0];
     assert_eq!(Some(&subject.name), account.metadata.name.as_ref());
 }
+
+#[test]
+fn events_role_grants_what_the_event_writer_does_and_nothing_more() {
+    let role: ClusterRole = typed("events-clusterrole.yaml");
+    let rules = role.rules.expect("rules");
+    assert_eq!(rules.len(), 1);
+    let rule = &rules[0];
+    assert_eq!(
+        rule.api_groups.as_deref(),
+        Some(&["events.k8s.io".to_owned()][..])
+    );
+    assert_eq!(rule.resources.as_deref(), Some(&["events".to_owned()][..]));
+    let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = switchyard::sources::kube::events::VERBS
+        .into_iter()
+        .collect();
+    assert_eq!(verbs, expected);
+    let binding: ClusterRoleBinding = typed("events-clusterrolebinding.yaml");
+    assert_eq!(Some(binding.role_ref.name), role.metadata.name);
+    let account: ServiceAccount = typed("serviceaccount.yaml");
+    let subject = &binding.subjects.expect("subjects")[0];
+    assert_eq!(Some(&subject.name), account.metadata.name.as_ref());
+}

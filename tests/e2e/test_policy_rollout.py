@@ -7,6 +7,7 @@ serving."""
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import time
 
@@ -143,3 +144,107 @@ def test_bad_modules_are_refused_by_name_and_the_previous_keeps_serving(bare_clu
                timeout=20, interval=0.05)
     pods, err = c.get_many(URL, 9)
     assert_all_answered(pods, 9, err)
+
+
+# ------------------------------------------------------------------ status
+TRAP_VIP, BAD_VIP = "10.96.0.72", "10.96.0.73"
+BAD_CONFIG = '{"canary": "web-c", "percent": 500}'
+
+
+def status_services() -> list[mf.ServiceDef]:
+    return [
+        mf.ServiceDef("trapsvc", [TRAP_VIP], [mf.http_port()], [mf.backends()],
+                      annotations={"switchyard.dev/policy": "trap"}),
+        mf.ServiceDef("badcfg", [BAD_VIP], [mf.http_port()], [mf.backends()],
+                      annotations={"switchyard.dev/policy": "canary",
+                                   "switchyard.dev/policy-config": BAD_CONFIG}),
+    ]
+
+
+def refusal_text(cluster) -> str:
+    """The canary module's own error text, from the proxy's log."""
+    line = cluster.proxy.wait_log(r"policy canary refused the binding: ", timeout=20)
+    return line.split("refused the binding: ", 1)[1].split("; the Service keeps")[0]
+
+
+def event(api: ApiServer, name: str) -> dict | None:
+    return next((e for e in api.events() if e["metadata"]["name"] == name), None)
+
+
+def test_status_events_on_the_service(bare_cluster, api, tmp_path):
+    c = bare_cluster
+    maglev, trap = module("maglev"), pol.assemble("trap", tmp_path).read_bytes()
+    # Another node already reported the binding three times: this node's
+    # report adds to the same Event (one per reason and Service).
+    api.put({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+             "metadata": {"name": "live.switchyard.policybound", "namespace": mf.NAMESPACE},
+             "eventTime": "2026-12-06T00:00:00.000000Z", "reason": "PolicyBound",
+             "type": "Normal", "action": "Bind", "note": "from node-b",
+             "reportingController": "switchyard.dev/proxy",
+             "reportingInstance": "switchyard-node-b",
+             "regarding": {"apiVersion": "v1", "kind": "Service",
+                           "namespace": mf.NAMESPACE, "name": "live"},
+             "series": {"count": 3, "lastObservedTime": "2026-12-06T00:00:00.000000Z"}})
+    api.put(*live_service().documents(),
+            *(d for s in status_services() for d in s.documents()),
+            config_map(CM_NS, CM_NAME, {"live.wasm": maglev, "trap.wasm": trap,
+                                        "canary.wasm": module("canary")}))
+    api.start()
+    start(c, api, tmp_path)
+
+    def bound_event():
+        e = event(api, "live.switchyard.policybound")
+        return e if e and e.get("series", {}).get("count") == 4 else None
+    e = wait_until(bound_event, "the PolicyBound Event to count this node too", timeout=20,
+                   interval=0.1)
+    assert sha(maglev) in e["note"] and "node-a" in e["note"], e["note"]
+    assert e["regarding"]["name"] == "live" and e["type"] == "Normal"
+
+    reason = refusal_text(c)
+    e = wait_until(lambda: event(api, "badcfg.switchyard.policyrejected"),
+                   "a PolicyRejected Event on badcfg", timeout=20, interval=0.1)
+    assert reason in e["note"], (reason, e["note"])
+    assert e["type"] == "Warning" and e["reason"] == "PolicyRejected"
+    assert e["regarding"] == {"apiVersion": "v1", "kind": "Service",
+                              "namespace": mf.NAMESPACE, "name": "badcfg"}
+    assert e["reportingController"] == "switchyard.dev/proxy"
+
+    # A trapping module: faults on many connections, disabled, and still one
+    # Event (never one per connection).
+    pods, err = c.get_many(f"http://{TRAP_VIP}/", 30)
+    assert_all_answered(pods, 30, err)
+    e = wait_until(lambda: event(api, "trapsvc.switchyard.policydisabled"),
+                   "a PolicyDisabled Event on trapsvc", timeout=20, interval=0.1)
+    assert e["type"] == "Warning" and "trap" in e["note"]
+    names = sorted(ev["metadata"]["name"] for ev in api.events())
+    assert names == ["badcfg.switchyard.policyrejected", "live.switchyard.policybound",
+                     "trapsvc.switchyard.policybound", "trapsvc.switchyard.policydisabled"], names
+    writes = [r for r in api.requests if r.startswith(("POST", "PATCH")) and "/events" in r]
+    assert len(writes) <= 8, writes
+
+
+def test_file_mode_status_goes_to_the_log_and_debug_policies(bare_cluster, tmp_path):
+    c = bare_cluster
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    pol.install(pol.assemble("trap", tmp_path), directory, "trap")
+    pol.install(pol.built("canary"), directory, "canary")
+    c.write_services(status_services())
+    c.start_proxy(["--policies", str(directory)])
+    c.start_http()
+    reason = refusal_text(c)
+    c.proxy.wait_log(r"reason=\"?PolicyRejected.*" + re.escape(reason)
+                     + r"|" + re.escape(reason) + r".*reason=\"?PolicyRejected", timeout=20)
+    pods, err = c.get_many(f"http://{TRAP_VIP}/", 30)
+    assert_all_answered(pods, 30, err)
+
+    def debug_events():
+        modules = c.curl_json("http://127.0.0.1:10249/debug/policies", where="node")
+        return {m["name"]: m["events"] for m in modules}
+    events = wait_until(lambda: (lambda ev: ev if any(e["reason"] == "PolicyDisabled"
+                                                      for e in ev.get("trap", [])) else None)(
+        debug_events()), "PolicyDisabled in /debug/policies", timeout=20, interval=0.1)
+    rejected = [e for e in events["canary"] if e["reason"] == "PolicyRejected"]
+    assert len(rejected) == 1 and reason in rejected[0]["note"], events["canary"]
+    assert rejected[0]["service"] == "e2e/badcfg" and rejected[0]["type"] == "Warning"
+    c.proxy.wait_log(r"PolicyDisabled", timeout=20)

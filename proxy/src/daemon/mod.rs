@@ -149,6 +149,18 @@ async fn control(
         node: Some(node_name.clone()),
         zone,
     };
+    // Policy status records: to the log and /debug/policies, and with the
+    // kubernetes source as Events on the Service.
+    if let Some(records) = crate::policy::events::install() {
+        let writer = match &source {
+            Source::Kube(kube) => Some(crate::sources::kube::events::EventWriter::new(
+                kube.client(),
+                &node_name,
+            )),
+            Source::File(_) => None,
+        };
+        tokio::spawn(crate::policy::events::run(records, writer));
+    }
     let registry = match PolicyEngine::new(&config.policy) {
         Ok(engine) => {
             let mut registry = PolicyRegistry::new(

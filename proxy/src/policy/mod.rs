@@ -9,6 +9,7 @@ mod binding;
 mod cache;
 mod decider;
 mod engine;
+pub mod events;
 mod instance;
 pub mod layout;
 mod module;

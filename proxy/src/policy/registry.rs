@@ -91,6 +91,9 @@ pub struct PolicyRegistry {
     api_names: BTreeSet<String>,
     /// `policy.maxModules`.
     max_modules: usize,
+    /// The rejection last reported per Service, so that a standing one
+    /// becomes one status record, not one per bind.
+    rejections: BTreeMap<ServiceKey, String>,
 }
 
 impl Stamp {
@@ -118,6 +121,7 @@ impl PolicyRegistry {
             max_endpoints: crate::config::PolicyConfig::default().max_endpoints,
             api_names: BTreeSet::new(),
             max_modules: crate::config::PolicyConfig::default().max_modules,
+            rejections: BTreeMap::new(),
         }
     }
 
@@ -339,6 +343,7 @@ impl PolicyRegistry {
     pub fn bind(&mut self, table: &ServiceTable) -> (Arc<Bindings>, Vec<PolicyProblem>) {
         let mut next = Bindings::new();
         let mut problems = Vec::new();
+        let mut rejections = BTreeMap::new();
         for (key, ports) in &table.services {
             let Some(info) = ports.first().map(|p| &p.service) else {
                 continue;
@@ -365,6 +370,13 @@ impl PolicyRegistry {
                         || (info.policy.is_none() && name == self.default);
                     if !silent {
                         let loaded = self.loaded.keys().cloned().collect::<Vec<_>>().join(", ");
+                        rejections.insert(
+                            key.clone(),
+                            (
+                                name.to_owned(),
+                                format!("unknown policy (loaded: {loaded})"),
+                            ),
+                        );
                         problems.push(PolicyProblem::Unknown {
                             service: key.clone(),
                             name: name.to_owned(),
@@ -375,6 +387,7 @@ impl PolicyRegistry {
                     continue;
                 }
             };
+            let mut newly_bound = false;
             for port in ports {
                 // A policy gets the whole endpoint table in its memory and
                 // may precompute over it; past the cap, the native round
@@ -391,22 +404,42 @@ impl PolicyRegistry {
                 }
                 match self.bind_port(key, port, &module, &config) {
                     Ok(bound) => {
+                        newly_bound |= self.bindings.get(&port.id).map(|b| b.id) != Some(bound.id);
                         next.insert(port.id, bound);
                     }
                     Err(reason) => {
+                        rejections.insert(key.clone(), (name.to_owned(), reason.clone()));
                         problems.push(PolicyProblem::Rejected {
                             service: key.clone(),
                             policy: name.to_owned(),
                             reason,
                         });
                         self.keep_previous(ports, &mut next);
+                        newly_bound = false;
                         break;
                     }
                 }
             }
+            if newly_bound {
+                super::events::policy_bound(key, name, &module.hash);
+            }
         }
+        self.report_rejections(rejections);
         self.bindings = Arc::new(next);
         (self.bindings.clone(), problems)
+    }
+
+    /// A status record for each rejection that is new or changed since
+    /// the previous bind.
+    fn report_rejections(&mut self, now: BTreeMap<ServiceKey, (String, String)>) {
+        let mut next = BTreeMap::new();
+        for (service, (policy, reason)) in now {
+            if self.rejections.get(&service) != Some(&reason) {
+                super::events::policy_rejected(&service, &policy, &reason);
+            }
+            next.insert(service, reason);
+        }
+        self.rejections = next;
     }
 
     fn keep_previous(&self, ports: &[Arc<ServicePort>], next: &mut Bindings) {

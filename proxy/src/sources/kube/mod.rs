@@ -7,6 +7,7 @@
 
 pub mod configmap;
 mod decode;
+pub mod events;
 mod store;
 
 use std::path::{Path, PathBuf};
