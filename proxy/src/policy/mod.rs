@@ -5,6 +5,8 @@
 //! Control plane: [`PolicyRegistry`] loads modules and binds Services.
 //! Data plane: each worker's [`Decider`] owns its instances.
 
+#[cfg(test)]
+mod api_modules_tests;
 mod binding;
 mod cache;
 mod decider;
