@@ -420,7 +420,10 @@ impl PolicyRegistry {
                     }
                 }
             }
-            if newly_bound {
+            // Reported for Services that ask for a policy: the default
+            // binding of every other Service would be one record per
+            // Service per node at every start.
+            if newly_bound && info.policy.is_some() {
                 super::events::policy_bound(key, name, &module.hash);
             }
         }
