@@ -22,6 +22,11 @@ const MAGIC: &[u8; 8] = b"SYMODC1\n";
 const HEADER_LEN: usize = 8 + 32 + 32 + 32 + 8;
 /// Entries larger than this are not read (a policy compiles to far less).
 const MAX_ENTRY_BYTES: u64 = 256 << 20;
+/// Entries kept; past it the least recently written go (every module
+/// version ever rolled out would otherwise stay on the node's disk).
+const MAX_ENTRIES: usize = 256;
+/// A temporary file this old was left by a process that died mid-write.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Feeds `Hash` input into sha256, so that the engine key is the same in
 /// every process (std's `DefaultHasher` promises no such thing).
@@ -147,7 +152,41 @@ impl ModuleCache {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
+        self.prune(MAX_ENTRIES);
         Ok(path)
+    }
+
+    /// Keeps the `keep` most recently written entries, and removes
+    /// temporary files that a dead process left. Best effort: an entry
+    /// removed under a reader is a miss for it, nothing worse.
+    fn prune(&self, keep: usize) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        let mut entries = Vec::new();
+        for entry in dir.flatten() {
+            let path = entry.path();
+            let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
+                continue;
+            };
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.contains(".tmp.") {
+                if now.duration_since(modified).unwrap_or_default() > STALE_TMP {
+                    let _ = std::fs::remove_file(&path);
+                }
+            } else if name.ends_with(".cwasm") {
+                entries.push((modified, path));
+            }
+        }
+        if entries.len() <= keep {
+            return;
+        }
+        entries.sort();
+        for (_, path) in &entries[..entries.len() - keep] {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -289,6 +328,32 @@ mod tests {
             foreign_cache.load(&foreign, &sha),
             Err(CacheMiss::Key)
         ));
+    }
+
+    #[test]
+    fn old_entries_are_pruned_past_the_cap() {
+        let (engine, cache, _dir, _sha, module) = setup();
+        let shas: Vec<[u8; 32]> = (0..5u8).map(|i| [i; 32]).collect();
+        let now = std::time::SystemTime::now();
+        for (age, sha) in (0..5u64).rev().zip(&shas) {
+            let path = cache.store(&module, sha).expect("store");
+            // Distinct modification times, oldest first.
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(now - std::time::Duration::from_secs(age * 10)))
+                .expect("set mtime");
+        }
+        std::fs::write(cache.dir().join("x.cwasm.tmp.1"), b"half").expect("tmp");
+        cache.prune(3);
+        for sha in &shas[..2] {
+            assert!(!cache.path_for(sha).exists(), "oldest entries go");
+        }
+        for sha in &shas[2..] {
+            assert!(cache.load(&engine, sha).is_ok(), "newest entries stay");
+        }
+        // A fresh temporary file may belong to a live writer: kept.
+        assert!(cache.dir().join("x.cwasm.tmp.1").exists());
     }
 
     #[test]
