@@ -2,8 +2,8 @@
 //! a module bound, a binding rejected, a module disabled after faults, a
 //! datapath fallback. Anything on the node may record one (a worker thread
 //! included: `record` never blocks); the control plane aggregates them the
-//! way kubelet and kube-scheduler aggregate Events — one entry per reason
-//! and Service, with a count — and writes each entry at most once per
+//! way kubelet and kube-scheduler aggregate Events — one entry per reason,
+//! Service and note, with a count — and writes each entry at most once per
 //! `MIN_WRITE_INTERVAL` and within a node-wide token bucket. The writes go
 //! to the log and `/debug/policies` always, and to the API as
 //! events.k8s.io/v1 Events with the kubernetes source
@@ -68,7 +68,8 @@ pub struct Record {
 /// Records waiting for the control plane; past this, new ones are dropped
 /// (the aggregate would have folded them into a count anyway).
 const QUEUE: usize = 1024;
-/// Entries kept; a record for a new (Service, reason) past this is dropped.
+/// Entries kept; a record for a new (Service, reason, note) past this is
+/// dropped.
 const MAX_ENTRIES: usize = 4096;
 /// Writes of one entry at most this often; occurrences in between are
 /// folded into its count.
@@ -156,7 +157,7 @@ pub struct EntryView {
     pub count: u64,
 }
 
-/// One (Service, reason) aggregate.
+/// One (Service, reason, note) aggregate.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub service: ServiceKey,
@@ -173,11 +174,16 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The Event's name: one per (Service, reason) in the Service's
+    /// The Event's name: one per (Service, reason, note) in the Service's
     /// namespace, the same on every node, so that nodes add to one count.
+    /// The note is part of it because the API keeps an Event's note
+    /// immutable (client-go's recorder keys its series by note as well).
     pub fn event_name(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.note.as_bytes());
+        let tag: String = digest[..5].iter().map(|b| format!("{b:02x}")).collect();
         format!(
-            "{}.switchyard.{}",
+            "{}.switchyard.{}.{tag}",
             self.service.name,
             self.reason.as_str().to_ascii_lowercase()
         )
@@ -187,7 +193,7 @@ impl Entry {
 /// The aggregation and the rate limits; pure (time is passed in).
 #[derive(Debug)]
 pub struct Aggregator {
-    entries: BTreeMap<(ServiceKey, Reason), Entry>,
+    entries: BTreeMap<(ServiceKey, Reason, String), Entry>,
     tokens: u32,
     refilled: Instant,
     pub dropped: u64,
@@ -204,11 +210,6 @@ impl Aggregator {
     }
 
     pub fn observe(&mut self, record: Record, at: SystemTime) {
-        let key = (record.service.clone(), record.reason);
-        if !self.entries.contains_key(&key) && self.entries.len() >= MAX_ENTRIES {
-            self.dropped += 1;
-            return;
-        }
         let mut note = record.note;
         if note.len() > MAX_NOTE {
             let mut cut = MAX_NOTE;
@@ -217,11 +218,16 @@ impl Aggregator {
             }
             note.truncate(cut);
         }
-        let entry = self.entries.entry(key).or_insert_with(|| Entry {
-            service: record.service,
-            reason: record.reason,
+        let key = (record.service, record.reason, note);
+        if !self.entries.contains_key(&key) && self.entries.len() >= MAX_ENTRIES {
+            self.dropped += 1;
+            return;
+        }
+        let entry = self.entries.entry(key.clone()).or_insert_with(|| Entry {
+            service: key.0,
+            reason: key.1,
             policy: String::new(),
-            note: String::new(),
+            note: key.2,
             count: 0,
             written: 0,
             first_seen: at,
@@ -229,7 +235,6 @@ impl Aggregator {
             last_write: None,
         });
         entry.policy = record.policy;
-        entry.note = note;
         entry.count += 1;
         entry.last_seen = at;
     }
@@ -346,25 +351,30 @@ mod tests {
     }
 
     #[test]
-    fn one_entry_per_reason_and_service_with_a_count() {
+    fn one_entry_per_reason_service_and_note_with_a_count() {
         let t0 = Instant::now();
         let mut agg = Aggregator::new(t0);
-        for i in 0..100 {
-            agg.observe(
-                rec("web", Reason::PolicyDisabled, &format!("n{i}")),
-                SystemTime::now(),
-            );
+        for _ in 0..100 {
+            agg.observe(rec("web", Reason::PolicyDisabled, "off"), SystemTime::now());
         }
         agg.observe(rec("web", Reason::PolicyBound, "b"), SystemTime::now());
+        agg.observe(rec("web", Reason::PolicyBound, "b2"), SystemTime::now());
         let due = agg.due(t0);
-        assert_eq!(due.len(), 2);
+        assert_eq!(due.len(), 3);
         let disabled = due
             .iter()
             .find(|(e, _)| e.reason == Reason::PolicyDisabled)
             .expect("disabled");
         assert_eq!((disabled.0.count, disabled.1), (100, 100));
-        assert_eq!(disabled.0.note, "n99");
-        assert_eq!(disabled.0.event_name(), "web.switchyard.policydisabled");
+        let name = disabled.0.event_name();
+        assert!(name.starts_with("web.switchyard.policydisabled."), "{name}");
+        assert_eq!(name.len(), "web.switchyard.policydisabled.".len() + 10);
+        let bound: Vec<String> = due
+            .iter()
+            .filter(|(e, _)| e.reason == Reason::PolicyBound)
+            .map(|(e, _)| e.event_name())
+            .collect();
+        assert_ne!(bound[0], bound[1], "another note is another Event");
     }
 
     #[test]

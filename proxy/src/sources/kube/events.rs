@@ -1,9 +1,10 @@
 //! Writes the policy status aggregates (policy/events.rs) as
-//! events.k8s.io/v1 Events on the Service. One Event per (Service, reason),
-//! named the same on every node: the first node creates it, every later
-//! write (from any node) reads it and patches `series.count` up by what it
-//! saw, with the read's resourceVersion as a precondition, so that two
-//! nodes adding at once both count (a conflict is read again and retried).
+//! events.k8s.io/v1 Events on the Service. One Event per (Service, reason,
+//! note), named the same on every node: the first node creates it, every
+//! later write (from any node) reads it and patches `series` alone (the API
+//! keeps every other field of an Event immutable) up by what it saw, with
+//! the read's resourceVersion as a precondition, so that two nodes adding
+//! at once both count (a conflict is read again and retried).
 
 use std::time::SystemTime;
 
@@ -28,8 +29,8 @@ const ATTEMPTS: usize = 4;
 
 pub struct EventWriter {
     client: kube::Client,
+    /// `switchyard-<node>`: the node that created an Event.
     instance: String,
-    node: String,
 }
 
 fn micro(t: SystemTime) -> MicroTime {
@@ -44,19 +45,7 @@ impl EventWriter {
     pub fn new(client: kube::Client, node: &str) -> Self {
         let mut instance = format!("switchyard-{node}");
         instance.truncate(128);
-        Self {
-            client,
-            instance,
-            node: node.to_owned(),
-        }
-    }
-
-    fn note(&self, entry: &Entry) -> String {
-        let mut note = format!("{} (node {})", entry.note, self.node);
-        if note.len() > 1024 {
-            note = entry.note.clone();
-        }
-        note
+        Self { client, instance }
     }
 
     /// The Event as this node would create it, `count` occurrences.
@@ -74,7 +63,7 @@ impl EventWriter {
             action: Some(entry.reason.action().into()),
             reason: Some(entry.reason.as_str().into()),
             type_: Some(entry.reason.kind().into()),
-            note: Some(self.note(entry)),
+            note: Some(entry.note.clone()),
             regarding: Some(ObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Service".into()),
@@ -123,7 +112,6 @@ impl EventWriter {
                     "count": i32::try_from(count).unwrap_or(i32::MAX),
                     "lastObservedTime": micro(entry.last_seen),
                 },
-                "note": self.note(entry),
             });
             match api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
