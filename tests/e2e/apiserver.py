@@ -49,6 +49,10 @@ NAMESPACED_RE = re.compile(r"^(/apis?(?:/[^/]+)?/v1)/namespaces/([^/]+)/([^/]+)$
 OBJECT_RE = re.compile(r"^(/apis?(?:/[^/]+)?/v1)/namespaces/([^/]+)/([^/]+)/([^/]+)$")
 
 
+EVENT_IMMUTABLE = ("note", "reason", "type", "action", "regarding", "related", "eventTime",
+                   "reportingController", "reportingInstance")
+
+
 def status(code: int, reason: str, message: str = "") -> dict:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "code": code, "reason": reason, "message": message or reason}
@@ -366,7 +370,15 @@ class ApiServer:
                     want_rv = patch.get("metadata", {}).get("resourceVersion")
                     if want_rv and want_rv != current["metadata"]["resourceVersion"]:
                         return self._json(409, status(409, "Conflict", "the object has been modified"))
-                    api.store.put(merge_patch(current, patch))
+                    merged = merge_patch(current, patch)
+                    # events.k8s.io/v1 update validation: only series (and
+                    # metadata) may change.
+                    changed = [f for f in EVENT_IMMUTABLE
+                               if kind == "Event" and merged.get(f) != current.get(f)]
+                    if changed:
+                        return self._json(422, status(422, "Invalid",
+                                                      f"field is immutable: {changed}"))
+                    api.store.put(merged)
                     patched = copy.deepcopy(api.store.objects[kind][(ns, name)])
                 return self._json(200, patched)
 
