@@ -93,9 +93,11 @@ def main() -> int:
                 print(f"{case}: restart {run + 1}: {t:.3f} s", flush=True)
             log = topo.procs[-1].output()
             bound = sum(1 for line in log.splitlines() if "policy module loaded" in line)
+            cached = sum(1 for line in log.splitlines()
+                         if "policy module loaded" in line and "cached=true" in line)
             problems = [line for line in log.splitlines() if "ERROR" in line]
-            print(f"{case}: modules loaded {bound}/{len(modules)}; errors: {problems[:3]}",
-                  flush=True)
+            print(f"{case}: modules loaded {bound}/{len(modules)} ({cached} from the cache); "
+                  f"errors: {problems[:3]}", flush=True)
             topo.procs[-1].stop(signal.SIGTERM, timeout=10)
     return 0
 

@@ -395,8 +395,9 @@ mod tests {
             std::fs::write(entry.path(), b"SYMODC1\nnot a module").expect("write");
         }
         let third = PolicyEngine::new(&cfg).expect("engine");
-        let module = third.compile(WAT.as_bytes(), &sha).expect("compile");
+        let (module, cached) = third.compile(WAT.as_bytes(), &sha).expect("compile");
         assert!(module.get_export("answer").is_some());
+        assert!(!cached);
         assert_eq!(
             third
                 .cache_misses
@@ -404,7 +405,7 @@ mod tests {
             1
         );
         let fourth = PolicyEngine::new(&cfg).expect("engine");
-        fourth.compile(WAT.as_bytes(), &sha).expect("compile");
+        assert!(fourth.compile(WAT.as_bytes(), &sha).expect("compile").1);
         assert_eq!(
             fourth.cache_hits.load(std::sync::atomic::Ordering::Relaxed),
             1

@@ -195,14 +195,19 @@ impl PolicyEngine {
     /// Compiles `bytes` (whose sha256 is `sha256`), or takes the compiled
     /// code from the cache. A cache that cannot be read or written costs
     /// compile time, never the module.
-    pub fn compile(&self, bytes: &[u8], sha256: &[u8; 32]) -> Result<Module, wasmtime::Error> {
+    /// The flag says whether the code came from the cache.
+    pub fn compile(
+        &self,
+        bytes: &[u8],
+        sha256: &[u8; 32],
+    ) -> Result<(Module, bool), wasmtime::Error> {
         let Some(cache) = &self.cache else {
-            return Module::new(&self.engine, bytes);
+            return Ok((Module::new(&self.engine, bytes)?, false));
         };
         match cache.load(&self.engine, sha256) {
             Ok(module) => {
                 self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(module);
+                return Ok((module, true));
             }
             Err(CacheMiss::Absent) => {}
             Err(miss) => {
@@ -214,7 +219,7 @@ impl PolicyEngine {
         if let Err(e) = cache.store(&module, sha256) {
             tracing::warn!(dir = %cache.dir().display(), error = %e, "cannot write the compiled-module cache; the next restart compiles this module again");
         }
-        Ok(module)
+        Ok((module, false))
     }
 
     /// A store for one instance: memory cap, set-up deadline armed, and the

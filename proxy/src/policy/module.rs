@@ -19,6 +19,8 @@ pub struct PolicyModule {
     pub size: usize,
     pub pre: InstancePre<HostState>,
     pub has_outcome: bool,
+    /// Taken from the compiled-module cache rather than compiled.
+    pub from_cache: bool,
 }
 
 impl std::fmt::Debug for PolicyModule {
@@ -121,7 +123,7 @@ pub fn load(engine: &PolicyEngine, name: &str, bytes: &[u8]) -> Result<PolicyMod
         });
     }
     let digest: [u8; 32] = Sha256::digest(bytes).into();
-    let module = engine
+    let (module, from_cache) = engine
         .compile(bytes, &digest)
         .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
     check_imports(&module)?;
@@ -136,6 +138,7 @@ pub fn load(engine: &PolicyEngine, name: &str, bytes: &[u8]) -> Result<PolicyMod
         size: bytes.len(),
         pre,
         has_outcome,
+        from_cache,
     };
     check_version(engine, &loaded)?;
     Ok(loaded)

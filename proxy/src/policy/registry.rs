@@ -250,7 +250,7 @@ impl PolicyRegistry {
         }
         match module::load(&self.engine, name, bytes) {
             Ok(module) => {
-                tracing::info!(policy = %name, from = %origin.display(), hash = &module.hash[..12], bytes = module.size, "policy module loaded");
+                tracing::info!(policy = %name, from = %origin.display(), hash = &module.hash[..12], bytes = module.size, cached = module.from_cache, "policy module loaded");
                 self.loaded.insert(
                     name.to_owned(),
                     Loaded {
