@@ -182,6 +182,10 @@ async fn control(
         (Source::Kube(kube), Some(cm)) if registry.is_some() => {
             Some(policy_configmap(kube, cm, wake_tx.clone()).await)
         }
+        (Source::File(_), Some(cm)) => {
+            tracing::warn!(namespace = %cm.namespace, name = %cm.name, "policy.configMap is read only with source.kind: kubernetes; modules come from policy.directory");
+            None
+        }
         _ => None,
     };
     // Listeners first: once nftables diverts a VIP, someone must answer.
