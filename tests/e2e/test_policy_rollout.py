@@ -99,6 +99,14 @@ def test_configmap_update_swaps_the_policy(bare_cluster, api, tmp_path):
     c.proxy.wait_log(rf"policy module loaded.*{ORIGIN}/live\.wasm|{ORIGIN}/live\.wasm.*policy module loaded",
                      timeout=5)
 
+    # Every ConfigMap request names the one object: a Role restricted by
+    # resourceNames (conf/k8s/policies-role.yaml) allows exactly these.
+    cm_requests = [r for r in api.requests if "/configmaps" in r]
+    assert cm_requests, "the proxy must read the ConfigMap through the API"
+    for r in cm_requests:
+        assert r.startswith(f"GET /api/v1/namespaces/{CM_NS}/configmaps?"), r
+        assert f"fieldSelector=metadata.name%3D{CM_NAME}" in r, r
+
     # Deleted: the modules in force stay (the directory has no other copy).
     api.delete("ConfigMap", CM_NS, CM_NAME)
     c.proxy.wait_log(r"policy ConfigMap absent", timeout=20)
