@@ -261,3 +261,40 @@ def test_file_mode_status_goes_to_the_log_and_debug_policies(bare_cluster, tmp_p
     assert len(rejected) == 1 and reason in rejected[0]["note"], events["canary"]
     assert rejected[0]["service"] == "e2e/badcfg" and rejected[0]["type"] == "Warning"
     c.proxy.wait_log(r"PolicyDisabled", timeout=20)
+
+
+# ------------------------------------------------------------------- cache
+def test_restart_takes_modules_from_the_cache_and_survives_a_corrupt_one(bare_cluster,
+                                                                         tmp_path):
+    c = bare_cluster
+    directory, cache = tmp_path / "policies", tmp_path / "module-cache"
+    directory.mkdir()
+    pol.install(pol.built("maglev"), directory, "live")
+    config = tmp_path / "switchyard.yaml"
+    config.write_text(json.dumps({"policy": {"cacheDir": str(cache)}}))
+    c.write_services([live_service()])
+    args = ["--config", str(config), "--policies", str(directory)]
+    c.start_proxy(args)
+    c.start_http()
+    c.proxy.wait_log(r"policy module loaded.*policy=live.*cached=false", timeout=5)
+    entries = list(cache.glob("*.cwasm"))
+    assert len(entries) == 1, entries
+
+    # A restart: the module comes from the cache and decides as before.
+    c.proxy.stop_and_check()
+    c.start_proxy(args)
+    c.proxy.wait_log(r"policy module loaded.*policy=live.*cached=true", timeout=5)
+    assert one_pod(c, 6)
+
+    # A corrupt entry (a flipped byte): noticed, compiled again, rewritten.
+    data = bytearray(entries[0].read_bytes())
+    data[-100] ^= 0xFF
+    entries[0].write_bytes(bytes(data))
+    c.proxy.stop_and_check()
+    c.start_proxy(args)
+    c.proxy.wait_log(r"compiled-module cache entry not used", timeout=5)
+    c.proxy.wait_log(r"policy module loaded.*policy=live.*cached=false", timeout=5)
+    assert one_pod(c, 6)
+    c.proxy.stop_and_check()
+    c.start_proxy(args)
+    c.proxy.wait_log(r"policy module loaded.*policy=live.*cached=true", timeout=5)
