@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use switchyard::config::{Config, SourceKind};
 
 fn dir() -> PathBuf {
@@ -58,6 +58,8 @@ fn every_manifest_decodes_into_its_type() {
                 serde_path_to_error::deserialize::<_, ClusterRoleBinding>(value).map(drop)
             }
             "ConfigMap" => serde_path_to_error::deserialize::<_, ConfigMap>(value).map(drop),
+            "Role" => serde_path_to_error::deserialize::<_, Role>(value).map(drop),
+            "RoleBinding" => serde_path_to_error::deserialize::<_, RoleBinding>(value).map(drop),
             "DaemonSet" => serde_path_to_error::deserialize::<_, DaemonSet>(value).map(drop),
             other => panic!("{name}: unexpected kind {other:?}"),
         };
@@ -224,4 +226,90 @@ fn io_uring_seccomp_profile_allows_io_uring() {
         profile.localhost_profile.as_deref(),
         Some("switchyard-io-uring.json")
     );
+}
+
+#[test]
+fn module_cache_dir_is_a_writable_volume_that_outlives_the_pod() {
+    let cm: ConfigMap = typed("configmap.yaml");
+    let text = &cm.data.expect("data")["switchyard.yaml"];
+    let config = Config::parse(text, Path::new("configmap.yaml")).expect("valid config");
+    let cache = config.policy.cache_dir.expect("policy.cacheDir is set");
+    let ds: DaemonSet = typed("daemonset.yaml");
+    let pod = ds.spec.expect("spec").template.spec.expect("pod spec");
+    let mount = pod.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| Path::new(&m.mount_path) == cache)
+        .expect("policy.cacheDir is mounted (the root filesystem is read-only)");
+    assert_ne!(mount.read_only, Some(true));
+    let volume = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == mount.name)
+        .expect("cache volume");
+    assert!(volume.host_path.is_some(), "a hostPath survives a rollout");
+}
+
+#[test]
+fn policy_configmap_role_grants_that_one_configmap_read_only() {
+    let cm: ConfigMap = typed("configmap.yaml");
+    let text = &cm.data.expect("data")["switchyard.yaml"];
+    let config = Config::parse(text, Path::new("configmap.yaml")).expect("valid config");
+    let wanted = config.policy.config_map.expect("policy.configMap is set");
+    let policies: ConfigMap = typed("policies.yaml");
+    assert_eq!(
+        policies.metadata.name.as_deref(),
+        Some(wanted.name.as_str())
+    );
+    assert_eq!(
+        policies.metadata.namespace.as_deref(),
+        Some(wanted.namespace.as_str())
+    );
+    let role: Role = typed("policies-role.yaml");
+    assert_eq!(
+        role.metadata.namespace.as_deref(),
+        Some(wanted.namespace.as_str())
+    );
+    let rules = role.rules.expect("rules");
+    assert_eq!(rules.len(), 1);
+    let rule = &rules[0];
+    assert_eq!(rule.api_groups.as_deref(), Some(&[String::new()][..]));
+    assert_eq!(
+        rule.resources.as_deref(),
+        Some(&["configmaps".to_owned()][..])
+    );
+    assert_eq!(rule.resource_names.as_deref(), Some(&[wanted.name][..]));
+    assert_eq!(rule.verbs, ["get", "list", "watch"]);
+    let binding: RoleBinding = typed("policies-rolebinding.yaml");
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(Some(binding.role_ref.name), role.metadata.name);
+    let account: ServiceAccount = typed("serviceaccount.yaml");
+    let subject = &binding.subjects.expect("subjects")[0];
+    assert_eq!(Some(&subject.name), account.metadata.name.as_ref());
+}
+
+#[test]
+fn events_role_grants_what_the_event_writer_does_and_nothing_more() {
+    let role: ClusterRole = typed("events-clusterrole.yaml");
+    let rules = role.rules.expect("rules");
+    assert_eq!(rules.len(), 1);
+    let rule = &rules[0];
+    assert_eq!(
+        rule.api_groups.as_deref(),
+        Some(&["events.k8s.io".to_owned()][..])
+    );
+    assert_eq!(rule.resources.as_deref(), Some(&["events".to_owned()][..]));
+    let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = switchyard::sources::kube::events::VERBS
+        .into_iter()
+        .collect();
+    assert_eq!(verbs, expected);
+    let binding: ClusterRoleBinding = typed("events-clusterrolebinding.yaml");
+    assert_eq!(Some(binding.role_ref.name), role.metadata.name);
+    let account: ServiceAccount = typed("serviceaccount.yaml");
+    let subject = &binding.subjects.expect("subjects")[0];
+    assert_eq!(Some(&subject.name), account.metadata.name.as_ref());
 }

@@ -16,11 +16,13 @@ namespaces. Plain HTTP; kube-rs accepts an http:// server in a kubeconfig.
 
 from __future__ import annotations
 
+import base64
 import bisect
 import copy
 import ctypes
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -37,7 +39,36 @@ RESOURCES = {
     "/api/v1/services": ("Service", "v1"),
     "/apis/discovery.k8s.io/v1/endpointslices": ("EndpointSlice", "discovery.k8s.io/v1"),
     "/api/v1/nodes": ("Node", "v1"),
+    "/api/v1/configmaps": ("ConfigMap", "v1"),
+    "/apis/events.k8s.io/v1/events": ("Event", "events.k8s.io/v1"),
 }
+# /api/v1/namespaces/<ns>/<resource> (and /apis/<group>/<version>/...): the
+# namespaced form of a path above, as Api::namespaced asks for it.
+NAMESPACED_RE = re.compile(r"^(/apis?(?:/[^/]+)?/v1)/namespaces/([^/]+)/([^/]+)$")
+# One namespaced object: .../namespaces/<ns>/<resource>/<name>.
+OBJECT_RE = re.compile(r"^(/apis?(?:/[^/]+)?/v1)/namespaces/([^/]+)/([^/]+)/([^/]+)$")
+
+
+EVENT_IMMUTABLE = ("note", "reason", "type", "action", "regarding", "related", "eventTime",
+                   "reportingController", "reportingInstance")
+
+
+def status(code: int, reason: str, message: str = "") -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "code": code, "reason": reason, "message": message or reason}
+
+
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
 
 
 def socket_in_netns(ns: str, host: str, port: int) -> socket.socket:
@@ -259,6 +290,11 @@ class ApiServer:
     def compact(self) -> None:
         self.store.compact()
 
+    def events(self) -> list[dict]:
+        """Every Event object (events.k8s.io/v1) written so far."""
+        with self.store.lock:
+            return [copy.deepcopy(o) for o in self.store.objects["Event"].values()]
+
     def watch_requests(self, kind_path: str) -> int:
         return sum(1 for r in self.requests if r.startswith(f"GET {kind_path}?")
                    and "watch=true" in r)
@@ -286,13 +322,85 @@ class ApiServer:
             def log_message(self, fmt, *args):
                 pass
 
+            def _object_path(self):
+                """(kind, namespace, name) of a namespaced object path, or None."""
+                m = OBJECT_RE.match(urllib.parse.urlsplit(self.path).path)
+                if not m or f"{m[1]}/{m[3]}" not in RESOURCES:
+                    return None
+                return RESOURCES[f"{m[1]}/{m[3]}"][0], m[2], m[4]
+
+            def _body(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    return json.loads(self.rfile.read(length) or b"{}")
+                except ValueError:
+                    return None
+
+            def do_POST(self):
+                api._log(f"POST {self.path}")
+                m = NAMESPACED_RE.match(urllib.parse.urlsplit(self.path).path)
+                obj = self._body()
+                if not m or f"{m[1]}/{m[3]}" not in RESOURCES:
+                    return self._json(404, status(404, "NotFound", f"no such path {self.path}"))
+                if not isinstance(obj, dict) or not obj.get("metadata", {}).get("name"):
+                    return self._json(400, status(400, "BadRequest", "expected an object with a name"))
+                kind = RESOURCES[f"{m[1]}/{m[3]}"][0]
+                obj["metadata"]["namespace"] = m[2]
+                obj["kind"] = kind
+                with api.store.lock:
+                    if (m[2], obj["metadata"]["name"]) in api.store.objects[kind]:
+                        return self._json(409, status(409, "AlreadyExists"))
+                    api.store.put(obj)
+                    created = copy.deepcopy(api.store.objects[kind][(m[2], obj["metadata"]["name"])])
+                return self._json(201, created)
+
+            def do_PATCH(self):
+                api._log(f"PATCH {self.path}")
+                target = self._object_path()
+                patch = self._body()
+                if target is None:
+                    return self._json(404, status(404, "NotFound", f"no such path {self.path}"))
+                if not isinstance(patch, dict):
+                    return self._json(400, status(400, "BadRequest", "expected a merge patch"))
+                kind, ns, name = target
+                with api.store.lock:
+                    current = api.store.objects[kind].get((ns, name))
+                    if current is None:
+                        return self._json(404, status(404, "NotFound"))
+                    want_rv = patch.get("metadata", {}).get("resourceVersion")
+                    if want_rv and want_rv != current["metadata"]["resourceVersion"]:
+                        return self._json(409, status(409, "Conflict", "the object has been modified"))
+                    merged = merge_patch(current, patch)
+                    # events.k8s.io/v1 update validation: only series (and
+                    # metadata) may change.
+                    changed = [f for f in EVENT_IMMUTABLE
+                               if kind == "Event" and merged.get(f) != current.get(f)]
+                    if changed:
+                        return self._json(422, status(422, "Invalid",
+                                                      f"field is immutable: {changed}"))
+                    api.store.put(merged)
+                    patched = copy.deepcopy(api.store.objects[kind][(ns, name)])
+                return self._json(200, patched)
+
             def do_GET(self):
                 api._log(f"GET {self.path}")
                 url = urllib.parse.urlsplit(self.path)
                 query = dict(urllib.parse.parse_qsl(url.query))
                 path = url.path
+                target = self._object_path()
+                if target is not None:
+                    obj = api.store.objects[target[0]].get((target[1], target[2]))
+                    if obj is None:
+                        return self._json(404, status(404, "NotFound"))
+                    return self._json(200, copy.deepcopy(obj))
                 kind, single = None, None
-                if path in RESOURCES:
+                namespaced = NAMESPACED_RE.match(path)
+                if namespaced and f"{namespaced[1]}/{namespaced[3]}" in RESOURCES:
+                    kind, api_version = RESOURCES[f"{namespaced[1]}/{namespaced[3]}"]
+                    ns_term = f"metadata.namespace={namespaced[2]}"
+                    query["fieldSelector"] = ",".join(
+                        t for t in (query.get("fieldSelector"), ns_term) if t)
+                elif path in RESOURCES:
                     kind, api_version = RESOURCES[path]
                 elif path.startswith("/api/v1/nodes/"):
                     kind, api_version = "Node", "v1"
@@ -385,6 +493,13 @@ class ApiServer:
 
 
 RESOURCES_BY_KIND = {kind: version for kind, version in RESOURCES.values()}
+
+
+def config_map(namespace: str, name: str, binary: dict[str, bytes]) -> dict:
+    """A ConfigMap whose binaryData holds `binary` (base64, as the API sends it)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "uid": f"cm-{namespace}-{name}"},
+            "binaryData": {k: base64.b64encode(v).decode() for k, v in binary.items()}}
 
 
 def node_object(name: str, zone: str | None = None) -> dict:

@@ -56,6 +56,9 @@ struct PolicyView {
     #[serde(flatten)]
     module: ModuleInfo,
     faults: BTreeMap<&'static str, u64>,
+    /// Status records about this module (policy/events.rs): the same
+    /// aggregates the Events carry, in file mode too.
+    events: Vec<crate::policy::events::EntryView>,
 }
 
 const FAULT_KINDS: [&str; 7] = [
@@ -69,6 +72,7 @@ const FAULT_KINDS: [&str; 7] = [
 ];
 
 pub fn policies(summary: &PolicySummary, metrics: &Metrics) -> impl Serialize {
+    let events = crate::policy::events::recent();
     summary
         .0
         .load()
@@ -92,6 +96,11 @@ pub fn policies(summary: &PolicySummary, metrics: &Metrics) -> impl Serialize {
             PolicyView {
                 module: m.clone(),
                 faults,
+                events: events
+                    .iter()
+                    .filter(|e| e.policy == m.name)
+                    .cloned()
+                    .collect(),
             }
         })
         .collect::<Vec<_>>()

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 pub use duration::{HumanDuration, parse_duration};
 pub use l7::L7Config;
 pub use model::{
-    AdminConfig, Config, DataplaneConfig, InterceptConfig, IoMode, LogConfig, LogFormat,
-    PolicyConfig, SourceConfig, SourceKind,
+    AdminConfig, Config, ConfigMapRef, DataplaneConfig, InterceptConfig, IoMode, LogConfig,
+    LogFormat, PolicyConfig, SourceConfig, SourceKind,
 };
 pub use node_ports::{NodePortAddress, network};
 

@@ -143,6 +143,27 @@ pub struct PolicyConfig {
     /// sha256 (hex) of the only modules that may load; empty: any module in
     /// `directory`. See SECURITY.md.
     pub allowed_sha256: Vec<String>,
+    /// Directory of compiled modules kept across restarts (keyed by module
+    /// sha256, wasmtime version and engine config); absent: no cache, every
+    /// start compiles every module. Must be writable only by the proxy.
+    pub cache_dir: Option<PathBuf>,
+    /// With `source.kind: kubernetes`: the ConfigMap whose `binaryData`
+    /// keys `<name>.wasm` are policy modules, watched through the API (a
+    /// change reaches the node within the watch latency, not the kubelet's
+    /// volume refresh). Its modules take precedence over `directory`'s,
+    /// which stays the fallback. Absent: the directory only.
+    pub config_map: Option<ConfigMapRef>,
+    /// Most modules taken from `configMap`; a ConfigMap with more is
+    /// refused whole (the modules in force stay).
+    pub max_modules: usize,
+}
+
+/// A ConfigMap by namespace and name (`policy.configMap`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigMapRef {
+    pub namespace: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,6 +249,9 @@ impl Default for PolicyConfig {
             max_module_bytes: 16 << 20,
             max_endpoints: 16384,
             allowed_sha256: Vec::new(),
+            cache_dir: None,
+            config_map: None,
+            max_modules: 64,
         }
     }
 }
@@ -420,6 +444,20 @@ impl Config {
             return Err((
                 "policy.allowedSha256",
                 format!("{bad:?} is not a sha256; expected 64 hex digits (sha256sum prints them)"),
+            ));
+        }
+        if !(1..=4096).contains(&pc.max_modules) {
+            return Err((
+                "policy.maxModules",
+                format!("{} is out of range; expected 1 to 4096", pc.max_modules),
+            ));
+        }
+        if let Some(cm) = &pc.config_map
+            && (cm.name.is_empty() || cm.namespace.is_empty())
+        {
+            return Err((
+                "policy.configMap",
+                "expected both namespace and name, e.g. {namespace: kube-system, name: switchyard-policies}".into(),
             ));
         }
         if self.policy.default.is_empty() {

@@ -149,6 +149,18 @@ async fn control(
         node: Some(node_name.clone()),
         zone,
     };
+    // Policy status records: to the log and /debug/policies, and with the
+    // kubernetes source as Events on the Service.
+    if let Some(records) = crate::policy::events::install() {
+        let writer = match &source {
+            Source::Kube(kube) => Some(crate::sources::kube::events::EventWriter::new(
+                kube.client(),
+                &node_name,
+            )),
+            Source::File(_) => None,
+        };
+        tokio::spawn(crate::policy::events::run(records, writer));
+    }
     let registry = match PolicyEngine::new(&config.policy) {
         Ok(engine) => {
             let mut registry = PolicyRegistry::new(
@@ -158,12 +170,23 @@ async fn control(
                 here.clone(),
             );
             registry.set_limits(&config.policy.allowed_sha256, config.policy.max_endpoints);
+            registry.set_max_modules(config.policy.max_modules);
             Some(registry)
         }
         Err(e) => {
             tracing::error!(error = %e, "WebAssembly policies are unavailable; every Service uses the built-in round robin");
             None
         }
+    };
+    let policy_configmap = match (&source, &config.policy.config_map) {
+        (Source::Kube(kube), Some(cm)) if registry.is_some() => {
+            Some(policy_configmap(kube, cm, wake_tx.clone()).await)
+        }
+        (Source::File(_), Some(cm)) => {
+            tracing::warn!(namespace = %cm.namespace, name = %cm.name, "policy.configMap is read only with source.kind: kubernetes; modules come from policy.directory");
+            None
+        }
+        _ => None,
     };
     // Listeners first: once nftables diverts a VIP, someone must answer.
     let shared = dataplane::Shared {
@@ -197,6 +220,7 @@ async fn control(
         snapshot,
         metrics,
         summary,
+        policy_configmap,
     };
     let _watch = match &sync.source {
         Source::File(files) => Some(crate::sources::file::watch(
@@ -261,6 +285,28 @@ async fn control(
     drain(&active, config.dataplane.drain_timeout.0).await;
     sync.cleanup(config.intercept.keep_table_on_exit, &config.intercept.table);
     Ok(())
+}
+
+/// How long the start waits for the policy ConfigMap's first list before
+/// it goes on with the directory's modules (the watch keeps trying).
+const POLICY_CONFIGMAP_FIRST_LIST: Duration = Duration::from_secs(5);
+
+/// Starts the watch on the policy ConfigMap and waits (bounded) for its
+/// first list, so that Services are bound to the cluster's modules from the
+/// first snapshot on.
+async fn policy_configmap(
+    kube: &KubeSource,
+    cm: &crate::config::ConfigMapRef,
+    wake: mpsc::Sender<()>,
+) -> crate::sources::kube::configmap::ConfigMapWatch {
+    let mut watch = crate::sources::kube::configmap::ConfigMapWatch::start(kube.client(), cm, wake);
+    if tokio::time::timeout(POLICY_CONFIGMAP_FIRST_LIST, watch.wait_synced())
+        .await
+        .is_err()
+    {
+        tracing::warn!(origin = %watch.origin, "policy ConfigMap not listed yet; starting with the policy directory's modules");
+    }
+    watch
 }
 
 /// Waits until no connection is open, or the timeout.

@@ -37,6 +37,8 @@ pub struct Sync {
     pub snapshot: SharedSnapshot,
     pub metrics: Arc<Metrics>,
     pub summary: Arc<PolicySummary>,
+    /// `policy.configMap`: modules from the API (kubernetes source only).
+    pub policy_configmap: Option<crate::sources::kube::configmap::ConfigMapWatch>,
 }
 
 impl Sync {
@@ -212,7 +214,20 @@ impl Sync {
         let Some(registry) = &mut self.policies else {
             return false;
         };
-        let (changed, problems) = registry.rescan();
+        let (mut changed, mut problems) = registry.rescan();
+        if let Some(set) = self.policy_configmap.as_mut().and_then(|w| w.take_change()) {
+            let origin = self
+                .policy_configmap
+                .as_ref()
+                .map_or("", |w| w.origin.as_str());
+            for key in &set.ignored {
+                tracing::warn!(%origin, key, "policy ConfigMap key is not a module (binaryData keys <name>.wasm are); ignored");
+            }
+            let (api_changed, api_problems) =
+                registry.apply_api_modules(origin, set.modules.as_ref());
+            changed |= api_changed;
+            problems.extend(api_problems);
+        }
         for p in problems {
             if matches!(
                 p,
@@ -263,6 +278,9 @@ impl Sync {
         }
         if let Some(registry) = &mut self.policies {
             registry.invalidate();
+        }
+        if let Some(watch) = &mut self.policy_configmap {
+            watch.forget_applied();
         }
     }
 

@@ -312,6 +312,7 @@ fn count_fault(metrics: &Metrics, state: &mut PortState, by: DecidedBy, fault: &
                 })
                 .inc();
             tracing::error!(%policy, %service, faults, window = FAULT_WINDOW, "policy disabled for this Service after repeated faults; it stays off until the module or the binding changes");
+            super::events::policy_disabled(&service, &policy, faults);
         }
     }
 }

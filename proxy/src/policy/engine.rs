@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::{
-    Caller, Config, Engine, Linker, OptLevel, Store, StoreLimits, StoreLimitsBuilder,
+    Caller, Config, Engine, Linker, Module, OptLevel, Store, StoreLimits, StoreLimitsBuilder,
     UpdateDeadline,
 };
 
+use super::cache::{CacheMiss, ModuleCache};
 use crate::config::PolicyConfig;
 
 /// Longest message kept from `set_error`.
@@ -134,6 +135,11 @@ pub struct PolicyEngine {
     pub epoch_start: Instant,
     tick: Duration,
     stop: Arc<AtomicBool>,
+    /// `policy.cacheDir`: compiled modules kept across restarts.
+    cache: Option<ModuleCache>,
+    /// Modules taken from the cache, and compiled because it had none.
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -166,6 +172,10 @@ impl PolicyEngine {
         let tick = (cfg.deadline.0 / 2).max(Duration::from_micros(5));
         let stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), tick, stop.clone());
+        let cache = cfg
+            .cache_dir
+            .as_deref()
+            .map(|dir| ModuleCache::new(dir, &engine));
         Ok(Arc::new(Self {
             engine,
             linker,
@@ -176,7 +186,40 @@ impl PolicyEngine {
             epoch_start,
             tick,
             stop,
+            cache,
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
         }))
+    }
+
+    /// Compiles `bytes` (whose sha256 is `sha256`), or takes the compiled
+    /// code from the cache. A cache that cannot be read or written costs
+    /// compile time, never the module.
+    /// The flag says whether the code came from the cache.
+    pub fn compile(
+        &self,
+        bytes: &[u8],
+        sha256: &[u8; 32],
+    ) -> Result<(Module, bool), wasmtime::Error> {
+        let Some(cache) = &self.cache else {
+            return Ok((Module::new(&self.engine, bytes)?, false));
+        };
+        match cache.load(&self.engine, sha256) {
+            Ok(module) => {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((module, true));
+            }
+            Err(CacheMiss::Absent) => {}
+            Err(miss) => {
+                tracing::warn!(entry = %cache.path_for(sha256).display(), reason = %miss, "compiled-module cache entry not used; compiling again");
+            }
+        }
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let module = Module::new(&self.engine, bytes)?;
+        if let Err(e) = cache.store(&module, sha256) {
+            tracing::warn!(dir = %cache.dir().display(), error = %e, "cannot write the compiled-module cache; the next restart compiles this module again");
+        }
+        Ok((module, false))
     }
 
     /// A store for one instance: memory cap, set-up deadline armed, and the

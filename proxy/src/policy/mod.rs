@@ -5,9 +5,13 @@
 //! Control plane: [`PolicyRegistry`] loads modules and binds Services.
 //! Data plane: each worker's [`Decider`] owns its instances.
 
+#[cfg(test)]
+mod api_modules_tests;
 mod binding;
+mod cache;
 mod decider;
 mod engine;
+pub mod events;
 mod instance;
 pub mod layout;
 mod module;

@@ -19,6 +19,8 @@ pub struct PolicyModule {
     pub size: usize,
     pub pre: InstancePre<HostState>,
     pub has_outcome: bool,
+    /// Taken from the compiled-module cache rather than compiled.
+    pub from_cache: bool,
 }
 
 impl std::fmt::Debug for PolicyModule {
@@ -101,7 +103,10 @@ fn abi_exports() -> Vec<(&'static str, String, bool)> {
 }
 
 pub fn content_hash(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
+    hex(&Sha256::digest(bytes).into())
+}
+
+fn hex(digest: &[u8; 32]) -> String {
     let mut hex = String::with_capacity(64);
     for byte in digest {
         let _ = write!(hex, "{byte:02x}");
@@ -117,8 +122,10 @@ pub fn load(engine: &PolicyEngine, name: &str, bytes: &[u8]) -> Result<PolicyMod
             max: engine.max_module_bytes,
         });
     }
-    let module =
-        Module::new(&engine.engine, bytes).map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+    let digest: [u8; 32] = Sha256::digest(bytes).into();
+    let (module, from_cache) = engine
+        .compile(bytes, &digest)
+        .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
     check_imports(&module)?;
     let has_outcome = check_exports(&module, engine.memory_limit)?;
     let pre = engine
@@ -127,10 +134,11 @@ pub fn load(engine: &PolicyEngine, name: &str, bytes: &[u8]) -> Result<PolicyMod
         .map_err(|e| ModuleError::Instantiate(format!("{e:#}")))?;
     let loaded = PolicyModule {
         name: Arc::from(name),
-        hash: content_hash(bytes),
+        hash: hex(&digest),
         size: bytes.len(),
         pre,
         has_outcome,
+        from_cache,
     };
     check_version(engine, &loaded)?;
     Ok(loaded)

@@ -55,6 +55,14 @@ pub enum PolicyProblem {
         max: usize,
     },
     #[error(
+        "{origin}: {count} modules, more than policy.maxModules ({max}); none of them is loaded (the modules in force stay)"
+    )]
+    TooManyModules {
+        origin: String,
+        count: usize,
+        max: usize,
+    },
+    #[error(
         "Service {service}: policy {policy} refused the binding: {reason}; the Service keeps its previous policy"
     )]
     Rejected {
@@ -78,6 +86,24 @@ pub struct PolicyRegistry {
     allowed: Option<BTreeSet<String>>,
     /// `policy.maxEndpoints`.
     max_endpoints: usize,
+    /// Module names the policy ConfigMap holds; the directory does not
+    /// override them.
+    api_names: BTreeSet<String>,
+    /// `policy.maxModules`.
+    max_modules: usize,
+    /// The rejection last reported per Service, so that a standing one
+    /// becomes one status record, not one per bind.
+    rejections: BTreeMap<ServiceKey, String>,
+}
+
+impl Stamp {
+    /// Matches no file: the directory's copy is read at the next rescan.
+    fn unknown() -> Self {
+        Self {
+            modified: None,
+            len: u64::MAX,
+        }
+    }
 }
 
 impl PolicyRegistry {
@@ -93,6 +119,9 @@ impl PolicyRegistry {
             next_id: 1,
             allowed: None,
             max_endpoints: crate::config::PolicyConfig::default().max_endpoints,
+            api_names: BTreeSet::new(),
+            max_modules: crate::config::PolicyConfig::default().max_modules,
+            rejections: BTreeMap::new(),
         }
     }
 
@@ -147,6 +176,11 @@ impl PolicyRegistry {
             if self.loaded.get(&name).is_some_and(|l| l.stamp == stamp) {
                 continue;
             }
+            // The ConfigMap's version of a module wins over the directory's
+            // (the same ConfigMap mounted as a volume lags behind the API).
+            if self.api_names.contains(&name) {
+                continue;
+            }
             // Checked before reading: a huge file is never read into memory.
             if stamp.len > self.engine.max_module_bytes {
                 self.remember_stamp(&name, &stamp);
@@ -169,41 +203,131 @@ impl PolicyRegistry {
                     continue;
                 }
             };
-            let hash = module::content_hash(&bytes);
-            // Trust is decided on the exact bytes, before wasmtime compiles
-            // anything of them.
-            if let Some(allowed) = &self.allowed
-                && !allowed.contains(&hash)
-            {
-                self.remember_stamp(&name, &stamp);
-                problems.push(PolicyProblem::Untrusted { file: path, hash });
-                continue;
-            }
-            if let Some(loaded) = self.loaded.get_mut(&name)
-                && loaded.module.hash == hash
-            {
-                loaded.stamp = stamp;
-                continue;
-            }
-            match module::load(&self.engine, &name, &bytes) {
-                Ok(module) => {
-                    tracing::info!(policy = %name, hash = &module.hash[..12], bytes = module.size, "policy module loaded");
-                    self.loaded.insert(
-                        name,
-                        Loaded {
-                            stamp,
-                            module: Arc::new(module),
-                        },
-                    );
-                    changed = true;
-                }
-                Err(error) => {
-                    self.remember_stamp(&name, &stamp);
-                    problems.push(PolicyProblem::Module { file: path, error });
-                }
+            match self.offer(&name, &path, stamp, &bytes) {
+                Ok(swapped) => changed |= swapped,
+                Err(problem) => problems.push(problem),
             }
         }
         (changed, problems)
+    }
+
+    /// Checks and compiles one module's bytes (`origin` names it in
+    /// problems) and swaps it in; true when a module changed. Trust is
+    /// decided on the exact bytes, before wasmtime compiles anything of
+    /// them. A refused module leaves the previous one of that name.
+    fn offer(
+        &mut self,
+        name: &str,
+        origin: &Path,
+        stamp: Stamp,
+        bytes: &[u8],
+    ) -> Result<bool, PolicyProblem> {
+        if bytes.len() as u64 > self.engine.max_module_bytes {
+            self.remember_stamp(name, &stamp);
+            return Err(PolicyProblem::Module {
+                file: origin.to_owned(),
+                error: ModuleError::TooLarge {
+                    size: bytes.len(),
+                    max: self.engine.max_module_bytes,
+                },
+            });
+        }
+        let hash = module::content_hash(bytes);
+        if let Some(allowed) = &self.allowed
+            && !allowed.contains(&hash)
+        {
+            self.remember_stamp(name, &stamp);
+            return Err(PolicyProblem::Untrusted {
+                file: origin.to_owned(),
+                hash,
+            });
+        }
+        if let Some(loaded) = self.loaded.get_mut(name)
+            && loaded.module.hash == hash
+        {
+            loaded.stamp = stamp;
+            return Ok(false);
+        }
+        match module::load(&self.engine, name, bytes) {
+            Ok(module) => {
+                tracing::info!(policy = %name, from = %origin.display(), hash = &module.hash[..12], bytes = module.size, cached = module.from_cache, "policy module loaded");
+                self.loaded.insert(
+                    name.to_owned(),
+                    Loaded {
+                        stamp,
+                        module: Arc::new(module),
+                    },
+                );
+                Ok(true)
+            }
+            Err(error) => {
+                self.remember_stamp(name, &stamp);
+                Err(PolicyProblem::Module {
+                    file: origin.to_owned(),
+                    error,
+                })
+            }
+        }
+    }
+
+    /// Applies the modules of the policy ConfigMap (`origin` names it):
+    /// each is checked as a file would be, and a bad one is refused while
+    /// the previous one of that name keeps serving. `None` (no ConfigMap)
+    /// hands every name back to the directory. A set larger than
+    /// `policy.maxModules` is refused whole.
+    pub fn apply_api_modules(
+        &mut self,
+        origin: &str,
+        modules: Option<&BTreeMap<String, Arc<[u8]>>>,
+    ) -> (bool, Vec<PolicyProblem>) {
+        let Some(modules) = modules else {
+            if !self.api_names.is_empty() {
+                tracing::info!(%origin, "policy ConfigMap absent; modules come from the policy directory");
+                self.api_names.clear();
+                self.invalidate();
+            }
+            return (false, Vec::new());
+        };
+        if modules.len() > self.max_modules {
+            return (
+                false,
+                vec![PolicyProblem::TooManyModules {
+                    origin: origin.to_owned(),
+                    count: modules.len(),
+                    max: self.max_modules,
+                }],
+            );
+        }
+        let released: Vec<String> = self
+            .api_names
+            .iter()
+            .filter(|n| !modules.contains_key(*n))
+            .cloned()
+            .collect();
+        self.api_names = modules.keys().cloned().collect();
+        if !released.is_empty() {
+            // Names the ConfigMap no longer holds: the directory's copy, if
+            // any, is read again at the next rescan; until then (or without
+            // one) the module in force stays.
+            for name in released {
+                self.remember_stamp(&name, &Stamp::unknown());
+            }
+        }
+        let mut changed = false;
+        let mut problems = Vec::new();
+        for (name, bytes) in modules {
+            let key = Path::new(origin).join(format!("{name}.wasm"));
+            match self.offer(name, &key, Stamp::unknown(), bytes) {
+                Ok(swapped) => changed |= swapped,
+                Err(problem) => problems.push(problem),
+            }
+        }
+        (changed, problems)
+    }
+
+    /// `policy.maxModules`.
+    pub fn set_max_modules(&mut self, max: usize) {
+        self.max_modules = max;
     }
 
     /// Remembers a refused file's stamp so that the same bad file is
@@ -219,6 +343,7 @@ impl PolicyRegistry {
     pub fn bind(&mut self, table: &ServiceTable) -> (Arc<Bindings>, Vec<PolicyProblem>) {
         let mut next = Bindings::new();
         let mut problems = Vec::new();
+        let mut rejections = BTreeMap::new();
         for (key, ports) in &table.services {
             let Some(info) = ports.first().map(|p| &p.service) else {
                 continue;
@@ -245,6 +370,13 @@ impl PolicyRegistry {
                         || (info.policy.is_none() && name == self.default);
                     if !silent {
                         let loaded = self.loaded.keys().cloned().collect::<Vec<_>>().join(", ");
+                        rejections.insert(
+                            key.clone(),
+                            (
+                                name.to_owned(),
+                                format!("unknown policy (loaded: {loaded})"),
+                            ),
+                        );
                         problems.push(PolicyProblem::Unknown {
                             service: key.clone(),
                             name: name.to_owned(),
@@ -255,6 +387,7 @@ impl PolicyRegistry {
                     continue;
                 }
             };
+            let mut newly_bound = false;
             for port in ports {
                 // A policy gets the whole endpoint table in its memory and
                 // may precompute over it; past the cap, the native round
@@ -271,22 +404,45 @@ impl PolicyRegistry {
                 }
                 match self.bind_port(key, port, &module, &config) {
                     Ok(bound) => {
+                        newly_bound |= self.bindings.get(&port.id).map(|b| b.id) != Some(bound.id);
                         next.insert(port.id, bound);
                     }
                     Err(reason) => {
+                        rejections.insert(key.clone(), (name.to_owned(), reason.clone()));
                         problems.push(PolicyProblem::Rejected {
                             service: key.clone(),
                             policy: name.to_owned(),
                             reason,
                         });
                         self.keep_previous(ports, &mut next);
+                        newly_bound = false;
                         break;
                     }
                 }
             }
+            // Reported for Services that ask for a policy: the default
+            // binding of every other Service would be one record per
+            // Service per node at every start.
+            if newly_bound && info.policy.is_some() {
+                super::events::policy_bound(key, name, &module.hash);
+            }
         }
+        self.report_rejections(rejections);
         self.bindings = Arc::new(next);
         (self.bindings.clone(), problems)
+    }
+
+    /// A status record for each rejection that is new or changed since
+    /// the previous bind.
+    fn report_rejections(&mut self, now: BTreeMap<ServiceKey, (String, String)>) {
+        let mut next = BTreeMap::new();
+        for (service, (policy, reason)) in now {
+            if self.rejections.get(&service) != Some(&reason) {
+                super::events::policy_rejected(&service, &policy, &reason);
+            }
+            next.insert(service, reason);
+        }
+        self.rejections = next;
     }
 
     fn keep_previous(&self, ports: &[Arc<ServicePort>], next: &mut Bindings) {

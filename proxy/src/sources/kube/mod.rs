@@ -5,7 +5,9 @@
 //! jitter. While the API server is away, the store keeps the last objects,
 //! so the last snapshot keeps serving.
 
+pub mod configmap;
 mod decode;
+pub mod events;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +43,9 @@ pub struct KubeSource {
     store: Arc<Mutex<Store>>,
     synced: watch::Receiver<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// For the watches and writers beside the source's own (the policy
+    /// ConfigMap, Events).
+    client: kube::Client,
 }
 
 impl KubeSource {
@@ -102,7 +107,12 @@ impl KubeSource {
             store,
             synced,
             tasks,
+            client,
         })
+    }
+
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
     }
 
     /// Returns once every kind finished its first list.
