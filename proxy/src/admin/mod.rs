@@ -2,6 +2,7 @@
 //! paths. Anything that changes state answers only to loopback peers.
 
 mod debug;
+mod exposition;
 pub mod metrics;
 mod server;
 
@@ -72,7 +73,16 @@ pub async fn serve_admin(addr: SocketAddr, state: Arc<AdminState>) -> std::io::R
         let state = state.clone();
         Box::pin(async move {
             match (call.method.clone(), call.path.as_str()) {
-                (_, "/metrics") => text(StatusCode::OK, state.metrics.encode()),
+                (_, "/metrics") => {
+                    let format = exposition::Format::negotiate(call.accept.as_deref());
+                    let body = match format {
+                        exposition::Format::OpenMetrics => state.metrics.encode(),
+                        exposition::Format::PrometheusText => {
+                            exposition::to_prometheus_text(&state.metrics.encode())
+                        }
+                    };
+                    server::typed(StatusCode::OK, format.content_type(), body)
+                }
                 (_, "/debug/services") => json(StatusCode::OK, &debug::services(&state.snapshot)),
                 (_, "/debug/policies") => json(
                     StatusCode::OK,
