@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use switchyard::catalog::{self, NodeContext, Route, Scope};
+use switchyard::catalog::{self, Route, Scope};
 use switchyard::config::PolicyConfig;
 use switchyard::policy::simulate::{self, Simulation};
 use switchyard::policy::{BoundPolicy, Locality, PolicyEngine, WasmInstance, load_module};
@@ -149,10 +149,10 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {p}");
     }
     let manifests = source.manifests();
-    let node = NodeContext {
-        node_name: args.node_name.clone(),
-        ..NodeContext::default()
-    };
+    let node = catalog::node_context(
+        args.node_name.clone(),
+        manifests.node(args.node_name.as_deref()),
+    );
     let table = catalog::build(&manifests.services, &manifests.slices, &node).table;
     let route = find_route(args, &table)?;
     let engine = engine()?;

@@ -4,12 +4,15 @@ with real clients."""
 
 from __future__ import annotations
 
+import json
+
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
 import manifests as mf
+from topology import NODE_NAME, wait_until
 
 ADMIN = "http://127.0.0.1:10249"
 WEB = f"http://{mf.WEB_VIP}/"
@@ -65,3 +68,47 @@ def test_metrics_negotiate_a_format_both_parsers_read(cluster):
         assert "switchyard_syncs" in counters and "switchyard_bytes" in counters
         assert families["switchyard_sync_duration_seconds"].type == "histogram"
         assert families["switchyard_io_info"].type == "gauge"
+
+
+# ------------------------------------------------------------ kube-proxy /healthz
+HEALTHZ = "http://127.0.0.1:10256/healthz"
+
+
+def node_manifest(*, deleting: bool = False, taint: bool = False, zone: str = "zone-a") -> str:
+    node = {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": NODE_NAME, "labels": {"topology.kubernetes.io/zone": zone}},
+            "spec": {}}
+    if deleting:
+        node["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    if taint:
+        node["spec"]["taints"] = [{"key": "ToBeDeletedByClusterAutoscaler",
+                                   "value": "1700000000", "effect": "NoSchedule"}]
+    return mf.to_yaml(node)
+
+
+def get_json(cluster, url: str, where: str = "node") -> tuple[int, dict]:
+    proc = cluster.curl(url, "-w", "\n%{http_code}", where=where)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    body, _, code = proc.stdout.decode().rpartition("\n")
+    return int(code), json.loads(body)
+
+
+def test_healthz_is_kube_proxys_and_drains_a_node_being_removed(bare_cluster):
+    c = bare_cluster
+    c.write_file("node.yaml", node_manifest())
+    c.start_proxy()
+    code, body = get_json(c, HEALTHZ)
+    assert code == 200, body
+    assert set(body) == {"lastUpdated", "currentTime", "nodeEligible"}
+    assert body["nodeEligible"] is True
+    assert body["currentTime"].endswith(" +0000 UTC")
+
+    for manifest in (node_manifest(taint=True), node_manifest(deleting=True)):
+        c.write_file("node.yaml", manifest)
+        wait_until(lambda: get_json(c, HEALTHZ)[0] == 503, "/healthz to answer 503")
+        code, body = get_json(c, HEALTHZ)
+        assert body["nodeEligible"] is False
+        # Only load balancers drain: readiness and the Services stay.
+        assert c.curl("http://127.0.0.1:10256/readyz", where="node").stdout == b"ok\n"
+        c.write_file("node.yaml", node_manifest())
+        wait_until(lambda: get_json(c, HEALTHZ)[0] == 200, "/healthz to answer 200 again")

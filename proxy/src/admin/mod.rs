@@ -3,38 +3,22 @@
 
 mod debug;
 mod exposition;
+mod health;
 pub mod metrics;
 mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use hyper::{Method, StatusCode};
 use tokio::sync::{mpsc, oneshot};
 
 pub use debug::PolicySummary;
+pub use health::Health;
 pub use metrics::Metrics;
 use server::{json, text};
 
 use crate::snapshot::SharedSnapshot;
-
-/// Liveness and readiness as the probes see them.
-#[derive(Debug, Default)]
-pub struct Health {
-    ready: AtomicBool,
-}
-
-impl Health {
-    /// Ready once the first sync is in force (snapshot and nftables).
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-}
 
 /// The answer to a reload: whether everything applied, and what happened.
 pub type ReloadAnswer = (bool, String);
@@ -46,8 +30,12 @@ pub async fn serve_health(addr: SocketAddr, health: Arc<Health>) -> std::io::Res
     let handler: server::Handler = Arc::new(move |call| {
         let reply = match call.path.as_str() {
             "/livez" => text(StatusCode::OK, "ok\n"),
-            "/healthz" | "/readyz" if health.is_ready() => text(StatusCode::OK, "ok\n"),
-            "/healthz" | "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            "/healthz" => {
+                let (status, body) = health.healthz(std::time::SystemTime::now());
+                server::typed(status, "application/json", body)
+            }
+            "/readyz" if health.is_ready() => text(StatusCode::OK, "ok\n"),
+            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
                 "not found; try /healthz, /livez or /readyz\n",

@@ -28,6 +28,11 @@ pub struct NodeContext {
     pub node_name: Option<String>,
     /// This node's InternalIP and ExternalIP addresses (`node_addresses`).
     pub addresses: Vec<IpAddr>,
+    /// The Node's `topology.kubernetes.io/zone` label (topology hints).
+    pub zone: Option<String>,
+    /// Why load balancers should not send this node traffic (being
+    /// deleted, autoscaler taint); `None` when eligible. See `node.rs`.
+    pub ineligible: Option<String>,
 }
 
 /// A Node object's InternalIP and ExternalIP addresses, sorted, without

@@ -6,6 +6,7 @@ mod app_protocol;
 mod build;
 mod check;
 mod endpoints;
+mod node;
 mod problem;
 mod service;
 mod table;
@@ -19,6 +20,7 @@ pub use build::{
     translate_service,
 };
 pub use endpoints::validate_endpoint_slice;
+pub use node::{TO_BE_DELETED_TAINT, ZONE_LABEL, node_context};
 pub use problem::{ObjectRef, Problem, Severity};
 pub use service::validate_service;
 pub use table::{

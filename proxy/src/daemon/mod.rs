@@ -185,7 +185,7 @@ async fn control(
         policies: registry,
         node: NodeContext {
             node_name: Some(node_name),
-            addresses: Vec::new(),
+            ..NodeContext::default()
         },
         interceptor: config.intercept.enabled.then(|| {
             Interceptor::new(
@@ -228,6 +228,7 @@ async fn control(
         sync.cleanup(config.intercept.keep_table_on_exit, &config.intercept.table);
         return Err(e);
     }
+    health.synced(sync.node.ineligible.clone());
     health.set_ready(true);
     tracing::info!("serving");
 
@@ -237,8 +238,14 @@ async fn control(
             Some(()) = wake_rx.recv() => {
                 if config_source.changed() {
                     reload(&mut sync, &config_source, &mut config, "config file changed");
-                } else if let Err(e) = sync.run(false) {
-                    tracing::error!(error = %e, "sync failed; the previous state keeps serving");
+                } else {
+                    match sync.run(false) {
+                        Ok(_) => health.synced(sync.node.ineligible.clone()),
+                        Err(e) => {
+                            health.sync_failed();
+                            tracing::error!(error = %e, "sync failed; the previous state keeps serving");
+                        }
+                    }
                 }
             }
             Some(reply) = reload_rx.recv() => {
