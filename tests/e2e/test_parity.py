@@ -112,3 +112,53 @@ def test_healthz_is_kube_proxys_and_drains_a_node_being_removed(bare_cluster):
         assert c.curl("http://127.0.0.1:10256/readyz", where="node").stdout == b"ok\n"
         c.write_file("node.yaml", node_manifest())
         wait_until(lambda: get_json(c, HEALTHZ)[0] == 200, "/healthz to answer 200 again")
+
+
+# ------------------------------------------------------------ topology hints
+HINTED_VIP = "10.96.0.70"
+ZONES = {"web-a": "zone-a", "web-b": "zone-a", "web-c": "zone-b"}
+
+
+def hinted_service(unhinted: str | None = None) -> str:
+    """`web-hinted` with `trafficDistribution: PreferClose` and the zone
+    hints the EndpointSlice controller would write; `unhinted` lacks its hint."""
+    svc = mf.ServiceDef("web-hinted", [HINTED_VIP], [mf.http_port()], [mf.backends()])
+    service, slice_ = svc.documents()
+    service["spec"]["trafficDistribution"] = "PreferClose"
+    for ep in slice_["endpoints"]:
+        pod = ep["targetRef"]["name"]
+        ep["zone"] = ZONES[pod]
+        if pod != unhinted:
+            ep["hints"] = {"forZones": [{"name": ZONES[pod]}]}
+    return mf.to_yaml(service, slice_)
+
+
+def answers(cluster, url: str, count: int = 12) -> set[str]:
+    pods, stderr = cluster.get_many(url, count)
+    assert len(pods) == count, f"{count - len(pods)} of {count} failed: {stderr}"
+    return set(pods)
+
+
+def test_topology_hints_are_honoured_and_fall_back(bare_cluster):
+    c = bare_cluster
+    c.write_file("node.yaml", node_manifest(zone="zone-a"))
+    c.write_file("web-hinted.yaml", hinted_service())
+    c.start_proxy()
+    c.start_http()
+    url = f"http://{HINTED_VIP}/"
+    # Round robin over the zone's two endpoints: 12 requests reach both.
+    assert answers(c, url) == {"web-a", "web-b"}
+
+    # The node moves to a zone no endpoint is hinted for: hints are ignored.
+    c.write_file("node.yaml", node_manifest(zone="zone-c"))
+    wait_until(lambda: answers(c, url) == {"web-a", "web-b", "web-c"},
+               "every endpoint to answer once no hint matches the zone")
+
+    # Back in zone-b, only web-c is hinted for it.
+    c.write_file("node.yaml", node_manifest(zone="zone-b"))
+    wait_until(lambda: answers(c, url) == {"web-c"}, "only zone-b's endpoint to answer")
+
+    # One endpoint without hints: kube-proxy ignores the hints altogether.
+    c.write_file("web-hinted.yaml", hinted_service(unhinted="web-a"))
+    wait_until(lambda: answers(c, url) == {"web-a", "web-b", "web-c"},
+               "every endpoint to answer once one lacks its hint")

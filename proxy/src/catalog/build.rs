@@ -15,10 +15,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::check::{Checker, identity};
-use super::endpoints::{ParsedSlice, parse_slice, port_endpoints, select};
+use super::endpoints::{ParsedSlice, parse_slice, port_endpoints};
 use super::problem::{ObjectRef, Problem};
 use super::service::{ParsedService, ServiceOrder, parse_service};
 use super::table::{Frontend, Protocol, Route, Scope, ServiceKey, ServicePort, ServiceTable};
+use super::topology::categorize;
 
 /// What the translation needs to know about this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -219,7 +220,6 @@ fn translate_parsed(
     slices: &[&ParsedSlice],
     node: &NodeContext,
 ) -> TranslatedService {
-    let node_name = node.node_name.as_deref();
     let mut out = TranslatedService {
         order: svc.order.clone(),
         key: svc.info.key.clone(),
@@ -229,11 +229,11 @@ fn translate_parsed(
     };
     for p in &svc.ports {
         let all = port_endpoints(&p.name, p.protocol, slices);
-        let internal = select(&all, svc.internal_local, node_name);
+        let internal = categorize(&all, svc.internal_local, node);
         let external = if svc.internal_local == svc.external_local {
             Arc::clone(&internal)
         } else {
-            select(&all, svc.external_local, node_name)
+            categorize(&all, svc.external_local, node)
         };
         let port = Arc::new(ServicePort {
             id: ServicePort::stable_id(&svc.info.key, &p.name, p.protocol),

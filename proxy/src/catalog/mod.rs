@@ -12,6 +12,7 @@ mod service;
 mod table;
 #[cfg(test)]
 mod tests;
+mod topology;
 mod vips;
 
 pub use app_protocol::{L7Protocol, PROTOCOL_ANNOTATION, port_l7};
