@@ -12,7 +12,8 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 import manifests as mf
-from topology import NODE_NAME, wait_until
+from switchyard import binary
+from topology import CLIENT, NODE_NAME, run, wait_until
 
 ADMIN = "http://127.0.0.1:10249"
 WEB = f"http://{mf.WEB_VIP}/"
@@ -162,3 +163,77 @@ def test_topology_hints_are_honoured_and_fall_back(bare_cluster):
     c.write_file("web-hinted.yaml", hinted_service(unhinted="web-a"))
     wait_until(lambda: answers(c, url) == {"web-a", "web-b", "web-c"},
                "every endpoint to answer once one lacks its hint")
+
+
+# ------------------------------------------------------ one family per connection
+def dual_service(v4: list[mf.Endpoint], v6: list[mf.Endpoint]) -> list[mf.ServiceDef]:
+    """The standard set, with `web-dual`'s two slices replaced."""
+    services = [s for s in mf.standard_services() if s.name != "web-dual"]
+    services.append(mf.ServiceDef("web-dual", [mf.DUAL_VIP4, mf.DUAL_VIP6], [mf.http_port()],
+                                  [v4, v6]))
+    return services
+
+
+def who_answers(cluster, url: str, count: int = 12) -> list[tuple[str, str]]:
+    """(pod, the source address the pod saw) for `count` new connections."""
+    urls = [f"{url}?n={i}" for i in range(count)]
+    proc = cluster.curl(urls[0], "-g", "--fail-early", "-H", "Connection: close", *urls[1:],
+                        timeout=15 + count * 12)
+    lines = [json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip()]
+    assert len(lines) == count, (f"{count - len(lines)} of {count} failed: "
+                                 f"{proc.stderr.decode(errors='replace')}")
+    return [(got["pod"], got["peer"]) for got in lines]
+
+
+def test_dual_stack_frontends_keep_to_their_family(bare_cluster):
+    c = bare_cluster
+    v4 = mf.backends()
+    v4[1].ready = False  # web-b is not ready in its IPv4 slice only
+    c.write_services(dual_service(v4, mf.backends(v6=True)))
+    c.start_proxy()
+    c.start_http()
+
+    answered = who_answers(c, f"http://{mf.DUAL_VIP4}/")
+    assert {pod for pod, _ in answered} == {"web-a", "web-c"}, answered
+    assert {peer for _, peer in answered} == {CLIENT.ipv4}, answered
+
+    answered = who_answers(c, f"http://[{mf.DUAL_VIP6}]/")
+    assert {pod for pod, _ in answered} == {"web-a", "web-b", "web-c"}, answered
+    assert {peer for _, peer in answered} == {CLIENT.ipv6}, answered
+
+    # No IPv6 endpoint at all: the IPv6 ClusterIP is a frontend without
+    # endpoints (refused at once), the IPv4 one keeps serving.
+    c.write_services(dual_service(mf.backends(), []))
+
+    def v6_refused() -> bool:
+        proc = c.curl(f"http://[{mf.DUAL_VIP6}]/")
+        return proc.returncode == 7  # curl: connection refused
+    wait_until(v6_refused, "the IPv6 ClusterIP to refuse without IPv6 endpoints")
+    answered = who_answers(c, f"http://{mf.DUAL_VIP4}/")
+    assert {pod for pod, _ in answered} == {"web-a", "web-b", "web-c"}, answered
+    assert {peer for _, peer in answered} == {CLIENT.ipv4}, answered
+
+
+def test_policy_test_simulates_a_client_of_the_frontends_family(tmp_path):
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    v4 = mf.backends()
+    v4[1].ready = False
+    mf.write_services(manifests, dual_service(v4, mf.backends(v6=True)))
+
+    def simulate(*extra: str) -> str:
+        proc = run([str(binary()), "policy", "test", "builtin-round-robin", "--manifests",
+                    str(manifests), "--service", "e2e/web-dual", "--connections", "30", *extra],
+                   check=False, timeout=60)
+        out = proc.stdout.decode()
+        assert proc.returncode == 0, out + proc.stderr.decode(errors="replace")
+        return out
+
+    out = simulate()  # an IPv4 client by default
+    assert f"({mf.DUAL_VIP4}:80)" in out and "fd00:" not in out.split("\n", 1)[1], out
+    assert "web-a" in out and "web-c" in out, out
+    assert "web-b" not in out, out
+    out = simulate("--client", "fd00:10:244:1::100")
+    assert f"([{mf.DUAL_VIP6}]:80)" in out, out
+    body = out.split("\n", 1)[1]
+    assert "web-b" in body and "10.244." not in body.split("decisions:")[0], out

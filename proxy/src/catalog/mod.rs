@@ -6,6 +6,7 @@ mod app_protocol;
 mod build;
 mod check;
 mod endpoints;
+mod family;
 mod node;
 mod problem;
 mod service;
@@ -21,6 +22,7 @@ pub use build::{
     translate_service,
 };
 pub use endpoints::validate_endpoint_slice;
+pub use family::{family_range, is_v6};
 pub use node::{TO_BE_DELETED_TAINT, ZONE_LABEL, node_context};
 pub use problem::{ObjectRef, Problem, Severity};
 pub use service::validate_service;

@@ -36,8 +36,10 @@ impl Elements {
         for (frontend, route) in &table.frontends {
             let key = (frontend.ip, frontend.protocol, frontend.port);
             // An L7 port without endpoints stays diverted: its clients get
-            // a 503 (or gRPC UNAVAILABLE) that says why, not a reset.
-            if route.endpoints().is_empty() && route.port.l7.is_none() {
+            // a 503 (or gRPC UNAVAILABLE) that says why, not a reset. A
+            // frontend reaches only its own family's endpoints.
+            let none = crate::catalog::family_range(route.endpoints(), frontend.ip).is_empty();
+            if none && route.port.l7.is_none() {
                 out.vips_no_endpoints.insert(key);
             } else {
                 out.vips.insert(key);
