@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import manifests as mf
 from switchyard import binary
-from topology import CLIENT, NODE_NAME, run, wait_until
+from topology import CLIENT, EXT_V4, NODE_NAME, NODE_UPLINK_V4, run, wait_until
 
 ADMIN = "http://127.0.0.1:10249"
 WEB = f"http://{mf.WEB_VIP}/"
@@ -237,3 +237,67 @@ def test_policy_test_simulates_a_client_of_the_frontends_family(tmp_path):
     assert f"([{mf.DUAL_VIP6}]:80)" in out, out
     body = out.split("\n", 1)[1]
     assert "web-b" in body and "10.244." not in body.split("decisions:")[0], out
+
+
+# ------------------------------------------------------ loadBalancerSourceRanges
+LB_VIP4, LB_VIP6 = "10.96.0.80", "fd00:10:96::80"
+LB_IP4, LB_IP6 = "203.0.113.80", "fd00:203::80"
+LB_NODE_PORT = 30090
+
+
+def load_balancer(ranges: list[str], *, local: bool = False, health_check: int | None = None,
+                  endpoints: list[str] | None = None) -> str:
+    """`web-lb`: a dual-stack LoadBalancer with an ingress IP of each family."""
+    pods = endpoints if endpoints is not None else [p.name for p in mf.BACKENDS]
+    svc = mf.ServiceDef("web-lb", [LB_VIP4, LB_VIP6],
+                        [mf.Port("http", 80, mf.HTTP_PORT, node_port=LB_NODE_PORT)],
+                        [mf.backends(pods), mf.backends(pods, v6=True)], type="LoadBalancer")
+    service, *slices = svc.documents()
+    if ranges:
+        service["spec"]["loadBalancerSourceRanges"] = ranges
+    if local:
+        service["spec"]["externalTrafficPolicy"] = "Local"
+    if health_check is not None:
+        service["spec"]["healthCheckNodePort"] = health_check
+    service["status"] = {"loadBalancer": {"ingress": [{"ip": LB_IP4, "ipMode": "VIP"},
+                                                      {"ip": LB_IP6, "ipMode": "VIP"}]}}
+    return mf.to_yaml(service, *slices)
+
+
+def outcome(cluster, url: str, where: str) -> str:
+    """"answered", "refused" or "no answer" (nothing came back within 2 s)."""
+    proc = cluster.run_in(where, ["curl", "-sS", "-g", "--connect-timeout", "2", "--max-time", "5",
+                                  "-o", "/dev/null", "-w", "%{http_code}", url], timeout=30)
+    if proc.returncode == 0 and proc.stdout == b"200":
+        return "answered"
+    return {7: "refused", 28: "no answer"}.get(proc.returncode, f"curl rc {proc.returncode}")
+
+
+def test_source_ranges_drop_other_sources_on_the_ingress_ips_only(bare_cluster):
+    c = bare_cluster
+    # ext reaches the IPv6 ingress IP through the node, as it does the IPv4 range.
+    c.run_in("ext", ["ip", "-6", "route", "add", "fd00:203::/64", "via", "fd00:50::1"])
+    c.write_file("web-lb.yaml", load_balancer([f"{CLIENT.ipv4}/32", f"{CLIENT.ipv6}/128"]))
+    c.start_proxy()
+    c.start_http()
+    lb4, lb6 = f"http://{LB_IP4}/", f"http://[{LB_IP6}]/"
+    assert outcome(c, lb4, "client") == "answered"
+    assert outcome(c, lb6, "client") == "answered"
+    assert outcome(c, lb4, "ext") == "no answer"
+    assert outcome(c, lb6, "ext") == "no answer"
+    # The Service's NodePort and ClusterIP stay open to everyone.
+    assert outcome(c, f"http://{NODE_UPLINK_V4}:{LB_NODE_PORT}/", "ext") == "answered"
+    assert outcome(c, f"http://{LB_VIP4}/", "client") == "answered"
+
+    # The ranges change: ext is let in, the client Pod is shut out.
+    c.write_file("web-lb.yaml", load_balancer([f"{EXT_V4}/32", "fd00:50::/64"]))
+    wait_until(lambda: outcome(c, lb4, "ext") == "answered", "ext to be let in (IPv4)")
+    assert outcome(c, lb6, "ext") == "answered"
+    assert outcome(c, lb4, "client") == "no answer"
+    assert outcome(c, lb6, "client") == "no answer"
+    assert outcome(c, f"http://[{LB_VIP6}]/", "client") == "answered"
+
+    # No ranges: open to every source.
+    c.write_file("web-lb.yaml", load_balancer([]))
+    wait_until(lambda: outcome(c, lb4, "client") == "answered", "the client to be let in again")
+    assert outcome(c, lb6, "client") == "answered"

@@ -67,6 +67,8 @@ pub struct TranslatedService {
     ports: Vec<Arc<ServicePort>>,
     vips: Vec<Claim<Frontend>>,
     node_ports: Vec<Claim<(Protocol, u16)>>,
+    health_check: Option<u16>,
+    source_ranges: Vec<(Frontend, Arc<[super::load_balancer::Prefix]>)>,
 }
 
 impl TranslatedService {
@@ -226,6 +228,8 @@ fn translate_parsed(
         ports: Vec::with_capacity(svc.ports.len()),
         vips: Vec::new(),
         node_ports: Vec::new(),
+        health_check: svc.load_balancer.health_check_node_port,
+        source_ranges: Vec::new(),
     };
     for p in &svc.ports {
         let all = port_endpoints(&p.name, p.protocol, slices);
@@ -255,6 +259,24 @@ fn translate_parsed(
             (&svc.internal_vips, Scope::Internal),
             (&svc.external_vips, Scope::External),
         ];
+        if let Some(ranges) = &svc.load_balancer.source_ranges {
+            // Only the load balancer's ingress IPs, as kube-proxy does.
+            for vip in svc
+                .external_vips
+                .iter()
+                .filter(|v| v.field.starts_with("status.loadBalancer"))
+            {
+                let frontend = Frontend {
+                    ip: vip.ip,
+                    protocol: p.protocol,
+                    port: p.port,
+                };
+                out.source_ranges.push((
+                    frontend,
+                    super::load_balancer::ranges_for(vip.ip, ranges).into(),
+                ));
+            }
+        }
         for (vips, scope) in scoped {
             for vip in vips {
                 out.vips.push(Claim {
@@ -326,6 +348,17 @@ pub fn assemble<'a>(services: impl IntoIterator<Item = &'a TranslatedService>) -
         for claim in &svc.node_ports {
             node_port_owner.insert(claim.key, &svc.key);
             out.table.node_ports.insert(claim.key, claim.route.clone());
+        }
+        if let Some(port) = svc.health_check {
+            out.table
+                .health_checks
+                .entry(port)
+                .or_insert(svc.key.clone());
+        }
+        for (frontend, ranges) in &svc.source_ranges {
+            out.table
+                .source_ranges
+                .insert(*frontend, Arc::clone(ranges));
         }
         out.table
             .services

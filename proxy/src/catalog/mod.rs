@@ -7,6 +7,7 @@ mod build;
 mod check;
 mod endpoints;
 mod family;
+mod load_balancer;
 mod node;
 mod problem;
 mod service;
@@ -23,6 +24,7 @@ pub use build::{
 };
 pub use endpoints::validate_endpoint_slice;
 pub use family::{family_range, is_v6};
+pub use load_balancer::{Prefix, SOURCE_RANGES_ANNOTATION, ranges_for};
 pub use node::{TO_BE_DELETED_TAINT, ZONE_LABEL, node_context};
 pub use problem::{ObjectRef, Problem, Severity};
 pub use service::validate_service;

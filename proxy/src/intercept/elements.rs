@@ -28,6 +28,8 @@ pub struct Elements {
     /// `intercept.nodePortAddresses` restricts them (empty otherwise: the
     /// rules then match every local address).
     pub node_addresses: BTreeSet<Prefix>,
+    /// `loadBalancerSourceRanges` (`source_ranges.rs`).
+    pub source_ranges: super::source_ranges::SourceRanges,
 }
 
 impl Elements {
@@ -52,6 +54,7 @@ impl Elements {
                 out.node_ports.insert(key);
             }
         }
+        out.source_ranges = super::source_ranges::SourceRanges::from_table(table);
         out
     }
 
@@ -115,6 +118,8 @@ impl Elements {
             .copied()
             .collect();
         emit_prefixes(&mut out, "delete", table, &gone);
+        self.source_ranges
+            .emit_deletions(&old.source_ranges, table, &mut out);
         let new: Vec<_> = self
             .node_addresses
             .difference(&old.node_addresses)
@@ -136,6 +141,8 @@ impl Elements {
             let new: Vec<_> = to.difference(from).copied().collect();
             emit_ports(&mut out, "add", table, set, &new);
         }
+        self.source_ranges
+            .emit_additions(&old.source_ranges, table, &mut out);
         out
     }
 
@@ -145,6 +152,7 @@ impl Elements {
             + self.node_ports.len()
             + self.node_ports_no_endpoints.len()
             + self.node_addresses.len()
+            + self.source_ranges.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -31,6 +31,7 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
             "  set {set} {{\n    type {ty}\n    flags interval\n  }}"
         ));
     }
+    lines.extend(super::source_ranges::set_definitions());
     // A NodePort is a local destination, restricted to the configured
     // addresses (kube-proxy's --nodeport-addresses) when there are any.
     let restricted = !cfg.node_port_addresses.is_empty();
@@ -84,6 +85,7 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     // upstream packets carry the bypass mark and skip tracking in output.
     lines.push("  chain prerouting {".into());
     lines.push("    type filter hook prerouting priority raw; policy accept;".into());
+    lines.extend(super::source_ranges::prerouting_rules());
     lines.push(format!(
         "    tcp flags & (syn | ack) != syn socket transparent 1 {divert} notrack accept"
     ));
