@@ -5,6 +5,8 @@ with real clients."""
 from __future__ import annotations
 
 import json
+import signal
+import sys
 
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
@@ -13,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import manifests as mf
 from switchyard import binary
-from topology import CLIENT, EXT_V4, NODE_NAME, NODE_UPLINK_V4, run, wait_until
+from topology import (BRIDGE_V4, CLIENT, EXT_V4, NODE_NAME, NODE_UPLINK_V4, NODE_UPLINK_V6, run,
+                      wait_until)
 
 ADMIN = "http://127.0.0.1:10249"
 WEB = f"http://{mf.WEB_VIP}/"
@@ -246,12 +249,16 @@ LB_NODE_PORT = 30090
 
 
 def load_balancer(ranges: list[str], *, local: bool = False, health_check: int | None = None,
-                  endpoints: list[str] | None = None) -> str:
-    """`web-lb`: a dual-stack LoadBalancer with an ingress IP of each family."""
+                  endpoints: list[str] | None = None, node: str = NODE_NAME) -> str:
+    """`web-lb`: a dual-stack LoadBalancer with an ingress IP of each family,
+    its endpoints (Pod names, default all) on `node`."""
     pods = endpoints if endpoints is not None else [p.name for p in mf.BACKENDS]
+    slices = [mf.backends(pods), mf.backends(pods, v6=True)]
+    for ep in slices[0] + slices[1]:
+        ep.node = node
     svc = mf.ServiceDef("web-lb", [LB_VIP4, LB_VIP6],
                         [mf.Port("http", 80, mf.HTTP_PORT, node_port=LB_NODE_PORT)],
-                        [mf.backends(pods), mf.backends(pods, v6=True)], type="LoadBalancer")
+                        slices, type="LoadBalancer")
     service, *slices = svc.documents()
     if ranges:
         service["spec"]["loadBalancerSourceRanges"] = ranges
@@ -301,3 +308,70 @@ def test_source_ranges_drop_other_sources_on_the_ingress_ips_only(bare_cluster):
     c.write_file("web-lb.yaml", load_balancer([]))
     wait_until(lambda: outcome(c, lb4, "client") == "answered", "the client to be let in again")
     assert outcome(c, lb6, "client") == "answered"
+
+
+# ------------------------------------------------------ health-check node ports
+HC_PORT = 32090
+HOLD = ("import socket, sys, time\n"
+        "s = socket.create_connection((sys.argv[1], 80), timeout=5)\n"
+        "print('open', flush=True)\n"
+        "time.sleep(60)\n")
+
+
+def health_check(cluster, where: str = "ext", host: str = NODE_UPLINK_V4) -> tuple[int, dict]:
+    return get_json(cluster, f"http://{host}:{HC_PORT}/", where=where)
+
+
+def test_health_check_node_port_follows_local_endpoints_and_the_stop(bare_cluster):
+    c = bare_cluster
+    c.write_file("web-lb.yaml", load_balancer([], local=True, health_check=HC_PORT))
+    c.start_proxy()
+    c.start_http()
+    code, body = health_check(c)
+    assert (code, body) == (200, {"service": {"namespace": "e2e", "name": "web-lb"},
+                                  "localEndpoints": 3, "serviceProxyHealthy": True})
+    # Also on the node's IPv6 address (nodePortAddresses is empty: every address).
+    assert health_check(c, host=f"[{NODE_UPLINK_V6}]")[0] == 200
+
+    # The endpoints move to another node: this node has none.
+    c.write_file("web-lb.yaml", load_balancer([], local=True, health_check=HC_PORT,
+                                              node="node-b"))
+    wait_until(lambda: health_check(c)[0] == 503, "the health check to answer 503")
+    assert health_check(c)[1]["localEndpoints"] == 0
+    # One comes back.
+    c.write_file("web-lb.yaml", load_balancer([], local=True, health_check=HC_PORT,
+                                              endpoints=["web-a"]))
+    wait_until(lambda: health_check(c) == (200, {"service": {"namespace": "e2e", "name": "web-lb"},
+                                                 "localEndpoints": 1,
+                                                 "serviceProxyHealthy": True}),
+               "the health check to answer 200 with one local endpoint")
+
+    # While the proxy drains on SIGTERM, the port answers 503.
+    holder = c.topo.spawn("holder", c.topo.client, [sys.executable, "-c", HOLD, mf.WEB_VIP])
+    try:
+        wait_until(lambda: "open" in holder.output(), "the held connection to open")
+        c.proxy.stopped_by_test = True
+        c.proxy.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: health_check(c)[0] == 503, "503 while stopping")
+        assert health_check(c)[1]["serviceProxyHealthy"] is False
+    finally:
+        holder.stop(signal.SIGKILL)
+    assert c.proxy.proc.stop(signal.SIGTERM, timeout=30) == 0
+
+
+def test_health_check_node_port_closes_with_the_service_and_keeps_to_node_port_addresses(
+        bare_cluster, tmp_path):
+    c = bare_cluster
+    c.write_file("web-lb.yaml", load_balancer([], local=True, health_check=HC_PORT))
+    config = tmp_path / "switchyard.yaml"
+    mf.write_atomic(config, f"intercept:\n  nodePortAddresses: [\"{NODE_UPLINK_V4}/32\"]\n")
+    c.start_proxy(["--config", str(config)])
+    c.start_http()
+    assert health_check(c)[0] == 200
+    # Not on the bridge address: nodePortAddresses leaves it out.
+    refused = c.curl(f"http://{BRIDGE_V4}:{HC_PORT}/", where="client")
+    assert refused.returncode == 7, refused
+    # externalTrafficPolicy: Cluster: kube-proxy serves no health check.
+    c.write_file("web-lb.yaml", load_balancer([], health_check=HC_PORT))
+    wait_until(lambda: c.curl(f"http://{NODE_UPLINK_V4}:{HC_PORT}/", where="ext").returncode == 7,
+               "the health-check port to close")

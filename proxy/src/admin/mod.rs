@@ -4,6 +4,7 @@
 mod debug;
 mod exposition;
 mod health;
+mod health_check_ports;
 pub mod metrics;
 mod server;
 
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use debug::PolicySummary;
 pub use health::Health;
+pub use health_check_ports::HealthCheckPorts;
 pub use metrics::Metrics;
 use server::{json, text};
 

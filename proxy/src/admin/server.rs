@@ -65,6 +65,18 @@ pub fn json(status: StatusCode, body: &impl serde::Serialize) -> Reply {
 pub async fn spawn(addr: SocketAddr, handler: Handler) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    spawn_listener(listener, handler);
+    Ok(local)
+}
+
+/// Serves a bound listener until the task is aborted (which closes it).
+pub fn spawn_listener(
+    listener: tokio::net::TcpListener,
+    handler: Handler,
+) -> tokio::task::JoinHandle<()> {
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -102,6 +114,5 @@ pub async fn spawn(addr: SocketAddr, handler: Handler) -> std::io::Result<Socket
                 }
             });
         }
-    });
-    Ok(local)
+    })
 }

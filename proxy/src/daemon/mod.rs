@@ -86,6 +86,8 @@ async fn control(
     let metrics = Arc::new(Metrics::new(backend.name()));
     let health = Arc::new(Health::default());
     let snapshot = SharedSnapshot::default();
+    let mut health_check_ports =
+        admin::HealthCheckPorts::new(health.clone(), snapshot.clone(), Some(node_name.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let active = Arc::new(AtomicUsize::new(0));
     let summary = Arc::new(PolicySummary::default());
@@ -229,6 +231,10 @@ async fn control(
         return Err(e);
     }
     health.synced(sync.node.ineligible.clone());
+    health_check_ports.reconcile(
+        &sync.snapshot.load().table,
+        &config.intercept.node_port_addresses,
+    );
     health.set_ready(true);
     tracing::info!("serving");
 
@@ -257,6 +263,10 @@ async fn control(
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+        health_check_ports.reconcile(
+            &sync.snapshot.load().table,
+            &config.intercept.node_port_addresses,
+        );
     }
     health.set_ready(false);
     let open = active.load(Ordering::Relaxed);
