@@ -106,6 +106,8 @@ def test_healthz_is_kube_proxys_and_drains_a_node_being_removed(bare_cluster):
     assert set(body) == {"lastUpdated", "currentTime", "nodeEligible"}
     assert body["nodeEligible"] is True
     assert body["currentTime"].endswith(" +0000 UTC")
+    code, body = get_json(c, "http://127.0.0.1:10256/livez")
+    assert code == 200 and set(body) == {"lastUpdated", "currentTime"}, body
 
     for manifest in (node_manifest(taint=True), node_manifest(deleting=True)):
         c.write_file("node.yaml", manifest)

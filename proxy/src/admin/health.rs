@@ -9,6 +9,8 @@
 //! deleted or carries the autoscaler's `ToBeDeletedByClusterAutoscaler`
 //! taint, so that cloud load balancers drain it first. On top of that, we
 //! answer 503 before the first sync is installed and once a stop begins.
+//! `/livez` is the same sync check alone, with `lastUpdated` and
+//! `currentTime`.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,6 +93,29 @@ impl Health {
         };
         let body = format!(
             "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\", \"nodeEligible\": {eligible}}}\n",
+            go_time(last_updated),
+            go_time(Some(now)),
+        );
+        let status = if healthy {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (status, body)
+    }
+
+    /// Status and body of `/livez`: kube-proxy's, the sync check alone
+    /// (healthy while starting, whatever the node).
+    pub fn livez(&self, now: SystemTime) -> (StatusCode, String) {
+        let state = self.lock();
+        let healthy = fresh(&state, now);
+        let last_updated = if healthy {
+            Some(now)
+        } else {
+            state.last_updated
+        };
+        let body = format!(
+            "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\"}}\n",
             go_time(last_updated),
             go_time(Some(now)),
         );
@@ -186,6 +211,8 @@ mod tests {
         assert_eq!(h.healthz(SystemTime::now()).0, StatusCode::OK);
         let later = SystemTime::now() + HEALTH_TIMEOUT + Duration::from_secs(1);
         assert_eq!(h.healthz(later).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h.livez(later).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h.livez(SystemTime::now()).0, StatusCode::OK);
         h.synced(Some("tainted".into()));
         let (status, body) = h.healthz(SystemTime::now());
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

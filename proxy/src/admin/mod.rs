@@ -31,7 +31,10 @@ pub type ReloadSender = mpsc::Sender<oneshot::Sender<ReloadAnswer>>;
 pub async fn serve_health(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<SocketAddr> {
     let handler: server::Handler = Arc::new(move |call| {
         let reply = match call.path.as_str() {
-            "/livez" => text(StatusCode::OK, "ok\n"),
+            "/livez" => {
+                let (status, body) = health.livez(std::time::SystemTime::now());
+                server::typed(status, "application/json", body)
+            }
             "/healthz" => {
                 let (status, body) = health.healthz(std::time::SystemTime::now());
                 server::typed(status, "application/json", body)
