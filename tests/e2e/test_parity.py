@@ -304,6 +304,7 @@ def test_source_ranges_drop_other_sources_on_the_ingress_ips_only(bare_cluster):
     assert outcome(c, lb6, "ext") == "answered"
     assert outcome(c, lb4, "client") == "no answer"
     assert outcome(c, lb6, "client") == "no answer"
+    assert outcome(c, lb4, "node") == "no answer"  # host processes are filtered too
     assert outcome(c, f"http://[{LB_VIP6}]/", "client") == "answered"
 
     # No ranges: open to every source.

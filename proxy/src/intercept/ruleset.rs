@@ -123,6 +123,7 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     lines.push("  chain output {".into());
     lines.push("    type route hook output priority mangle; policy accept;".into());
     lines.push(format!("    meta mark & {bypass} != 0 return"));
+    lines.extend(super::source_ranges::prerouting_rules());
     lines.push(format!(
         "    ct mark & 0x{:x} != 0 {divert} accept",
         cfg.divert_mark

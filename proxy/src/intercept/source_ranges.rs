@@ -8,8 +8,8 @@
 //! frontend (`daddr . l4proto . dport . saddr`, an interval set). A changed
 //! range list is an element update like any other Service change.
 //!
-//! Only packets entering the node are filtered: the node's own processes
-//! (the output hook) reach a restricted frontend from any address.
+//! The same rules run first in prerouting (Pods, external clients) and in
+//! output (the node's own processes), as kube-proxy filters both.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -84,8 +84,9 @@ pub fn set_definitions() -> Vec<String> {
     out
 }
 
-/// The prerouting rules; they come first, so that nothing is diverted,
-/// rejected or delivered to a socket of ours for a source out of range.
+/// The rules for prerouting and output; they come first, so that nothing
+/// is diverted, rejected or delivered to a socket of ours for a source out
+/// of range.
 pub fn prerouting_rules() -> Vec<String> {
     [("ip", "4"), ("ip6", "6")]
         .into_iter()
