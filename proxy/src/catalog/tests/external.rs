@@ -238,3 +238,32 @@ fn health_check_node_port_is_served_for_local_load_balancers_only() {
     let cluster = build_yaml(&guarded("  healthCheckNodePort: 32001"));
     assert!(cluster.table.health_checks.is_empty());
 }
+
+#[test]
+fn a_load_balancer_without_node_ports_serves_its_ingress_ips() {
+    let out = build_yaml(
+        r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: direct
+spec:
+  allocateLoadBalancerNodePorts: false
+  clusterIP: 10.96.4.7
+  ports:
+  - port: 80
+    targetPort: 8080
+  type: LoadBalancer
+status:
+  loadBalancer:
+    ingress:
+    - ip: 198.51.100.17
+"#,
+    );
+    assert_no_problems(&out);
+    assert_eq!(
+        vip(&out, "198.51.100.17:80", Protocol::Tcp).scope,
+        Scope::External
+    );
+    assert!(out.table.node_ports.is_empty());
+}
