@@ -46,6 +46,9 @@ impl HealthCheckPorts {
     /// Opens the listeners `table` asks for and closes the others. A port
     /// that cannot be bound is logged and tried again on the next sync.
     pub fn reconcile(&mut self, table: &ServiceTable, node_port_addresses: &[NodePortAddress]) {
+        if table.health_checks.is_empty() && self.listeners.is_empty() {
+            return;
+        }
         let addresses = bind_addresses(table, node_port_addresses);
         let wanted: BTreeSet<SocketAddr> = table
             .health_checks

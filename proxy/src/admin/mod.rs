@@ -33,11 +33,11 @@ pub async fn serve_health(addr: SocketAddr, health: Arc<Health>) -> std::io::Res
         let reply = match call.path.as_str() {
             "/livez" => {
                 let (status, body) = health.livez(std::time::SystemTime::now());
-                server::typed(status, "application/json", body)
+                nosniff(server::typed(status, "application/json", body))
             }
             "/healthz" => {
                 let (status, body) = health.healthz(std::time::SystemTime::now());
-                server::typed(status, "application/json", body)
+                nosniff(server::typed(status, "application/json", body))
             }
             "/readyz" if health.is_ready() => text(StatusCode::OK, "ok\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
@@ -49,6 +49,16 @@ pub async fn serve_health(addr: SocketAddr, health: Arc<Health>) -> std::io::Res
         Box::pin(async move { reply })
     });
     server::spawn(addr, handler).await
+}
+
+/// kube-proxy's probe answers carry it; some load balancers' checkers
+/// are browsers' cousins.
+fn nosniff(mut reply: server::Reply) -> server::Reply {
+    reply.headers_mut().insert(
+        "x-content-type-options",
+        hyper::header::HeaderValue::from_static("nosniff"),
+    );
+    reply
 }
 
 /// Everything the metrics/admin listener serves.
