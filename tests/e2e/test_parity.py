@@ -4,6 +4,7 @@ with real clients."""
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 import sys
@@ -14,6 +15,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 import manifests as mf
+from apiserver import ApiServer, node_object
 from switchyard import binary
 from topology import (BRIDGE_V4, CLIENT, EXT_V4, NODE_NAME, NODE_UPLINK_V4, NODE_UPLINK_V6, run,
                       wait_until)
@@ -128,6 +130,10 @@ ZONES = {"web-a": "zone-a", "web-b": "zone-a", "web-c": "zone-b"}
 def hinted_service(unhinted: str | None = None) -> str:
     """`web-hinted` with `trafficDistribution: PreferClose` and the zone
     hints the EndpointSlice controller would write; `unhinted` lacks its hint."""
+    return mf.to_yaml(*hinted_documents(unhinted))
+
+
+def hinted_documents(unhinted: str | None = None) -> list[dict]:
     svc = mf.ServiceDef("web-hinted", [HINTED_VIP], [mf.http_port()], [mf.backends()])
     service, slice_ = svc.documents()
     service["spec"]["trafficDistribution"] = "PreferClose"
@@ -136,7 +142,7 @@ def hinted_service(unhinted: str | None = None) -> str:
         ep["zone"] = ZONES[pod]
         if pod != unhinted:
             ep["hints"] = {"forZones": [{"name": ZONES[pod]}]}
-    return mf.to_yaml(service, slice_)
+    return [service, slice_]
 
 
 def answers(cluster, url: str, count: int = 12) -> set[str]:
@@ -378,3 +384,31 @@ def test_health_check_node_port_closes_with_the_service_and_keeps_to_node_port_a
     c.write_file("web-lb.yaml", load_balancer([], health_check=HC_PORT))
     wait_until(lambda: c.curl(f"http://{NODE_UPLINK_V4}:{HC_PORT}/", where="ext").returncode == 7,
                "the health-check port to close")
+
+
+def test_healthz_and_topology_follow_the_node_from_the_api(bare_cluster, tmp_path):
+    """The Kubernetes source: the watched Node's taint drains the node, its
+    zone label picks the hinted endpoints, both live."""
+    c = bare_cluster
+    api = ApiServer(c.topo.node, log=tmp_path / "apiserver.log")
+    try:
+        node = node_object(NODE_NAME, zone="zone-a")
+        api.put(node)
+        api.put(*hinted_documents())
+        api.start()
+        c.start_proxy(["--kubeconfig", str(api.kubeconfig(tmp_path / "kubeconfig"))])
+        c.start_http()
+        url = f"http://{HINTED_VIP}/"
+        assert answers(c, url) == {"web-a", "web-b"}
+        assert get_json(c, HEALTHZ)[0] == 200
+
+        tainted = copy.deepcopy(node)
+        tainted["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-b"
+        tainted["spec"] = {"taints": [{"key": "ToBeDeletedByClusterAutoscaler",
+                                       "value": "1700000000", "effect": "NoSchedule"}]}
+        api.put(tainted)
+        wait_until(lambda: get_json(c, HEALTHZ)[0] == 503, "/healthz to answer 503")
+        assert get_json(c, HEALTHZ)[1]["nodeEligible"] is False
+        wait_until(lambda: answers(c, url) == {"web-c"}, "zone-b's endpoint only")
+    finally:
+        api.stop()
