@@ -313,6 +313,15 @@ def test_source_ranges_drop_other_sources_on_the_ingress_ips_only(bare_cluster):
     assert outcome(c, lb4, "node") == "no answer"  # host processes are filtered too
     assert outcome(c, f"http://[{LB_VIP6}]/", "client") == "answered"
 
+    # A range that is no CIDR: the file is rejected (named), the last good
+    # ranges stay in force; never open.
+    mark = c.proxy.log_mark()
+    c.write_file("web-lb.yaml", load_balancer([f"{EXT_V4}/32", "everyone"]))
+    c.proxy.wait_log(r"spec\.loadBalancerSourceRanges\[1\]", since=mark,
+                     what="the bad range to be reported")
+    assert outcome(c, lb4, "client") == "no answer"
+    assert outcome(c, lb4, "ext") == "answered"
+
     # No ranges: open to every source.
     c.write_file("web-lb.yaml", load_balancer([]))
     wait_until(lambda: outcome(c, lb4, "client") == "answered", "the client to be let in again")
