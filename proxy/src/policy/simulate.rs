@@ -135,3 +135,87 @@ pub fn run(
     report.metrics = metrics.encode();
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{NodeContext, Scope, build};
+
+    const DUAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: default}
+spec:
+  clusterIPs: [10.96.5.5, "fd00:10:96::5"]
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-v4, namespace: default, labels: {kubernetes.io/service-name: api}}
+endpoints:
+- {addresses: [10.244.0.7], conditions: {ready: true}}
+- {addresses: [10.244.0.8], conditions: {ready: false}}
+ports: [{name: http, port: 8080, protocol: TCP}]
+---
+addressType: IPv6
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-v6, namespace: default, labels: {kubernetes.io/service-name: api}}
+endpoints:
+- {addresses: ["fd00:244::7"], conditions: {ready: true}}
+- {addresses: ["fd00:244::8"], conditions: {ready: true}}
+ports: [{name: http, port: 8080, protocol: TCP}]
+"#;
+
+    fn route() -> Route {
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(DUAL) {
+            let value =
+                <serde_yaml::Value as serde::Deserialize>::deserialize(doc).expect("test YAML");
+            if value.get("kind").and_then(|k| k.as_str()) == Some("Service") {
+                services.push(serde_yaml::from_value(value).expect("a Service"));
+            } else {
+                slices.push(serde_yaml::from_value(value).expect("an EndpointSlice"));
+            }
+        }
+        let table = build(&services, &slices, &NodeContext::default()).table;
+        let port = table.services.values().next().expect("the Service")[0].clone();
+        Route {
+            port,
+            scope: Scope::Internal,
+        }
+    }
+
+    fn picks(route: &Route, frontend: &str) -> Vec<SocketAddr> {
+        let frontend: SocketAddr = frontend.parse().expect("frontend");
+        let sim = Simulation {
+            route,
+            frontend,
+            client: default_client(frontend.ip()),
+            binding: None,
+            connections: 20,
+            clients: 20,
+            failing: &[],
+            attempts: 3,
+            hold: false,
+        };
+        let report = run(None, &sim, super::super::Locality::default());
+        assert_eq!(report.failed, 0);
+        report.picks.keys().copied().collect()
+    }
+
+    #[test]
+    fn each_frontend_is_balanced_over_its_own_family() {
+        let route = route();
+        let v4 = picks(&route, "10.96.5.5:80");
+        assert_eq!(v4, ["10.244.0.7:8080".parse().expect("addr")]);
+        let v6 = picks(&route, "[fd00:10:96::5]:80");
+        let want: Vec<SocketAddr> = ["[fd00:244::7]:8080", "[fd00:244::8]:8080"]
+            .iter()
+            .map(|a| a.parse().expect("addr"))
+            .collect();
+        assert_eq!(v6, want);
+    }
+}
