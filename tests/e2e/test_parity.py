@@ -303,6 +303,10 @@ def test_source_ranges_drop_other_sources_on_the_ingress_ips_only(bare_cluster):
     # The Service's NodePort and ClusterIP stay open to everyone.
     assert outcome(c, f"http://{NODE_UPLINK_V4}:{LB_NODE_PORT}/", "ext") == "answered"
     assert outcome(c, f"http://{LB_VIP4}/", "client") == "answered"
+    services = c.curl_json(f"{ADMIN}/debug/services", where="node")["services"]
+    lb = next(s for s in services if s["service"] == "e2e/web-lb")
+    assert lb["ports"][0]["source_ranges"] == {f"{LB_IP4}:80": [f"{CLIENT.ipv4}/32"],
+                                               f"{LB_IP6}:80": [f"{CLIENT.ipv6}/128"]}
 
     # The ranges change: ext is let in, the client Pod is shut out.
     c.write_file("web-lb.yaml", load_balancer([f"{EXT_V4}/32", "fd00:50::/64"]))
@@ -348,6 +352,9 @@ def test_health_check_node_port_follows_local_endpoints_and_the_stop(bare_cluste
     code, body = health_check(c)
     assert (code, body) == (200, {"service": {"namespace": "e2e", "name": "web-lb"},
                                   "localEndpoints": 3, "serviceProxyHealthy": True})
+    services = c.curl_json(f"{ADMIN}/debug/services", where="node")["services"]
+    assert next(s for s in services if s["service"] == "e2e/web-lb")[
+        "health_check_node_port"] == HC_PORT
     # Also on the node's IPv6 address (nodePortAddresses is empty: every address).
     assert health_check(c, host=f"[{NODE_UPLINK_V6}]")[0] == 200
 
