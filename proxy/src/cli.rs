@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use switchyard::catalog::{self, NodeContext, Severity};
+use switchyard::catalog::{self, Severity};
 use switchyard::config::{Config, IoMode, LogConfig, LogFormat};
 use switchyard::sources::FileSource;
 
@@ -192,10 +192,10 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         println!("{level}: {p}");
     }
     let manifests = source.manifests();
-    let node = NodeContext {
-        addresses: manifests.node_addresses(config.node_name.as_deref()),
-        node_name: config.node_name.clone(),
-    };
+    let node = catalog::node_context(
+        config.node_name.clone(),
+        manifests.node(config.node_name.as_deref()),
+    );
     let built = catalog::build(&manifests.services, &manifests.slices, &node);
     for p in &built.problems {
         let level = if p.severity == Severity::Error {

@@ -1,13 +1,14 @@
 //! `switchyard policy check` and `switchyard policy test`: what a policy
 //! author runs before a module goes near a node.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use switchyard::catalog::{self, NodeContext, Route, Scope};
+use switchyard::catalog::{self, Route, Scope};
 use switchyard::config::PolicyConfig;
 use switchyard::policy::simulate::{self, Simulation};
 use switchyard::policy::{BoundPolicy, Locality, PolicyEngine, WasmInstance, load_module};
@@ -58,6 +59,11 @@ pub struct TestArgs {
     /// This node's name, for locality.
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
+    /// The (first) client address; its family picks the Service's frontend
+    /// of that family, whose endpoints alone serve it (default: an IPv4
+    /// client when the Service has an IPv4 ClusterIP).
+    #[arg(long, value_name = "ADDRESS")]
+    pub client: Option<std::net::IpAddr>,
 }
 
 pub fn run(command: &PolicyCommand) -> anyhow::Result<ExitCode> {
@@ -111,6 +117,43 @@ fn check(file: &Path, config: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The ClusterIP frontend of `port` in the client's family (the first
+/// ClusterIP's family without `--client`), and the first client.
+fn find_frontend(
+    args: &TestArgs,
+    table: &catalog::ServiceTable,
+    route: &Route,
+) -> anyhow::Result<(SocketAddr, IpAddr)> {
+    let mut frontends: Vec<&catalog::Frontend> = table
+        .frontends
+        .iter()
+        .filter(|(_, r)| std::sync::Arc::ptr_eq(&r.port, &route.port) && r.scope == Scope::Internal)
+        .map(|(f, _)| f)
+        .collect();
+    frontends.sort_by_key(|f| (catalog::is_v6(f.ip), f.ip));
+    let wanted_v6 = args.client.map(catalog::is_v6);
+    let Some(frontend) = frontends
+        .iter()
+        .find(|f| wanted_v6.is_none_or(|v6| catalog::is_v6(f.ip) == v6))
+    else {
+        bail!(
+            "Service {} has no {} ClusterIP for --client {}; a client of that family cannot reach it",
+            args.service,
+            if wanted_v6 == Some(true) {
+                "IPv6"
+            } else {
+                "IPv4"
+            },
+            args.client.map(|c| c.to_string()).unwrap_or_default()
+        );
+    };
+    let frontend = SocketAddr::new(frontend.ip, frontend.port);
+    let client = args
+        .client
+        .unwrap_or_else(|| simulate::default_client(frontend.ip()));
+    Ok((frontend, client))
+}
+
 fn find_route(args: &TestArgs, table: &catalog::ServiceTable) -> anyhow::Result<Route> {
     let Some((namespace, name)) = args.service.split_once('/') else {
         bail!("--service {:?}: expected NAMESPACE/NAME", args.service);
@@ -149,12 +192,13 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {p}");
     }
     let manifests = source.manifests();
-    let node = NodeContext {
-        node_name: args.node_name.clone(),
-        ..NodeContext::default()
-    };
+    let node = catalog::node_context(
+        args.node_name.clone(),
+        manifests.node(args.node_name.as_deref()),
+    );
     let table = catalog::build(&manifests.services, &manifests.slices, &node).table;
     let route = find_route(args, &table)?;
+    let (frontend, client) = find_frontend(args, &table, &route)?;
     let engine = engine()?;
     let builtin = args.file.as_os_str() == switchyard::policy::BUILTIN_ROUND_ROBIN;
     let binding = if builtin {
@@ -180,6 +224,8 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     };
     let sim = Simulation {
         route: &route,
+        frontend,
+        client,
         binding,
         connections: args.connections,
         clients: args.clients.unwrap_or(args.connections),
@@ -189,14 +235,16 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     };
     let here = Locality {
         node: args.node_name.clone(),
-        zone: None,
+        zone: node.zone.clone(),
     };
     let report = simulate::run(Some(engine), &sim, here);
     println!(
-        "{} connections to {} port {:?}:",
+        "{} connections from {client} to {} port {:?} ({frontend}):",
         args.connections, args.service, route.port.name
     );
-    for endpoint in route.endpoints().iter() {
+    // Only the frontend's family: the data plane never uses the other.
+    let all = route.endpoints();
+    for endpoint in all[catalog::family_range(all, frontend.ip())].iter() {
         let n = report.picks.get(&endpoint.addr).copied().unwrap_or(0);
         let share = 100.0 * n as f64 / args.connections.max(1) as f64;
         let name = endpoint

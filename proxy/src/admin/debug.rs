@@ -115,6 +115,9 @@ struct PortView<'a> {
     frontends: Vec<String>,
     internal_endpoints: &'a [Endpoint],
     external_endpoints: &'a [Endpoint],
+    /// `loadBalancerSourceRanges` in force, by restricted frontend.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    source_ranges: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -122,6 +125,9 @@ struct ServiceView<'a> {
     service: String,
     policy: String,
     policy_config: Option<&'a str>,
+    /// Served on this node (LoadBalancer, `externalTrafficPolicy: Local`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_check_node_port: Option<u16>,
     ports: Vec<PortView<'a>>,
 }
 
@@ -150,6 +156,12 @@ pub fn services(snapshot: &SharedSnapshot) -> impl Serialize {
                 policy_config: ports
                     .first()
                     .and_then(|p| p.service.policy_config.as_deref()),
+                health_check_node_port: snap
+                    .table
+                    .health_checks
+                    .iter()
+                    .find(|(_, k)| *k == key)
+                    .map(|(port, _)| *port),
                 ports: ports
                     .iter()
                     .map(|p| {
@@ -158,6 +170,19 @@ pub fn services(snapshot: &SharedSnapshot) -> impl Serialize {
                             .map(|f| f.iter().map(|f| format!("{}:{}", f.ip, f.port)).collect())
                             .unwrap_or_default();
                         fronts.sort();
+                        let source_ranges = frontends
+                            .get(&p.id)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|f| {
+                                let ranges = snap.table.source_ranges.get(f)?;
+                                let ranges = ranges
+                                    .iter()
+                                    .map(|(ip, len)| format!("{ip}/{len}"))
+                                    .collect();
+                                Some((format!("{}:{}", f.ip, f.port), ranges))
+                            })
+                            .collect();
                         PortView {
                             name: &p.name,
                             protocol: p.protocol.to_string(),
@@ -166,6 +191,7 @@ pub fn services(snapshot: &SharedSnapshot) -> impl Serialize {
                             frontends: fronts,
                             internal_endpoints: &p.internal,
                             external_endpoints: &p.external,
+                            source_ranges,
                         }
                     })
                     .collect(),

@@ -244,7 +244,8 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Prometheus text exposition.
+    /// OpenMetrics text exposition (`admin::exposition` renders it for
+    /// 0.0.4 scrapers).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

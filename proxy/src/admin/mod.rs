@@ -2,38 +2,25 @@
 //! paths. Anything that changes state answers only to loopback peers.
 
 mod debug;
+mod exposition;
+mod health;
+mod health_check_ports;
 pub mod metrics;
 mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use hyper::{Method, StatusCode};
 use tokio::sync::{mpsc, oneshot};
 
 pub use debug::PolicySummary;
+pub use health::Health;
+pub use health_check_ports::HealthCheckPorts;
 pub use metrics::Metrics;
 use server::{json, text};
 
 use crate::snapshot::SharedSnapshot;
-
-/// Liveness and readiness as the probes see them.
-#[derive(Debug, Default)]
-pub struct Health {
-    ready: AtomicBool,
-}
-
-impl Health {
-    /// Ready once the first sync is in force (snapshot and nftables).
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-}
 
 /// The answer to a reload: whether everything applied, and what happened.
 pub type ReloadAnswer = (bool, String);
@@ -44,9 +31,16 @@ pub type ReloadSender = mpsc::Sender<oneshot::Sender<ReloadAnswer>>;
 pub async fn serve_health(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<SocketAddr> {
     let handler: server::Handler = Arc::new(move |call| {
         let reply = match call.path.as_str() {
-            "/livez" => text(StatusCode::OK, "ok\n"),
-            "/healthz" | "/readyz" if health.is_ready() => text(StatusCode::OK, "ok\n"),
-            "/healthz" | "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            "/livez" => {
+                let (status, body) = health.livez(std::time::SystemTime::now());
+                nosniff(server::typed(status, "application/json", body))
+            }
+            "/healthz" => {
+                let (status, body) = health.healthz(std::time::SystemTime::now());
+                nosniff(server::typed(status, "application/json", body))
+            }
+            "/readyz" if health.is_ready() => text(StatusCode::OK, "ok\n"),
+            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
                 "not found; try /healthz, /livez or /readyz\n",
@@ -55,6 +49,16 @@ pub async fn serve_health(addr: SocketAddr, health: Arc<Health>) -> std::io::Res
         Box::pin(async move { reply })
     });
     server::spawn(addr, handler).await
+}
+
+/// kube-proxy's probe answers carry it; some load balancers' checkers
+/// are browsers' cousins.
+fn nosniff(mut reply: server::Reply) -> server::Reply {
+    reply.headers_mut().insert(
+        "x-content-type-options",
+        hyper::header::HeaderValue::from_static("nosniff"),
+    );
+    reply
 }
 
 /// Everything the metrics/admin listener serves.
@@ -72,7 +76,16 @@ pub async fn serve_admin(addr: SocketAddr, state: Arc<AdminState>) -> std::io::R
         let state = state.clone();
         Box::pin(async move {
             match (call.method.clone(), call.path.as_str()) {
-                (_, "/metrics") => text(StatusCode::OK, state.metrics.encode()),
+                (_, "/metrics") => {
+                    let format = exposition::Format::negotiate(call.accept.as_deref());
+                    let body = match format {
+                        exposition::Format::OpenMetrics => state.metrics.encode(),
+                        exposition::Format::PrometheusText => {
+                            exposition::to_prometheus_text(&state.metrics.encode())
+                        }
+                    };
+                    server::typed(StatusCode::OK, format.content_type(), body)
+                }
                 (_, "/debug/services") => json(StatusCode::OK, &debug::services(&state.snapshot)),
                 (_, "/debug/policies") => json(
                     StatusCode::OK,

@@ -21,6 +21,8 @@ pub struct Call {
     pub method: Method,
     pub path: String,
     pub peer: SocketAddr,
+    /// The `Accept` header, for content negotiation (`/metrics`).
+    pub accept: Option<String>,
 }
 
 pub type Handler = Arc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
@@ -28,6 +30,16 @@ pub type Handler = Arc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = Reply> + Send
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Reply {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
+    response
+}
+
+/// A body with the given Content-Type.
+pub fn typed(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut response = text(status, body);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     response
 }
 
@@ -53,6 +65,18 @@ pub fn json(status: StatusCode, body: &impl serde::Serialize) -> Reply {
 pub async fn spawn(addr: SocketAddr, handler: Handler) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    spawn_listener(listener, handler);
+    Ok(local)
+}
+
+/// Serves a bound listener until the task is aborted (which closes it).
+pub fn spawn_listener(
+    listener: tokio::net::TcpListener,
+    handler: Handler,
+) -> tokio::task::JoinHandle<()> {
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -71,6 +95,11 @@ pub async fn spawn(addr: SocketAddr, handler: Handler) -> std::io::Result<Socket
                             method: req.method().clone(),
                             path: req.uri().path().to_owned(),
                             peer,
+                            accept: req
+                                .headers()
+                                .get(hyper::header::ACCEPT)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned),
                         };
                         let reply = handler(call);
                         async move { Ok::<_, Infallible>(reply.await) }
@@ -85,6 +114,5 @@ pub async fn spawn(addr: SocketAddr, handler: Handler) -> std::io::Result<Socket
                 }
             });
         }
-    });
-    Ok(local)
+    })
 }

@@ -15,10 +15,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::check::{Checker, identity};
-use super::endpoints::{ParsedSlice, parse_slice, port_endpoints, select};
+use super::endpoints::{ParsedSlice, parse_slice, port_endpoints};
 use super::problem::{ObjectRef, Problem};
 use super::service::{ParsedService, ServiceOrder, parse_service};
 use super::table::{Frontend, Protocol, Route, Scope, ServiceKey, ServicePort, ServiceTable};
+use super::topology::categorize;
 
 /// What the translation needs to know about this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +29,11 @@ pub struct NodeContext {
     pub node_name: Option<String>,
     /// This node's InternalIP and ExternalIP addresses (`node_addresses`).
     pub addresses: Vec<IpAddr>,
+    /// The Node's `topology.kubernetes.io/zone` label (topology hints).
+    pub zone: Option<String>,
+    /// Why load balancers should not send this node traffic (being
+    /// deleted, autoscaler taint); `None` when eligible. See `node.rs`.
+    pub ineligible: Option<String>,
 }
 
 /// A Node object's InternalIP and ExternalIP addresses, sorted, without
@@ -61,6 +67,8 @@ pub struct TranslatedService {
     ports: Vec<Arc<ServicePort>>,
     vips: Vec<Claim<Frontend>>,
     node_ports: Vec<Claim<(Protocol, u16)>>,
+    health_check: Option<u16>,
+    source_ranges: Vec<(Frontend, Arc<[super::load_balancer::Prefix]>)>,
 }
 
 impl TranslatedService {
@@ -214,21 +222,22 @@ fn translate_parsed(
     slices: &[&ParsedSlice],
     node: &NodeContext,
 ) -> TranslatedService {
-    let node_name = node.node_name.as_deref();
     let mut out = TranslatedService {
         order: svc.order.clone(),
         key: svc.info.key.clone(),
         ports: Vec::with_capacity(svc.ports.len()),
         vips: Vec::new(),
         node_ports: Vec::new(),
+        health_check: svc.load_balancer.health_check_node_port,
+        source_ranges: Vec::new(),
     };
     for p in &svc.ports {
         let all = port_endpoints(&p.name, p.protocol, slices);
-        let internal = select(&all, svc.internal_local, node_name);
+        let internal = categorize(&all, svc.internal_local, node);
         let external = if svc.internal_local == svc.external_local {
             Arc::clone(&internal)
         } else {
-            select(&all, svc.external_local, node_name)
+            categorize(&all, svc.external_local, node)
         };
         let port = Arc::new(ServicePort {
             id: ServicePort::stable_id(&svc.info.key, &p.name, p.protocol),
@@ -250,6 +259,24 @@ fn translate_parsed(
             (&svc.internal_vips, Scope::Internal),
             (&svc.external_vips, Scope::External),
         ];
+        if let Some(ranges) = &svc.load_balancer.source_ranges {
+            // Only the load balancer's ingress IPs, as kube-proxy does.
+            for vip in svc
+                .external_vips
+                .iter()
+                .filter(|v| v.field.starts_with("status.loadBalancer"))
+            {
+                let frontend = Frontend {
+                    ip: vip.ip,
+                    protocol: p.protocol,
+                    port: p.port,
+                };
+                out.source_ranges.push((
+                    frontend,
+                    super::load_balancer::ranges_for(vip.ip, ranges).into(),
+                ));
+            }
+        }
         for (vips, scope) in scoped {
             for vip in vips {
                 out.vips.push(Claim {
@@ -321,6 +348,17 @@ pub fn assemble<'a>(services: impl IntoIterator<Item = &'a TranslatedService>) -
         for claim in &svc.node_ports {
             node_port_owner.insert(claim.key, &svc.key);
             out.table.node_ports.insert(claim.key, claim.route.clone());
+        }
+        if let Some(port) = svc.health_check {
+            out.table
+                .health_checks
+                .entry(port)
+                .or_insert(svc.key.clone());
+        }
+        for (frontend, ranges) in &svc.source_ranges {
+            out.table
+                .source_ranges
+                .insert(*frontend, Arc::clone(ranges));
         }
         out.table
             .services

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::{Endpoint as K8sEndpoint, EndpointSlice};
 
@@ -12,6 +11,7 @@ use super::SERVICE_NAME_LABEL;
 use super::check::{Checker, parse_ip, parse_protocol, port_number};
 use super::problem::Problem;
 use super::table::{Endpoint, Protocol};
+use super::topology::Candidate;
 
 /// A usable EndpointSlice: IP addresses, owned by a Service.
 #[derive(Debug, Clone)]
@@ -42,6 +42,9 @@ pub(crate) struct ParsedEndpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// `hints.forZones[].name` and `hints.forNodes[].name`.
+    pub zone_hints: Vec<String>,
+    pub node_hints: Vec<String>,
 }
 
 /// Every problem of one EndpointSlice, errors and warnings.
@@ -210,6 +213,18 @@ fn parse_endpoint(
         ready,
         serving,
         terminating,
+        zone_hints: ep
+            .hints
+            .iter()
+            .flat_map(|h| h.for_zones.iter().flatten())
+            .map(|z| z.name.clone())
+            .collect(),
+        node_hints: ep
+            .hints
+            .iter()
+            .flat_map(|h| h.for_nodes.iter().flatten())
+            .map(|n| n.name.clone())
+            .collect(),
     })
 }
 
@@ -229,18 +244,16 @@ fn family_name(family: Option<Family>) -> &'static str {
 /// resolved per Pod. When an address appears twice, a ready copy wins over
 /// a not-ready one, otherwise the first slice wins.
 ///
-/// IPv4 and IPv6 endpoints share one list, whatever the frontend's family.
-/// A user-space proxy opens its own connection to the endpoint, so unlike
-/// kube-proxy's kernel DNAT nothing at L4 ties the two families together.
-/// The outbound leg is transparent, though (it connects from the client's
-/// own address), and that needs one family on both sides: the data plane
-/// picks among the endpoints whose `addr` has the client's family.
+/// Both families are in the list, IPv4 first (the order of `SocketAddr`);
+/// `topology::categorize` decides each family's set on its own, and the
+/// data plane balances a frontend's connections only over its own family
+/// (`catalog::family`), as kube-proxy's per-family proxiers do.
 pub(crate) fn port_endpoints(
     name: &str,
     protocol: Protocol,
     slices: &[&ParsedSlice],
-) -> Vec<Endpoint> {
-    let mut merged: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+) -> Vec<Candidate> {
+    let mut merged: BTreeMap<SocketAddr, Candidate> = BTreeMap::new();
     for slice in slices {
         let Some(port) = slice
             .ports
@@ -251,22 +264,26 @@ pub(crate) fn port_endpoints(
         };
         for ep in &slice.endpoints {
             let addr = SocketAddr::new(ep.ip, port.port);
-            let endpoint = Endpoint {
-                addr,
-                node_name: ep.node_name.clone(),
-                zone: ep.zone.clone(),
-                hostname: ep.hostname.clone(),
-                target_name: ep.target_name.clone(),
-                ready: ep.ready,
-                serving: ep.serving,
-                terminating: ep.terminating,
+            let endpoint = Candidate {
+                endpoint: Endpoint {
+                    addr,
+                    node_name: ep.node_name.clone(),
+                    zone: ep.zone.clone(),
+                    hostname: ep.hostname.clone(),
+                    target_name: ep.target_name.clone(),
+                    ready: ep.ready,
+                    serving: ep.serving,
+                    terminating: ep.terminating,
+                },
+                zones: ep.zone_hints.clone(),
+                nodes: ep.node_hints.clone(),
             };
             match merged.entry(addr) {
                 Entry::Vacant(slot) => {
                     slot.insert(endpoint);
                 }
                 Entry::Occupied(mut slot) => {
-                    if endpoint.ready && !slot.get().ready {
+                    if endpoint.endpoint.ready && !slot.get().endpoint.ready {
                         slot.insert(endpoint);
                     }
                 }
@@ -274,34 +291,4 @@ pub(crate) fn port_endpoints(
         }
     }
     merged.into_values().collect()
-}
-
-/// The endpoints one scope may use (kube-proxy's `CategorizeEndpoints`):
-/// the ready ones (on this node only, under a `Local` policy); when there
-/// are none, those that are serving and terminating, so that connections
-/// drain gracefully during a rollout; otherwise none, and the data plane
-/// rejects. With no node name no endpoint is local.
-pub(crate) fn select(
-    all: &[Endpoint],
-    local_only: bool,
-    node_name: Option<&str>,
-) -> Arc<[Endpoint]> {
-    let eligible = |ep: &&Endpoint| {
-        !local_only || node_name.is_some_and(|node| ep.node_name.as_deref() == Some(node))
-    };
-    let ready: Vec<Endpoint> = all
-        .iter()
-        .filter(eligible)
-        .filter(|ep| ep.ready)
-        .cloned()
-        .collect();
-    if !ready.is_empty() {
-        return ready.into();
-    }
-    all.iter()
-        .filter(eligible)
-        .filter(|ep| ep.serving && ep.terminating)
-        .cloned()
-        .collect::<Vec<_>>()
-        .into()
 }

@@ -6,11 +6,15 @@ mod app_protocol;
 mod build;
 mod check;
 mod endpoints;
+mod family;
+mod load_balancer;
+mod node;
 mod problem;
 mod service;
 mod table;
 #[cfg(test)]
 mod tests;
+mod topology;
 mod vips;
 
 pub use app_protocol::{L7Protocol, PROTOCOL_ANNOTATION, port_l7};
@@ -19,6 +23,9 @@ pub use build::{
     translate_service,
 };
 pub use endpoints::validate_endpoint_slice;
+pub use family::{family_range, is_v6};
+pub use load_balancer::{Prefix, SOURCE_RANGES_ANNOTATION, ranges_for};
+pub use node::{TO_BE_DELETED_TAINT, ZONE_LABEL, node_context};
 pub use problem::{ObjectRef, Problem, Severity};
 pub use service::validate_service;
 pub use table::{

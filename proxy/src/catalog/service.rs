@@ -64,6 +64,8 @@ pub(crate) struct ParsedService {
     pub external_vips: Vec<Vip>,
     pub internal_local: bool,
     pub external_local: bool,
+    /// Health-check node port and source ranges (LoadBalancer only).
+    pub load_balancer: super::load_balancer::LoadBalancerExtras,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,17 +106,13 @@ pub(crate) fn parse_service(svc: &Service) -> (Option<ParsedService>, Vec<Proble
         &mut ck,
     );
     let affinity_timeout = affinity(spec, &mut ck);
-    if spec
-        .load_balancer_source_ranges
-        .as_ref()
-        .is_some_and(|r| !r.is_empty())
-    {
-        ck.warning(
-            "spec.loadBalancerSourceRanges",
-            "source ranges are not enforced by Switchyard; the Service is reachable from any \
-             source address",
-        );
-    }
+    let load_balancer = super::load_balancer::load_balancer_extras(
+        svc,
+        spec,
+        kind == Kind::LoadBalancer,
+        external_local,
+        &mut ck,
+    );
     if ck.error_count() > 0 {
         return (None, ck.into_problems());
     }
@@ -165,6 +163,7 @@ pub(crate) fn parse_service(svc: &Service) -> (Option<ParsedService>, Vec<Proble
         external_vips,
         internal_local,
         external_local,
+        load_balancer,
     };
     (Some(parsed), ck.into_problems())
 }

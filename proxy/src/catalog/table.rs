@@ -187,6 +187,15 @@ pub struct ServiceTable {
     /// This node's addresses as its Node object lists them (InternalIP,
     /// ExternalIP): what `intercept.nodePortAddresses: [primary]` means.
     pub node_addresses: Vec<IpAddr>,
+    /// `spec.healthCheckNodePort` of LoadBalancer Services with
+    /// `externalTrafficPolicy: Local`: the port and its Service.
+    #[serde(skip)]
+    pub health_checks: BTreeMap<u16, ServiceKey>,
+    /// LoadBalancer ingress frontends restricted by
+    /// `loadBalancerSourceRanges`: the sources allowed, of the frontend's
+    /// family (empty: none).
+    #[serde(skip)]
+    pub source_ranges: BTreeMap<Frontend, Arc<[(IpAddr, u8)]>>,
 }
 
 impl ServiceTable {

@@ -86,6 +86,8 @@ async fn control(
     let metrics = Arc::new(Metrics::new(backend.name()));
     let health = Arc::new(Health::default());
     let snapshot = SharedSnapshot::default();
+    let mut health_check_ports =
+        admin::HealthCheckPorts::new(health.clone(), snapshot.clone(), Some(node_name.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let active = Arc::new(AtomicUsize::new(0));
     let summary = Arc::new(PolicySummary::default());
@@ -208,7 +210,7 @@ async fn control(
         policies: registry,
         node: NodeContext {
             node_name: Some(node_name),
-            addresses: Vec::new(),
+            ..NodeContext::default()
         },
         interceptor: config.intercept.enabled.then(|| {
             Interceptor::new(
@@ -252,6 +254,11 @@ async fn control(
         sync.cleanup(config.intercept.keep_table_on_exit, &config.intercept.table);
         return Err(e);
     }
+    health.synced(sync.node.ineligible.clone());
+    health_check_ports.reconcile(
+        &sync.snapshot.load().table,
+        &config.intercept.node_port_addresses,
+    );
     health.set_ready(true);
     tracing::info!("serving");
 
@@ -261,8 +268,14 @@ async fn control(
             Some(()) = wake_rx.recv() => {
                 if config_source.changed() {
                     reload(&mut sync, &config_source, &mut config, "config file changed");
-                } else if let Err(e) = sync.run(false) {
-                    tracing::error!(error = %e, "sync failed; the previous state keeps serving");
+                } else {
+                    match sync.run(false) {
+                        Ok(_) => health.synced(sync.node.ineligible.clone()),
+                        Err(e) => {
+                            health.sync_failed();
+                            tracing::error!(error = %e, "sync failed; the previous state keeps serving");
+                        }
+                    }
                 }
             }
             Some(reply) = reload_rx.recv() => {
@@ -274,6 +287,10 @@ async fn control(
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+        health_check_ports.reconcile(
+            &sync.snapshot.load().table,
+            &config.intercept.node_port_addresses,
+        );
     }
     health.set_ready(false);
     let open = active.load(Ordering::Relaxed);

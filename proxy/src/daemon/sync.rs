@@ -170,11 +170,15 @@ impl Sync {
         let Source::File(files) = &self.source else {
             return Ok(None);
         };
-        self.node.addresses = files.node_addresses(self.node.node_name.as_deref());
+        let name = self.node.node_name.clone();
+        let node = crate::catalog::node_context(name.clone(), files.node(name.as_deref()));
+        // The zone decides topology hints in every Service.
+        let zone_changed = node.zone != self.node.zone;
+        self.node = node;
         // Only the Services the changed files touched are translated again,
         // unless everything must be (the first sync, a forced reload).
         let dirty = Dirty {
-            all: force || std::mem::take(&mut self.rebuild_all),
+            all: force || zone_changed || std::mem::take(&mut self.rebuild_all),
             services: scan.touched,
         };
         Ok(Some(self.translations.rebuild(
@@ -200,9 +204,11 @@ impl Sync {
             }
             log_problem(p, report);
         }
-        let addresses = store.node_addresses();
-        let node_changed = addresses != self.node.addresses;
-        self.node.addresses = addresses;
+        let node = crate::catalog::node_context(self.node.node_name.clone(), store.node());
+        let node_changed = node != self.node;
+        // The zone decides topology hints in every Service.
+        dirty.all |= node.zone != self.node.zone;
+        self.node = node;
         if dirty.is_empty() && !policies_changed && !node_changed && !force {
             return None;
         }

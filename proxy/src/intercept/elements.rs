@@ -28,6 +28,8 @@ pub struct Elements {
     /// `intercept.nodePortAddresses` restricts them (empty otherwise: the
     /// rules then match every local address).
     pub node_addresses: BTreeSet<Prefix>,
+    /// `loadBalancerSourceRanges` (`source_ranges.rs`).
+    pub source_ranges: super::source_ranges::SourceRanges,
 }
 
 impl Elements {
@@ -36,8 +38,10 @@ impl Elements {
         for (frontend, route) in &table.frontends {
             let key = (frontend.ip, frontend.protocol, frontend.port);
             // An L7 port without endpoints stays diverted: its clients get
-            // a 503 (or gRPC UNAVAILABLE) that says why, not a reset.
-            if route.endpoints().is_empty() && route.port.l7.is_none() {
+            // a 503 (or gRPC UNAVAILABLE) that says why, not a reset. A
+            // frontend reaches only its own family's endpoints.
+            let none = crate::catalog::family_range(route.endpoints(), frontend.ip).is_empty();
+            if none && route.port.l7.is_none() {
                 out.vips_no_endpoints.insert(key);
             } else {
                 out.vips.insert(key);
@@ -50,6 +54,7 @@ impl Elements {
                 out.node_ports.insert(key);
             }
         }
+        out.source_ranges = super::source_ranges::SourceRanges::from_table(table);
         out
     }
 
@@ -113,6 +118,8 @@ impl Elements {
             .copied()
             .collect();
         emit_prefixes(&mut out, "delete", table, &gone);
+        self.source_ranges
+            .emit_deletions(&old.source_ranges, table, &mut out);
         let new: Vec<_> = self
             .node_addresses
             .difference(&old.node_addresses)
@@ -134,6 +141,8 @@ impl Elements {
             let new: Vec<_> = to.difference(from).copied().collect();
             emit_ports(&mut out, "add", table, set, &new);
         }
+        self.source_ranges
+            .emit_additions(&old.source_ranges, table, &mut out);
         out
     }
 
@@ -143,6 +152,7 @@ impl Elements {
             + self.node_ports.len()
             + self.node_ports_no_endpoints.len()
             + self.node_addresses.len()
+            + self.source_ranges.len()
     }
 
     pub fn is_empty(&self) -> bool {

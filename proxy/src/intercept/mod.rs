@@ -8,6 +8,7 @@ mod elements;
 mod endpoint_counts;
 mod routing;
 mod ruleset;
+mod source_ranges;
 mod steer;
 
 use std::sync::Arc;

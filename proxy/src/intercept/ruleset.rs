@@ -31,6 +31,7 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
             "  set {set} {{\n    type {ty}\n    flags interval\n  }}"
         ));
     }
+    lines.extend(super::source_ranges::set_definitions());
     // A NodePort is a local destination, restricted to the configured
     // addresses (kube-proxy's --nodeport-addresses) when there are any.
     let restricted = !cfg.node_port_addresses.is_empty();
@@ -84,6 +85,7 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     // upstream packets carry the bypass mark and skip tracking in output.
     lines.push("  chain prerouting {".into());
     lines.push("    type filter hook prerouting priority raw; policy accept;".into());
+    lines.extend(super::source_ranges::prerouting_rules());
     lines.push(format!(
         "    tcp flags & (syn | ack) != syn socket transparent 1 {divert} notrack accept"
     ));
@@ -121,6 +123,7 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     lines.push("  chain output {".into());
     lines.push("    type route hook output priority mangle; policy accept;".into());
     lines.push(format!("    meta mark & {bypass} != 0 return"));
+    lines.extend(super::source_ranges::prerouting_rules());
     lines.push(format!(
         "    ct mark & 0x{:x} != 0 {divert} accept",
         cfg.divert_mark

@@ -3,6 +3,11 @@
 //! module bound before it, for fallback), and a native round robin. A Wasm
 //! fault never fails a connection: the previous module, then the round
 //! robin, answer instead.
+//!
+//! A connection is balanced only over the endpoints of its frontend's IP
+//! family (`catalog::family_range`): the state, the table a policy sees and
+//! its indices are per (Service port, scope, family); the indices handed
+//! out and taken back are into the route's whole list.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,7 +21,7 @@ use super::layout::{CallContext, Locality, encode_table};
 use super::stats::LiveStats;
 use crate::admin::Metrics;
 use crate::admin::metrics::{DECISION_SAMPLE, PolicyFaultLabels, PolicyLabels};
-use crate::catalog::{Endpoint, Route, Scope};
+use crate::catalog::{Endpoint, Route, Scope, family_range, is_v6};
 
 /// A module that faults this often within its last [`FAULT_WINDOW`]
 /// decisions is disabled for that Service port (a flapping module is as bad
@@ -68,6 +73,11 @@ struct Slot {
 }
 
 struct PortState {
+    /// The route's whole list, to notice a new one.
+    source: Arc<[Endpoint]>,
+    /// Where this family starts in it.
+    offset: usize,
+    /// This family's endpoints, what the policy's table holds.
     endpoints: Arc<[Endpoint]>,
     table: Vec<u8>,
     table_version: u64,
@@ -85,7 +95,8 @@ pub struct Decider {
     engine: Option<Arc<PolicyEngine>>,
     here: Locality,
     metrics: Arc<Metrics>,
-    states: HashMap<(u64, Scope), PortState>,
+    /// By Service port, scope and family (true for IPv6).
+    states: HashMap<(u64, Scope, bool), PortState>,
     generation: u64,
     started: Instant,
     /// Counts decisions; one in `DECISION_SAMPLE` is timed.
@@ -112,7 +123,8 @@ impl Decider {
         }
     }
 
-    /// Chooses an endpoint index into `req.route.endpoints()`.
+    /// Chooses an endpoint index into `req.route.endpoints()`, among the
+    /// endpoints of the frontend's family.
     pub fn pick(&mut self, req: &PickRequest<'_>) -> Option<Decision> {
         self.decide(req, None)
     }
@@ -137,21 +149,38 @@ impl Decider {
             self.generation = req.generation;
             self.prune();
         }
-        let endpoints = req.route.endpoints();
-        if endpoints.is_empty() {
+        let all = req.route.endpoints();
+        let range = family_range(all, req.frontend.ip());
+        if range.is_empty() {
             return None;
         }
         let now_ns = self.now_ns();
-        let key = (req.route.port.id, req.route.scope);
+        let key = (req.route.port.id, req.route.scope, is_v6(req.frontend.ip()));
         let state = self
             .states
             .entry(key)
-            .or_insert_with(|| PortState::new(endpoints));
+            .or_insert_with(|| PortState::new(range.len()));
         state.last_generation = req.generation;
-        state.refresh_endpoints(endpoints, &self.here);
+        if !Arc::ptr_eq(&state.source, all) {
+            state.source = all.clone();
+            state.offset = range.start;
+            let family: Arc<[Endpoint]> = if range.len() == all.len() {
+                all.clone()
+            } else {
+                Arc::from(&all[range.clone()])
+            };
+            state.refresh_endpoints(&family, &self.here);
+        }
         state.refresh_binding(req.binding);
-        let tried = req
+        let offset = state.offset;
+        // Indices within the family; empty (no allocation) on a first try.
+        let tried_here: Vec<usize> = req
             .tried
+            .iter()
+            .filter_map(|&i| i.checked_sub(offset))
+            .filter(|&i| i < range.len())
+            .collect();
+        let tried = tried_here
             .iter()
             .filter(|&&i| i < 64)
             .fold(0u64, |m, &i| m | 1 << i);
@@ -162,7 +191,7 @@ impl Decider {
             attempt: req.tried.len() as u16,
             now_ns,
             tried,
-            count: endpoints.len() as u32,
+            count: range.len() as u32,
         };
         if let Some(engine) = &self.engine {
             for by in [DecidedBy::Current, DecidedBy::Previous] {
@@ -185,12 +214,12 @@ impl Decider {
                         .observe(start.elapsed().as_secs_f64());
                 }
                 match answer {
-                    Some(Ok(Some(index))) if !req.tried.contains(&index) => {
+                    Some(Ok(Some(index))) if !tried_here.contains(&index) => {
                         if by == DecidedBy::Current {
                             state.fault_window <<= 1;
                         }
                         return Some(Decision {
-                            index,
+                            index: offset + index,
                             by,
                             table_version: state.table_version,
                         });
@@ -203,9 +232,9 @@ impl Decider {
                 }
             }
         }
-        let index = state.round_robin(req.tried)?;
+        let index = state.round_robin(&tried_here)?;
         Some(Decision {
-            index,
+            index: offset + index,
             by: DecidedBy::Builtin,
             table_version: state.table_version,
         })
@@ -219,7 +248,7 @@ impl Decider {
         addr: SocketAddr,
         outcome: Outcome,
     ) {
-        let key = (req.route.port.id, req.route.scope);
+        let key = (req.route.port.id, req.route.scope, is_v6(addr.ip()));
         let now = Instant::now();
         let now_ms = (self.now_ns() / 1_000_000) as u32;
         let Some(state) = self.states.get_mut(&key) else {
@@ -252,7 +281,7 @@ impl Decider {
 
     /// A proxied connection to `addr`, chosen by `decision`, ended.
     pub fn release(&mut self, route: &Route, decision: Decision, addr: SocketAddr) {
-        let key = (route.port.id, route.scope);
+        let key = (route.port.id, route.scope, is_v6(addr.ip()));
         let Some(state) = self.states.get_mut(&key) else {
             return;
         };
@@ -318,13 +347,15 @@ fn count_fault(metrics: &Metrics, state: &mut PortState, by: DecidedBy, fault: &
 }
 
 impl PortState {
-    fn new(endpoints: &Arc<[Endpoint]>) -> Self {
+    fn new(count: usize) -> Self {
         Self {
+            source: Arc::from(Vec::new()),
+            offset: 0,
             endpoints: Arc::from(Vec::new()),
             table: Vec::new(),
             table_version: 0,
             stats: Vec::new(),
-            cursor: fastrand::usize(..endpoints.len().max(1)),
+            cursor: fastrand::usize(..count.max(1)),
             current: None,
             previous: None,
             fault_window: 0,
@@ -418,9 +449,15 @@ impl PortState {
         None
     }
 
+    /// The family index of a decision's endpoint (`decision.index` is into
+    /// the route's whole list).
     fn index_of(&self, decision: Decision, addr: SocketAddr) -> Option<usize> {
-        if decision.table_version == self.table_version && decision.index < self.endpoints.len() {
-            return Some(decision.index);
+        let local = decision.index.checked_sub(self.offset);
+        if decision.table_version == self.table_version
+            && let Some(local) = local.filter(|&i| i < self.endpoints.len())
+            && self.endpoints[local].addr == addr
+        {
+            return Some(local);
         }
         self.endpoints.iter().position(|e| e.addr == addr)
     }

@@ -3,7 +3,7 @@
 //! manifests, and count where connections would go.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,11 @@ use crate::catalog::Route;
 /// What to simulate.
 pub struct Simulation<'a> {
     pub route: &'a Route,
+    /// The frontend the clients connect to; its family decides which
+    /// endpoints serve them, as in the data plane.
+    pub frontend: SocketAddr,
+    /// The first client address; further clients count up from it.
+    pub client: IpAddr,
     pub binding: Option<Arc<BoundPolicy>>,
     pub connections: usize,
     /// Distinct client addresses the connections come from.
@@ -40,10 +45,21 @@ pub struct Report {
     pub metrics: String,
 }
 
-fn client(i: usize) -> SocketAddr {
-    let n = i as u32;
-    let ip = Ipv4Addr::new(10, 200, (n >> 8) as u8, n as u8);
-    SocketAddr::new(IpAddr::V4(ip), 30000 + (i % 30000) as u16)
+/// The default first client of a frontend's family.
+pub fn default_client(frontend: IpAddr) -> IpAddr {
+    if crate::catalog::is_v6(frontend) {
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 200, 0, 0))
+    }
+}
+
+fn client(first: IpAddr, i: usize) -> SocketAddr {
+    let ip = match first {
+        IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4).wrapping_add(i as u32))),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6).wrapping_add(i as u128))),
+    };
+    SocketAddr::new(ip, 30000 + (i % 30000) as u16)
 }
 
 pub fn run(
@@ -63,12 +79,13 @@ pub fn run(
                 || Some(f.as_str()) == e.target_name.as_deref()
         })
     };
-    let frontend = SocketAddr::from(([10, 96, 0, 1], sim.route.port.port));
+    let frontend = sim.frontend;
+    let family = crate::catalog::family_range(&endpoints, frontend.ip()).len();
     for i in 0..sim.connections {
-        let client = client(i % sim.clients.max(1));
+        let client = client(sim.client, i % sim.clients.max(1));
         let mut tried = Vec::new();
         let mut done = false;
-        for _ in 0..sim.attempts.min(endpoints.len()) {
+        for _ in 0..sim.attempts.min(family) {
             let req = PickRequest {
                 route: sim.route,
                 binding: sim.binding.as_ref(),
@@ -117,4 +134,88 @@ pub fn run(
     }
     report.metrics = metrics.encode();
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{NodeContext, Scope, build};
+
+    const DUAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: default}
+spec:
+  clusterIPs: [10.96.5.5, "fd00:10:96::5"]
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+addressType: IPv4
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-v4, namespace: default, labels: {kubernetes.io/service-name: api}}
+endpoints:
+- {addresses: [10.244.0.7], conditions: {ready: true}}
+- {addresses: [10.244.0.8], conditions: {ready: false}}
+ports: [{name: http, port: 8080, protocol: TCP}]
+---
+addressType: IPv6
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-v6, namespace: default, labels: {kubernetes.io/service-name: api}}
+endpoints:
+- {addresses: ["fd00:244::7"], conditions: {ready: true}}
+- {addresses: ["fd00:244::8"], conditions: {ready: true}}
+ports: [{name: http, port: 8080, protocol: TCP}]
+"#;
+
+    fn route() -> Route {
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(DUAL) {
+            let value =
+                <serde_yaml::Value as serde::Deserialize>::deserialize(doc).expect("test YAML");
+            if value.get("kind").and_then(|k| k.as_str()) == Some("Service") {
+                services.push(serde_yaml::from_value(value).expect("a Service"));
+            } else {
+                slices.push(serde_yaml::from_value(value).expect("an EndpointSlice"));
+            }
+        }
+        let table = build(&services, &slices, &NodeContext::default()).table;
+        let port = table.services.values().next().expect("the Service")[0].clone();
+        Route {
+            port,
+            scope: Scope::Internal,
+        }
+    }
+
+    fn picks(route: &Route, frontend: &str) -> Vec<SocketAddr> {
+        let frontend: SocketAddr = frontend.parse().expect("frontend");
+        let sim = Simulation {
+            route,
+            frontend,
+            client: default_client(frontend.ip()),
+            binding: None,
+            connections: 20,
+            clients: 20,
+            failing: &[],
+            attempts: 3,
+            hold: false,
+        };
+        let report = run(None, &sim, super::super::Locality::default());
+        assert_eq!(report.failed, 0);
+        report.picks.keys().copied().collect()
+    }
+
+    #[test]
+    fn each_frontend_is_balanced_over_its_own_family() {
+        let route = route();
+        let v4 = picks(&route, "10.96.5.5:80");
+        assert_eq!(v4, ["10.244.0.7:8080".parse().expect("addr")]);
+        let v6 = picks(&route, "[fd00:10:96::5]:80");
+        let want: Vec<SocketAddr> = ["[fd00:244::7]:8080", "[fd00:244::8]:8080"]
+            .iter()
+            .map(|a| a.parse().expect("addr"))
+            .collect();
+        assert_eq!(v6, want);
+    }
 }

@@ -141,6 +141,14 @@ impl FileSource {
         &self.index
     }
 
+    /// The Node called `node_name`, if a manifest has it.
+    pub fn node(&self, node_name: Option<&str>) -> Option<&k8s_openapi::api::core::v1::Node> {
+        self.files
+            .values()
+            .filter_map(|e| e.good.as_ref())
+            .find_map(|m| m.node(node_name))
+    }
+
     /// The addresses of the Node called `node_name`, if a manifest has it.
     pub fn node_addresses(&self, node_name: Option<&str>) -> Vec<std::net::IpAddr> {
         self.files

@@ -27,6 +27,14 @@ impl Manifests {
         self.nodes.extend(other.nodes.iter().cloned());
     }
 
+    /// The Node called `node_name`, if a manifest has it.
+    pub fn node(&self, node_name: Option<&str>) -> Option<&Node> {
+        let name = node_name?;
+        self.nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+    }
+
     /// The addresses of the Node called `node_name`, if a manifest has it.
     pub fn node_addresses(&self, node_name: Option<&str>) -> Vec<std::net::IpAddr> {
         let Some(name) = node_name else {

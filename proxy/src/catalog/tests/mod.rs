@@ -10,6 +10,7 @@ mod frontends;
 mod incremental;
 mod l7;
 mod slices;
+mod topology;
 mod traffic;
 mod validation;
 

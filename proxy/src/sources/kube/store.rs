@@ -154,6 +154,11 @@ impl Store {
             .collect()
     }
 
+    /// This node's Node object, once listed.
+    pub fn node(&self) -> Option<&k8s_openapi::api::core::v1::Node> {
+        self.nodes.live.values().next()
+    }
+
     /// This node's InternalIP and ExternalIP addresses.
     pub fn node_addresses(&self) -> Vec<std::net::IpAddr> {
         self.nodes
