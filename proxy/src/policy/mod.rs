@@ -14,6 +14,7 @@ mod module;
 mod registry;
 pub mod simulate;
 mod stats;
+pub mod table;
 
 pub use binding::{BUILTIN_ROUND_ROBIN, Bindings, BoundPolicy};
 pub use decider::{DecidedBy, Decider, Decision, FAULT_WINDOW, MAX_FAULTS, Outcome, PickRequest};
@@ -22,3 +23,4 @@ pub use instance::{Fault, WasmInstance};
 pub use layout::Locality;
 pub use module::{ModuleError, PolicyModule, content_hash, load as load_module};
 pub use registry::{PolicyProblem, PolicyRegistry, dry_run};
+pub use table::{SlotKey, SlotTable, TableFault};
