@@ -73,7 +73,10 @@ pub async fn serve_admin(addr: SocketAddr, state: Arc<AdminState>) -> std::io::R
         Box::pin(async move {
             match (call.method.clone(), call.path.as_str()) {
                 (_, "/metrics") => text(StatusCode::OK, state.metrics.encode()),
-                (_, "/debug/services") => json(StatusCode::OK, &debug::services(&state.snapshot)),
+                (_, "/debug/services") => json(
+                    StatusCode::OK,
+                    &debug::services(&state.snapshot, &state.policies),
+                ),
                 (_, "/debug/policies") => json(
                     StatusCode::OK,
                     &debug::policies(&state.policies, &state.metrics),

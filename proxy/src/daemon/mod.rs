@@ -165,6 +165,10 @@ async fn control(
             None
         }
     };
+    let kernel_tables = crate::policy::kernel_tables::TableCache::new(
+        registry.as_ref().map(|r| r.engine().clone()),
+        here.clone(),
+    );
     // Listeners first: once nftables diverts a VIP, someone must answer.
     let shared = dataplane::Shared {
         cfg: config.dataplane.clone(),
@@ -197,6 +201,8 @@ async fn control(
         snapshot,
         metrics,
         summary,
+        kernel_tables,
+        datapath: config.dataplane.datapath,
     };
     let _watch = match &sync.source {
         Source::File(files) => Some(crate::sources::file::watch(

@@ -37,6 +37,10 @@ pub struct Sync {
     pub snapshot: SharedSnapshot,
     pub metrics: Arc<Metrics>,
     pub summary: Arc<PolicySummary>,
+    /// Slot tables of the kernel datapath, kept between syncs.
+    pub kernel_tables: crate::policy::kernel_tables::TableCache,
+    /// `dataplane.datapath`.
+    pub datapath: crate::catalog::datapath::DatapathMode,
 }
 
 impl Sync {
@@ -93,9 +97,18 @@ impl Sync {
             None => Arc::default(),
         };
         let bound_at = start.elapsed();
+        let bindings_for_kernel = bindings.clone();
         let generation = self.snapshot.publish(table.clone(), bindings);
         let published_at = start.elapsed();
         if let Some(interceptor) = &mut self.interceptor {
+            let (plan, choices) = crate::intercept::kernel::plan(
+                &table,
+                &bindings_for_kernel,
+                &mut self.kernel_tables,
+                self.datapath,
+            );
+            self.summary.publish_datapaths(choices);
+            interceptor.set_kernel_plan(plan);
             match interceptor.sync(&table) {
                 Ok(stats) => {
                     self.metrics

@@ -9,6 +9,7 @@ mod binding;
 mod decider;
 mod engine;
 mod instance;
+pub mod kernel_tables;
 pub mod layout;
 mod module;
 mod registry;
