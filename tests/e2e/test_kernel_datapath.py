@@ -105,6 +105,8 @@ def test_every_frontend_kind_on_both_families_goes_through_the_kernel(bare_clust
             assert EXT_V4 not in seen and seen, (url, seen)
     # Nothing of it went through the proxy.
     assert proxied(c) == 0
+    text = c.run_in("node", ["curl", "-sS", f"{ADMIN}/metrics"]).stdout.decode()
+    assert 'switchyard_service_ports{datapath="kernel"} 1' in text, text[-2000:]
 
 
 def test_external_traffic_policy_local_keeps_the_client_and_local_endpoints(bare_cluster, tmp_path):
@@ -248,3 +250,56 @@ def test_hot_swap_under_load_fails_no_request(bare_cluster, tmp_path):
             wait_until(lambda: load.ok >= before + 20, f"load after swap {i}")
     assert load.failed == 0, load.errors[:3]
     wait_datapath(c, "kernel")
+
+
+# Sends one datagram from a fixed source port and prints the JSON answer.
+UDP_ASK = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[3])))
+s.settimeout(2)
+for _ in range(3):
+    s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(s.recvfrom(2048)[0].decode().strip(), flush=True)
+        break
+    except socket.timeout:
+        continue
+"""
+UDP_PORT = 9490
+
+
+def test_a_removed_udp_endpoint_loses_its_conntrack_entries(bare_cluster, tmp_path):
+    c = bare_cluster
+    servers = Path(__file__).resolve().parent / "servers.py"
+    for pod in ("web-a", "web-b"):
+        c._spawn(f"udp-{pod}", pod, [sys.executable, str(servers), "udpecho", "--name", pod,
+                                     "--port", str(UDP_PORT)], UDP_PORT, "udp")
+
+    def service(pods):
+        return mf.ServiceDef("kern-udp", ["10.96.0.94"], [mf.Port("echo", 53, UDP_PORT, "UDP")],
+                             [mf.backends(pods)], annotations={DATAPATH: "kernel"})
+
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    c.write_services([service(["web-a", "web-b"])])
+    c.start_proxy(["--policies", str(directory)])
+    wait_datapath(c, "kernel", "e2e/kern-udp")
+    script = tmp_path / "udp_ask.py"
+    script.write_text(UDP_ASK)
+
+    def ask() -> str:
+        proc = c.run_in("client", [sys.executable, str(script), "10.96.0.94", "53", "40053"])
+        out = proc.stdout.decode().strip()
+        assert out, proc.stderr.decode()
+        return json.loads(out)["pod"]
+
+    first = ask()
+    # The same 5-tuple stays on its Pod through conntrack.
+    assert ask() == first
+    other = "web-b" if first == "web-a" else "web-a"
+    c.write_services([service([other])])
+    wait_until(lambda: ask() == other, f"the UDP flow to move from {first} to {other}",
+               timeout=20)
+    # The removed Pod's server still runs: only a deleted entry moves the flow.
+    assert c.servers[f"udp-{first}"].alive()

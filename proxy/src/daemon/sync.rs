@@ -107,6 +107,18 @@ impl Sync {
                 &mut self.kernel_tables,
                 self.datapath,
             );
+            for datapath in ["kernel", "proxy"] {
+                let n = choices
+                    .values()
+                    .filter(|c| c.datapath.label() == datapath)
+                    .count();
+                self.metrics
+                    .service_ports
+                    .get_or_create(&crate::admin::metrics::DatapathLabels {
+                        datapath: datapath.into(),
+                    })
+                    .set(n as i64);
+            }
             self.summary.publish_datapaths(choices);
             interceptor.set_kernel_plan(plan);
             match interceptor.sync(&table) {

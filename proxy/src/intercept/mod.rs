@@ -195,6 +195,8 @@ impl Interceptor {
             });
         }
         self.installed = Some(want);
+        let stale = kernel::conntrack::removed_udp_endpoints(&self.kernel_installed, &kernel_want);
+        kernel::conntrack::delete(&stale);
         self.kernel_installed = kernel_want;
         self.steer = bridges;
         Ok(SyncStats {

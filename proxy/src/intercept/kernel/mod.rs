@@ -3,6 +3,7 @@
 //! diverted to the proxy. `rules.rs`: the fixed chains and maps;
 //! `elements.rs`: their contents, a pure function of the tables.
 
+pub mod conntrack;
 pub mod elements;
 pub mod plan;
 pub mod rules;
