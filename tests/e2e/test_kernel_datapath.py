@@ -37,7 +37,8 @@ def kernel_service(name: str = "kern", vips=(VIP4, VIP6), datapath: str | None =
     return mf.ServiceDef(name, list(vips),
                          [mf.Port("http", 80, mf.HTTP_PORT, node_port=node_port)], slices,
                          type="NodePort" if node_port else "ClusterIP",
-                         external_ips=list(external_ips), annotations=annotations, **kw)
+                         external_ips=list(external_ips), annotations=annotations,
+                         datapath=None, **kw)
 
 
 def start(c, tmp_path, services, modules=("round-robin",)) -> Path:
@@ -143,6 +144,21 @@ def test_no_endpoints_is_refused_at_once(bare_cluster, tmp_path):
     proc = c.curl("http://10.96.0.92/")
     assert proc.returncode == 7, proc.stderr.decode()  # connection refused
     assert "refused" in proc.stderr.decode().lower() or "connect" in proc.stderr.decode().lower()
+
+
+def test_auto_takes_the_kernel_for_table_policies_only(bare_cluster, tmp_path):
+    c = bare_cluster
+    dynamic = kernel_service("kern-dyn", vips=("10.96.0.93",), node_port=None, external_ips=(),
+                             datapath=None, policy="least-request")
+    start(c, tmp_path, [kernel_service(datapath=None), dynamic],
+          modules=("round-robin", "least-request"))
+    wait_datapath(c, "kernel")
+    wait_datapath(c, "proxy", "e2e/kern-dyn")
+    d = datapaths(c, "e2e/kern-dyn")[0]
+    assert not d["refused"] and "no slot table" in d["reason"], d
+    assert len(answers(c, "http://10.96.0.93/", 6)) == 6
+    assert proxied(c, "e2e/kern-dyn") >= 6
+    assert proxied(c) == 0
 
 
 def test_kernel_asked_for_an_l7_port_runs_on_the_proxy_with_a_reason(bare_cluster, tmp_path):
