@@ -4,8 +4,6 @@
 //! [`KernelPlan`] of the ports on the kernel path.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::sync::Arc;
 
 use super::elements::{KernelPlan, KernelPort};
 use crate::catalog::datapath::{DatapathChoice, DatapathMode, choose, requested};
@@ -60,11 +58,9 @@ pub fn plan(
                 };
                 match cache.get(bindings, port, scope, v6) {
                     Ok(Some(t)) => {
-                        let endpoints: Arc<[SocketAddr]> =
-                            t.endpoints.iter().map(|e| e.addr).collect();
                         let k = KernelPort {
                             table: t.table,
-                            endpoints,
+                            endpoints: t.endpoints,
                             masquerade: scope == Scope::External && !port.service.external_local,
                         };
                         if !k.fits() {
