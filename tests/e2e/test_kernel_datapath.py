@@ -231,9 +231,17 @@ def test_moving_between_datapaths_under_load_breaks_nothing(bare_cluster, tmp_pa
     flag = tmp_path / "go"
     script = tmp_path / "keepalive.py"
     script.write_text(KEEPALIVE)
-    holder = c.topo.spawn("keepalive", c.topo.client,
-                          [sys.executable, str(script), VIP4, "80", str(flag), "3"])
-    wait_until(lambda: '"round": 0' in holder.output(), "the kept-alive connection's first answer")
+    # One kept-alive connection to the ClusterIP (from a Pod), one to the
+    # NodePort (from outside the node).
+    holders = [
+        c.topo.spawn("keepalive-vip", c.topo.client,
+                     [sys.executable, str(script), VIP4, "80", str(flag), "3"]),
+        c.topo.spawn("keepalive-np", c.topo.ext,
+                     [sys.executable, str(script), NODE_UPLINK_V4, str(NODE_PORT), str(flag), "3"]),
+    ]
+    for holder in holders:
+        wait_until(lambda: '"round": 0' in holder.output(),
+                   "the kept-alive connection's first answer")
     with Load(c, f"http://{VIP4}/") as load:
         wait_until(lambda: load.ok >= 40, "load before the move")
         for step, path in enumerate(("proxy", "kernel"), start=1):
@@ -242,12 +250,14 @@ def test_moving_between_datapaths_under_load_breaks_nothing(bare_cluster, tmp_pa
             wait_datapath(c, path)
             wait_until(lambda: load.ok >= before + 40, f"load after the move to {path}")
             (tmp_path / f"go.{step}").write_text("")
-            wait_until(lambda: f'"round": {step}' in holder.output(),
-                       f"the kept-alive connection's answer after the move to {path}")
-    wait_until(lambda: '"ok": true' in holder.output(), "the kept-alive client's report")
-    result = json.loads(holder.output().strip().splitlines()[-1])
-    # One connection, one endpoint, through both moves.
-    assert len({pod for pod, _ in result["answers"]}) == 1, result
+            for holder in holders:
+                wait_until(lambda: f'"round": {step}' in holder.output(),
+                           f"{holder.name}'s answer after the move to {path}")
+    for holder in holders:
+        wait_until(lambda: '"ok": true' in holder.output(), f"{holder.name}'s report")
+        result = json.loads(holder.output().strip().splitlines()[-1])
+        # One connection, one endpoint, through both moves.
+        assert len({pod for pod, _ in result["answers"]}) == 1, result
     assert load.failed == 0, load.errors[:3]
     assert load.ok >= 120
 

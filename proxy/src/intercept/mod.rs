@@ -163,6 +163,12 @@ impl Interceptor {
                         .filter(|k| want.vips.contains(k)),
                     KERNEL_DRAIN_SECONDS,
                 ));
+                batch.push_str(&kernel::drain_node_port_commands(
+                    &self.cfg.table,
+                    self.kernel_installed_node_ports()
+                        .filter(|k| want.node_ports.contains(k)),
+                    KERNEL_DRAIN_SECONDS,
+                ));
                 let changed = batch.lines().count();
                 (batch, changed)
             }
@@ -237,6 +243,25 @@ impl Interceptor {
             .iter()
             .filter(|e| e.set.starts_with("kfront"))
             .filter_map(|e| parse_vip(&e.key))
+    }
+
+    /// The NodePorts the kernel datapath serves now.
+    fn kernel_installed_node_ports(
+        &self,
+    ) -> impl Iterator<Item = (crate::catalog::Protocol, u16)> + '_ {
+        self.kernel_installed
+            .elements
+            .iter()
+            .filter(|e| e.set == "knp4" || e.set == "knp6")
+            .filter_map(|e| {
+                let (proto, port) = e.key.split_once(" . ")?;
+                let proto = match proto {
+                    "tcp" => crate::catalog::Protocol::Tcp,
+                    "udp" => crate::catalog::Protocol::Udp,
+                    _ => return None,
+                };
+                Some((proto, port.parse().ok()?))
+            })
     }
 
     pub fn is_installed(&self) -> bool {

@@ -97,6 +97,10 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
         lines.push(format!(
             "    tcp flags & (syn | ack) != syn {fam} daddr . meta l4proto . th dport @kdrain{f} accept"
         ));
+        lines.push(format!(
+            "    tcp flags & (syn | ack) != syn {} meta l4proto . th dport @kdrainnp accept",
+            node_dst(fam)
+        ));
     }
     lines.extend(reject("").iter().map(|r| format!("    {r}")));
     for proto in ["tcp", "udp"] {

@@ -181,6 +181,24 @@ fn emit<'a>(
     }
 }
 
+/// Elements that mark NodePorts leaving the kernel path (see
+/// [`drain_commands`]).
+pub fn drain_node_port_commands(
+    table: &str,
+    left: impl IntoIterator<Item = (Protocol, u16)>,
+    timeout_s: u64,
+) -> String {
+    let mut out = String::new();
+    for (proto, port) in left {
+        let _ = writeln!(
+            out,
+            "add element inet {table} kdrainnp {{ {} . {port} timeout {timeout_s}s }}",
+            proto.nft_name()
+        );
+    }
+    out
+}
+
 /// Elements that mark frontends leaving the kernel path, with a timeout:
 /// `add` only (an expired element must never be deleted by name).
 pub fn drain_commands(
@@ -329,6 +347,15 @@ mod tests {
             gone.starts_with("delete element inet switchyard kfront4 { 10.96.0.10 . tcp . 80 }")
         );
         assert!(!gone.contains("add element"));
+    }
+
+    #[test]
+    fn node_port_drains_are_added_with_a_timeout() {
+        let text = drain_node_port_commands("switchyard", [(Protocol::Udp, 30053)], 60);
+        assert_eq!(
+            text,
+            "add element inet switchyard kdrainnp { udp . 30053 timeout 60s }\n"
+        );
     }
 
     #[test]

@@ -8,5 +8,8 @@ pub mod elements;
 pub mod plan;
 pub mod rules;
 
-pub use elements::{Element, KernelElements, KernelPlan, KernelPort, drain_commands, elements};
+pub use elements::{
+    Element, KernelElements, KernelPlan, KernelPort, drain_commands, drain_node_port_commands,
+    elements,
+};
 pub use plan::{Choices, plan};

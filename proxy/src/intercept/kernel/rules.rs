@@ -88,6 +88,12 @@ pub fn render(cfg: &InterceptConfig, node_dst: &dyn Fn(&str) -> String) -> Vec<S
         lines.push(format!(
             "  set kdrain{f} {{\n    type {addr} . inet_proto . inet_service\n    flags timeout\n  }}"
         ));
+        if !v6 {
+            lines.push(
+                "  set kdrainnp {\n    type inet_proto . inet_service\n    flags timeout\n  }"
+                    .into(),
+            );
+        }
         for key in KEYS {
             for slots in SLOT_COUNTS {
                 let pick = slot_expr(key, fam, slots);
