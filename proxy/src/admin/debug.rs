@@ -57,6 +57,11 @@ impl PolicySummary {
     pub fn publish_datapaths(&self, choices: Choices) {
         self.1.store(Arc::new(choices));
     }
+
+    /// The choices last published.
+    pub fn datapaths(&self) -> Arc<Choices> {
+        self.1.load_full()
+    }
 }
 
 #[derive(Serialize)]

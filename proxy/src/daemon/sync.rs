@@ -106,6 +106,7 @@ impl Sync {
                 &bindings_for_kernel,
                 &mut self.kernel_tables,
                 self.datapath,
+                &self.summary.datapaths(),
             );
             for datapath in ["kernel", "proxy"] {
                 let n = choices

@@ -28,6 +28,7 @@ pub fn plan(
     bindings: &Bindings,
     cache: &mut TableCache,
     default: DatapathMode,
+    previous: &Choices,
 ) -> (KernelPlan, Choices) {
     let mut by_port: HashMap<u64, (&Route, Vec<Target>)> = HashMap::new();
     for (f, route) in &table.frontends {
@@ -93,7 +94,8 @@ pub fn plan(
             None => Ok(()),
         };
         let choice = choose(mode, port, verdict);
-        if choice.refused {
+        // Once per change of the port's choice, not at every sync.
+        if choice.refused && previous.get(&id) != Some(&choice) {
             tracing::warn!(
                 service = %port.service.key,
                 port = %port.name,
