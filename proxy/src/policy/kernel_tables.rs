@@ -199,7 +199,7 @@ mod tests {
             .expect("no fault")
             .expect("a table");
         assert_eq!(v4.endpoints.len(), 2);
-        assert_eq!(v4.table.counts(2), [129, 128]);
+        assert_eq!(v4.table.counts(2), [34, 33]);
         let v6 = cache
             .get(&bindings, &p, Scope::Internal, true)
             .expect("no fault")
@@ -220,7 +220,7 @@ mod tests {
             .get(&bindings, &port(&["10.0.0.1:80"]), Scope::Internal, false)
             .expect("no fault")
             .expect("a table");
-        assert_eq!(changed.table.counts(1), [257]);
+        assert_eq!(changed.table.counts(1), [67]);
         assert!(
             cache
                 .get(&bindings, &port(&[]), Scope::Internal, false)

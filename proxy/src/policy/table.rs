@@ -87,11 +87,11 @@ pub enum TableFault {
 }
 
 /// The number of slots for `count` endpoints: the smallest prime at or above
-/// the power of two that is ≥ 4 × `count` (at least 257). It changes only
+/// the power of two that is ≥ 4 × `count` (at least 67). It changes only
 /// when the set crosses a power of two, so a hash key keeps most flows on
 /// their slots while endpoints come and go.
 pub fn slot_count(count: usize) -> usize {
-    let floor = count.saturating_mul(4).max(256).next_power_of_two();
+    let floor = count.saturating_mul(4).max(64).next_power_of_two();
     (floor..).find(|&n| is_prime(n)).unwrap_or(floor)
 }
 
@@ -163,8 +163,10 @@ mod tests {
 
     #[test]
     fn slot_counts_are_primes_stable_within_a_power_of_two() {
-        assert_eq!(slot_count(0), 257);
-        assert_eq!(slot_count(1), 257);
+        assert_eq!(slot_count(0), 67);
+        assert_eq!(slot_count(1), 67);
+        assert_eq!(slot_count(16), 67);
+        assert_eq!(slot_count(17), 131);
         assert_eq!(slot_count(64), 257);
         assert_eq!(slot_count(65), 521);
         assert_eq!(slot_count(128), 521);
@@ -202,7 +204,7 @@ mod tests {
     fn builtin_round_robin_is_even() {
         let t = builtin_round_robin(3).expect("table");
         assert_eq!(t.key, SlotKey::Sequence);
-        assert_eq!(t.counts(3), [86, 86, 85]);
+        assert_eq!(t.counts(3), [23, 22, 22]);
         assert!(builtin_round_robin(0).is_none());
     }
 }

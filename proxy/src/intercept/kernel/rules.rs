@@ -14,7 +14,7 @@ use crate::policy::SlotKey;
 
 /// The slot counts the kernel datapath has chains for (`table::slot_count`
 /// for up to 1024 endpoints); a table of another size stays on the proxy.
-pub const SLOT_COUNTS: [usize; 5] = [257, 521, 1031, 2053, 4099];
+pub const SLOT_COUNTS: [usize; 7] = [67, 131, 257, 521, 1031, 2053, 4099];
 
 /// The packet-mark bit that asks postrouting to masquerade (kube-proxy's).
 pub const MASQUERADE_MARK: u32 = 0x4000;
