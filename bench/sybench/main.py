@@ -81,6 +81,7 @@ def make_peers(binary: Path, policies: Path) -> list[Peer]:
         HAProxy(splice=True),
         NginxStream(),
         NginxHttp(),
+        Switchyard(binary, "uring", datapath="kernel"),
         KernelDnat(),
         Direct(),
     ]

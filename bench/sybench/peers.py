@@ -70,14 +70,22 @@ def _children(pid: int) -> list[int]:
 class Switchyard(Peer):
     def __init__(self, binary: Path, io: str, policy: str = "builtin-round-robin",
                  policies_dir: Path | None = None, name: str | None = None,
-                 workloads: tuple[str, ...] | None = None, transparent: bool = True):
+                 workloads: tuple[str, ...] | None = None, transparent: bool = True,
+                 datapath: str = "proxy"):
         super().__init__()
         self.binary, self.io, self.policy, self.policies_dir = binary, io, policy, policies_dir
         self.transparent = transparent
+        # `proxy` pins the user-space proxy (the default `auto` would put
+        # table policies on the kernel datapath); `kernel` is the peer that
+        # measures the kernel datapath against kernel-dnat.
+        self.datapath = datapath
         wasm = policies_dir is not None
-        self.name = name or (f"switchyard-{io}" + ("-wasm-rr" if wasm else "")
+        kernel = datapath == "kernel"
+        self.name = name or (f"switchyard-{'kernel' if kernel else io}"
+                             + ("-wasm-rr" if wasm else "")
                              + ("" if transparent else "-opaque"))
-        self.label = (f"Switchyard {io}" + (f", Wasm {policy}" if wasm else ", built-in RR")
+        self.label = ((f"Switchyard kernel datapath" if kernel else f"Switchyard {io}")
+                      + (f", Wasm {policy}" if wasm else ", built-in RR")
                       + ("" if transparent else ", transparency off"))
         if workloads:
             self.workloads = workloads
@@ -97,18 +105,19 @@ class Switchyard(Peer):
                 "--log-level", "warn"]
         if self.policies_dir is not None:
             argv += ["--policies", str(self.policies_dir)]
-        if not self.transparent:
-            # The upstream leaves from the node's address, as a plain proxy's
-            # would: the transparency on/off pair shows what IP_TRANSPARENT,
-            # the reply-steering rule and the per-client bind cost.
-            argv += ["--config", str(manifests.parent / "opaque.yaml")]
+        # With transparency off the upstream leaves from the node's address,
+        # as a plain proxy's would: the transparency on/off pair shows what
+        # IP_TRANSPARENT, the reply-steering rule and the per-client bind cost.
+        argv += ["--config", str(manifests.parent / f"{self.name}.yaml")]
         return argv
 
     def start(self, topo: Topology) -> None:
         super().start(topo)
         manifests = topo.workdir / "manifests"
-        if not self.transparent:
-            (topo.workdir / "opaque.yaml").write_text("dataplane:\n  transparent: false\n")
+        (topo.workdir / f"{self.name}.yaml").write_text(
+            "dataplane:\n"
+            f"  transparent: {'true' if self.transparent else 'false'}\n"
+            f"  datapath: {self.datapath}\n")
         env = dict(os.environ, NO_COLOR="1", RUST_BACKTRACE="1")
         self.proc = topo.spawn(f"{self.name}", topo.node,
                                pinned(PROXY_CPU, self.argv(manifests)), env=env)

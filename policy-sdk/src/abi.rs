@@ -94,6 +94,9 @@ struct Buffers {
     table: Option<Table>,
     /// The context pointer last validated (the host allocates it once).
     ctx: Option<usize>,
+    /// The last slot buffer `sy_table` filled: the host reads it after the
+    /// call, so it is freed only at the next `sy_table`.
+    slots: Option<usize>,
 }
 
 impl Buffers {
@@ -109,6 +112,7 @@ static BUFFERS: Global<Buffers> = Global(RefCell::new(Buffers {
     live: Vec::new(),
     table: None,
     ctx: None,
+    slots: None,
 }));
 static POLICY: Global<Option<Box<dyn Driver>>> = Global(RefCell::new(None));
 
@@ -308,4 +312,59 @@ pub fn outcome(index: i32, result: i32, latency_ns: i64) {
     if let Some(policy) = POLICY.0.borrow_mut().as_mut() {
         policy.outcome(index, outcome);
     }
+}
+
+/// `sy_table`: asks the policy for a slot table and writes it, one
+/// little-endian u32 per slot, into the host's buffer. Returns the key
+/// (ABI.md), or 0 for "no table" (also for a buffer that is not ours, an
+/// empty set, or an index the policy wrote out of range).
+pub fn table(slots_ptr: i32, slots: i32) -> i32 {
+    let ptr = ptr_arg(slots_ptr);
+    let previous = std::mem::replace(&mut BUFFERS.0.borrow_mut().slots, Some(ptr));
+    if let Some(previous) = previous
+        && previous != ptr
+    {
+        free(previous);
+    }
+    let Ok(n) = usize::try_from(slots) else {
+        return 0;
+    };
+    let Some(bytes) = n.checked_mul(4) else {
+        return 0;
+    };
+    if n == 0
+        || !BUFFERS
+            .0
+            .borrow()
+            .size_of(ptr)
+            .is_some_and(|size| bytes <= size)
+    {
+        return 0;
+    }
+    let mut filled = vec![u32::MAX; n];
+    let key = {
+        let mut policy = POLICY.0.borrow_mut();
+        let Some(policy) = policy.as_mut() else {
+            return 0;
+        };
+        with_table(now_ns(), |endpoints| {
+            let key = if endpoints.is_empty() {
+                None
+            } else {
+                policy.table(endpoints, &mut filled)
+            };
+            key.filter(|_| filled.iter().all(|&i| (i as usize) < endpoints.len()))
+        })
+    };
+    let Some(key) = key else {
+        return 0;
+    };
+    // SAFETY: `[ptr, ptr + bytes)` lies inside a live block from `sy_alloc`
+    // (checked above, and nothing freed it since); no other reference to it
+    // exists during this call, and the host reads it only after the call.
+    let out = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, bytes) };
+    for (chunk, index) in out.chunks_exact_mut(4).zip(&filled) {
+        chunk.copy_from_slice(&index.to_le_bytes());
+    }
+    key.to_abi()
 }

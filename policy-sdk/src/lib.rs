@@ -62,11 +62,13 @@ pub mod glob;
 pub mod hash;
 pub mod maglev;
 pub mod select;
+pub mod table;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 mod view;
 pub mod weighted;
 
+pub use table::TableKey;
 pub use view::{Attr, CONTEXT_SIZE, Context, Endpoint, EndpointKey, Endpoints, RECORD_SIZE, flags};
 
 /// The ABI version this SDK implements (`sy_abi_version`).
@@ -105,6 +107,16 @@ pub trait Policy: Sized + 'static {
     /// fields of the table (active, failures, EWMA) already reflect it.
     fn outcome(&mut self, endpoint: usize, outcome: Outcome) {
         let _ = (endpoint, outcome);
+    }
+
+    /// The kernel datapath's slot table (`sy_table`, see [`crate::table`]): fill
+    /// every slot with an index below `endpoints.len()` and name the key
+    /// the kernel picks a slot by. Called after [`Policy::endpoints_changed`]
+    /// with a non-empty set, off the data path. `None` (the default): the
+    /// decision cannot be a table, the Service port stays on the proxy.
+    fn table(&mut self, endpoints: &Endpoints<'_>, slots: &mut [u32]) -> Option<TableKey> {
+        let _ = (endpoints, slots);
+        None
     }
 }
 
@@ -155,6 +167,7 @@ pub(crate) trait Driver {
     fn endpoints_changed(&mut self, endpoints: &Endpoints<'_>);
     fn pick(&mut self, ctx: &Context, endpoints: &Endpoints<'_>) -> Option<usize>;
     fn outcome(&mut self, endpoint: usize, outcome: Outcome);
+    fn table(&mut self, endpoints: &Endpoints<'_>, slots: &mut [u32]) -> Option<TableKey>;
 }
 
 impl<P: Policy> Driver for P {
@@ -168,6 +181,10 @@ impl<P: Policy> Driver for P {
 
     fn outcome(&mut self, endpoint: usize, outcome: Outcome) {
         Policy::outcome(self, endpoint, outcome);
+    }
+
+    fn table(&mut self, endpoints: &Endpoints<'_>, slots: &mut [u32]) -> Option<TableKey> {
+        Policy::table(self, endpoints, slots)
     }
 }
 
@@ -312,6 +329,11 @@ macro_rules! export_policy {
             pub extern "C" fn sy_outcome(index: i32, result: i32, latency_ns: i64) {
                 $crate::__private::outcome(index, result, latency_ns)
             }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn sy_table(slots_ptr: i32, slots: i32) -> i32 {
+                $crate::__private::table(slots_ptr, slots)
+            }
         };
     };
 }
@@ -320,7 +342,7 @@ macro_rules! export_policy {
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::abi::{abi_version, alloc, endpoints, init, outcome, pick};
+    pub use crate::abi::{abi_version, alloc, endpoints, init, outcome, pick, table};
 }
 
 #[cfg(test)]

@@ -593,6 +593,22 @@ impl<P: Policy> Harness<P> {
         native::seed(seed);
     }
 
+    /// One `sy_table` of `slots` slots, checked as the host checks it:
+    /// `None` when the policy has no table, the set is empty, or a slot is
+    /// left unfilled or out of range.
+    pub fn table(&mut self, slots: usize) -> Option<(crate::TableKey, Vec<u32>)> {
+        let endpoints = Endpoints::new(&self.table, self.count, crate::now_ns());
+        if endpoints.is_empty() || slots == 0 {
+            return None;
+        }
+        let mut filled = vec![u32::MAX; slots];
+        let key = self.policy.table(&endpoints, &mut filled)?;
+        filled
+            .iter()
+            .all(|&i| (i as usize) < endpoints.len())
+            .then_some((key, filled))
+    }
+
     /// One `sy_pick`: `None` for "no choice" and for an index out of range
     /// (what the SDK's `sy_pick` turns into `-1`).
     pub fn pick(&mut self, call: &Call) -> Option<usize> {

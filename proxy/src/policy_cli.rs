@@ -237,7 +237,8 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
         node: args.node_name.clone(),
         zone: node.zone.clone(),
     };
-    let report = simulate::run(Some(engine), &sim, here);
+    let table_binding = sim.binding.clone();
+    let report = simulate::run(Some(engine.clone()), &sim, here.clone());
     println!(
         "{} connections from {client} to {} port {:?} ({frontend}):",
         args.connections, args.service, route.port.name
@@ -268,5 +269,55 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     {
         println!("  {line}");
     }
+    print_slot_tables(&engine, table_binding.as_deref(), &route, &here);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The kernel datapath's view: the slot table the policy gives for the
+/// port's endpoints of each family, and each endpoint's share of it.
+fn print_slot_tables(
+    engine: &PolicyEngine,
+    binding: Option<&BoundPolicy>,
+    route: &Route,
+    here: &Locality,
+) {
+    for v6 in [false, true] {
+        let endpoints: Vec<_> = route
+            .endpoints()
+            .iter()
+            .filter(|e| e.addr.is_ipv6() == v6)
+            .cloned()
+            .collect();
+        if endpoints.is_empty() {
+            continue;
+        }
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        let table = match binding {
+            Some(b) => {
+                switchyard::policy::table::compute(engine, &b.module, &b.config, &endpoints, here)
+            }
+            None => {
+                Ok(switchyard::policy::table::builtin_round_robin(endpoints.len()).map(Arc::new))
+            }
+        };
+        match table {
+            Ok(Some(t)) => {
+                println!(
+                    "kernel datapath, {family}: slot table of {} slots, key {}:",
+                    t.slots.len(),
+                    t.key.name()
+                );
+                for (e, n) in endpoints.iter().zip(t.counts(endpoints.len())) {
+                    let share = 100.0 * n as f64 / t.slots.len().max(1) as f64;
+                    println!("  {:<24} {:>7} slots {:>6.1}%", e.addr, n, share);
+                }
+            }
+            Ok(None) => println!(
+                "kernel datapath, {family}: no slot table (no sy_table export, or it answered \"no table\"); the port runs on the proxy"
+            ),
+            Err(e) => println!(
+                "kernel datapath, {family}: slot table refused: {e}; the port runs on the proxy"
+            ),
+        }
+    }
 }

@@ -76,8 +76,20 @@ def remove_endpoint(manifest: Path, ip: str) -> None:
     mf.write_atomic(manifest, "".join(out))
 
 
+def datapath(c: Cluster, service: str = "demo/web") -> str:
+    """Which datapath carries the Service's first port, and why."""
+    services = c.curl_json("http://127.0.0.1:10249/debug/services", where="node")["services"]
+    ports = next((s["ports"] for s in services if s["service"] == service), [])
+    d = ports[0].get("datapath") if ports else None
+    return f"{d['datapath']} datapath ({d['reason']})" if d else "unknown datapath"
+
+
 def show_requests(c: Cluster, vip: str) -> Counter:
     answers = Counter()
+    path = datapath(c)
+    via = ("nftables DNAT, no proxy on the path" if path.startswith("kernel")
+           else "the user-space proxy")
+    say(f"      demo/web is on the {path}: each request below went through {via}")
     for i in range(1, REQUESTS + 1):
         try:
             got = c.curl_json(f"http://{vip}/demo/{i}")
@@ -120,7 +132,7 @@ def policy_swap(c: Cluster, vip: str, web_yaml: Path, n: int, total: int) -> Cou
 
 
 def run_demo(args: argparse.Namespace, workdir: Path) -> int:
-    total = 8
+    total = 9
     services = workdir / "services"
     shutil.copytree(REPO / "conf" / "services", services)
     web_yaml = services / "web.yaml"
@@ -170,13 +182,25 @@ def run_demo(args: argparse.Namespace, workdir: Path) -> int:
 
         third = policy_swap(c, vip, web_yaml, 7, total)
 
-        step(8, total, "Stopping switchyard (SIGTERM) and removing the namespaces")
+        step(8, total, "Swapping demo/web to least-request, a policy that reads live "
+                       "connection counts: it gives no slot table, so the Service moves to the "
+                       "proxy datapath, live")
+        text = web_yaml.read_text()
+        mf.write_atomic(web_yaml, text.replace("switchyard.dev/policy: maglev",
+                                               "switchyard.dev/policy: least-request", 1))
+        wait_until(lambda: datapath(c).startswith("proxy"),
+                   "demo/web to move to the proxy datapath", timeout=20, interval=0.2)
+        fourth = show_requests(c, vip)
+
+        step(9, total, "Stopping switchyard (SIGTERM) and removing the namespaces")
         c.proxy.stop_and_check()
         ok = (set(first) == set(POD_IPS) and "failed" not in second
               and gone not in second and bool(second)
-              and "failed" not in third and len(third) == 1)
-    say("Done: " + ("requests spread over every Pod by a Wasm round robin, the manifest edit and "
-                    "the policy swap took effect without a restart."
+              and "failed" not in third and len(third) == 1
+              and "failed" not in fourth and bool(fourth))
+    say("Done: " + ("requests spread over every Pod by a Wasm round robin on the kernel "
+                    "datapath; the manifest edit, the policy swap and the move to the proxy "
+                    "datapath took effect without a restart."
                     if ok else "something did not work as expected; see the lines above."))
     return 0 if ok else 1
 

@@ -124,6 +124,11 @@ class ServiceDef:
     annotations: dict[str, str] = field(default_factory=dict)
     namespace: str = NAMESPACE
     target_ports: dict[str, int] | None = None  # slice port numbers for named targetPorts
+    # The switchyard.dev/datapath annotation. The suite tests the proxy
+    # (retries, caps, drains, its metrics), which `auto` would skip for
+    # table policies, so it pins the proxy unless a test says otherwise
+    # (None: no annotation, dataplane.datapath decides).
+    datapath: str | None = "proxy"
 
     def documents(self) -> list[dict]:
         return [service(self), *(endpoint_slice(self, i, eps) for i, eps in enumerate(self.slices))]
@@ -169,8 +174,11 @@ def service(s: ServiceDef) -> dict:
         "resourceVersion": "1001",
         "uid": _uid(s.namespace, s.name),
     }
-    if s.annotations:
-        meta["annotations"] = dict(s.annotations)
+    annotations = dict(s.annotations)
+    if s.datapath is not None:
+        annotations.setdefault("switchyard.dev/datapath", s.datapath)
+    if annotations:
+        meta["annotations"] = annotations
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec,
             "status": {"loadBalancer": {}}}
 

@@ -24,7 +24,8 @@
 use serde::Deserialize;
 use switchyard_policy::glob::Glob;
 use switchyard_policy::{
-    Attr, Context, Endpoint, Endpoints, Policy, config, export_policy, random_u64, select,
+    Attr, Context, Endpoint, Endpoints, Policy, TableKey, config, export_policy, random_u64,
+    select, table,
 };
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -132,6 +133,30 @@ impl Policy for Canary {
             stable(stable_cursor).or_else(|| canary(canary_cursor))
         }
     }
+
+    /// On the kernel datapath (L4: no header to force the canary): the
+    /// canary group gets `percent` of the slots, the stable group the rest,
+    /// even within each group, one slot picked at random per new flow. An
+    /// empty group yields its share to the other.
+    fn table(&mut self, endpoints: &Endpoints<'_>, slots: &mut [u32]) -> Option<TableKey> {
+        let n = endpoints.len();
+        if self.canary.len() + self.stable.len() != n {
+            return None;
+        }
+        // Shares in parts per 2^20 of the whole, split within each group.
+        let canary_share = self.threshold.map_or(1u64 << 20, |t| t >> 44);
+        let stable_share = (1u64 << 20) - canary_share.min(1 << 20);
+        let mut weights = vec![0u32; n];
+        for (group, share) in [(&self.canary, canary_share), (&self.stable, stable_share)] {
+            let other_empty = group.len() == n;
+            let share = if other_empty { 1 << 20 } else { share };
+            for &i in group.iter() {
+                let each = share / group.len() as u64;
+                weights[i as usize] = u32::try_from(each).unwrap_or(u32::MAX);
+            }
+        }
+        table::fill_weighted(slots, &weights).then_some(TableKey::Random)
+    }
 }
 
 export_policy!(Canary);
@@ -154,6 +179,30 @@ mod tests {
                 .name("web-canary-x")
                 .node("node-c"),
         ]
+    }
+
+    #[test]
+    fn table_splits_by_percent() {
+        let mut h = Harness::<Canary>::with_endpoints(
+            r#"{"canary": "web-canary-*", "percent": 10}"#,
+            &fleet(),
+        );
+        let (key, slots) = h.table(1000).expect("a table");
+        assert_eq!(key, TableKey::Random);
+        let (canary, _) = h.policy().groups();
+        let canary: Vec<u32> = canary.to_vec();
+        let to_canary = slots.iter().filter(|s| canary.contains(s)).count();
+        assert!((99..=101).contains(&to_canary), "{to_canary}");
+        let mut h = Harness::<Canary>::with_endpoints(
+            r#"{"canary": "nothing-*", "percent": 50}"#,
+            &fleet(),
+        );
+        let (_, slots) = h.table(100).expect("a table");
+        assert_eq!(
+            table::counts(&slots, fleet().len()).iter().sum::<usize>(),
+            100
+        );
+        assert!(table::counts(&slots, fleet().len()).iter().all(|&c| c > 0));
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! endpoint's `nodeName` and zone with its own node's.
 
 use serde::Deserialize;
-use switchyard_policy::{Context, Endpoints, Policy, config, export_policy, random_u64, select};
+use switchyard_policy::{
+    Context, Endpoints, Policy, TableKey, config, export_policy, random_u64, select, table,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,6 +91,21 @@ impl Policy for Locality {
         }
         select::round_robin(&mut self.anywhere, endpoints.len(), ctx)
     }
+
+    /// On the kernel datapath: the closest non-empty tier, its endpoints in
+    /// turn (`numgen inc`). The kernel does not retry, so a closer tier's
+    /// failing endpoint is not skipped: readiness takes it out of the set.
+    fn table(&mut self, endpoints: &Endpoints<'_>, slots: &mut [u32]) -> Option<TableKey> {
+        match self.tiers.iter().find(|t| !t.is_empty()) {
+            Some(tier) => {
+                for (s, slot) in slots.iter_mut().enumerate() {
+                    *slot = tier[s % tier.len()];
+                }
+                Some(TableKey::Sequence)
+            }
+            None => table::fill_even(slots, endpoints.len()).then_some(TableKey::Sequence),
+        }
+    }
 }
 
 export_policy!(Locality);
@@ -109,6 +126,25 @@ mod tests {
             e[4].clone().node("node-d").zone("z2"),
             e[5].clone().node("node-e").zone("z2"),
         ]
+    }
+
+    #[test]
+    fn table_holds_the_closest_tier_only() {
+        let mut h = Harness::<Locality>::with_endpoints("{}", &fleet());
+        let (key, slots) = h.table(64).expect("a table");
+        assert_eq!(key, TableKey::Sequence);
+        let local: Vec<u32> = h.policy().tier(0).to_vec();
+        assert!(!local.is_empty());
+        assert!(slots.iter().all(|s| local.contains(s)), "{slots:?}");
+        let mut h = Harness::<Locality>::with_endpoints(r#"{"prefer": []}"#, &fleet());
+        let (_, slots) = h.table(64).expect("a table");
+        assert_eq!(
+            table::counts(&slots, fleet().len())
+                .iter()
+                .filter(|&&c| c > 0)
+                .count(),
+            fleet().len()
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@
 use serde::Deserialize;
 use switchyard_policy::hash::{hash_endpoint, hash_ip, hash_socket_addr};
 use switchyard_policy::maglev::{Maglev, is_prime};
-use switchyard_policy::{Context, Endpoints, Policy, config, export_policy};
+use switchyard_policy::{Context, Endpoints, Policy, TableKey, config, export_policy};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -93,6 +93,25 @@ impl Policy for MaglevPolicy {
         }
         self.table.lookup_with(hash, |i| !ctx.tried(i))
     }
+
+    /// On the kernel datapath: slot `s` of `n` takes the Maglev entry at
+    /// `s * size / n`, so a slot keeps its endpoint across set changes as
+    /// a Maglev entry does; the kernel hashes the client address
+    /// (`client-ip`) or the 5-tuple (`client-ip-port`) onto the slots.
+    fn table(&mut self, endpoints: &Endpoints<'_>, slots: &mut [u32]) -> Option<TableKey> {
+        if self.table.backends() != endpoints.len() || self.table.is_empty() {
+            return None;
+        }
+        let (n, size) = (slots.len() as u128, self.table.size() as u128);
+        for (s, slot) in slots.iter_mut().enumerate() {
+            let entry = (s as u128 * size / n) as usize;
+            *slot = u32::try_from(self.table.at(entry)?).ok()?;
+        }
+        Some(match self.key {
+            Key::ClientIp => TableKey::ClientAddress,
+            Key::ClientIpPort => TableKey::FiveTuple,
+        })
+    }
 }
 
 export_policy!(MaglevPolicy);
@@ -117,6 +136,36 @@ mod tests {
                 h.endpoints().get(i).socket_addr()
             })
             .collect()
+    }
+
+    #[test]
+    fn table_is_even_and_moves_only_a_removed_endpoints_slots() {
+        let mut h = harness(10);
+        let (key, before) = h.table(1009).expect("a table");
+        assert_eq!(key, TableKey::ClientAddress);
+        let counts = switchyard_policy::table::counts(&before, 10);
+        assert!(
+            counts.iter().all(|&c| (50..=200).contains(&c)),
+            "{counts:?}"
+        );
+        let addrs: Vec<_> = h.endpoints().iter().map(|e| e.socket_addr()).collect();
+        let mut fewer = EndpointSpec::many(10);
+        fewer.remove(3);
+        h.set_endpoints(&fewer);
+        let (_, after) = h.table(1009).expect("a table");
+        let now: Vec<_> = h.endpoints().iter().map(|e| e.socket_addr()).collect();
+        // Maglev moves a few other slots too (as for clients, above).
+        let innocent = before
+            .iter()
+            .zip(&after)
+            .filter(|&(&b, &a)| b != 3 && addrs[b as usize] != now[a as usize])
+            .count();
+        assert!(innocent < 31, "{innocent} slots of other endpoints moved");
+        let mut h = Harness::<MaglevPolicy>::with_endpoints(
+            r#"{"key": "client-ip-port"}"#,
+            &EndpointSpec::many(2),
+        );
+        assert_eq!(h.table(7).map(|t| t.0), Some(TableKey::FiveTuple));
     }
 
     #[test]

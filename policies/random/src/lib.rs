@@ -1,7 +1,9 @@
 //! `random`: a uniformly random endpoint among those not yet tried for the
 //! connection. Configuration: none (`{}`).
 
-use switchyard_policy::{Context, Endpoints, Policy, config, export_policy, select};
+use switchyard_policy::{
+    Context, Endpoints, Policy, TableKey, config, export_policy, select, table,
+};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +19,12 @@ impl Policy for Random {
 
     fn pick(&mut self, ctx: &Context, endpoints: &Endpoints<'_>) -> Option<usize> {
         select::random_untried(endpoints.len(), ctx)
+    }
+
+    /// On the kernel datapath: every endpoint on an equal share of the
+    /// slots, one picked at random per new flow (nftables `numgen random`).
+    fn table(&mut self, endpoints: &Endpoints<'_>, slots: &mut [u32]) -> Option<TableKey> {
+        table::fill_even(slots, endpoints.len()).then_some(TableKey::Random)
     }
 }
 
@@ -37,6 +45,14 @@ mod tests {
             "{:?}",
             d.counts
         );
+    }
+
+    #[test]
+    fn table_is_even_and_random() {
+        let mut h = Harness::<Random>::with_endpoints("{}", &EndpointSpec::many(4));
+        let (key, slots) = h.table(256).expect("a table");
+        assert_eq!(key, TableKey::Random);
+        assert_eq!(table::counts(&slots, 4), [64; 4]);
     }
 
     #[test]

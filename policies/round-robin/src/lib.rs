@@ -2,7 +2,9 @@
 //! for the connection. Each instance (one per worker) starts at a random
 //! position. Configuration: none (`{}`).
 
-use switchyard_policy::{Context, Endpoints, Policy, config, export_policy, select};
+use switchyard_policy::{
+    Context, Endpoints, Policy, TableKey, config, export_policy, select, table,
+};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +24,12 @@ impl Policy for RoundRobin {
 
     fn pick(&mut self, ctx: &Context, endpoints: &Endpoints<'_>) -> Option<usize> {
         select::round_robin(&mut self.cursor, endpoints.len(), ctx)
+    }
+
+    /// On the kernel datapath: the endpoints in turn, one slot each, taken
+    /// in sequence (nftables `numgen inc`).
+    fn table(&mut self, endpoints: &Endpoints<'_>, slots: &mut [u32]) -> Option<TableKey> {
+        table::fill_even(slots, endpoints.len()).then_some(TableKey::Sequence)
     }
 }
 
@@ -83,6 +91,17 @@ mod tests {
             })
             .collect();
         assert!(starts.len() > 1);
+    }
+
+    #[test]
+    fn table_takes_endpoints_in_sequence() {
+        let mut h = harness(3);
+        let (key, slots) = h.table(257).expect("a table");
+        assert_eq!(key, TableKey::Sequence);
+        assert_eq!(&slots[..6], &[0, 1, 2, 0, 1, 2]);
+        assert_eq!(table::counts(&slots, 3), [86, 86, 85]);
+        h.set_endpoints(&[]);
+        assert!(h.table(257).is_none());
     }
 
     #[test]

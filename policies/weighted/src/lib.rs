@@ -20,7 +20,8 @@ use serde::Deserialize;
 use switchyard_policy::glob::Glob;
 use switchyard_policy::weighted::{WeightedIndex, weighted_pick_by};
 use switchyard_policy::{
-    Context, Endpoint, Endpoints, Policy, config, export_policy, random_u64, select,
+    Context, Endpoint, Endpoints, Policy, TableKey, config, export_policy, random_u64, select,
+    table,
 };
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -136,6 +137,15 @@ impl Policy for Weighted {
         let weight = |i: usize| if ctx.tried(i) { 0 } else { self.weights[i] };
         weighted_pick_by(n, weight, random_u64()).or_else(|| select::random_untried(n, ctx))
     }
+
+    /// On the kernel datapath: slots in proportion to the weights (weight 0
+    /// gets none; all 0 is uniform), one picked at random per new flow.
+    fn table(&mut self, endpoints: &Endpoints<'_>, slots: &mut [u32]) -> Option<TableKey> {
+        if self.weights.len() != endpoints.len() {
+            return None;
+        }
+        table::fill_weighted(slots, &self.weights).then_some(TableKey::Random)
+    }
 }
 
 export_policy!(Weighted);
@@ -160,6 +170,15 @@ mod tests {
                 .node("node-c")
                 .zone("zone-b"),
         ]
+    }
+
+    #[test]
+    fn table_follows_the_weights() {
+        let config = r#"{"weights": [{"match": "web-v2-*", "weight": 8}, {"match": "zone-b", "field": "zone", "weight": 0}]}"#;
+        let mut h = Harness::<Weighted>::with_endpoints(config, &fleet());
+        let (key, slots) = h.table(900).expect("a table");
+        assert_eq!(key, TableKey::Random);
+        assert_eq!(table::counts(&slots, 3), [100, 800, 0]);
     }
 
     #[test]

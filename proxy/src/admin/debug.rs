@@ -8,7 +8,9 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use super::Metrics;
+use crate::catalog::datapath::DatapathChoice;
 use crate::catalog::{Endpoint, Frontend};
+use crate::intercept::kernel::Choices;
 use crate::policy::{Bindings, PolicyRegistry};
 use crate::snapshot::SharedSnapshot;
 
@@ -21,9 +23,10 @@ pub struct ModuleInfo {
     pub services: Vec<String>,
 }
 
-/// What the control plane last published about policies.
+/// What the control plane last published about policies, and the
+/// datapath it chose for each Service port (by `ServicePort::id`).
 #[derive(Debug, Default)]
-pub struct PolicySummary(ArcSwap<Vec<ModuleInfo>>);
+pub struct PolicySummary(ArcSwap<Vec<ModuleInfo>>, ArcSwap<Choices>);
 
 impl PolicySummary {
     pub fn publish(&self, registry: &PolicyRegistry, bindings: &Bindings) {
@@ -48,6 +51,16 @@ impl PolicySummary {
             }
         }
         self.0.store(Arc::new(modules));
+    }
+
+    /// The datapath choices of the last sync.
+    pub fn publish_datapaths(&self, choices: Choices) {
+        self.1.store(Arc::new(choices));
+    }
+
+    /// The choices last published.
+    pub fn datapaths(&self) -> Arc<Choices> {
+        self.1.load_full()
     }
 }
 
@@ -118,6 +131,8 @@ struct PortView<'a> {
     /// `loadBalancerSourceRanges` in force, by restricted frontend.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     source_ranges: BTreeMap<String, Vec<String>>,
+    /// `kernel` or `proxy`, and why (absent when nftables is off).
+    datapath: Option<DatapathChoice>,
 }
 
 #[derive(Serialize)]
@@ -131,9 +146,11 @@ struct ServiceView<'a> {
     ports: Vec<PortView<'a>>,
 }
 
-/// The live service table with each Service's bound policy.
-pub fn services(snapshot: &SharedSnapshot) -> impl Serialize {
+/// The live service table with each Service's bound policy and each
+/// port's datapath.
+pub fn services(snapshot: &SharedSnapshot, summary: &PolicySummary) -> impl Serialize {
     let snap = snapshot.load_full();
+    let datapaths = summary.1.load_full();
     let mut frontends: BTreeMap<u64, Vec<Frontend>> = BTreeMap::new();
     for (frontend, route) in &snap.table.frontends {
         frontends.entry(route.port.id).or_default().push(*frontend);
@@ -192,6 +209,7 @@ pub fn services(snapshot: &SharedSnapshot) -> impl Serialize {
                             internal_endpoints: &p.internal,
                             external_endpoints: &p.external,
                             source_ranges,
+                            datapath: datapaths.get(&p.id).cloned(),
                         }
                     })
                     .collect(),

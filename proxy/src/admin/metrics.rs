@@ -70,6 +70,12 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// `kernel` or `proxy` (see `catalog::datapath`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatapathLabels {
+    pub datapath: String,
+}
+
 /// Which configured limit was reached (see `Metrics::limits_reached`).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
@@ -122,6 +128,8 @@ pub struct Metrics {
     pub policy_decision: Family<PolicyLabels, Histogram>,
     /// Per-request metrics of L7 Service ports.
     pub l7: crate::l7::L7Metrics,
+    /// Service ports per datapath, as of the last sync.
+    pub service_ports: Family<DatapathLabels, Gauge>,
     registry: Registry,
 }
 
@@ -157,12 +165,13 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.000_000_05, 2.0, 16))
             }),
             l7: crate::l7::L7Metrics::default(),
+            service_ports: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
         r.register(
             "connections",
-            "TCP connections proxied",
+            "TCP connections proxied (ports on the kernel datapath are served by nftables DNAT and not counted here)",
             m.connections.clone(),
         );
         r.register(
@@ -176,6 +185,11 @@ impl Metrics {
             m.connect_failures.clone(),
         );
         r.register("bytes", "Bytes proxied", m.bytes.clone());
+        r.register(
+            "service_ports",
+            "Service ports per datapath: kernel (nftables executes the policy's slot table) or proxy",
+            m.service_ports.clone(),
+        );
         r.register(
             "unroutable",
             "Connections or flows whose destination is in no Service",

@@ -5,6 +5,7 @@
 mod app_protocol;
 mod build;
 mod check;
+pub mod datapath;
 mod endpoints;
 mod family;
 mod load_balancer;

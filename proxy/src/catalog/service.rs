@@ -143,6 +143,7 @@ pub(crate) fn parse_service(svc: &Service) -> (Option<ParsedService>, Vec<Proble
         }
     };
     let l7 = l7_annotation(&annotations, &mut ck);
+    super::datapath::datapath_annotation(&annotations, &mut ck);
     for p in &mut ports {
         p.l7 = port_l7(p.protocol, p.app_protocol.as_deref(), l7);
     }

@@ -88,6 +88,10 @@ pub struct DataplaneConfig {
     pub endpoint_drain_time: HumanDuration,
     /// The per-request HTTP proxy of L7 Service ports.
     pub l7: L7Config,
+    /// The datapath of Service ports without a `switchyard.dev/datapath`
+    /// annotation: `auto` (kernel when the policy gives a slot table and
+    /// the port is L4 without PROXY protocol), `kernel` or `proxy`.
+    pub datapath: crate::catalog::datapath::DatapathMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,6 +222,7 @@ impl Default for DataplaneConfig {
             drain_timeout: HumanDuration::from_secs(20),
             endpoint_drain_time: HumanDuration::from_secs(30),
             l7: L7Config::default(),
+            datapath: crate::catalog::datapath::DatapathMode::Auto,
         }
     }
 }

@@ -190,6 +190,10 @@ async fn control(
         }
         _ => None,
     };
+    let kernel_tables = crate::policy::kernel_tables::TableCache::new(
+        registry.as_ref().map(|r| r.engine().clone()),
+        here.clone(),
+    );
     // Listeners first: once nftables diverts a VIP, someone must answer.
     let shared = dataplane::Shared {
         cfg: config.dataplane.clone(),
@@ -223,6 +227,8 @@ async fn control(
         metrics,
         summary,
         policy_configmap,
+        kernel_tables,
+        datapath: config.dataplane.datapath,
     };
     let _watch = match &sync.source {
         Source::File(files) => Some(crate::sources::file::watch(

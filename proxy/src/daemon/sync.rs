@@ -39,6 +39,10 @@ pub struct Sync {
     pub summary: Arc<PolicySummary>,
     /// `policy.configMap`: modules from the API (kubernetes source only).
     pub policy_configmap: Option<crate::sources::kube::configmap::ConfigMapWatch>,
+    /// Slot tables of the kernel datapath, kept between syncs.
+    pub kernel_tables: crate::policy::kernel_tables::TableCache,
+    /// `dataplane.datapath`.
+    pub datapath: crate::catalog::datapath::DatapathMode,
 }
 
 impl Sync {
@@ -95,9 +99,31 @@ impl Sync {
             None => Arc::default(),
         };
         let bound_at = start.elapsed();
+        let bindings_for_kernel = bindings.clone();
         let generation = self.snapshot.publish(table.clone(), bindings);
         let published_at = start.elapsed();
         if let Some(interceptor) = &mut self.interceptor {
+            let (plan, choices) = crate::intercept::kernel::plan(
+                &table,
+                &bindings_for_kernel,
+                &mut self.kernel_tables,
+                self.datapath,
+                &self.summary.datapaths(),
+            );
+            for datapath in ["kernel", "proxy"] {
+                let n = choices
+                    .values()
+                    .filter(|c| c.datapath.label() == datapath)
+                    .count();
+                self.metrics
+                    .service_ports
+                    .get_or_create(&crate::admin::metrics::DatapathLabels {
+                        datapath: datapath.into(),
+                    })
+                    .set(n as i64);
+            }
+            self.summary.publish_datapaths(choices);
+            interceptor.set_kernel_plan(plan);
             match interceptor.sync(&table) {
                 Ok(stats) => {
                     self.metrics

@@ -58,6 +58,23 @@ impl Elements {
         out
     }
 
+    /// Leaves out the frontends the kernel datapath serves: they must not
+    /// be diverted to the proxy (their rejects for "no endpoints" stay).
+    pub fn without_kernel(mut self, plan: &super::kernel::KernelPlan) -> Self {
+        for key in plan.vips.iter().filter(|(_, k)| k.fits()).map(|(k, _)| k) {
+            self.vips.remove(key);
+        }
+        for &(_, proto, port) in plan
+            .node_ports
+            .iter()
+            .filter(|(_, k)| k.fits())
+            .map(|(k, _)| k)
+        {
+            self.node_ports.remove(&(proto, port));
+        }
+        self
+    }
+
     /// Adds the prefixes `nodePortAddresses` stands for: its CIDRs, and the
     /// Node object's addresses for `primary`. Prefixes inside another are
     /// left out: an interval set refuses overlapping elements.

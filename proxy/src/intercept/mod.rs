@@ -6,6 +6,7 @@ mod bridge;
 mod command;
 mod elements;
 mod endpoint_counts;
+pub mod kernel;
 mod routing;
 mod ruleset;
 mod source_ranges;
@@ -20,6 +21,24 @@ pub use elements::Elements;
 use crate::catalog::ServiceTable;
 use crate::config::InterceptConfig;
 use endpoint_counts::EndpointCounts;
+
+/// How long a frontend that left the kernel datapath keeps its established
+/// flows out of the proxy's TPROXY rule (conntrack's TCP established
+/// timeout is longer; a flow idle past this is reset when it speaks again).
+const KERNEL_DRAIN_SECONDS: u64 = 3600;
+
+/// Parses an `addr . proto . port` element key back.
+fn parse_vip(key: &str) -> Option<(std::net::IpAddr, crate::catalog::Protocol, u16)> {
+    let mut parts = key.split(" . ");
+    let ip = parts.next()?.parse().ok()?;
+    let proto = match parts.next()? {
+        "tcp" => crate::catalog::Protocol::Tcp,
+        "udp" => crate::catalog::Protocol::Udp,
+        _ => return None,
+    };
+    let port = parts.next()?.parse().ok()?;
+    Some((ip, proto, port))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterceptError {
@@ -50,6 +69,9 @@ pub struct Interceptor {
     endpoints: EndpointCounts,
     last: Option<Arc<ServiceTable>>,
     transparent: bool,
+    /// The kernel datapath: what the next sync installs, what is installed.
+    kernel_plan: kernel::KernelPlan,
+    kernel_installed: kernel::KernelElements,
 }
 
 /// What one sync did, for logs and metrics.
@@ -70,7 +92,23 @@ impl Interceptor {
             endpoints: EndpointCounts::default(),
             last: None,
             transparent,
+            kernel_plan: kernel::KernelPlan::default(),
+            kernel_installed: kernel::KernelElements::default(),
         }
+    }
+
+    /// The kernel-path frontends the next `sync` installs. Frontends that
+    /// leave the kernel path are drained (`kdrain`): their established
+    /// flows stay with conntrack.
+    pub fn set_kernel_plan(&mut self, mut plan: kernel::KernelPlan) {
+        // `dataplane.transparent: false` promises backends the node's
+        // address, whichever path a connection takes.
+        if !self.transparent {
+            for k in plan.vips.values_mut().chain(plan.node_ports.values_mut()) {
+                k.masquerade = true;
+            }
+        }
+        self.kernel_plan = plan;
     }
 
     /// The bridge table's part of a batch: a full render when the bridges
@@ -96,8 +134,10 @@ impl Interceptor {
     /// changes.
     pub fn sync(&mut self, table: &Arc<ServiceTable>) -> Result<SyncStats, InterceptError> {
         let start = Instant::now();
-        let want =
-            Elements::from_table(table).with_node_addresses(&self.cfg.node_port_addresses, table);
+        let want = Elements::from_table(table)
+            .with_node_addresses(&self.cfg.node_port_addresses, table)
+            .without_kernel(&self.kernel_plan);
+        let kernel_want = kernel::elements(&self.kernel_plan);
         let (mut batch, changed) = match &self.installed {
             None => {
                 if self.cfg.disable_bridge_netfilter {
@@ -107,13 +147,29 @@ impl Interceptor {
                     route_table: self.cfg.route_table,
                     source,
                 })?;
-                (
-                    ruleset::render(&self.cfg, self.listen_port, &want),
-                    want.len(),
-                )
+                let mut batch = ruleset::render(&self.cfg, self.listen_port, &want);
+                batch.push_str(
+                    &kernel_want.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
+                );
+                (batch, want.len() + kernel_want.len())
             }
             Some(have) => {
-                let batch = want.diff_commands(have, &self.cfg.table);
+                let mut batch = want.diff_commands(have, &self.cfg.table);
+                batch.push_str(&kernel_want.diff_commands(&self.kernel_installed, &self.cfg.table));
+                // Kernel frontends that went to the proxy keep their
+                // established flows (see ruleset.rs, kdrain).
+                batch.push_str(&kernel::drain_commands(
+                    &self.cfg.table,
+                    self.kernel_installed_vips()
+                        .filter(|k| want.vips.contains(k)),
+                    KERNEL_DRAIN_SECONDS,
+                ));
+                batch.push_str(&kernel::drain_node_port_commands(
+                    &self.cfg.table,
+                    self.kernel_installed_node_ports()
+                        .filter(|k| want.node_ports.contains(k)),
+                    KERNEL_DRAIN_SECONDS,
+                ));
                 let changed = batch.lines().count();
                 (batch, changed)
             }
@@ -146,6 +202,9 @@ impl Interceptor {
             });
         }
         self.installed = Some(want);
+        let stale = kernel::conntrack::removed_udp_endpoints(&self.kernel_installed, &kernel_want);
+        kernel::conntrack::delete(&stale);
+        self.kernel_installed = kernel_want;
         self.steer = bridges;
         Ok(SyncStats {
             changed_elements: changed,
@@ -174,6 +233,36 @@ impl Interceptor {
         }
         self.installed = Some(want);
         Ok(())
+    }
+
+    /// The VIP frontends the kernel datapath serves now.
+    fn kernel_installed_vips(
+        &self,
+    ) -> impl Iterator<Item = (std::net::IpAddr, crate::catalog::Protocol, u16)> + '_ {
+        self.kernel_installed
+            .elements
+            .iter()
+            .filter(|e| e.set.starts_with("kfront"))
+            .filter_map(|e| parse_vip(&e.key))
+    }
+
+    /// The NodePorts the kernel datapath serves now.
+    fn kernel_installed_node_ports(
+        &self,
+    ) -> impl Iterator<Item = (crate::catalog::Protocol, u16)> + '_ {
+        self.kernel_installed
+            .elements
+            .iter()
+            .filter(|e| e.set == "knp4" || e.set == "knp6")
+            .filter_map(|e| {
+                let (proto, port) = e.key.split_once(" . ")?;
+                let proto = match proto {
+                    "tcp" => crate::catalog::Protocol::Tcp,
+                    "udp" => crate::catalog::Protocol::Udp,
+                    _ => return None,
+                };
+                Some((proto, port.parse().ok()?))
+            })
     }
 
     pub fn is_installed(&self) -> bool {

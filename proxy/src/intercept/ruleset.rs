@@ -47,6 +47,7 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
             format!("meta nfproto {} fib daddr type local", nfproto(fam))
         }
     };
+    lines.extend(super::kernel::rules::render(cfg, &node_dst));
     // A connection to a Service port without endpoints is refused. Where
     // conntrack runs (output) that is a new connection; prerouting runs
     // before conntrack, where it is any packet that no socket of ours took.
@@ -92,6 +93,17 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     lines.push(format!(
         "    meta l4proto != tcp socket transparent 1 {divert} notrack accept"
     ));
+    // A frontend that left the kernel datapath: its established flows
+    // (DNATed, in conntrack) go on past the proxy; only new ones divert.
+    for (fam, f) in [("ip", 4), ("ip6", 6)] {
+        lines.push(format!(
+            "    tcp flags & (syn | ack) != syn {fam} daddr . meta l4proto . th dport @kdrain{f} accept"
+        ));
+        lines.push(format!(
+            "    tcp flags & (syn | ack) != syn {} meta l4proto . th dport @kdrainnp accept",
+            node_dst(fam)
+        ));
+    }
     lines.extend(reject("").iter().map(|r| format!("    {r}")));
     for proto in ["tcp", "udp"] {
         for (fam, set) in [("ip", "vip4"), ("ip6", "vip6")] {

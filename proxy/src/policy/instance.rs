@@ -70,6 +70,8 @@ pub struct WasmInstance {
     endpoints: TypedFunc<(i32, i32), ()>,
     pick: TypedFunc<i32, i32>,
     outcome: Option<TypedFunc<(i32, i32, i64), ()>>,
+    /// `sy_table` (optional; its signature is checked at load).
+    table: Option<TypedFunc<(i32, i32), i32>>,
     deadline_ticks: u64,
     setup_ticks: u64,
     ctx_ptr: usize,
@@ -116,6 +118,8 @@ impl WasmInstance {
         } else {
             None
         };
+        let table = instance.get_typed_func(&mut store, "sy_table").ok();
+        guest_done();
         let mut this = Self {
             store,
             memory,
@@ -123,6 +127,7 @@ impl WasmInstance {
             endpoints,
             pick,
             outcome,
+            table,
             deadline_ticks: engine.deadline_ticks,
             setup_ticks: engine.setup_ticks,
             ctx_ptr: 0,
@@ -265,5 +270,26 @@ impl WasmInstance {
             )
             .map_err(fault_done)
             .inspect(|_| guest_done())
+    }
+
+    /// The kernel datapath's slot table (`sy_table`) for the current
+    /// endpoint set, under the set-up deadline: `None` when the module has
+    /// no such export, else its result and the raw slots (`slots` × 4
+    /// bytes, pre-filled with 0xFF so that an unfilled slot shows).
+    pub fn table(&mut self, slots: usize) -> Result<Option<(i32, Vec<u8>)>, Fault> {
+        let Some(table) = self.table.clone() else {
+            return Ok(None);
+        };
+        let bytes = slots.checked_mul(4).ok_or(Fault::Alloc(usize::MAX))?;
+        let ptr = self.write_new(&vec![0xFF; bytes])?;
+        self.arm_setup();
+        let slots_i32 = i32::try_from(slots).map_err(|_| Fault::Alloc(bytes))?;
+        let key = table
+            .call(&mut self.store, (ptr as i32, slots_i32))
+            .map_err(fault_done)
+            .inspect(|_| guest_done())?;
+        let data = self.memory.data(&self.store);
+        let raw = data.get(ptr..ptr + bytes).ok_or(Fault::BadPointer)?;
+        Ok(Some((key, raw.to_vec())))
     }
 }

@@ -13,11 +13,13 @@ mod decider;
 mod engine;
 pub mod events;
 mod instance;
+pub mod kernel_tables;
 pub mod layout;
 mod module;
 mod registry;
 pub mod simulate;
 mod stats;
+pub mod table;
 
 pub use binding::{BUILTIN_ROUND_ROBIN, Bindings, BoundPolicy};
 pub use decider::{DecidedBy, Decider, Decision, FAULT_WINDOW, MAX_FAULTS, Outcome, PickRequest};
@@ -26,3 +28,4 @@ pub use instance::{Fault, WasmInstance};
 pub use layout::Locality;
 pub use module::{ModuleError, PolicyModule, content_hash, load as load_module};
 pub use registry::{PolicyProblem, PolicyRegistry, dry_run};
+pub use table::{SlotKey, SlotTable, TableFault};

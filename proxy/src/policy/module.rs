@@ -99,6 +99,7 @@ fn abi_exports() -> Vec<(&'static str, String, bool)> {
         ("sy_endpoints", sig(&[I32, I32], &[]), true),
         ("sy_pick", sig(&[I32], &[I32]), true),
         ("sy_outcome", sig(&[I32, I32, I64], &[]), false),
+        ("sy_table", sig(&[I32, I32], &[I32]), false),
     ]
 }
 

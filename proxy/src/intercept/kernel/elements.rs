@@ -1,0 +1,369 @@
+//! The kernel datapath's contents as set and map ELEMENTS (set name, key,
+//! optional data), computed by a pure function from each kernel-path
+//! frontend's slot table: a table change, an endpoint change or a move
+//! between datapaths is element updates only, whichever writer (an `nft`
+//! batch or netlink) carries them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use super::rules::{SLOT_COUNTS, dnat_chain};
+use crate::catalog::Protocol;
+use crate::policy::SlotTable;
+
+/// One element: `set` `{ key }` or `{ key : data }`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Element {
+    pub set: String,
+    pub key: String,
+    pub data: Option<String>,
+}
+
+/// What a kernel-path frontend executes: the slot table and the endpoints
+/// its indices refer to (all of the frontend's family).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelPort {
+    pub table: Arc<SlotTable>,
+    pub endpoints: Arc<[SocketAddr]>,
+    /// Masquerade new flows (external frontends, externalTrafficPolicy
+    /// Cluster), as kube-proxy does.
+    pub masquerade: bool,
+}
+
+impl KernelPort {
+    /// Whether the rules have a chain for this table.
+    pub fn fits(&self) -> bool {
+        SLOT_COUNTS.contains(&self.table.slots.len())
+            && self
+                .table
+                .slots
+                .iter()
+                .all(|&i| (i as usize) < self.endpoints.len())
+    }
+}
+
+/// Every kernel-path frontend of the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelPlan {
+    pub vips: BTreeMap<(IpAddr, Protocol, u16), KernelPort>,
+    /// NodePorts per family (`true`: IPv6), protocol and port.
+    pub node_ports: BTreeMap<(bool, Protocol, u16), KernelPort>,
+}
+
+/// The desired elements of every kernel-datapath set and map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelElements {
+    pub elements: BTreeSet<Element>,
+}
+
+fn fam(v6: bool) -> u8 {
+    if v6 { 6 } else { 4 }
+}
+
+fn el(set: String, key: String, data: Option<String>) -> Element {
+    Element { set, key, data }
+}
+
+/// The elements for `plan`. Frontends whose table does not fit the rules
+/// are left out (the caller keeps them on the proxy: `KernelPort::fits`).
+pub fn elements(plan: &KernelPlan) -> KernelElements {
+    let mut out = BTreeSet::new();
+    let mut hairpin = BTreeSet::new();
+    for (&(ip, proto, port), k) in &plan.vips {
+        if !k.fits() {
+            continue;
+        }
+        let v6 = ip.is_ipv6();
+        let f = fam(v6);
+        let front = format!("{ip} . {} . {port}", proto.nft_name());
+        let chain = dnat_chain(false, v6, k.table.key, k.table.slots.len());
+        out.insert(el(
+            format!("kfront{f}"),
+            front.clone(),
+            Some(format!("goto {chain}")),
+        ));
+        if k.masquerade {
+            out.insert(el(format!("kmasq{f}"), front.clone(), None));
+        }
+        for (slot, &i) in k.table.slots.iter().enumerate() {
+            let ep = k.endpoints[i as usize];
+            out.insert(el(
+                format!("kslot{f}"),
+                format!("{front} . {slot}"),
+                Some(format!("{} . {}", ep.ip(), ep.port())),
+            ));
+        }
+        hairpin.extend(k.endpoints.iter().map(|e| e.ip()));
+    }
+    for (&(v6, proto, port), k) in &plan.node_ports {
+        if !k.fits() {
+            continue;
+        }
+        let f = fam(v6);
+        let front = format!("{} . {port}", proto.nft_name());
+        let chain = dnat_chain(true, v6, k.table.key, k.table.slots.len());
+        out.insert(el(
+            format!("knp{f}"),
+            front.clone(),
+            Some(format!("goto {chain}")),
+        ));
+        if k.masquerade {
+            out.insert(el(format!("knpmasq{f}"), front.clone(), None));
+        }
+        for (slot, &i) in k.table.slots.iter().enumerate() {
+            let ep = k.endpoints[i as usize];
+            out.insert(el(
+                format!("knpslot{f}"),
+                format!("{front} . {slot}"),
+                Some(format!("{} . {}", ep.ip(), ep.port())),
+            ));
+        }
+        hairpin.extend(k.endpoints.iter().map(|e| e.ip()));
+    }
+    for ip in hairpin {
+        out.insert(el(
+            format!("khairpin{}", fam(ip.is_ipv6())),
+            format!("{ip} . {ip}"),
+            None,
+        ));
+    }
+    KernelElements { elements: out }
+}
+
+impl KernelElements {
+    /// `nft` commands that turn `old` into `self`: deletions first (a map
+    /// element whose data changes is deleted and added again), in one
+    /// batch, so the kernel switches atomically.
+    pub fn diff_commands(&self, old: &KernelElements, table: &str) -> String {
+        let mut out = String::new();
+        let removed = old.elements.difference(&self.elements);
+        let added = self.elements.difference(&old.elements);
+        emit(&mut out, "delete", table, removed, false);
+        emit(&mut out, "add", table, added, true);
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.elements.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.elements.is_empty()
+    }
+}
+
+/// One command per set, elements comma-separated.
+fn emit<'a>(
+    out: &mut String,
+    verb: &str,
+    table: &str,
+    elements: impl Iterator<Item = &'a Element>,
+    with_data: bool,
+) {
+    let mut by_set: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for e in elements {
+        let text = match (&e.data, with_data) {
+            (Some(d), true) => format!("{} : {d}", e.key),
+            _ => e.key.clone(),
+        };
+        by_set.entry(&e.set).or_default().push(text);
+    }
+    for (set, items) in by_set {
+        for chunk in items.chunks(4096) {
+            let _ = writeln!(
+                out,
+                "{verb} element inet {table} {set} {{ {} }}",
+                chunk.join(", ")
+            );
+        }
+    }
+}
+
+/// Elements that mark NodePorts leaving the kernel path (see
+/// [`drain_commands`]).
+pub fn drain_node_port_commands(
+    table: &str,
+    left: impl IntoIterator<Item = (Protocol, u16)>,
+    timeout_s: u64,
+) -> String {
+    let mut out = String::new();
+    for (proto, port) in left {
+        let _ = writeln!(
+            out,
+            "add element inet {table} kdrainnp {{ {} . {port} timeout {timeout_s}s }}",
+            proto.nft_name()
+        );
+    }
+    out
+}
+
+/// Elements that mark frontends leaving the kernel path, with a timeout:
+/// `add` only (an expired element must never be deleted by name).
+pub fn drain_commands(
+    table: &str,
+    left: impl IntoIterator<Item = (IpAddr, Protocol, u16)>,
+    timeout_s: u64,
+) -> String {
+    let mut out = String::new();
+    for (ip, proto, port) in left {
+        let _ = writeln!(
+            out,
+            "add element inet {table} kdrain{} {{ {ip} . {} . {port} timeout {timeout_s}s }}",
+            fam(ip.is_ipv6()),
+            proto.nft_name()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::SlotKey;
+
+    fn port(key: SlotKey, endpoints: &[&str], slots: usize, masquerade: bool) -> KernelPort {
+        let n = endpoints.len() as u32;
+        KernelPort {
+            table: Arc::new(SlotTable {
+                key,
+                slots: (0..slots as u32).map(|s| s % n).collect(),
+            }),
+            endpoints: endpoints.iter().map(|e| e.parse().expect("addr")).collect(),
+            masquerade,
+        }
+    }
+
+    fn vip(ip: &str, port: u16) -> (IpAddr, Protocol, u16) {
+        (ip.parse().expect("ip"), Protocol::Tcp, port)
+    }
+
+    #[test]
+    fn a_frontend_is_a_verdict_element_and_one_map_element_per_slot() {
+        let mut plan = KernelPlan::default();
+        plan.vips.insert(
+            vip("10.96.0.10", 80),
+            port(
+                SlotKey::Sequence,
+                &["10.244.1.2:8080", "10.244.1.3:8080"],
+                257,
+                false,
+            ),
+        );
+        let e = elements(&plan);
+        let kfront: Vec<_> = e.elements.iter().filter(|e| e.set == "kfront4").collect();
+        assert_eq!(kfront.len(), 1);
+        assert_eq!(kfront[0].key, "10.96.0.10 . tcp . 80");
+        assert_eq!(kfront[0].data.as_deref(), Some("goto kd4_seq_257"));
+        let slots: Vec<_> = e.elements.iter().filter(|e| e.set == "kslot4").collect();
+        assert_eq!(slots.len(), 257);
+        assert!(e.elements.contains(&Element {
+            set: "kslot4".into(),
+            key: "10.96.0.10 . tcp . 80 . 1".into(),
+            data: Some("10.244.1.3 . 8080".into()),
+        }));
+        assert!(
+            e.elements
+                .iter()
+                .any(|e| e.set == "khairpin4" && e.key == "10.244.1.2 . 10.244.1.2")
+        );
+        assert!(!e.elements.iter().any(|e| e.set == "kmasq4"));
+    }
+
+    #[test]
+    fn ipv6_node_ports_and_masquerade_land_in_their_own_sets() {
+        let mut plan = KernelPlan::default();
+        plan.node_ports.insert(
+            (true, Protocol::Udp, 30053),
+            port(SlotKey::ClientAddress, &["[fd00::5]:53"], 521, true),
+        );
+        let e = elements(&plan);
+        assert!(e.elements.contains(&Element {
+            set: "knp6".into(),
+            key: "udp . 30053".into(),
+            data: Some("goto kn6_client_521".into()),
+        }));
+        assert!(
+            e.elements
+                .iter()
+                .any(|e| e.set == "knpmasq6" && e.key == "udp . 30053")
+        );
+        assert_eq!(
+            e.elements.iter().filter(|e| e.set == "knpslot6").count(),
+            521
+        );
+        assert!(
+            e.elements
+                .iter()
+                .any(|e| e.set == "khairpin6" && e.key == "fd00::5 . fd00::5")
+        );
+    }
+
+    #[test]
+    fn tables_that_do_not_fit_the_rules_are_left_out() {
+        let mut plan = KernelPlan::default();
+        plan.vips.insert(
+            vip("10.96.0.11", 80),
+            port(SlotKey::Random, &["10.244.1.2:80"], 100, false),
+        );
+        let mut bad = port(SlotKey::Random, &["10.244.1.2:80"], 257, false);
+        Arc::make_mut(&mut bad.table).slots[3] = 7;
+        plan.vips.insert(vip("10.96.0.12", 80), bad);
+        assert!(elements(&plan).is_empty());
+    }
+
+    #[test]
+    fn an_endpoint_change_only_rewrites_the_slots_that_moved() {
+        let mut plan = KernelPlan::default();
+        plan.vips.insert(
+            vip("10.96.0.10", 80),
+            port(
+                SlotKey::Random,
+                &["10.244.1.2:80", "10.244.1.3:80"],
+                257,
+                false,
+            ),
+        );
+        let before = elements(&plan);
+        let mut k = port(
+            SlotKey::Random,
+            &["10.244.1.2:80", "10.244.1.3:80"],
+            257,
+            false,
+        );
+        Arc::make_mut(&mut k.table).slots[1] = 0;
+        plan.vips.insert(vip("10.96.0.10", 80), k);
+        let after = elements(&plan);
+        let batch = after.diff_commands(&before, "switchyard");
+        assert_eq!(
+            batch,
+            "delete element inet switchyard kslot4 { 10.96.0.10 . tcp . 80 . 1 }\n\
+             add element inet switchyard kslot4 { 10.96.0.10 . tcp . 80 . 1 : 10.244.1.2 . 80 }\n"
+        );
+        assert_eq!(after.diff_commands(&after, "switchyard"), "");
+        let gone = KernelElements::default().diff_commands(&after, "switchyard");
+        assert!(
+            gone.starts_with("delete element inet switchyard kfront4 { 10.96.0.10 . tcp . 80 }")
+        );
+        assert!(!gone.contains("add element"));
+    }
+
+    #[test]
+    fn node_port_drains_are_added_with_a_timeout() {
+        let text = drain_node_port_commands("switchyard", [(Protocol::Udp, 30053)], 60);
+        assert_eq!(
+            text,
+            "add element inet switchyard kdrainnp { udp . 30053 timeout 60s }\n"
+        );
+    }
+
+    #[test]
+    fn drains_are_added_with_a_timeout() {
+        let text = drain_commands("switchyard", [vip("fd00::a", 443)], 600);
+        assert_eq!(
+            text,
+            "add element inet switchyard kdrain6 { fd00::a . tcp . 443 timeout 600s }\n"
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! The kernel datapath in nftables: Service ports whose policy gave a slot
+//! table are executed by DNAT in the NAT hooks (kube-proxy's cost), not
+//! diverted to the proxy. `rules.rs`: the fixed chains and maps;
+//! `elements.rs`: their contents, a pure function of the tables.
+
+pub mod conntrack;
+pub mod elements;
+pub mod plan;
+pub mod rules;
+
+pub use elements::{
+    Element, KernelElements, KernelPlan, KernelPort, drain_commands, drain_node_port_commands,
+    elements,
+};
+pub use plan::{Choices, plan};

@@ -1,0 +1,175 @@
+//! The kernel datapath's part of our nftables table: fixed maps, sets and
+//! chains. A Service change only ever changes their elements
+//! (`elements.rs`); the rules never change after the table is installed.
+//!
+//! A kernel-path frontend is looked up in a verdict map that jumps to the
+//! chain of its slot key and slot count; that chain DNATs to the endpoint
+//! in slot `(frontend, hash-or-counter mod slots)` of one map. Like
+//! kube-proxy's nftables mode, the DNAT happens in the NAT hooks (after
+//! conntrack), so an established flow keeps its endpoint whatever the
+//! tables do next, and only new flows consult them.
+
+use crate::config::InterceptConfig;
+use crate::policy::SlotKey;
+
+/// The slot counts the kernel datapath has chains for (`table::slot_count`
+/// for up to 1024 endpoints); a table of another size stays on the proxy.
+pub const SLOT_COUNTS: [usize; 7] = [67, 131, 257, 521, 1031, 2053, 4099];
+
+/// The packet-mark bit that asks postrouting to masquerade (kube-proxy's).
+pub const MASQUERADE_MARK: u32 = 0x4000;
+
+pub const KEYS: [SlotKey; 4] = [
+    SlotKey::Random,
+    SlotKey::Sequence,
+    SlotKey::FiveTuple,
+    SlotKey::ClientAddress,
+];
+
+/// A short name for chain names.
+pub fn key_tag(key: SlotKey) -> &'static str {
+    match key {
+        SlotKey::Random => "rand",
+        SlotKey::Sequence => "seq",
+        SlotKey::FiveTuple => "5t",
+        SlotKey::ClientAddress => "client",
+    }
+}
+
+/// The chain a frontend's verdict-map element jumps to.
+pub fn dnat_chain(node_port: bool, v6: bool, key: SlotKey, slots: usize) -> String {
+    let kind = if node_port { "kn" } else { "kd" };
+    let fam = if v6 { 6 } else { 4 };
+    format!("{kind}{fam}_{}_{slots}", key_tag(key))
+}
+
+/// The expression that picks a slot for a new flow.
+fn slot_expr(key: SlotKey, fam: &str, slots: usize) -> String {
+    match key {
+        SlotKey::Random => format!("numgen random mod {slots}"),
+        SlotKey::Sequence => format!("numgen inc mod {slots}"),
+        // The rest of the 5-tuple is the frontend, which the slot map is
+        // keyed by already (and IPv6 would run out of registers).
+        SlotKey::FiveTuple => format!("jhash {fam} saddr . th sport mod {slots}"),
+        SlotKey::ClientAddress => format!("jhash {fam} saddr mod {slots}"),
+    }
+}
+
+/// The maps, sets and chains, as lines inside `table inet <t> { ... }`.
+/// `node_dst(fam)` is the ruleset's NodePort destination match.
+pub fn render(cfg: &InterceptConfig, node_dst: &dyn Fn(&str) -> String) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (v6, fam, addr) in [(false, "ip", "ipv4_addr"), (true, "ip6", "ipv6_addr")] {
+        let f = if v6 { 6 } else { 4 };
+        lines.push(format!(
+            "  map kfront{f} {{\n    type {addr} . inet_proto . inet_service : verdict\n  }}"
+        ));
+        lines.push(format!(
+            "  map knp{f} {{\n    type inet_proto . inet_service : verdict\n  }}"
+        ));
+        lines.push(format!(
+            "  map kslot{f} {{\n    typeof {fam} daddr . meta l4proto . th dport . numgen inc mod 2 : {fam} daddr . th dport\n  }}"
+        ));
+        lines.push(format!(
+            "  map knpslot{f} {{\n    typeof meta l4proto . th dport . numgen inc mod 2 : {fam} daddr . th dport\n  }}"
+        ));
+        lines.push(format!(
+            "  set kmasq{f} {{\n    type {addr} . inet_proto . inet_service\n  }}"
+        ));
+        lines.push(format!(
+            "  set knpmasq{f} {{\n    type inet_proto . inet_service\n  }}"
+        ));
+        lines.push(format!(
+            "  set khairpin{f} {{\n    type {addr} . {addr}\n  }}"
+        ));
+        // Frontends that left the kernel path: their established flows
+        // stay with conntrack (see ruleset.rs). Elements expire by
+        // themselves and are never deleted.
+        lines.push(format!(
+            "  set kdrain{f} {{\n    type {addr} . inet_proto . inet_service\n    flags timeout\n  }}"
+        ));
+        if !v6 {
+            lines.push(
+                "  set kdrainnp {\n    type inet_proto . inet_service\n    flags timeout\n  }"
+                    .into(),
+            );
+        }
+        for key in KEYS {
+            for slots in SLOT_COUNTS {
+                let pick = slot_expr(key, fam, slots);
+                lines.push(format!(
+                    "  chain {} {{\n    dnat {fam} to {fam} daddr . meta l4proto . th dport . {pick} map @kslot{f}\n  }}",
+                    dnat_chain(false, v6, key, slots)
+                ));
+                lines.push(format!(
+                    "  chain {} {{\n    dnat {fam} to meta l4proto . th dport . {pick} map @knpslot{f}\n  }}",
+                    dnat_chain(true, v6, key, slots)
+                ));
+            }
+        }
+    }
+    // New flows only: the NAT hooks see the first packet of a connection.
+    let masq = format!("meta mark set meta mark | 0x{MASQUERADE_MARK:x}");
+    lines.push("  chain kernel_dnat {".into());
+    for (f, fam) in [(4, "ip"), (6, "ip6")] {
+        lines.push(format!(
+            "    {fam} daddr . meta l4proto . th dport @kmasq{f} {masq}"
+        ));
+        lines.push(format!(
+            "    {fam} daddr . meta l4proto . th dport vmap @kfront{f}"
+        ));
+        lines.push(format!(
+            "    {} meta l4proto . th dport @knpmasq{f} {masq}",
+            node_dst(fam)
+        ));
+        lines.push(format!(
+            "    {} meta l4proto . th dport vmap @knp{f}",
+            node_dst(fam)
+        ));
+    }
+    lines.push("  }".into());
+    lines.push("  chain kernel_prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump kernel_dnat\n  }".into());
+    lines.push("  chain kernel_output {\n    type nat hook output priority -100; policy accept;\n    jump kernel_dnat\n  }".into());
+    // Masquerade only where kube-proxy does: flows marked above (external
+    // frontends with externalTrafficPolicy Cluster) and hairpin (a Pod
+    // reaching itself through its Service).
+    let _ = cfg;
+    lines.push(format!(
+        "  chain kernel_postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    meta mark & 0x{m:x} == 0x{m:x} ct status dnat meta mark set meta mark & 0x{keep:x} masquerade\n    ct status dnat ip saddr . ip daddr @khairpin4 masquerade\n    ct status dnat ip6 saddr . ip6 daddr @khairpin6 masquerade\n  }}",
+        m = MASQUERADE_MARK,
+        keep = !MASQUERADE_MARK
+    ));
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_cover_every_key_and_slot_count_in_both_families() {
+        let text = render(&InterceptConfig::default(), &|fam| {
+            format!("fib daddr type local meta nfproto {fam}")
+        })
+        .join("\n");
+        for key in KEYS {
+            for slots in SLOT_COUNTS {
+                for v6 in [false, true] {
+                    for np in [false, true] {
+                        assert!(
+                            text.contains(&format!("chain {} {{", dnat_chain(np, v6, key, slots)))
+                        );
+                    }
+                }
+            }
+        }
+        assert!(text.contains(
+            "dnat ip to ip daddr . meta l4proto . th dport . numgen inc mod 257 map @kslot4"
+        ));
+        assert!(text.contains(
+            "dnat ip6 to meta l4proto . th dport . jhash ip6 saddr mod 4099 map @knpslot6"
+        ));
+        assert!(text.contains("type nat hook prerouting priority dstnat"));
+        assert!(text.contains("ct status dnat ip saddr . ip daddr @khairpin4 masquerade"));
+    }
+}

@@ -1,0 +1,331 @@
+"""The kernel datapath: a Service whose policy gives a slot table is
+executed by nftables DNAT (conntrack keeps each flow), not by the proxy.
+Every frontend kind on both families, the client address the Pod sees,
+externalTrafficPolicy, no endpoints, a hot swap under load, and a Service
+moved kernel → proxy → kernel under load without a failed request or a
+broken established connection."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import manifests as mf
+import policies as pol
+from topology import CLIENT, EXT_V4, NODE_UPLINK_V4, wait_until
+
+ADMIN = "http://127.0.0.1:10249"
+VIP4, VIP6 = "10.96.0.90", "fd00:10:96::90"
+EXTERNAL_IP = "203.0.113.90"
+NODE_PORT, LOCAL_NODE_PORT = 30090, 30091
+DATAPATH = "switchyard.dev/datapath"
+
+
+def kernel_service(name: str = "kern", vips=(VIP4, VIP6), datapath: str | None = "kernel",
+                   policy: str | None = "round-robin", slices=None, node_port=NODE_PORT,
+                   external_ips=(EXTERNAL_IP,), **kw) -> mf.ServiceDef:
+    annotations = {}
+    if datapath:
+        annotations[DATAPATH] = datapath
+    if policy:
+        annotations["switchyard.dev/policy"] = policy
+    if slices is None:
+        slices = [mf.backends(), mf.backends(v6=True)]
+    return mf.ServiceDef(name, list(vips),
+                         [mf.Port("http", 80, mf.HTTP_PORT, node_port=node_port)], slices,
+                         type="NodePort" if node_port else "ClusterIP",
+                         external_ips=list(external_ips), annotations=annotations,
+                         datapath=None, **kw)
+
+
+def start(c, tmp_path, services, modules=("round-robin",)) -> Path:
+    directory = tmp_path / "policies"
+    directory.mkdir(exist_ok=True)
+    for name in modules:
+        pol.install(pol.built(name), directory, name)
+    c.write_services(services)
+    c.start_proxy(["--policies", str(directory)])
+    c.start_http()
+    return directory
+
+
+def datapaths(c, service: str = "e2e/kern") -> list[dict]:
+    services = c.curl_json(f"{ADMIN}/debug/services", where="node")["services"]
+    ports = next(s["ports"] for s in services if s["service"] == service)
+    return [p["datapath"] for p in ports]
+
+
+def wait_datapath(c, want: str, service: str = "e2e/kern") -> None:
+    wait_until(lambda: all(d and d["datapath"] == want for d in datapaths(c, service)),
+               f"{service} on the {want} datapath", timeout=30)
+
+
+def proxied(c, service: str = "e2e/kern") -> float:
+    """Connections the proxy carried for `service` (0 when never counted)."""
+    text = c.run_in("node", ["curl", "-sS", f"{ADMIN}/metrics"]).stdout.decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("switchyard_connections_total{") and f'service="{service}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def answers(c, url: str, n: int, where: str = "client") -> list[dict]:
+    out = []
+    for i in range(n):
+        out.append(c.curl_json(f"{url}?n={i}", where=where))
+    return out
+
+
+def test_every_frontend_kind_on_both_families_goes_through_the_kernel(bare_cluster, tmp_path):
+    c = bare_cluster
+    start(c, tmp_path, [kernel_service()])
+    wait_datapath(c, "kernel")
+    assert all("slot table" in d["reason"] for d in datapaths(c)), datapaths(c)
+    cases = [
+        (f"http://{VIP4}/", "client", {CLIENT.ipv4}),
+        (f"http://[{VIP6}]/", "client", {CLIENT.ipv6}),
+        # externalTrafficPolicy Cluster: traffic to external frontends is
+        # masqueraded (kube-proxy spares in-cluster sources, which needs the
+        # cluster CIDR; see README).
+        (f"http://{EXTERNAL_IP}/", "client", None),
+        (f"http://{NODE_UPLINK_V4}:{NODE_PORT}/", "ext", None),
+        (f"http://{EXTERNAL_IP}/", "ext", None),
+    ]
+    for url, where, peers in cases:
+        got = answers(c, url, 6, where)
+        # Round robin through the kernel: all three Pods answer.
+        assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, (url, got)
+        seen = {g["peer"] for g in got}
+        if peers is not None:
+            assert seen == peers, (url, seen)
+        else:
+            assert EXT_V4 not in seen and seen, (url, seen)
+    # Nothing of it went through the proxy.
+    assert proxied(c) == 0
+    text = c.run_in("node", ["curl", "-sS", f"{ADMIN}/metrics"]).stdout.decode()
+    assert 'switchyard_service_ports{datapath="kernel"} 1' in text, text[-2000:]
+
+
+def test_external_traffic_policy_local_keeps_the_client_and_local_endpoints(bare_cluster, tmp_path):
+    c = bare_cluster
+    remote = mf.Endpoint("10.244.1.13", "web-c", node="node-b")
+    local = kernel_service("kern-local", vips=("10.96.0.91",), node_port=LOCAL_NODE_PORT,
+                           external_ips=(), slices=[[*mf.backends(["web-a", "web-b"]), remote]])
+    c.write_services([local])
+    path = c.manifests / "kern-local.yaml"
+    text = path.read_text()
+    assert "  externalTrafficPolicy: Cluster\n" in text
+    mf.write_atomic(path, text.replace("  externalTrafficPolicy: Cluster\n",
+                                       "  externalTrafficPolicy: Local\n", 1))
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    pol.install(pol.built("round-robin"), directory, "round-robin")
+    c.start_proxy(["--policies", str(directory)])
+    c.start_http()
+    wait_datapath(c, "kernel", "e2e/kern-local")
+    got = answers(c, f"http://{NODE_UPLINK_V4}:{LOCAL_NODE_PORT}/", 6, "ext")
+    assert {g["peer"] for g in got} == {EXT_V4}
+    assert {g["pod"] for g in got} == {"web-a", "web-b"}
+    # In-cluster traffic (internalTrafficPolicy Cluster) reaches all three.
+    got = answers(c, "http://10.96.0.91/", 6)
+    assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}
+
+
+def test_no_endpoints_is_refused_at_once(bare_cluster, tmp_path):
+    c = bare_cluster
+    empty = kernel_service("kern-empty", vips=("10.96.0.92",), node_port=None, external_ips=(),
+                           slices=[[]])
+    start(c, tmp_path, [empty, kernel_service()])
+    wait_datapath(c, "kernel")
+    proc = c.curl("http://10.96.0.92/")
+    assert proc.returncode == 7, proc.stderr.decode()  # connection refused
+    assert "refused" in proc.stderr.decode().lower() or "connect" in proc.stderr.decode().lower()
+
+
+def test_auto_takes_the_kernel_for_table_policies_only(bare_cluster, tmp_path):
+    c = bare_cluster
+    dynamic = kernel_service("kern-dyn", vips=("10.96.0.93",), node_port=None, external_ips=(),
+                             datapath=None, policy="least-request")
+    start(c, tmp_path, [kernel_service(datapath=None), dynamic],
+          modules=("round-robin", "least-request"))
+    wait_datapath(c, "kernel")
+    wait_datapath(c, "proxy", "e2e/kern-dyn")
+    d = datapaths(c, "e2e/kern-dyn")[0]
+    assert not d["refused"] and "no slot table" in d["reason"], d
+    assert len(answers(c, "http://10.96.0.93/", 6)) == 6
+    assert proxied(c, "e2e/kern-dyn") >= 6
+    assert proxied(c) == 0
+
+
+def test_kernel_asked_for_an_l7_port_runs_on_the_proxy_with_a_reason(bare_cluster, tmp_path):
+    c = bare_cluster
+    l7 = kernel_service(node_port=None, external_ips=())
+    l7.annotations["switchyard.dev/protocol"] = "http"
+    start(c, tmp_path, [l7])
+    wait_datapath(c, "proxy")
+    d = datapaths(c)[0]
+    assert d["refused"] and "L7" in d["reason"], d
+    assert c.proxy.wait_log(r"datapath: kernel refused.*L7")
+    assert answers(c, f"http://{VIP4}/", 3)
+
+
+# A client that keeps one HTTP/1.1 connection open: a request, then one more
+# each time `go.N` appears, and a report of every answer.
+KEEPALIVE = r"""
+import http.client, json, os, sys, time
+host, port, flag, rounds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+conn = http.client.HTTPConnection(host, port, timeout=10)
+out = []
+for r in range(rounds):
+    if r:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(f"{flag}.{r}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    conn.request("GET", f"/keepalive?r={r}")
+    resp = conn.getresponse()
+    body = json.loads(resp.read())
+    out.append([body["pod"], body["peer_port"]])
+    print(json.dumps({"round": r, "pod": body["pod"]}), flush=True)
+print(json.dumps({"ok": True, "answers": out}), flush=True)
+"""
+
+
+class Load:
+    """New connections in a loop from the client Pod, bounded in count and
+    time, counting failures."""
+
+    def __init__(self, c, url: str, limit: int = 3000, seconds: float = 120):
+        self.c, self.url, self.limit, self.seconds = c, url, limit, seconds
+        self.ok = self.failed = 0
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while not self.stop.is_set() and self.ok + self.failed < self.limit \
+                and time.monotonic() < deadline:
+            pods, stderr = self.c.get_many(self.url, 20)
+            self.ok += len(pods)
+            if len(pods) < 20:
+                self.failed += 1
+                self.errors.append(stderr.strip()[-300:])
+
+    def __enter__(self) -> "Load":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=180)
+
+
+def test_moving_between_datapaths_under_load_breaks_nothing(bare_cluster, tmp_path):
+    c = bare_cluster
+    start(c, tmp_path, [kernel_service()])
+    wait_datapath(c, "kernel")
+    flag = tmp_path / "go"
+    script = tmp_path / "keepalive.py"
+    script.write_text(KEEPALIVE)
+    # One kept-alive connection to the ClusterIP (from a Pod), one to the
+    # NodePort (from outside the node).
+    holders = [
+        c.topo.spawn("keepalive-vip", c.topo.client,
+                     [sys.executable, str(script), VIP4, "80", str(flag), "3"]),
+        c.topo.spawn("keepalive-np", c.topo.ext,
+                     [sys.executable, str(script), NODE_UPLINK_V4, str(NODE_PORT), str(flag), "3"]),
+    ]
+    for holder in holders:
+        wait_until(lambda: '"round": 0' in holder.output(),
+                   "the kept-alive connection's first answer")
+    with Load(c, f"http://{VIP4}/") as load:
+        wait_until(lambda: load.ok >= 40, "load before the move")
+        for step, path in enumerate(("proxy", "kernel"), start=1):
+            before = load.ok
+            c.write_services([kernel_service(datapath=path)])
+            wait_datapath(c, path)
+            wait_until(lambda: load.ok >= before + 40, f"load after the move to {path}")
+            (tmp_path / f"go.{step}").write_text("")
+            for holder in holders:
+                wait_until(lambda: f'"round": {step}' in holder.output(),
+                           f"{holder.name}'s answer after the move to {path}")
+    for holder in holders:
+        wait_until(lambda: '"ok": true' in holder.output(), f"{holder.name}'s report")
+        result = json.loads(holder.output().strip().splitlines()[-1])
+        # One connection, one endpoint, through both moves.
+        assert len({pod for pod, _ in result["answers"]}) == 1, result
+    assert load.failed == 0, load.errors[:3]
+    assert load.ok >= 120
+
+
+def test_hot_swap_under_load_fails_no_request(bare_cluster, tmp_path):
+    c = bare_cluster
+    directory = start(c, tmp_path, [kernel_service(policy="rr")], modules=())
+    pol.install(pol.built("round-robin"), directory, "rr")
+    wait_datapath(c, "kernel")
+    with Load(c, f"http://{VIP4}/") as load:
+        for i in range(6):
+            before = load.ok
+            mark = c.proxy.log_mark()
+            pol.install(pol.built("random" if i % 2 == 0 else "round-robin"), directory, "rr")
+            c.proxy.wait_log(r"policy module loaded", since=mark)
+            wait_until(lambda: load.ok >= before + 20, f"load after swap {i}")
+    assert load.failed == 0, load.errors[:3]
+    wait_datapath(c, "kernel")
+
+
+# Sends one datagram from a fixed source port and prints the JSON answer.
+UDP_ASK = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[3])))
+s.settimeout(2)
+for _ in range(3):
+    s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(s.recvfrom(2048)[0].decode().strip(), flush=True)
+        break
+    except socket.timeout:
+        continue
+"""
+UDP_PORT = 9490
+
+
+def test_a_removed_udp_endpoint_loses_its_conntrack_entries(bare_cluster, tmp_path):
+    c = bare_cluster
+    servers = Path(__file__).resolve().parent / "servers.py"
+    for pod in ("web-a", "web-b"):
+        c._spawn(f"udp-{pod}", pod, [sys.executable, str(servers), "udpecho", "--name", pod,
+                                     "--port", str(UDP_PORT)], UDP_PORT, "udp")
+
+    def service(pods):
+        return mf.ServiceDef("kern-udp", ["10.96.0.94"], [mf.Port("echo", 53, UDP_PORT, "UDP")],
+                             [mf.backends(pods)], annotations={DATAPATH: "kernel"})
+
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    c.write_services([service(["web-a", "web-b"])])
+    c.start_proxy(["--policies", str(directory)])
+    wait_datapath(c, "kernel", "e2e/kern-udp")
+    script = tmp_path / "udp_ask.py"
+    script.write_text(UDP_ASK)
+
+    def ask() -> str:
+        proc = c.run_in("client", [sys.executable, str(script), "10.96.0.94", "53", "40053"])
+        out = proc.stdout.decode().strip()
+        assert out, proc.stderr.decode()
+        return json.loads(out)["pod"]
+
+    first = ask()
+    # The same 5-tuple stays on its Pod through conntrack.
+    assert ask() == first
+    other = "web-b" if first == "web-a" else "web-a"
+    c.write_services([service([other])])
+    wait_until(lambda: ask() == other, f"the UDP flow to move from {first} to {other}",
+               timeout=20)
+    # The removed Pod's server still runs: only a deleted entry moves the flow.
+    assert c.servers[f"udp-{first}"].alive()
