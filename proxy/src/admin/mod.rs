@@ -86,7 +86,10 @@ pub async fn serve_admin(addr: SocketAddr, state: Arc<AdminState>) -> std::io::R
                     };
                     server::typed(StatusCode::OK, format.content_type(), body)
                 }
-                (_, "/debug/services") => json(StatusCode::OK, &debug::services(&state.snapshot, &state.policies)),
+                (_, "/debug/services") => json(
+                    StatusCode::OK,
+                    &debug::services(&state.snapshot, &state.policies),
+                ),
                 (_, "/debug/policies") => json(
                     StatusCode::OK,
                     &debug::policies(&state.policies, &state.metrics),
