@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use super::netlink::{Batch, Element, Family, Verb, key};
 use crate::catalog::{Protocol, ServiceTable};
 use crate::config::{NodePortAddress, network};
 
@@ -137,6 +138,60 @@ impl Elements {
         out
     }
 
+    /// The same changes as `diff_commands`, as netlink element changes.
+    pub fn diff_batch(&self, old: &Elements, table: &str) -> Batch {
+        let mut out = Batch::default();
+        let vip_sets = [
+            (&old.vips, &self.vips, "vip"),
+            (&old.vips_no_endpoints, &self.vips_no_endpoints, "noep"),
+        ];
+        let port_sets = [
+            (&old.node_ports, &self.node_ports, "nodeport"),
+            (
+                &old.node_ports_no_endpoints,
+                &self.node_ports_no_endpoints,
+                "nodeport_noep",
+            ),
+        ];
+        // Deletions first: a frontend moving between sets is never in both.
+        for (verb, forward) in [(Verb::Delete, false), (Verb::Add, true)] {
+            for (from, to, set) in vip_sets {
+                let (from, to) = if forward { (from, to) } else { (to, from) };
+                for k in to.difference(from) {
+                    out.push(
+                        verb,
+                        Family::Inet,
+                        table,
+                        &vip_set(set, k.0),
+                        vip_netlink(k),
+                    );
+                }
+            }
+            for (from, to, set) in port_sets {
+                let (from, to) = if forward { (from, to) } else { (to, from) };
+                for &(p, port) in to.difference(from) {
+                    let el = Element::key(
+                        key::proto_port(p, port),
+                        format!("{} . {port}", p.nft_name()),
+                    );
+                    out.push(verb, Family::Inet, table, set, el);
+                }
+            }
+            let (from, to) = if forward {
+                (&old.node_addresses, &self.node_addresses)
+            } else {
+                (&self.node_addresses, &old.node_addresses)
+            };
+            for &(ip, len) in to.difference(from) {
+                let set = vip_set("nodeaddr", ip);
+                for el in prefix_netlink(ip, len) {
+                    out.push(verb, Family::Inet, table, &set, el);
+                }
+            }
+        }
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.vips.len()
             + self.vips_no_endpoints.len()
@@ -148,6 +203,29 @@ impl Elements {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// `vip4`, `noep6`, `nodeaddr4`...: the set of the address's family.
+fn vip_set(set: &str, ip: IpAddr) -> String {
+    format!("{set}{}", if ip.is_ipv4() { "4" } else { "6" })
+}
+
+fn vip_netlink(k: &VipKey) -> Element {
+    Element::key(key::addr_proto_port(k.0, k.1, k.2), vip_element(k))
+}
+
+/// A prefix in a (non-concatenated) interval set is two elements: its
+/// first address, and the first address after it flagged as an interval
+/// end (none when the prefix reaches the end of the address space).
+fn prefix_netlink(ip: IpAddr, len: u8) -> Vec<Element> {
+    let ip = network(ip, len);
+    let mut out = vec![Element::key(key::ip(ip), format!("{ip}/{len}"))];
+    if let Some(after) = key::after_prefix(ip, len) {
+        let mut end = Element::key(key::ip(after), format!("{ip}/{len} (interval end)"));
+        end.interval_end = true;
+        out.push(end);
+    }
+    out
 }
 
 fn vip_element((ip, proto, port): &VipKey) -> String {
@@ -237,6 +315,32 @@ mod tests {
              add element inet sy nodeport { udp . 30053 }\n"
         );
         assert!(new.diff_commands(&new, "sy").is_empty());
+    }
+
+    #[test]
+    fn netlink_diff_deletes_before_it_adds_and_splits_prefixes() {
+        let mut old = Elements::default();
+        old.vips.insert(vip("10.96.0.10", 80));
+        let mut new = Elements::default();
+        new.vips_no_endpoints.insert(vip("10.96.0.10", 80));
+        new.node_addresses
+            .insert(("192.168.50.0".parse().expect("ip"), 24));
+        let shown: Vec<String> = new
+            .diff_batch(&old, "sy")
+            .changes
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "delete element inet sy vip4 { 10.96.0.10 . tcp . 80 }",
+                "add element inet sy noep4 { 10.96.0.10 . tcp . 80 }",
+                "add element inet sy nodeaddr4 { 192.168.50.0/24 }",
+                "add element inet sy nodeaddr4 { 192.168.50.0/24 (interval end) }",
+            ]
+        );
+        assert!(new.diff_batch(&new, "sy").is_empty());
     }
 
     #[test]

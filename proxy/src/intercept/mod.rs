@@ -6,6 +6,7 @@ mod bridge;
 mod command;
 mod elements;
 mod endpoint_counts;
+pub mod netlink;
 mod routing;
 mod ruleset;
 mod steer;
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 
 pub use command::CommandError;
 pub use elements::Elements;
+use netlink::Batch;
+pub use netlink::NetlinkError;
 
 use crate::catalog::ServiceTable;
 use crate::config::InterceptConfig;
@@ -31,6 +34,15 @@ pub enum InterceptError {
     },
     #[error("updating nftables table inet {table}: {source}")]
     Update { table: String, source: CommandError },
+    #[error("updating nftables table {table} over netlink: {source}")]
+    Netlink { table: String, source: NetlinkError },
+}
+
+/// The bridge steering part of a sync.
+enum Steering {
+    /// The whole table, for `nft -f`.
+    Render(String),
+    Delta(Batch),
 }
 
 /// Owns our table and routing rules; knows what is installed.
@@ -49,6 +61,11 @@ pub struct Interceptor {
     endpoints: EndpointCounts,
     last: Option<Arc<ServiceTable>>,
     transparent: bool,
+    /// Element changes go out here.
+    netlink: netlink::Writer,
+    /// A netlink batch may have applied in part: the next sync replaces
+    /// the table whole.
+    render_whole: bool,
 }
 
 /// What one sync did, for logs and metrics.
@@ -69,35 +86,42 @@ impl Interceptor {
             endpoints: EndpointCounts::default(),
             last: None,
             transparent,
+            netlink: netlink::Writer::default(),
+            render_whole: false,
         }
     }
 
-    /// The bridge table's part of a batch: a full render when the bridges
+    /// The bridge table's part of a sync: a full render when the bridges
     /// changed (or a batch failed), element updates otherwise; and the
     /// bridges it installs.
-    fn steering_batch(&mut self, table: &ServiceTable) -> (String, Option<Vec<steer::Bridge>>) {
+    fn steering_batch(&mut self, table: &ServiceTable) -> (Steering, Option<Vec<steer::Bridge>>) {
         if !self.transparent {
-            return (String::new(), None);
+            return (Steering::Delta(Batch::default()), None);
         }
         let bridges = steer::bridges();
         let change = self.endpoints.update(self.last.as_deref(), table);
         let name = &self.cfg.table;
         let batch = match &self.steer {
-            Some(had) if *had == bridges => steer::diff(name, &change.removed, &change.added),
-            _ => steer::render(name, &bridges, &self.endpoints.keys()),
+            Some(had) if *had == bridges => {
+                Steering::Delta(steer::diff_batch(name, &change.removed, &change.added))
+            }
+            _ => Steering::Render(steer::render(name, &bridges, &self.endpoints.keys())),
         };
         (batch, Some(bridges))
     }
 
-    /// Makes the kernel match `table` with one `nft -f` (a process start is
-    /// most of what a one-endpoint change costs): the first call replaces
-    /// any stale tables and installs routing; later calls send only element
-    /// changes.
+    /// Makes the kernel match `table`. The first call (and the first after
+    /// a failure that left the kernel's state unknown) replaces any stale
+    /// table with one `nft -f` and installs routing; later calls send only
+    /// element changes, as one netlink batch: no process starts on the
+    /// change path.
     pub fn sync(&mut self, table: &Arc<ServiceTable>) -> Result<SyncStats, InterceptError> {
         let start = Instant::now();
         let want =
             Elements::from_table(table).with_node_addresses(&self.cfg.node_port_addresses, table);
-        let (mut batch, changed) = match &self.installed {
+        let mut text = String::new();
+        let mut delta = Batch::default();
+        let changed = match &self.installed {
             None => {
                 if self.cfg.disable_bridge_netfilter {
                     self.bridge = bridge::disable();
@@ -106,50 +130,79 @@ impl Interceptor {
                     route_table: self.cfg.route_table,
                     source,
                 })?;
-                (
-                    ruleset::render(&self.cfg, self.listen_port, &want),
-                    want.len(),
-                )
+                text = ruleset::render(&self.cfg, self.listen_port, &want);
+                want.len()
+            }
+            Some(_) if self.render_whole => {
+                text = ruleset::render(&self.cfg, self.listen_port, &want);
+                want.len()
             }
             Some(have) => {
-                let batch = want.diff_commands(have, &self.cfg.table);
-                let changed = batch.lines().count();
-                (batch, changed)
+                delta = want.diff_batch(have, &self.cfg.table);
+                delta.len()
             }
         };
         let diffed = start.elapsed();
         let (steering, bridges) = self.steering_batch(table);
-        batch.push_str(&steering);
+        match steering {
+            Steering::Render(t) => text.push_str(&t),
+            Steering::Delta(b) => delta.extend(b),
+        }
         self.last = Some(table.clone());
         let steered = start.elapsed();
-        let applied = if batch.is_empty() {
-            Ok(())
-        } else {
-            command::nft_batch(&batch)
-        };
+        let applied = self.apply(&text, &delta);
         tracing::debug!(
             diffed_us = diffed.as_micros() as u64,
             steered_us = steered.as_micros() as u64,
-            nft_us = (start.elapsed() - steered).as_micros() as u64,
-            batch_bytes = batch.len(),
+            apply_us = (start.elapsed() - steered).as_micros() as u64,
+            nft_bytes = text.len(),
+            netlink_elements = delta.len(),
             "nftables sync timings"
         );
-        if let Err(source) = applied {
-            // Nothing of the batch applied; the endpoint counts already
-            // moved on, so the bridge table is rendered whole next time.
+        if let Err(e) = applied {
+            // Nothing of the batch applied (or, over netlink, maybe part
+            // of it); the endpoint counts already moved on, so the bridge
+            // table is rendered whole next time.
             self.steer = None;
-            let table = self.cfg.table.clone();
-            return Err(match self.installed {
-                None => InterceptError::Install { table, source },
-                Some(_) => InterceptError::Update { table, source },
-            });
+            if let InterceptError::Netlink { source, .. } = &e
+                && source.state_unknown()
+            {
+                self.render_whole = true;
+            }
+            return Err(e);
         }
         self.installed = Some(want);
+        self.render_whole = false;
         self.steer = bridges;
         Ok(SyncStats {
             changed_elements: changed,
             took: start.elapsed(),
         })
+    }
+
+    /// `nft -f` for a full render, then the netlink batch of element
+    /// changes.
+    fn apply(&mut self, text: &str, delta: &Batch) -> Result<(), InterceptError> {
+        let table = &self.cfg.table;
+        if !text.is_empty() {
+            command::nft_batch(text).map_err(|source| match self.installed {
+                None => InterceptError::Install {
+                    table: table.clone(),
+                    source,
+                },
+                Some(_) => InterceptError::Update {
+                    table: table.clone(),
+                    source,
+                },
+            })?;
+        }
+        self.netlink
+            .apply(delta)
+            .map_err(|source| InterceptError::Netlink {
+                table: table.clone(),
+                source,
+            })?;
+        Ok(())
     }
 
     /// Moves every frontend to the reject sets: while the process drains
@@ -164,13 +217,13 @@ impl Interceptor {
             .extend(std::mem::take(&mut want.vips));
         want.node_ports_no_endpoints
             .extend(std::mem::take(&mut want.node_ports));
-        let batch = want.diff_commands(have, &self.cfg.table);
-        if !batch.is_empty() {
-            command::nft_batch(&batch).map_err(|source| InterceptError::Update {
+        let batch = want.diff_batch(have, &self.cfg.table);
+        self.netlink
+            .apply(&batch)
+            .map_err(|source| InterceptError::Netlink {
                 table: self.cfg.table.clone(),
                 source,
             })?;
-        }
         self.installed = Some(want);
         Ok(())
     }
