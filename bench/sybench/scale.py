@@ -42,6 +42,7 @@ from .main import machine, pick_binary, versions
 from .topo import BACKENDS, NODE_NAME, PROXY_CPU, LOAD_CPU, SetupError, pinned, run, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
+TRIGGER = "endpoints.kubernetes.io/last-change-trigger-time"
 TOGGLE_VIP = "10.96.0.99"
 PER_FILE = 100
 
@@ -162,12 +163,58 @@ class KubeSource:
 
     def toggle(self, on: bool) -> float:
         slice_doc = toggle_def(on).documents()[1]
+        # What the EndpointSlice controller writes: Switchyard's
+        # network_programming_duration_seconds starts from it.
+        slice_doc["metadata"].setdefault("annotations", {})[TRIGGER] = (
+            dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+            .replace("+00:00", "Z"))
         wrote = time.monotonic()
         self.api.put(slice_doc)
         return wrote
 
     def close(self) -> None:
         self.api.stop()
+
+
+def sustained(t, source, rate: float, seconds: float) -> dict:
+    """`rate` endpoint changes per second for `seconds` (kubernetes source),
+    then Switchyard's own account of how far behind each change came into
+    force: network_programming_duration_seconds, from each slice's trigger
+    time to its sync done."""
+    before = scrape(t)
+    t0, n, on = time.monotonic(), 0, True
+    while (now := time.monotonic()) < t0 + seconds:
+        due = t0 + n / rate
+        if due > now:
+            time.sleep(due - now)
+        on = not on
+        source.toggle(on)
+        n += 1
+    achieved = n / (time.monotonic() - t0)
+    time.sleep(1.0)  # the last changes' syncs (each well under this)
+    after = scrape(t)
+    name = "switchyard_network_programming_duration_seconds"
+    buckets = {le: after.get(f'{name}_bucket{{le="{le}"}}', 0)
+               - before.get(f'{name}_bucket{{le="{le}"}}', 0)
+               for le in ("0.005", "0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1.0", "+Inf")}
+    count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+    total = after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)
+    return {"changes": n, "rate_per_s": achieved, "seconds": seconds, "observed": count,
+            "mean_ms": total / count * 1e3 if count else None, "le_buckets": buckets,
+            "over_50ms": count - buckets["0.05"]}
+
+
+def scrape(t) -> dict:
+    out = run(["curl", "-s", "http://127.0.0.1:10249/metrics"], ns=t.node, timeout=10)
+    vals = {}
+    for line in out.stdout.decode().splitlines():
+        if line and not line.startswith("#"):
+            key, _, val = line.rpartition(" ")
+            try:
+                vals[key] = float(val)
+            except ValueError:
+                pass
+    return vals
 
 
 def vm(pid: int, key: str) -> int:
@@ -188,6 +235,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--changes", type=int, default=40)
     ap.add_argument("--source", choices=("file", "kubernetes"), default="file")
+    ap.add_argument("--rate", type=float, default=0,
+                    help="then this many changes/s (kubernetes source) for --rate-seconds")
+    ap.add_argument("--rate-seconds", type=float, default=60)
     ap.add_argument("--io", choices=("uring", "epoll"), default="uring")
     ap.add_argument("--opaque", action="store_true",
                     help="dataplane.transparent: false (backends see the node's address)")
@@ -254,10 +304,14 @@ def main(argv: list[str]) -> int:
                     raise SetupError(f"probe flipped the wrong way: {ev}")
                 lat["add" if on else "remove"].append((ev["t"] - wrote) * 1e3)
                 timeouts = ev["timeouts"]
-            hwm_end = vm(proc.pid, "VmHWM")
         finally:
             probe.kill()
             probe.wait(timeout=10)
+        rate = (sustained(t, source, args.rate, args.rate_seconds)
+                if args.rate and isinstance(source, KubeSource) else None)
+        if rate:
+            print(f"sustained: {rate}", flush=True)
+        hwm_end = vm(proc.pid, "VmHWM")
         rss = vm(proc.pid, "VmRSS")
         rc = proc.stop()
         source.close()
@@ -275,7 +329,7 @@ def main(argv: list[str]) -> int:
                           "max": max(v), "mean": statistics.mean(v), "n": len(v)}
                       for k, v in (("add", lat["add"]), ("remove", lat["remove"]),
                                    ("all", both))},
-        "raw_ms": lat, "probe_timeouts": timeouts,
+        "raw_ms": lat, "probe_timeouts": timeouts, "sustained": rate,
         "command": " ".join(["taskset", "-c", str(PROXY_CPU), *argv_sy]),
         "user_notes": args.note,
     }
@@ -298,6 +352,14 @@ def markdown(r: dict) -> str:
                 f"The emulated API server alone takes {r['emulator_list_s']:.2f} s to serve the "
                 "Service and EndpointSlice lists (measured with curl before the run); that is "
                 "part of time to serving below.\n\n")
+    sus = r.get("sustained")
+    sustained_text = "" if not sus else (
+        f"\n\nSustained changes: {sus['changes']} EndpointSlice updates in {sus['seconds']:.0f} s "
+        f"({sus['rate_per_s']:.1f}/s). Switchyard's network_programming_duration_seconds "
+        f"(slice trigger time → sync done) observed {sus['observed']:.0f} of them, mean "
+        f"{(sus['mean_ms'] or 0):.2f} ms; {sus['over_50ms']:.0f} above 50 ms (goal: none): "
+        f"{met(sus['observed'] > 0 and sus['over_50ms'] == 0)}. Cumulative buckets (le, s → "
+        f"count): {', '.join(f'{k}: {v:.0f}' for k, v in sus['le_buckets'].items())}.")
     source_text = (f"in {r['files']} manifest files (100 Services each)"
                    if r.get("source", "file") == "file" else
                    "served by the emulated API server (tests/e2e/apiserver.py) through a "
@@ -325,7 +387,7 @@ once a millisecond, which bounds the resolution; connection attempts that timed 
 
 | change | n | p50 | p90 | p99 | max |
 |---|---|---|---|---|---|
-{rows}
+{rows}{sustained_text}
 """
 
 

@@ -161,7 +161,11 @@ impl Metrics {
             nft_batch_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             sync_full_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             sync_partial_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
-            network_programming_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            // Around the 50 ms a sustained change rate may fall behind by.
+            network_programming_duration: Histogram::new([
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+                60.0,
+            ]),
             netlink_failures: Counter::default(),
             policy_faults: Family::default(),
             policy_fallbacks: Family::default(),

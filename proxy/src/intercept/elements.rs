@@ -6,15 +6,15 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use super::netlink::{Batch, Element, Family, Verb, key};
-use crate::catalog::{Protocol, ServiceTable};
+use crate::catalog::{Protocol, Route, ServiceTable};
 use crate::config::{NodePortAddress, network};
 
 /// One element of a `vip4`/`vip6`/`noep4`/`noep6` set.
-type VipKey = (IpAddr, Protocol, u16);
+pub type VipKey = (IpAddr, Protocol, u16);
 /// One element of a `nodeport`/`nodeport_noep` set.
-type PortKey = (Protocol, u16);
+pub type PortKey = (Protocol, u16);
 /// One prefix of a `nodeaddr4`/`nodeaddr6` interval set.
-type Prefix = (IpAddr, u8);
+pub type Prefix = (IpAddr, u8);
 
 /// Desired contents of every set in our table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,16 +36,14 @@ impl Elements {
         let mut out = Elements::default();
         for (frontend, route) in &table.frontends {
             let key = (frontend.ip, frontend.protocol, frontend.port);
-            // An L7 port without endpoints stays diverted: its clients get
-            // a 503 (or gRPC UNAVAILABLE) that says why, not a reset.
-            if route.endpoints().is_empty() && route.port.l7.is_none() {
+            if rejects(route) {
                 out.vips_no_endpoints.insert(key);
             } else {
                 out.vips.insert(key);
             }
         }
         for (&key, route) in &table.node_ports {
-            if route.endpoints().is_empty() && route.port.l7.is_none() {
+            if rejects(route) {
                 out.node_ports_no_endpoints.insert(key);
             } else {
                 out.node_ports.insert(key);
@@ -140,56 +138,30 @@ impl Elements {
 
     /// The same changes as `diff_commands`, as netlink element changes.
     pub fn diff_batch(&self, old: &Elements, table: &str) -> Batch {
-        let mut out = Batch::default();
-        let vip_sets = [
-            (&old.vips, &self.vips, "vip"),
-            (&old.vips_no_endpoints, &self.vips_no_endpoints, "noep"),
-        ];
-        let port_sets = [
-            (&old.node_ports, &self.node_ports, "nodeport"),
-            (
-                &old.node_ports_no_endpoints,
-                &self.node_ports_no_endpoints,
-                "nodeport_noep",
-            ),
-        ];
-        // Deletions first: a frontend moving between sets is never in both.
-        for (verb, forward) in [(Verb::Delete, false), (Verb::Add, true)] {
-            for (from, to, set) in vip_sets {
-                let (from, to) = if forward { (from, to) } else { (to, from) };
-                for k in to.difference(from) {
-                    out.push(
-                        verb,
-                        Family::Inet,
-                        table,
-                        &vip_set(set, k.0),
-                        vip_netlink(k),
-                    );
-                }
-            }
-            for (from, to, set) in port_sets {
-                let (from, to) = if forward { (from, to) } else { (to, from) };
-                for &(p, port) in to.difference(from) {
-                    let el = Element::key(
-                        key::proto_port(p, port),
-                        format!("{} . {port}", p.nft_name()),
-                    );
-                    out.push(verb, Family::Inet, table, set, el);
-                }
-            }
-            let (from, to) = if forward {
-                (&old.node_addresses, &self.node_addresses)
-            } else {
-                (&self.node_addresses, &old.node_addresses)
-            };
-            for &(ip, len) in to.difference(from) {
-                let set = vip_set("nodeaddr", ip);
-                for el in prefix_netlink(ip, len) {
-                    out.push(verb, Family::Inet, table, &set, el);
-                }
-            }
+        let minus = |a: &Elements, b: &Elements| Elements {
+            vips: a.vips.difference(&b.vips).copied().collect(),
+            vips_no_endpoints: a
+                .vips_no_endpoints
+                .difference(&b.vips_no_endpoints)
+                .copied()
+                .collect(),
+            node_ports: a.node_ports.difference(&b.node_ports).copied().collect(),
+            node_ports_no_endpoints: a
+                .node_ports_no_endpoints
+                .difference(&b.node_ports_no_endpoints)
+                .copied()
+                .collect(),
+            node_addresses: a
+                .node_addresses
+                .difference(&b.node_addresses)
+                .copied()
+                .collect(),
+        };
+        Delta {
+            removed: minus(old, self),
+            added: minus(self, old),
         }
-        out
+        .batch(table)
     }
 
     pub fn len(&self) -> usize {
@@ -226,6 +198,67 @@ fn prefix_netlink(ip: IpAddr, len: u8) -> Vec<Element> {
         out.push(end);
     }
     out
+}
+
+/// Whether a frontend belongs in the reject sets. An L7 port without
+/// endpoints stays diverted: its clients get a 503 (or gRPC UNAVAILABLE)
+/// that says why, not a reset.
+pub fn rejects(route: &Route) -> bool {
+    route.endpoints().is_empty() && route.port.l7.is_none()
+}
+
+/// Elements to delete and elements to add, per set.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub removed: Elements,
+    pub added: Elements,
+}
+
+impl Delta {
+    pub fn len(&self) -> usize {
+        self.removed.len() + self.added.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Deletions first: a frontend moving between sets is never in both.
+    pub fn batch(&self, table: &str) -> Batch {
+        let mut out = Batch::default();
+        for (verb, els) in [(Verb::Delete, &self.removed), (Verb::Add, &self.added)] {
+            for (keys, set) in [(&els.vips, "vip"), (&els.vips_no_endpoints, "noep")] {
+                for k in keys {
+                    out.push(
+                        verb,
+                        Family::Inet,
+                        table,
+                        &vip_set(set, k.0),
+                        vip_netlink(k),
+                    );
+                }
+            }
+            for (keys, set) in [
+                (&els.node_ports, "nodeport"),
+                (&els.node_ports_no_endpoints, "nodeport_noep"),
+            ] {
+                for &(p, port) in keys {
+                    let el = Element::key(
+                        key::proto_port(p, port),
+                        format!("{} . {port}", p.nft_name()),
+                    );
+                    out.push(verb, Family::Inet, table, set, el);
+                }
+            }
+            for &(ip, len) in &els.node_addresses {
+                let set = vip_set("nodeaddr", ip);
+                for el in prefix_netlink(ip, len) {
+                    out.push(verb, Family::Inet, table, &set, el);
+                }
+            }
+        }
+        out
+    }
 }
 
 fn vip_element((ip, proto, port): &VipKey) -> String {

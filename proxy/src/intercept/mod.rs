@@ -4,6 +4,7 @@
 
 mod bridge;
 mod command;
+mod element_index;
 mod elements;
 mod endpoint_counts;
 pub mod netlink;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use command::CommandError;
+use elements::Delta;
 pub use elements::Elements;
 use netlink::Batch;
 pub use netlink::NetlinkError;
@@ -61,6 +63,9 @@ pub struct Interceptor {
     endpoints: EndpointCounts,
     last: Option<Arc<ServiceTable>>,
     transparent: bool,
+    /// The table `installed` was made for: the next delta looks only at
+    /// frontends whose route changed since (None: diff the sets whole).
+    installed_for: Option<Arc<ServiceTable>>,
     /// Element changes go out here.
     netlink: netlink::Writer,
     /// A netlink batch may have applied in part: the next sync replaces
@@ -86,6 +91,7 @@ impl Interceptor {
             endpoints: EndpointCounts::default(),
             last: None,
             transparent,
+            installed_for: None,
             netlink: netlink::Writer::default(),
             render_whole: false,
         }
@@ -117,12 +123,16 @@ impl Interceptor {
     /// change path.
     pub fn sync(&mut self, table: &Arc<ServiceTable>) -> Result<SyncStats, InterceptError> {
         let start = Instant::now();
-        let want =
-            Elements::from_table(table).with_node_addresses(&self.cfg.node_port_addresses, table);
+        let full = || {
+            Elements::from_table(table).with_node_addresses(&self.cfg.node_port_addresses, table)
+        };
         let mut text = String::new();
         let mut delta = Batch::default();
-        let changed = match &self.installed {
-            None => {
+        // On success: the whole new contents, or a delta to the installed.
+        let mut fresh: Option<Elements> = None;
+        let mut step: Option<Delta> = None;
+        let changed = match (&self.installed, &self.installed_for) {
+            (None, _) => {
                 if self.cfg.disable_bridge_netfilter {
                     self.bridge = bridge::disable();
                 }
@@ -130,15 +140,29 @@ impl Interceptor {
                     route_table: self.cfg.route_table,
                     source,
                 })?;
+                let want = full();
                 text = ruleset::render(&self.cfg, self.listen_port, &want);
-                want.len()
+                let n = want.len();
+                fresh = Some(want);
+                n
             }
-            Some(_) if self.render_whole => {
+            (Some(_), _) if self.render_whole => {
+                let want = full();
                 text = ruleset::render(&self.cfg, self.listen_port, &want);
-                want.len()
+                let n = want.len();
+                fresh = Some(want);
+                n
             }
-            Some(have) => {
+            (Some(have), Some(base)) => {
+                let d = have.delta(base, table, &self.cfg.node_port_addresses);
+                delta = d.batch(&self.cfg.table);
+                step = Some(d);
+                delta.len()
+            }
+            (Some(have), None) => {
+                let want = full();
                 delta = want.diff_batch(have, &self.cfg.table);
+                fresh = Some(want);
                 delta.len()
             }
         };
@@ -160,6 +184,8 @@ impl Interceptor {
             "nftables sync timings"
         );
         if let Err(e) = applied {
+            // The installed elements are still those of `installed_for`
+            // (or unknown: rendered whole next time).
             // Nothing of the batch applied (or, over netlink, maybe part
             // of it); the endpoint counts already moved on, so the bridge
             // table is rendered whole next time.
@@ -171,7 +197,12 @@ impl Interceptor {
             }
             return Err(e);
         }
-        self.installed = Some(want);
+        match (fresh, step, &mut self.installed) {
+            (Some(want), _, _) => self.installed = Some(want),
+            (None, Some(d), Some(have)) => have.apply(&d),
+            _ => {}
+        }
+        self.installed_for = Some(table.clone());
         self.render_whole = false;
         self.steer = bridges;
         Ok(SyncStats {
@@ -225,6 +256,8 @@ impl Interceptor {
                 source,
             })?;
         self.installed = Some(want);
+        // The elements no longer match any table: diff whole next time.
+        self.installed_for = None;
         Ok(())
     }
 
@@ -237,6 +270,7 @@ impl Interceptor {
         routing::remove(&self.cfg);
         self.bridge.restore();
         self.installed = None;
+        self.installed_for = None;
         if self.steer.take().is_some() {
             let _ = command::nft_batch(&steer::remove(&self.cfg.table));
         }

@@ -409,7 +409,9 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["web0", "web1", "web2", "web3", "web5", "web6", "web7", "web8"]
+            [
+                "web0", "web1", "web2", "web3", "web5", "web6", "web7", "web8"
+            ]
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
