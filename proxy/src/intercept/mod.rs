@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 pub use command::CommandError;
 use elements::Delta;
 pub use elements::Elements;
-use netlink::Batch;
 pub use netlink::NetlinkError;
+use netlink::{Batch, Family};
 
 use crate::catalog::ServiceTable;
 use crate::config::InterceptConfig;
@@ -38,13 +38,6 @@ pub enum InterceptError {
     Update { table: String, source: CommandError },
     #[error("updating nftables table {table} over netlink: {source}")]
     Netlink { table: String, source: NetlinkError },
-}
-
-/// The bridge steering part of a sync.
-enum Steering {
-    /// The whole table, for `nft -f`.
-    Render(String),
-    Delta(Batch),
 }
 
 /// Owns our table and routing rules; knows what is installed.
@@ -99,21 +92,46 @@ impl Interceptor {
 
     /// The bridge table's part of a sync: a full render when the bridges
     /// changed (or a batch failed), element updates otherwise; and the
-    /// bridges it installs.
-    fn steering_batch(&mut self, table: &ServiceTable) -> (Steering, Option<Vec<steer::Bridge>>) {
+    /// bridges it installs. A render of a table not there yet is its
+    /// skeleton, the endpoints going over netlink.
+    fn steering_batch(
+        &mut self,
+        table: &ServiceTable,
+    ) -> (String, Batch, Option<Vec<steer::Bridge>>) {
         if !self.transparent {
-            return (Steering::Delta(Batch::default()), None);
+            return (String::new(), Batch::default(), None);
         }
         let bridges = steer::bridges();
         let change = self.endpoints.update(self.last.as_deref(), table);
+        let unchanged = self.steer.as_ref() == Some(&bridges);
+        let fresh = !unchanged && !self.table_exists(Family::Bridge);
         let name = &self.cfg.table;
-        let batch = match &self.steer {
-            Some(had) if *had == bridges => {
-                Steering::Delta(steer::diff_batch(name, &change.removed, &change.added))
+        let (text, delta) = match (unchanged, fresh) {
+            (true, _) => (
+                String::new(),
+                steer::diff_batch(name, &change.removed, &change.added),
+            ),
+            (false, true) => {
+                let all: Vec<_> = self.endpoints.keys().into_iter().collect();
+                (
+                    steer::render(name, &bridges, &Default::default()),
+                    steer::diff_batch(name, &[], &all),
+                )
             }
-            _ => Steering::Render(steer::render(name, &bridges, &self.endpoints.keys())),
+            (false, false) => (
+                steer::render(name, &bridges, &self.endpoints.keys()),
+                Batch::default(),
+            ),
         };
-        (batch, Some(bridges))
+        (text, delta, Some(bridges))
+    }
+
+    /// Whether a table of ours is in the kernel; when unsure, yes (the
+    /// atomic replacement is right either way, only slower).
+    fn table_exists(&mut self, family: Family) -> bool {
+        self.netlink
+            .table_exists(family, &self.cfg.table)
+            .unwrap_or(true)
     }
 
     /// Makes the kernel match `table`. The first call (and the first after
@@ -141,7 +159,15 @@ impl Interceptor {
                     source,
                 })?;
                 let want = full();
-                text = ruleset::render(&self.cfg, self.listen_port, &want);
+                if self.table_exists(Family::Inet) {
+                    text = ruleset::render(&self.cfg, self.listen_port, &want);
+                } else {
+                    // Nothing of ours to replace: the skeleton by nft, the
+                    // elements over netlink (nft parsing 10k elements was
+                    // most of the first sync at scale).
+                    text = ruleset::render(&self.cfg, self.listen_port, &Elements::default());
+                    delta = want.diff_batch(&Elements::default(), &self.cfg.table);
+                }
                 let n = want.len();
                 fresh = Some(want);
                 n
@@ -167,11 +193,9 @@ impl Interceptor {
             }
         };
         let diffed = start.elapsed();
-        let (steering, bridges) = self.steering_batch(table);
-        match steering {
-            Steering::Render(t) => text.push_str(&t),
-            Steering::Delta(b) => delta.extend(b),
-        }
+        let (steer_text, steer_delta, bridges) = self.steering_batch(table);
+        text.push_str(&steer_text);
+        delta.extend(steer_delta);
         self.last = Some(table.clone());
         let steered = start.elapsed();
         let applied = self.apply(&text, &delta);

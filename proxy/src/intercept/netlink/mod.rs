@@ -197,6 +197,45 @@ impl Writer {
         result
     }
 
+    /// Whether the kernel has this table: a fresh one can be filled over
+    /// netlink after its skeleton, a live one is replaced atomically.
+    pub fn table_exists(&mut self, family: Family, name: &str) -> Result<bool, NetlinkError> {
+        if self.socket.is_none() {
+            self.socket = Some(socket::Socket::open().map_err(NetlinkError::Open)?);
+        }
+        let seq = self.next_seq();
+        let mut req = Vec::new();
+        wire::get_table(&mut req, seq, family as u8, name);
+        let result = self.ask(&req, seq);
+        if result.is_err() {
+            self.socket = None;
+        }
+        match result? {
+            0 => Ok(true),
+            e if e == -libc::ENOENT => Ok(false),
+            e => Err(NetlinkError::Batch(io::Error::from_raw_os_error(-e))),
+        }
+    }
+
+    /// Sends one request and returns the errno of its ACK (0: done).
+    fn ask(&self, req: &[u8], seq: u32) -> Result<i32, NetlinkError> {
+        let Some(sock) = &self.socket else {
+            return Err(NetlinkError::Io(io::Error::other("socket closed")));
+        };
+        sock.send(req).map_err(NetlinkError::Io)?;
+        let mut rx = vec![0u8; 64 * 1024];
+        loop {
+            let n = sock.recv(&mut rx).map_err(NetlinkError::Unknown)?;
+            for reply in wire::replies(&rx[..n]) {
+                if reply.seq == seq
+                    && let Some(errno) = reply.error
+                {
+                    return Ok(errno);
+                }
+            }
+        }
+    }
+
     fn apply_open(&mut self, batch: &Batch) -> Result<usize, NetlinkError> {
         let granted = self.socket.as_ref().map_or(0, |s| s.max_send);
         let max = self.max_send.map_or(granted, |m| m.min(granted));

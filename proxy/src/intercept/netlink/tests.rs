@@ -242,6 +242,19 @@ fn elements_sets_intervals_and_maps_round_trip_through_the_kernel() {
 }
 
 #[test]
+fn a_table_is_found_only_once_it_exists() {
+    let ns = Netns::new();
+    let (before, after) = ns.within(|| {
+        let mut w = Writer::default();
+        let before = w.table_exists(Family::Inet, TABLE).expect("ask");
+        ns.nft(SKELETON);
+        let after = w.table_exists(Family::Inet, TABLE).expect("ask");
+        (before, after)
+    });
+    assert!(!before && after);
+}
+
+#[test]
 fn a_refused_element_is_named_and_nothing_of_its_batch_applies() {
     let ns = Netns::new();
     ns.nft(SKELETON);

@@ -16,7 +16,9 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_TABLE_NAME: u16 = 1;
 
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -159,6 +161,19 @@ pub fn get_generation(buf: &mut Vec<u8>, seq: u32) {
         AF_UNSPEC,
         0,
         |_| {},
+    );
+}
+
+/// Asks for one table: the answer is the table and an ACK, or ENOENT.
+pub fn get_table(buf: &mut Vec<u8>, seq: u32, family: u8, name: &str) {
+    message(
+        buf,
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        family,
+        0,
+        |b| attr_str(b, NFTA_TABLE_NAME, name),
     );
 }
 
