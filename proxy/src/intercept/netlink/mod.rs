@@ -168,6 +168,8 @@ pub struct Writer {
     seq: u32,
     /// A smaller send limit than the socket's (tests of splitting).
     max_send: Option<usize>,
+    /// A receive buffer other than the default (tests of ENOBUFS).
+    rcvbuf: Option<usize>,
 }
 
 impl Writer {
@@ -185,7 +187,7 @@ impl Writer {
             return Ok(0);
         }
         if self.socket.is_none() {
-            self.socket = Some(socket::Socket::open().map_err(NetlinkError::Open)?);
+            self.socket = Some(socket::Socket::open(self.rcvbuf).map_err(NetlinkError::Open)?);
         }
         let result = self.apply_open(batch);
         if let Err(e) = &result
@@ -201,7 +203,7 @@ impl Writer {
     /// netlink after its skeleton, a live one is replaced atomically.
     pub fn table_exists(&mut self, family: Family, name: &str) -> Result<bool, NetlinkError> {
         if self.socket.is_none() {
-            self.socket = Some(socket::Socket::open().map_err(NetlinkError::Open)?);
+            self.socket = Some(socket::Socket::open(self.rcvbuf).map_err(NetlinkError::Open)?);
         }
         let seq = self.next_seq();
         let mut req = Vec::new();

@@ -60,7 +60,8 @@ fn get_int(fd: libc::c_int, opt: libc::c_int) -> io::Result<usize> {
 }
 
 impl Socket {
-    pub fn open() -> io::Result<Self> {
+    /// `rcvbuf`: the receive buffer to ask for (tests make it tiny).
+    pub fn open(rcvbuf: Option<usize>) -> io::Result<Self> {
         // SAFETY: plain socket(2); the result is checked before use.
         let raw = check(unsafe {
             libc::socket(
@@ -87,8 +88,9 @@ impl Socket {
         if set_int(raw, libc::SO_SNDBUFFORCE, WANT_SNDBUF).is_err() {
             let _ = set_int(raw, libc::SO_SNDBUF, WANT_SNDBUF);
         }
-        if set_int(raw, libc::SO_RCVBUFFORCE, WANT_RCVBUF).is_err() {
-            let _ = set_int(raw, libc::SO_RCVBUF, WANT_RCVBUF);
+        let want_rcv = rcvbuf.unwrap_or(WANT_RCVBUF);
+        if set_int(raw, libc::SO_RCVBUFFORCE, want_rcv).is_err() {
+            let _ = set_int(raw, libc::SO_RCVBUF, want_rcv);
         }
         let tv = libc::timeval {
             tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,

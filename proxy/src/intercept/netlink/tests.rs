@@ -306,3 +306,35 @@ fn a_batch_larger_than_one_send_is_split_and_all_of_it_applies() {
     assert!(parts > 1, "{parts} transaction(s)");
     assert_eq!(ns.elements()["vip4"].len(), 3000);
 }
+
+#[test]
+fn replies_lost_to_a_full_receive_buffer_make_the_outcome_unknown() {
+    let ns = Netns::new();
+    ns.nft(SKELETON);
+    // Thousands of refused elements: one error reply each, far more than
+    // a tiny receive buffer holds, so the kernel drops some (ENOBUFS).
+    let mut batch = Batch::default();
+    for i in 0..4000u32 {
+        let ip = IpAddr::from((0x0a61_0000 + i).to_be_bytes()).to_string();
+        batch.changes.push(vip(Verb::Delete, &ip, 80));
+    }
+    let (first, then) = ns.within(|| {
+        let mut w = Writer {
+            rcvbuf: Some(4096),
+            ..Writer::default()
+        };
+        let first = w.apply(&batch);
+        // A fresh socket afterwards: the writer keeps working.
+        w.rcvbuf = None;
+        let mut ok = Batch::default();
+        ok.changes.push(vip(Verb::Add, "10.96.0.13", 80));
+        (first, w.apply(&ok))
+    });
+    let err = first.expect_err("a batch of refused elements fails");
+    assert!(err.state_unknown(), "{err:?}");
+    then.expect("the next batch applies");
+    assert_eq!(
+        ns.elements()["vip4"],
+        set_of(&[r#"{"concat":["10.96.0.13","tcp",80]}"#])
+    );
+}
