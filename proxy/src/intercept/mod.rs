@@ -285,6 +285,17 @@ impl Interceptor {
         Ok(())
     }
 
+    /// Sends set or map element changes of other features (kernel datapath
+    /// maps, source ranges) over the same socket, as one more atomic batch.
+    pub fn apply_elements(&mut self, batch: &Batch) -> Result<usize, InterceptError> {
+        self.netlink
+            .apply(batch)
+            .map_err(|source| InterceptError::Netlink {
+                table: self.cfg.table.clone(),
+                source,
+            })
+    }
+
     pub fn is_installed(&self) -> bool {
         self.installed.is_some()
     }
