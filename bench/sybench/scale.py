@@ -42,6 +42,7 @@ from .main import machine, pick_binary, versions
 from .topo import BACKENDS, NODE_NAME, PROXY_CPU, LOAD_CPU, SetupError, pinned, run, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
+TRIGGER = "endpoints.kubernetes.io/last-change-trigger-time"
 TOGGLE_VIP = "10.96.0.99"
 PER_FILE = 100
 
@@ -162,12 +163,71 @@ class KubeSource:
 
     def toggle(self, on: bool) -> float:
         slice_doc = toggle_def(on).documents()[1]
+        # What the EndpointSlice controller writes: Switchyard's
+        # network_programming_duration_seconds starts from it.
+        slice_doc["metadata"].setdefault("annotations", {})[TRIGGER] = (
+            dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+            .replace("+00:00", "Z"))
         wrote = time.monotonic()
         self.api.put(slice_doc)
         return wrote
 
     def close(self) -> None:
         self.api.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its waited-for children (the
+    `nft -f` of the first sync) so far: on a loaded machine the figure that
+    does not count the time other processes held our core."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def sustained(t, source, rate: float, seconds: float, pid: int) -> dict:
+    """`rate` endpoint changes per second for `seconds` (kubernetes source),
+    then Switchyard's own account of how far behind each change came into
+    force: network_programming_duration_seconds, from each slice's trigger
+    time to its sync done."""
+    before = scrape(t)
+    cpu0 = cpu_seconds(pid)
+    t0, n, on = time.monotonic(), 0, True
+    while (now := time.monotonic()) < t0 + seconds:
+        due = t0 + n / rate
+        if due > now:
+            time.sleep(due - now)
+        on = not on
+        source.toggle(on)
+        n += 1
+    achieved = n / (time.monotonic() - t0)
+    time.sleep(1.0)  # the last changes' syncs (each well under this)
+    after = scrape(t)
+    cpu = cpu_seconds(pid) - cpu0
+    name = "switchyard_network_programming_duration_seconds"
+    buckets = {le: after.get(f'{name}_bucket{{le="{le}"}}', 0)
+               - before.get(f'{name}_bucket{{le="{le}"}}', 0)
+               for le in ("0.005", "0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1.0", "+Inf")}
+    count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+    total = after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)
+    return {"changes": n, "rate_per_s": achieved, "seconds": seconds, "observed": count,
+            "mean_ms": total / count * 1e3 if count else None, "le_buckets": buckets,
+            "over_50ms": count - buckets["0.05"], "cpu_s": cpu,
+            "cpu_ms_per_change": cpu / n * 1e3 if n else None,
+            "syncs": after.get('switchyard_syncs_total{kind="ok"}', 0)
+            - before.get('switchyard_syncs_total{kind="ok"}', 0)}
+
+
+def scrape(t) -> dict:
+    out = run(["curl", "-s", "http://127.0.0.1:10249/metrics"], ns=t.node, timeout=10)
+    vals = {}
+    for line in out.stdout.decode().splitlines():
+        if line and not line.startswith("#"):
+            key, _, val = line.rpartition(" ")
+            try:
+                vals[key] = float(val)
+            except ValueError:
+                pass
+    return vals
 
 
 def vm(pid: int, key: str) -> int:
@@ -188,6 +248,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--changes", type=int, default=40)
     ap.add_argument("--source", choices=("file", "kubernetes"), default="file")
+    ap.add_argument("--rate", type=float, default=0,
+                    help="then this many changes/s (kubernetes source) for --rate-seconds")
+    ap.add_argument("--rate-seconds", type=float, default=60)
     ap.add_argument("--io", choices=("uring", "epoll"), default="uring")
     ap.add_argument("--opaque", action="store_true",
                     help="dataplane.transparent: false (backends see the node's address)")
@@ -231,6 +294,7 @@ def main(argv: list[str]) -> int:
         if ready.returncode != 0:
             raise SetupError(f"switchyard not ready in 300 s:\n{proc.output()}")
         to_ready = float(out.strip()) - spawn
+        cpu_ready = cpu_seconds(proc.pid)
         probe_cmd = topo.ns_argv(t.client, pinned(LOAD_CPU, [
             sys.executable, "-c", PROBE, TOGGLE_VIP, str(60 + args.changes * 3)]))
         probe = subprocess.Popen(probe_cmd, stdout=subprocess.PIPE, text=True,
@@ -254,10 +318,14 @@ def main(argv: list[str]) -> int:
                     raise SetupError(f"probe flipped the wrong way: {ev}")
                 lat["add" if on else "remove"].append((ev["t"] - wrote) * 1e3)
                 timeouts = ev["timeouts"]
-            hwm_end = vm(proc.pid, "VmHWM")
         finally:
             probe.kill()
             probe.wait(timeout=10)
+        rate = (sustained(t, source, args.rate, args.rate_seconds, proc.pid)
+                if args.rate and isinstance(source, KubeSource) else None)
+        if rate:
+            print(f"sustained: {rate}", flush=True)
+        hwm_end = vm(proc.pid, "VmHWM")
         rss = vm(proc.pid, "VmRSS")
         rc = proc.stop()
         source.close()
@@ -268,14 +336,14 @@ def main(argv: list[str]) -> int:
         "date": started.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
         "versions": versions(binary), "services": args.services,
         "endpoints": args.services * args.endpoints, "files": -(-args.services // PER_FILE) + 1,
-        "source": args.source, "emulator_list_s": list_s, "generate_s": gen_s, "ready_s": to_ready, "first_proxied_s": to_serving,
+        "source": args.source, "emulator_list_s": list_s, "generate_s": gen_s, "ready_s": to_ready, "cpu_s_at_ready": cpu_ready, "first_proxied_s": to_serving,
         "vmhwm_after_start_mib": hwm_start / 1024, "vmhwm_end_mib": hwm_end / 1024,
         "rss_end_mib": rss / 1024, "exit_code": rc, "changes": args.changes,
         "change_ms": {k: {"p50": pct(v, 50), "p90": pct(v, 90), "p99": pct(v, 99),
                           "max": max(v), "mean": statistics.mean(v), "n": len(v)}
                       for k, v in (("add", lat["add"]), ("remove", lat["remove"]),
                                    ("all", both))},
-        "raw_ms": lat, "probe_timeouts": timeouts,
+        "raw_ms": lat, "probe_timeouts": timeouts, "sustained": rate,
         "command": " ".join(["taskset", "-c", str(PROXY_CPU), *argv_sy]),
         "user_notes": args.note,
     }
@@ -298,6 +366,16 @@ def markdown(r: dict) -> str:
                 f"The emulated API server alone takes {r['emulator_list_s']:.2f} s to serve the "
                 "Service and EndpointSlice lists (measured with curl before the run); that is "
                 "part of time to serving below.\n\n")
+    sus = r.get("sustained")
+    sustained_text = "" if not sus else (
+        f"\n\nSustained changes: {sus['changes']} EndpointSlice updates in {sus['seconds']:.0f} s "
+        f"({sus['rate_per_s']:.1f}/s). Switchyard's network_programming_duration_seconds "
+        f"(slice trigger time → sync done) observed {sus['observed']:.0f} of them, mean "
+        f"{(sus['mean_ms'] or 0):.2f} ms; {sus['over_50ms']:.0f} above 50 ms (goal: none): "
+        f"{met(sus['observed'] > 0 and sus['over_50ms'] == 0)}, in {sus['syncs']:.0f} syncs, "
+        f"Switchyard's CPU {sus['cpu_s']:.2f} s ({(sus['cpu_ms_per_change'] or 0):.2f} ms a change). "
+        f"Cumulative buckets (le, s → "
+        f"count): {', '.join(f'{k}: {v:.0f}' for k, v in sus['le_buckets'].items())}.")
     source_text = (f"in {r['files']} manifest files (100 Services each)"
                    if r.get("source", "file") == "file" else
                    "served by the emulated API server (tests/e2e/apiserver.py) through a "
@@ -312,6 +390,7 @@ Switchyard pinned to CPU 1 (`{r['command']}`), {r['services']:,} Services /
 |---|---|---|
 | spawn → /readyz 200 | {r['ready_s']:.3f} s | ≤ 1 s: {met(r['ready_s'] <= 1)} |
 | spawn → first answer through a Service | {r['first_proxied_s']:.3f} s | |
+| Switchyard's CPU time (user + sys) until ready | {r.get('cpu_s_at_ready', 0):.3f} s | |
 | peak RSS (VmHWM) after start | {r['vmhwm_after_start_mib']:.0f} MiB | |
 | peak RSS after {r['changes']} changes | {r['vmhwm_end_mib']:.0f} MiB | |
 | one endpoint change → effective, p99 | {c['all']['p99']:.2f} ms | ≤ 5 ms: {met(c['all']['p99'] <= 5)} |
@@ -325,7 +404,7 @@ once a millisecond, which bounds the resolution; connection attempts that timed 
 
 | change | n | p50 | p90 | p99 | max |
 |---|---|---|---|---|---|
-{rows}
+{rows}{sustained_text}
 """
 
 

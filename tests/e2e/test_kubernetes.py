@@ -234,3 +234,43 @@ def test_node_port_addresses_primary_follow_the_node_object(bare_cluster, api, t
                "the NodePort to answer on the Node's new address", timeout=20, interval=0.3)
     pods, err = c.get_many(listed, N, where="ext")
     assert_all_answered(pods, N, err)
+
+
+def metric_value(cluster, name: str) -> float:
+    """One unlabelled sample of /metrics (admin listens in the node namespace)."""
+    proc = cluster.curl("http://127.0.0.1:10249/metrics", where="node")
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    for line in proc.stdout.decode().splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == name:
+            return float(value)
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_slice_change_is_a_partial_sync_timed_from_its_trigger_time(bare_cluster, api, tmp_path):
+    """kube-proxy's observability: the EndpointSlice's last-change-trigger-time
+    starts network_programming_duration_seconds; the change is a partial sync
+    whose elements went over netlink without a failure."""
+    import datetime as dt
+    c = bare_cluster
+    c.start_http()
+    api.put(*web_service(["web-a"]).documents())
+    api.start()
+    start(c, api, tmp_path)
+    pods, err = c.get_many(WEB, N)
+    assert_all_answered(pods, N, err, expected=["web-a"])
+    assert metric_value(c, "switchyard_sync_full_proxy_rules_duration_seconds_count") >= 1
+    assert metric_value(c, "switchyard_network_programming_duration_seconds_count") == 0
+
+    changed = web_service(["web-b"]).documents()[1]
+    changed["metadata"].setdefault("annotations", {})[
+        "endpoints.kubernetes.io/last-change-trigger-time"] = (
+        dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+        .replace("+00:00", "Z"))
+    api.put(changed)
+    wait_for_pods(c, {"web-b"}, "the changed slice to take effect")
+    wait_until(lambda: metric_value(
+        c, "switchyard_network_programming_duration_seconds_count") >= 1,
+        "the change's network programming time to be recorded", timeout=10, interval=0.2)
+    assert metric_value(c, "switchyard_sync_partial_proxy_rules_duration_seconds_count") >= 1
+    assert metric_value(c, "switchyard_netlink_failures_total") == 0

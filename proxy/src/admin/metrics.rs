@@ -119,6 +119,16 @@ pub struct Metrics {
     pub syncs: Family<KindLabels, Counter>,
     pub sync_duration: Histogram,
     pub nft_batch_duration: Histogram,
+    /// kube-proxy's split of sync_duration: a full sync re-translates every
+    /// Service (the first, a forced reload), a partial one what changed.
+    pub sync_full_duration: Histogram,
+    pub sync_partial_duration: Histogram,
+    /// From an EndpointSlice's `endpoints.kubernetes.io/last-change-trigger-time`
+    /// to the change being in force (kube-proxy's
+    /// network_programming_duration_seconds).
+    pub network_programming_duration: Histogram,
+    /// Netlink batches that failed (the sync then fails and is retried).
+    pub netlink_failures: Counter,
     pub policy_faults: Family<PolicyFaultLabels, Counter>,
     pub policy_fallbacks: Family<PolicyFaultLabels, Counter>,
     pub policy_disabled: Family<PolicyLabels, Counter>,
@@ -157,6 +167,14 @@ impl Metrics {
             syncs: Family::default(),
             sync_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             nft_batch_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            sync_full_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            sync_partial_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            // Around the 50 ms a sustained change rate may fall behind by.
+            network_programming_duration: Histogram::new([
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+                60.0,
+            ]),
+            netlink_failures: Counter::default(),
             policy_faults: Family::default(),
             policy_fallbacks: Family::default(),
             policy_disabled: Family::default(),
@@ -231,6 +249,26 @@ impl Metrics {
             "nft_batch_duration_seconds",
             "Time to apply one nftables batch",
             m.nft_batch_duration.clone(),
+        );
+        r.register(
+            "sync_full_proxy_rules_duration_seconds",
+            "Time of a sync that re-translated every Service",
+            m.sync_full_duration.clone(),
+        );
+        r.register(
+            "sync_partial_proxy_rules_duration_seconds",
+            "Time of a sync that re-translated only the Services that changed",
+            m.sync_partial_duration.clone(),
+        );
+        r.register(
+            "network_programming_duration_seconds",
+            "From an EndpointSlice's last-change-trigger-time to the change in force",
+            m.network_programming_duration.clone(),
+        );
+        r.register(
+            "netlink_failures",
+            "nf_tables netlink batches that failed",
+            m.netlink_failures.clone(),
         );
         r.register(
             "policy_faults",

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::admin::metrics::KindLabels;
 use crate::admin::{Metrics, PolicySummary};
 use crate::catalog::{BuildOutput, NodeContext, Problem, Severity};
-use crate::intercept::Interceptor;
+use crate::intercept::{InterceptError, Interceptor};
 use crate::policy::{ModuleError, PolicyProblem, PolicyRegistry};
 use crate::snapshot::SharedSnapshot;
 use crate::sources::Source;
@@ -23,6 +23,14 @@ pub struct SyncReport {
     pub problems: Vec<String>,
     /// The generation published, if anything changed.
     pub generation: Option<u64>,
+}
+
+/// What a source read yields: the table built, whether every Service was
+/// translated again, and the trigger times of the slice changes in it.
+struct Read {
+    built: BuildOutput,
+    full: bool,
+    triggers: Vec<std::time::SystemTime>,
 }
 
 pub struct Sync {
@@ -69,7 +77,12 @@ impl Sync {
         } else {
             self.read_watch(force, &mut report)
         };
-        let Some(built) = built else {
+        let Some(Read {
+            built,
+            full,
+            triggers,
+        }) = built
+        else {
             return Ok(report);
         };
         for p in &built.problems {
@@ -136,6 +149,9 @@ impl Sync {
                     );
                 }
                 Err(e) => {
+                    if matches!(e, InterceptError::Netlink { .. }) {
+                        self.metrics.netlink_failures.inc();
+                    }
                     self.count(&self.metrics.syncs, "failed");
                     return Err(e.into());
                 }
@@ -144,6 +160,21 @@ impl Sync {
         self.count(&self.metrics.syncs, "ok");
         let took = start.elapsed();
         self.metrics.sync_duration.observe(took.as_secs_f64());
+        let split = if full {
+            &self.metrics.sync_full_duration
+        } else {
+            &self.metrics.sync_partial_duration
+        };
+        split.observe(took.as_secs_f64());
+        let now = std::time::SystemTime::now();
+        for t in triggers {
+            // A trigger time ahead of our clock (skew) says nothing.
+            if let Ok(latency) = now.duration_since(t) {
+                self.metrics
+                    .network_programming_duration
+                    .observe(latency.as_secs_f64());
+            }
+        }
         // Where a sync's time goes, cumulative from its start: read and
         // build, policy binding, snapshot publish, nftables.
         tracing::debug!(
@@ -168,7 +199,7 @@ impl Sync {
         &mut self,
         force: bool,
         report: &mut SyncReport,
-    ) -> Result<Option<BuildOutput>, DaemonError> {
+    ) -> Result<Option<Read>, DaemonError> {
         let Source::File(files) = &mut self.source else {
             return Ok(None);
         };
@@ -207,15 +238,15 @@ impl Sync {
             all: force || zone_changed || std::mem::take(&mut self.rebuild_all),
             services: scan.touched,
         };
-        Ok(Some(self.translations.rebuild(
-            files.index(),
-            &dirty,
-            &self.node,
-        )))
+        Ok(Some(Read {
+            built: self.translations.rebuild(files.index(), &dirty, &self.node),
+            full: dirty.all,
+            triggers: Vec::new(),
+        }))
     }
 
     /// The watch source: re-translate only the Services that changed.
-    fn read_watch(&mut self, force: bool, report: &mut SyncReport) -> Option<BuildOutput> {
+    fn read_watch(&mut self, force: bool, report: &mut SyncReport) -> Option<Read> {
         let policies_changed = self.rescan_policies(report);
         let Source::Kube(kube) = &self.source else {
             return None;
@@ -223,6 +254,7 @@ impl Sync {
         let mut store = kube.lock();
         let mut dirty = store.take_dirty();
         let rejected = store.take_problems();
+        let triggers = store.take_triggers();
         dirty.all |= std::mem::take(&mut self.rebuild_all);
         for p in &rejected {
             if p.severity == Severity::Error {
@@ -238,7 +270,11 @@ impl Sync {
         if dirty.is_empty() && !policies_changed && !node_changed && !force {
             return None;
         }
-        Some(self.translations.rebuild(&*store, &dirty, &self.node))
+        Some(Read {
+            built: self.translations.rebuild(&*store, &dirty, &self.node),
+            full: dirty.all,
+            triggers,
+        })
     }
 
     /// Loads new and changed policy modules; true when any changed.

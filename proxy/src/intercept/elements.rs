@@ -5,15 +5,16 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use crate::catalog::{Protocol, ServiceTable};
+use super::netlink::{Batch, Element, Family, Verb, key};
+use crate::catalog::{Protocol, Route, ServiceTable};
 use crate::config::{NodePortAddress, network};
 
 /// One element of a `vip4`/`vip6`/`noep4`/`noep6` set.
-type VipKey = (IpAddr, Protocol, u16);
+pub type VipKey = (IpAddr, Protocol, u16);
 /// One element of a `nodeport`/`nodeport_noep` set.
-type PortKey = (Protocol, u16);
+pub type PortKey = (Protocol, u16);
 /// One prefix of a `nodeaddr4`/`nodeaddr6` interval set.
-type Prefix = (IpAddr, u8);
+pub type Prefix = (IpAddr, u8);
 
 /// Desired contents of every set in our table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,18 +38,14 @@ impl Elements {
         let mut out = Elements::default();
         for (frontend, route) in &table.frontends {
             let key = (frontend.ip, frontend.protocol, frontend.port);
-            // An L7 port without endpoints stays diverted: its clients get
-            // a 503 (or gRPC UNAVAILABLE) that says why, not a reset. A
-            // frontend reaches only its own family's endpoints.
-            let none = crate::catalog::family_range(route.endpoints(), frontend.ip).is_empty();
-            if none && route.port.l7.is_none() {
+            if rejects(route, Some(frontend.ip)) {
                 out.vips_no_endpoints.insert(key);
             } else {
                 out.vips.insert(key);
             }
         }
         for (&key, route) in &table.node_ports {
-            if route.endpoints().is_empty() && route.port.l7.is_none() {
+            if rejects(route, None) {
                 out.node_ports_no_endpoints.insert(key);
             } else {
                 out.node_ports.insert(key);
@@ -163,6 +160,36 @@ impl Elements {
         out
     }
 
+    /// The same changes as `diff_commands`, as netlink element changes.
+    pub fn diff_batch(&self, old: &Elements, table: &str) -> Batch {
+        let minus = |a: &Elements, b: &Elements| Elements {
+            vips: a.vips.difference(&b.vips).copied().collect(),
+            vips_no_endpoints: a
+                .vips_no_endpoints
+                .difference(&b.vips_no_endpoints)
+                .copied()
+                .collect(),
+            node_ports: a.node_ports.difference(&b.node_ports).copied().collect(),
+            node_ports_no_endpoints: a
+                .node_ports_no_endpoints
+                .difference(&b.node_ports_no_endpoints)
+                .copied()
+                .collect(),
+            node_addresses: a
+                .node_addresses
+                .difference(&b.node_addresses)
+                .copied()
+                .collect(),
+            // Source ranges go by `diff_commands` only (see `Interceptor::sync`).
+            source_ranges: Default::default(),
+        };
+        Delta {
+            removed: minus(old, self),
+            added: minus(self, old),
+        }
+        .batch(table)
+    }
+
     pub fn len(&self) -> usize {
         self.vips.len()
             + self.vips_no_endpoints.len()
@@ -174,6 +201,95 @@ impl Elements {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// `vip4`, `noep6`, `nodeaddr4`...: the set of the address's family.
+fn vip_set(set: &str, ip: IpAddr) -> String {
+    format!("{set}{}", if ip.is_ipv4() { "4" } else { "6" })
+}
+
+fn vip_netlink(k: &VipKey) -> Element {
+    Element::key(key::addr_proto_port(k.0, k.1, k.2), vip_element(k))
+}
+
+/// A prefix in a (non-concatenated) interval set is two elements: its
+/// first address, and the first address after it flagged as an interval
+/// end (none when the prefix reaches the end of the address space).
+fn prefix_netlink(ip: IpAddr, len: u8) -> Vec<Element> {
+    let ip = network(ip, len);
+    let mut out = vec![Element::key(key::ip(ip), format!("{ip}/{len}"))];
+    if let Some(after) = key::after_prefix(ip, len) {
+        let mut end = Element::key(key::ip(after), format!("{ip}/{len} (interval end)"));
+        end.interval_end = true;
+        out.push(end);
+    }
+    out
+}
+
+/// Whether a frontend belongs in the reject sets. An L7 port without
+/// endpoints stays diverted: its clients get a 503 (or gRPC UNAVAILABLE)
+/// that says why, not a reset. A VIP frontend (`ip`) reaches only its own
+/// family's endpoints; a NodePort (`None`) any.
+pub fn rejects(route: &Route, ip: Option<IpAddr>) -> bool {
+    let none = match ip {
+        Some(ip) => crate::catalog::family_range(route.endpoints(), ip).is_empty(),
+        None => route.endpoints().is_empty(),
+    };
+    none && route.port.l7.is_none()
+}
+
+/// Elements to delete and elements to add, per set.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub removed: Elements,
+    pub added: Elements,
+}
+
+impl Delta {
+    pub fn len(&self) -> usize {
+        self.removed.len() + self.added.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Deletions first: a frontend moving between sets is never in both.
+    pub fn batch(&self, table: &str) -> Batch {
+        let mut out = Batch::default();
+        for (verb, els) in [(Verb::Delete, &self.removed), (Verb::Add, &self.added)] {
+            for (keys, set) in [(&els.vips, "vip"), (&els.vips_no_endpoints, "noep")] {
+                for k in keys {
+                    out.push(
+                        verb,
+                        Family::Inet,
+                        table,
+                        &vip_set(set, k.0),
+                        vip_netlink(k),
+                    );
+                }
+            }
+            for (keys, set) in [
+                (&els.node_ports, "nodeport"),
+                (&els.node_ports_no_endpoints, "nodeport_noep"),
+            ] {
+                for &(p, port) in keys {
+                    let el = Element::key(
+                        key::proto_port(p, port),
+                        format!("{} . {port}", p.nft_name()),
+                    );
+                    out.push(verb, Family::Inet, table, set, el);
+                }
+            }
+            for &(ip, len) in &els.node_addresses {
+                let set = vip_set("nodeaddr", ip);
+                for el in prefix_netlink(ip, len) {
+                    out.push(verb, Family::Inet, table, &set, el);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -264,6 +380,32 @@ mod tests {
              add element inet sy nodeport { udp . 30053 }\n"
         );
         assert!(new.diff_commands(&new, "sy").is_empty());
+    }
+
+    #[test]
+    fn netlink_diff_deletes_before_it_adds_and_splits_prefixes() {
+        let mut old = Elements::default();
+        old.vips.insert(vip("10.96.0.10", 80));
+        let mut new = Elements::default();
+        new.vips_no_endpoints.insert(vip("10.96.0.10", 80));
+        new.node_addresses
+            .insert(("192.168.50.0".parse().expect("ip"), 24));
+        let shown: Vec<String> = new
+            .diff_batch(&old, "sy")
+            .changes
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "delete element inet sy vip4 { 10.96.0.10 . tcp . 80 }",
+                "add element inet sy noep4 { 10.96.0.10 . tcp . 80 }",
+                "add element inet sy nodeaddr4 { 192.168.50.0/24 }",
+                "add element inet sy nodeaddr4 { 192.168.50.0/24 (interval end) }",
+            ]
+        );
+        assert!(new.diff_batch(&new, "sy").is_empty());
     }
 
     #[test]

@@ -4,9 +4,11 @@
 
 mod bridge;
 mod command;
+mod element_index;
 mod elements;
 mod endpoint_counts;
 pub mod kernel;
+pub mod netlink;
 mod routing;
 mod ruleset;
 mod source_ranges;
@@ -16,7 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use command::CommandError;
+use elements::Delta;
 pub use elements::Elements;
+pub use netlink::NetlinkError;
+use netlink::{Batch, Family};
 
 use crate::catalog::ServiceTable;
 use crate::config::InterceptConfig;
@@ -51,6 +56,8 @@ pub enum InterceptError {
     },
     #[error("updating nftables table inet {table}: {source}")]
     Update { table: String, source: CommandError },
+    #[error("updating nftables table {table} over netlink: {source}")]
+    Netlink { table: String, source: NetlinkError },
 }
 
 /// Owns our table and routing rules; knows what is installed.
@@ -69,6 +76,14 @@ pub struct Interceptor {
     endpoints: EndpointCounts,
     last: Option<Arc<ServiceTable>>,
     transparent: bool,
+    /// The table `installed` was made for: the next delta looks only at
+    /// frontends whose route changed since (None: diff the sets whole).
+    installed_for: Option<Arc<ServiceTable>>,
+    /// Element changes go out here.
+    netlink: netlink::Writer,
+    /// A netlink batch may have applied in part: the next sync replaces
+    /// the table whole.
+    render_whole: bool,
     /// The kernel datapath: what the next sync installs, what is installed.
     kernel_plan: kernel::KernelPlan,
     kernel_installed: kernel::KernelElements,
@@ -92,6 +107,9 @@ impl Interceptor {
             endpoints: EndpointCounts::default(),
             last: None,
             transparent,
+            installed_for: None,
+            netlink: netlink::Writer::default(),
+            render_whole: false,
             kernel_plan: kernel::KernelPlan::default(),
             kernel_installed: kernel::KernelElements::default(),
         }
@@ -111,35 +129,81 @@ impl Interceptor {
         self.kernel_plan = plan;
     }
 
-    /// The bridge table's part of a batch: a full render when the bridges
+    /// The bridge table's part of a sync: a full render when the bridges
     /// changed (or a batch failed), element updates otherwise; and the
-    /// bridges it installs.
-    fn steering_batch(&mut self, table: &ServiceTable) -> (String, Option<Vec<steer::Bridge>>) {
+    /// bridges it installs. A render of a table not there yet is its
+    /// skeleton, the endpoints going over netlink.
+    fn steering_batch(
+        &mut self,
+        table: &ServiceTable,
+    ) -> (String, Batch, Option<Vec<steer::Bridge>>) {
         if !self.transparent {
-            return (String::new(), None);
+            return (String::new(), Batch::default(), None);
         }
         let bridges = steer::bridges();
         let change = self.endpoints.update(self.last.as_deref(), table);
+        let unchanged = self.steer.as_ref() == Some(&bridges);
+        let fresh = !unchanged && !self.table_exists(Family::Bridge);
         let name = &self.cfg.table;
-        let batch = match &self.steer {
-            Some(had) if *had == bridges => steer::diff(name, &change.removed, &change.added),
-            _ => steer::render(name, &bridges, &self.endpoints.keys()),
+        let (text, delta) = match (unchanged, fresh) {
+            (true, _) => (
+                String::new(),
+                steer::diff_batch(name, &change.removed, &change.added),
+            ),
+            (false, true) => {
+                let all: Vec<_> = self.endpoints.keys().into_iter().collect();
+                (
+                    steer::render(name, &bridges, &Default::default()),
+                    steer::diff_batch(name, &[], &all),
+                )
+            }
+            (false, false) => (
+                steer::render(name, &bridges, &self.endpoints.keys()),
+                Batch::default(),
+            ),
         };
-        (batch, Some(bridges))
+        (text, delta, Some(bridges))
     }
 
-    /// Makes the kernel match `table` with one `nft -f` (a process start is
-    /// most of what a one-endpoint change costs): the first call replaces
-    /// any stale tables and installs routing; later calls send only element
-    /// changes.
+    /// Whether a table of ours is in the kernel; when unsure, yes (the
+    /// atomic replacement is right either way, only slower).
+    fn table_exists(&mut self, family: Family) -> bool {
+        self.netlink
+            .table_exists(family, &self.cfg.table)
+            .unwrap_or(true)
+    }
+
+    /// Makes the kernel match `table`. The first call (and the first after
+    /// a failure that left the kernel's state unknown) replaces any stale
+    /// table with one `nft -f` and installs routing; later calls send only
+    /// element changes, as one netlink batch: no process starts on the
+    /// change path.
     pub fn sync(&mut self, table: &Arc<ServiceTable>) -> Result<SyncStats, InterceptError> {
         let start = Instant::now();
-        let want = Elements::from_table(table)
-            .with_node_addresses(&self.cfg.node_port_addresses, table)
-            .without_kernel(&self.kernel_plan);
+        let full = || {
+            Elements::from_table(table)
+                .with_node_addresses(&self.cfg.node_port_addresses, table)
+                .without_kernel(&self.kernel_plan)
+        };
         let kernel_want = kernel::elements(&self.kernel_plan);
-        let (mut batch, changed) = match &self.installed {
-            None => {
+        // The kernel datapath's maps and the source-range sets are still
+        // written as nft text (one atomic `nft -f` with the proxy's sets, so
+        // a frontend moving between the paths is never in neither); only a
+        // sync without them takes the netlink delta path.
+        let text_path = !kernel_want.is_empty()
+            || !self.kernel_installed.is_empty()
+            || !table.source_ranges.is_empty()
+            || self
+                .installed
+                .as_ref()
+                .is_some_and(|e| e.source_ranges.len() > 0);
+        let mut text = String::new();
+        let mut delta = Batch::default();
+        // On success: the whole new contents, or a delta to the installed.
+        let mut fresh: Option<Elements> = None;
+        let mut step: Option<Delta> = None;
+        let changed = match (&self.installed, &self.installed_for) {
+            (None, _) => {
                 if self.cfg.disable_bridge_netfilter {
                     self.bridge = bridge::disable();
                 }
@@ -147,69 +211,140 @@ impl Interceptor {
                     route_table: self.cfg.route_table,
                     source,
                 })?;
-                let mut batch = ruleset::render(&self.cfg, self.listen_port, &want);
-                batch.push_str(
+                let want = full();
+                if text_path || self.table_exists(Family::Inet) {
+                    text = ruleset::render(&self.cfg, self.listen_port, &want);
+                    text.push_str(
+                        &kernel_want
+                            .diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
+                    );
+                } else {
+                    // Nothing of ours to replace: the skeleton by nft, the
+                    // elements over netlink (nft parsing 10k elements was
+                    // most of the first sync at scale).
+                    text = ruleset::render(&self.cfg, self.listen_port, &Elements::default());
+                    delta = want.diff_batch(&Elements::default(), &self.cfg.table);
+                }
+                let n = want.len();
+                fresh = Some(want);
+                n
+            }
+            (Some(_), _) if self.render_whole => {
+                let want = full();
+                text = ruleset::render(&self.cfg, self.listen_port, &want);
+                text.push_str(
                     &kernel_want.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
                 );
-                (batch, want.len() + kernel_want.len())
+                let n = want.len();
+                fresh = Some(want);
+                n
             }
-            Some(have) => {
-                let mut batch = want.diff_commands(have, &self.cfg.table);
-                batch.push_str(&kernel_want.diff_commands(&self.kernel_installed, &self.cfg.table));
+            (Some(have), _) if text_path => {
+                let want = full();
+                text = want.diff_commands(have, &self.cfg.table);
+                text.push_str(&kernel_want.diff_commands(&self.kernel_installed, &self.cfg.table));
                 // Kernel frontends that went to the proxy keep their
                 // established flows (see ruleset.rs, kdrain).
-                batch.push_str(&kernel::drain_commands(
+                text.push_str(&kernel::drain_commands(
                     &self.cfg.table,
                     self.kernel_installed_vips()
                         .filter(|k| want.vips.contains(k)),
                     KERNEL_DRAIN_SECONDS,
                 ));
-                batch.push_str(&kernel::drain_node_port_commands(
+                text.push_str(&kernel::drain_node_port_commands(
                     &self.cfg.table,
                     self.kernel_installed_node_ports()
                         .filter(|k| want.node_ports.contains(k)),
                     KERNEL_DRAIN_SECONDS,
                 ));
-                let changed = batch.lines().count();
-                (batch, changed)
+                fresh = Some(want);
+                text.lines().count()
+            }
+            (Some(have), Some(base)) => {
+                let d = have.delta(base, table, &self.cfg.node_port_addresses);
+                delta = d.batch(&self.cfg.table);
+                step = Some(d);
+                delta.len()
+            }
+            (Some(have), None) => {
+                let want = full();
+                delta = want.diff_batch(have, &self.cfg.table);
+                fresh = Some(want);
+                delta.len()
             }
         };
         let diffed = start.elapsed();
-        let (steering, bridges) = self.steering_batch(table);
-        batch.push_str(&steering);
+        let (steer_text, steer_delta, bridges) = self.steering_batch(table);
+        text.push_str(&steer_text);
+        delta.extend(steer_delta);
         self.last = Some(table.clone());
         let steered = start.elapsed();
-        let applied = if batch.is_empty() {
-            Ok(())
-        } else {
-            command::nft_batch(&batch)
-        };
+        let applied = self.apply(&text, &delta);
         tracing::debug!(
             diffed_us = diffed.as_micros() as u64,
             steered_us = steered.as_micros() as u64,
-            nft_us = (start.elapsed() - steered).as_micros() as u64,
-            batch_bytes = batch.len(),
+            apply_us = (start.elapsed() - steered).as_micros() as u64,
+            nft_bytes = text.len(),
+            netlink_elements = delta.len(),
             "nftables sync timings"
         );
-        if let Err(source) = applied {
-            // Nothing of the batch applied; the endpoint counts already
-            // moved on, so the bridge table is rendered whole next time.
+        if let Err(e) = applied {
+            // The installed elements are still those of `installed_for`
+            // (or unknown: rendered whole next time).
+            // Nothing of the batch applied (or, over netlink, maybe part
+            // of it); the endpoint counts already moved on, so the bridge
+            // table is rendered whole next time.
             self.steer = None;
-            let table = self.cfg.table.clone();
-            return Err(match self.installed {
-                None => InterceptError::Install { table, source },
-                Some(_) => InterceptError::Update { table, source },
-            });
+            if let InterceptError::Netlink { source, .. } = &e
+                && source.state_unknown()
+            {
+                self.render_whole = true;
+            }
+            return Err(e);
         }
-        self.installed = Some(want);
+        match (fresh, step, &mut self.installed) {
+            (Some(want), _, _) => self.installed = Some(want),
+            (None, Some(d), Some(have)) => have.apply(&d),
+            _ => {}
+        }
         let stale = kernel::conntrack::removed_udp_endpoints(&self.kernel_installed, &kernel_want);
         kernel::conntrack::delete(&stale);
         self.kernel_installed = kernel_want;
+        // After the text path the installed sets hold what the kernel plan
+        // and source ranges made of them, which a route-by-route delta does
+        // not know: the next netlink sync diffs whole.
+        self.installed_for = (!text_path).then(|| table.clone());
+        self.render_whole = false;
         self.steer = bridges;
         Ok(SyncStats {
             changed_elements: changed,
             took: start.elapsed(),
         })
+    }
+
+    /// `nft -f` for a full render, then the netlink batch of element
+    /// changes.
+    fn apply(&mut self, text: &str, delta: &Batch) -> Result<(), InterceptError> {
+        let table = &self.cfg.table;
+        if !text.is_empty() {
+            command::nft_batch(text).map_err(|source| match self.installed {
+                None => InterceptError::Install {
+                    table: table.clone(),
+                    source,
+                },
+                Some(_) => InterceptError::Update {
+                    table: table.clone(),
+                    source,
+                },
+            })?;
+        }
+        self.netlink
+            .apply(delta)
+            .map_err(|source| InterceptError::Netlink {
+                table: table.clone(),
+                source,
+            })?;
+        Ok(())
     }
 
     /// Moves every frontend to the reject sets: while the process drains
@@ -224,15 +359,28 @@ impl Interceptor {
             .extend(std::mem::take(&mut want.vips));
         want.node_ports_no_endpoints
             .extend(std::mem::take(&mut want.node_ports));
-        let batch = want.diff_commands(have, &self.cfg.table);
-        if !batch.is_empty() {
-            command::nft_batch(&batch).map_err(|source| InterceptError::Update {
+        let batch = want.diff_batch(have, &self.cfg.table);
+        self.netlink
+            .apply(&batch)
+            .map_err(|source| InterceptError::Netlink {
                 table: self.cfg.table.clone(),
                 source,
             })?;
-        }
         self.installed = Some(want);
+        // The elements no longer match any table: diff whole next time.
+        self.installed_for = None;
         Ok(())
+    }
+
+    /// Sends set or map element changes of other features (kernel datapath
+    /// maps, source ranges) over the same socket, as one more atomic batch.
+    pub fn apply_elements(&mut self, batch: &Batch) -> Result<usize, InterceptError> {
+        self.netlink
+            .apply(batch)
+            .map_err(|source| InterceptError::Netlink {
+                table: self.cfg.table.clone(),
+                source,
+            })
     }
 
     /// The VIP frontends the kernel datapath serves now.
@@ -274,6 +422,7 @@ impl Interceptor {
         routing::remove(&self.cfg);
         self.bridge.restore();
         self.installed = None;
+        self.installed_for = None;
         if self.steer.take().is_some() {
             let _ = command::nft_batch(&steer::remove(&self.cfg.table));
         }

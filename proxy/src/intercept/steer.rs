@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use super::netlink::{Batch, Element, Family, Verb, key};
 use crate::catalog::Protocol;
 
 /// A Linux bridge in our network namespace: its MAC and the subnets of its
@@ -146,12 +147,17 @@ pub fn render(table: &str, bridges: &[Bridge], endpoints: &BTreeSet<EndpointKey>
     s
 }
 
-/// Element changes: deletions first, so a batch never holds a key twice.
-pub fn diff(table: &str, removed: &[EndpointKey], added: &[EndpointKey]) -> String {
-    let mut s = String::new();
-    emit(&mut s, "delete", table, &removed.iter().collect::<Vec<_>>());
-    emit(&mut s, "add", table, &added.iter().collect::<Vec<_>>());
-    s
+/// Element changes, deletions first so a batch never holds a key twice.
+pub fn diff_batch(table: &str, removed: &[EndpointKey], added: &[EndpointKey]) -> Batch {
+    let mut out = Batch::default();
+    for (verb, keys) in [(Verb::Delete, removed), (Verb::Add, added)] {
+        for k in keys {
+            let set = if k.0.is_ipv4() { "ep4" } else { "ep6" };
+            let el = Element::key(key::addr_proto_port(k.0, k.1, k.2), element(k));
+            out.push(verb, Family::Bridge, table, set, el);
+        }
+    }
+    out
 }
 
 /// Removes the table (absent is fine: the batch creates it first).
@@ -177,9 +183,11 @@ mod tests {
         assert!(text.contains("ether type ip ip daddr 10.244.1.0/24 ip saddr . meta l4proto . th sport @ep4 ether daddr set 02:00:0a:f4:01:01 meta pkttype set host comment \"br0\""), "{text}");
         assert!(text.ends_with("add element bridge switchyard ep4 { 10.244.1.11 . tcp . 8080 }\n"));
         let gone: Vec<EndpointKey> = eps.iter().copied().collect();
+        let batch = diff_batch("switchyard", &gone, &[]);
+        assert_eq!(batch.len(), 1);
         assert_eq!(
-            diff("switchyard", &gone, &[]),
-            "delete element bridge switchyard ep4 { 10.244.1.11 . tcp . 8080 }\n"
+            batch.changes[0].to_string(),
+            "delete element bridge switchyard ep4 { 10.244.1.11 . tcp . 8080 }"
         );
     }
 }

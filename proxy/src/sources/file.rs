@@ -101,12 +101,13 @@ impl FileSource {
                 scan.changed = true;
             }
         }
-        for (path, stamp) in present {
-            if self.files.get(&path).is_some_and(|e| e.stamp == stamp) {
-                continue;
-            }
+        let changed: Vec<(PathBuf, Stamp)> = present
+            .into_iter()
+            .filter(|(path, stamp)| self.files.get(path).is_none_or(|e| e.stamp != *stamp))
+            .collect();
+        let parsed = read_all(&changed, self.max_bytes);
+        for ((path, stamp), (parsed, problems)) in changed.into_iter().zip(parsed) {
             scan.too_large += usize::from(stamp.len > self.max_bytes);
-            let (parsed, problems) = read_manifest(&path, stamp.len, self.max_bytes);
             let ok = !problems.iter().any(|p| p.severity == Severity::Error);
             scan.problems.extend(problems);
             let entry = self.files.entry(path.clone()).or_insert(FileEntry {
@@ -167,6 +168,51 @@ impl FileSource {
         }
         all
     }
+}
+
+/// Reads and parses `files`, results in the same order. YAML parsing is
+/// most of a cold start, so several files are parsed on as many threads as
+/// the CPUs we may run on (none extra when pinned to one).
+fn read_all(files: &[(PathBuf, Stamp)], max_bytes: u64) -> Vec<(Manifests, Vec<ManifestProblem>)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
+    let one = |(path, stamp): &(PathBuf, Stamp)| read_manifest(path, stamp.len, max_bytes);
+    if threads <= 1 {
+        return files.iter().map(one).collect();
+    }
+    let mut slots: Vec<Option<(Manifests, Vec<ManifestProblem>)>> =
+        std::iter::repeat_with(|| None).take(files.len()).collect();
+    std::thread::scope(|s| {
+        // Interleaved, so that each thread gets a share of any run of big
+        // files.
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (t..files.len())
+                        .step_by(threads)
+                        .map(|i| (i, one(&files[i])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for w in workers {
+            match w.join() {
+                Ok(done) => {
+                    for (i, r) in done {
+                        slots[i] = Some(r);
+                    }
+                }
+                // A parser panic is a bug; re-raise it where it belongs.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    });
+    slots
+        .into_iter()
+        .zip(files)
+        .map(|(r, f)| r.unwrap_or_else(|| one(f)))
+        .collect()
 }
 
 fn read_manifest(path: &Path, len: u64, max_bytes: u64) -> (Manifests, Vec<ManifestProblem>) {
@@ -343,6 +389,38 @@ mod tests {
         let mut source = FileSource::new(&dir);
         source.rescan().expect("scan");
         assert!(source.manifests().services.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn many_files_parsed_together_keep_their_own_objects_and_problems() {
+        let dir = tempdir("many");
+        for i in 0..9 {
+            let text = if i == 4 {
+                "apiVersion: v1\nkind: Service\nmetadata: [broken\n".to_owned()
+            } else {
+                SVC.replace("name: web", &format!("name: web{i}"))
+                    .replace("10.96.0.10", &format!("10.96.0.{}", 10 + i))
+            };
+            std::fs::write(dir.join(format!("f{i}.yaml")), text).expect("write");
+        }
+        let mut source = FileSource::new(&dir);
+        let scan = source.rescan().expect("scan");
+        assert_eq!(scan.problems.len(), 1);
+        assert_eq!(scan.problems[0].file, dir.join("f4.yaml"));
+        let mut names: Vec<String> = source
+            .manifests()
+            .services
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "web0", "web1", "web2", "web3", "web5", "web6", "web7", "web8"
+            ]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

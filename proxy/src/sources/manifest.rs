@@ -76,7 +76,7 @@ impl fmt::Display for ManifestProblem {
 pub fn parse(text: &str, file: &Path) -> (Manifests, Vec<ManifestProblem>) {
     let mut out = Manifests::default();
     let mut problems = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let problem = |field: &str, message: String| ManifestProblem {
             file: file.to_owned(),
             document: index,
@@ -85,8 +85,8 @@ pub fn parse(text: &str, file: &Path) -> (Manifests, Vec<ManifestProblem>) {
             message,
             severity: Severity::Error,
         };
-        match serde_yaml::Value::deserialize(document) {
-            Ok(serde_yaml::Value::Null) => {}
+        match serde_norway::Value::deserialize(document) {
+            Ok(serde_norway::Value::Null) => {}
             Ok(value) => add_object(value, &mut out, &mut problems, &problem),
             Err(e) => {
                 problems.push(problem("(document)", format!("not valid YAML: {e}")));
@@ -99,7 +99,7 @@ pub fn parse(text: &str, file: &Path) -> (Manifests, Vec<ManifestProblem>) {
 }
 
 fn add_object(
-    value: serde_yaml::Value,
+    value: serde_norway::Value,
     out: &mut Manifests,
     problems: &mut Vec<ManifestProblem>,
     problem: &dyn Fn(&str, String) -> ManifestProblem,
@@ -137,7 +137,7 @@ fn add_object(
             Err((field, message)) => problems.push(named(problem(&field, message), &kind, name)),
         },
         ("List", "v1") => match value.get("items").cloned() {
-            Some(serde_yaml::Value::Sequence(items)) => {
+            Some(serde_norway::Value::Sequence(items)) => {
                 for (i, item) in items.into_iter().enumerate() {
                     let prefixed = |field: &str, message: String| {
                         problem(&format!("items[{i}].{field}"), message)
@@ -145,7 +145,7 @@ fn add_object(
                     add_object(item, out, problems, &prefixed);
                 }
             }
-            Some(serde_yaml::Value::Null) | None => {}
+            Some(serde_norway::Value::Null) | None => {}
             Some(_) => problems.push(problem("items", "expected a list of objects".into())),
         },
         ("Service" | "EndpointSlice", other) => problems.push(problem(
@@ -192,7 +192,7 @@ fn accept<
 
 /// `namespace/name` from raw metadata ("default" when the namespace is
 /// absent, as kubectl would apply it).
-fn object_name(value: &serde_yaml::Value) -> Option<String> {
+fn object_name(value: &serde_norway::Value) -> Option<String> {
     let meta = value.get("metadata")?;
     let name = meta.get("name")?.as_str()?;
     let namespace = meta
@@ -211,7 +211,9 @@ fn named(mut p: ManifestProblem, kind: &str, name: Option<&str>) -> ManifestProb
 }
 
 /// Deserializes with the path of the failing field.
-fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, (String, String)> {
+fn typed<T: serde::de::DeserializeOwned>(
+    value: serde_norway::Value,
+) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         (path, e.into_inner().to_string())

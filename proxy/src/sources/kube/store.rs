@@ -61,6 +61,25 @@ pub struct Store {
     dirty: Dirty,
     /// Rejected objects and slice warnings, for the sync to log and count.
     problems: Vec<Problem>,
+    /// `last-change-trigger-time` of slices changed by watch events (not
+    /// lists), for `network_programming_duration_seconds`.
+    triggers: Vec<std::time::SystemTime>,
+}
+
+/// The EndpointSlice annotation kube-proxy measures network programming
+/// latency from.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The annotation's time, when it is there and an RFC 3339 timestamp.
+pub fn trigger_time(slice: &EndpointSlice) -> Option<std::time::SystemTime> {
+    let text = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(TRIGGER_TIME_ANNOTATION)?;
+    let ts: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
+    let nanos = u64::try_from(ts.as_nanosecond()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos))
 }
 
 impl Store {
@@ -93,6 +112,7 @@ impl Store {
 
     /// True when a slice changed.
     fn apply_slices(&mut self, event: Event<DynamicObject>) -> bool {
+        let watched = matches!(event, Event::Apply(_));
         let touched = apply_generic(
             &mut self.slices,
             &mut self.problems,
@@ -112,6 +132,9 @@ impl Store {
                 }
                 self.dirty.services.insert(o);
             }
+            if watched && let Some(t) = self.slices.live.get(&key).and_then(trigger_time) {
+                self.triggers.push(t);
+            }
             if let Some(o) = self.slices.live.get(&key).and_then(owner) {
                 self.slices_by_service
                     .entry(o.clone())
@@ -126,6 +149,11 @@ impl Store {
     /// Takes what changed since the last call.
     pub fn take_dirty(&mut self) -> Dirty {
         std::mem::take(&mut self.dirty)
+    }
+
+    /// Trigger times of the slice changes since the last call.
+    pub fn take_triggers(&mut self) -> Vec<std::time::SystemTime> {
+        std::mem::take(&mut self.triggers)
     }
 
     pub fn take_problems(&mut self) -> Vec<Problem> {

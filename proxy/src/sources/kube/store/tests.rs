@@ -134,3 +134,35 @@ fn node_zone_is_read_from_its_label() {
     assert!(store.apply(Kind::Node, Event::Apply(node)));
     assert_eq!(store.node_zone().as_deref(), Some("z1"));
 }
+
+#[test]
+fn watched_slice_changes_report_their_trigger_time_and_lists_do_not() {
+    let mut store = Store::default();
+    let annotated = |ip: &str, at: &str| {
+        let mut o = slice("a-1", "a", ip);
+        o.metadata.annotations = Some(
+            [(TRIGGER_TIME_ANNOTATION.to_owned(), at.to_owned())]
+                .into_iter()
+                .collect(),
+        );
+        o
+    };
+    list(
+        &mut store,
+        Kind::EndpointSlice,
+        vec![annotated("10.0.0.1", "2026-12-06T04:00:00Z")],
+    );
+    assert!(store.take_triggers().is_empty(), "a list is no change");
+    store.apply(
+        Kind::EndpointSlice,
+        Event::Apply(annotated("10.0.0.2", "2026-12-06T04:00:01.5Z")),
+    );
+    let want = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_796_529_601_500);
+    assert_eq!(store.take_triggers(), vec![want]);
+    // Malformed: no time, no error either (the slice itself is fine).
+    store.apply(
+        Kind::EndpointSlice,
+        Event::Apply(annotated("10.0.0.3", "yesterday")),
+    );
+    assert!(store.take_triggers().is_empty());
+}

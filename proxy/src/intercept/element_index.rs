@@ -1,0 +1,213 @@
+//! The installed set elements as an index updated from what changed: the
+//! frontends whose route is not the very same `Arc` as in the previous
+//! table (an untouched Service keeps its translation), instead of
+//! collecting every frontend into fresh sets and diffing them whole.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
+use std::sync::Arc;
+
+use super::elements::{Delta, Elements, rejects};
+use crate::catalog::{Route, ServiceTable};
+use crate::config::NodePortAddress;
+
+/// Same port translation and scope: the same set membership.
+fn same(a: &Route, b: &Route) -> bool {
+    Arc::ptr_eq(&a.port, &b.port) && a.scope == b.scope
+}
+
+type Sets<'a, S> = (&'a mut BTreeSet<S>, &'a mut BTreeSet<S>);
+
+/// One map of frontends (VIPs or NodePorts) into its two sets (divert,
+/// reject), whose elements `element` makes of the map's keys.
+fn walk<K: Hash + Eq, S: Ord + Copy>(
+    old: &HashMap<K, Route>,
+    new: &HashMap<K, Route>,
+    element: impl Fn(&K) -> S,
+    family: impl Fn(&K) -> Option<std::net::IpAddr>,
+    installed: (&BTreeSet<S>, &BTreeSet<S>),
+    removed: Sets<'_, S>,
+    added: Sets<'_, S>,
+) {
+    let (divert, reject) = installed;
+    for (key, route) in new {
+        if old.get(key).is_some_and(|r| same(r, route)) {
+            continue;
+        }
+        let el = element(key);
+        let (want, other, want_added, other_removed) = if rejects(route, family(key)) {
+            (reject, divert, &mut *added.1, &mut *removed.0)
+        } else {
+            (divert, reject, &mut *added.0, &mut *removed.1)
+        };
+        if other.contains(&el) {
+            other_removed.insert(el);
+        }
+        if !want.contains(&el) {
+            want_added.insert(el);
+        }
+    }
+    for key in old.keys().filter(|k| !new.contains_key(*k)) {
+        let el = element(key);
+        if divert.contains(&el) {
+            removed.0.insert(el);
+        }
+        if reject.contains(&el) {
+            removed.1.insert(el);
+        }
+    }
+}
+
+impl Elements {
+    /// What turns `self`, installed for the table `old`, into the
+    /// elements of `new`: only frontends whose route changed are looked at.
+    pub fn delta(
+        &self,
+        old: &ServiceTable,
+        new: &ServiceTable,
+        node_port_addresses: &[NodePortAddress],
+    ) -> Delta {
+        let mut d = Delta::default();
+        walk(
+            &old.frontends,
+            &new.frontends,
+            |f| (f.ip, f.protocol, f.port),
+            |f| Some(f.ip),
+            (&self.vips, &self.vips_no_endpoints),
+            (&mut d.removed.vips, &mut d.removed.vips_no_endpoints),
+            (&mut d.added.vips, &mut d.added.vips_no_endpoints),
+        );
+        walk(
+            &old.node_ports,
+            &new.node_ports,
+            |&k| k,
+            |_| None,
+            (&self.node_ports, &self.node_ports_no_endpoints),
+            (
+                &mut d.removed.node_ports,
+                &mut d.removed.node_ports_no_endpoints,
+            ),
+            (
+                &mut d.added.node_ports,
+                &mut d.added.node_ports_no_endpoints,
+            ),
+        );
+        // A handful of prefixes: recomputed whole.
+        let want = Elements::default().with_node_addresses(node_port_addresses, new);
+        d.removed.node_addresses = self
+            .node_addresses
+            .difference(&want.node_addresses)
+            .copied()
+            .collect();
+        d.added.node_addresses = want
+            .node_addresses
+            .difference(&self.node_addresses)
+            .copied()
+            .collect();
+        d
+    }
+
+    /// Records a delta the kernel accepted.
+    pub fn apply(&mut self, d: &Delta) {
+        for k in &d.removed.vips {
+            self.vips.remove(k);
+        }
+        for k in &d.removed.vips_no_endpoints {
+            self.vips_no_endpoints.remove(k);
+        }
+        for k in &d.removed.node_ports {
+            self.node_ports.remove(k);
+        }
+        for k in &d.removed.node_ports_no_endpoints {
+            self.node_ports_no_endpoints.remove(k);
+        }
+        for k in &d.removed.node_addresses {
+            self.node_addresses.remove(k);
+        }
+        self.vips.extend(&d.added.vips);
+        self.vips_no_endpoints.extend(&d.added.vips_no_endpoints);
+        self.node_ports.extend(&d.added.node_ports);
+        self.node_ports_no_endpoints
+            .extend(&d.added.node_ports_no_endpoints);
+        self.node_addresses.extend(&d.added.node_addresses);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::catalog::{NodeContext, TranslatedService, assemble, translate_service};
+    use crate::sources::manifest::parse;
+
+    fn manifest(name: &str, vip: &str, node_port: u16, endpoint: Option<&str>) -> String {
+        let eps = match endpoint {
+            Some(ip) => {
+                format!("endpoints:\n- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n")
+            }
+            None => "endpoints: []\n".to_owned(),
+        };
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\n\
+             spec:\n  type: NodePort\n  clusterIP: {vip}\n  ports:\n  - {{port: 80, nodePort: {node_port}}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
+             metadata:\n  name: {name}-1\n  namespace: demo\n  labels: {{kubernetes.io/service-name: {name}}}\n\
+             {eps}ports: [{{port: 8080}}]\n"
+        )
+    }
+
+    fn translate(text: &str) -> TranslatedService {
+        let (m, problems) = parse(text, Path::new("t.yaml"));
+        assert!(problems.is_empty(), "{problems:?}");
+        let slices: Vec<_> = m.slices.iter().collect();
+        let t = translate_service(&m.services[0], &slices, &NodeContext::default());
+        t.service.expect("proxied")
+    }
+
+    #[test]
+    fn a_delta_touches_only_changed_frontends_and_matches_a_whole_diff() {
+        let a = translate(&manifest("a", "10.96.0.1", 30001, Some("10.0.0.1")));
+        let b = translate(&manifest("b", "10.96.0.2", 30002, Some("10.0.0.2")));
+        let c = translate(&manifest("c", "10.96.0.3", 30003, None));
+        let t1 = assemble([&a, &b, &c]).table;
+        // b loses its endpoint, c is deleted, d is new; a is untouched.
+        let b2 = translate(&manifest("b", "10.96.0.2", 30002, None));
+        let d = translate(&manifest("d", "10.96.0.4", 30004, Some("10.0.0.4")));
+        let t2 = assemble([&a, &b2, &d]).table;
+
+        let mut installed = Elements::from_table(&t1);
+        let delta = installed.delta(&t1, &t2, &[]);
+        let vip = |ip: &str| (ip.parse().expect("ip"), crate::catalog::Protocol::Tcp, 80);
+        assert_eq!(
+            delta.removed.vips.iter().copied().collect::<Vec<_>>(),
+            [vip("10.96.0.2")]
+        );
+        assert_eq!(
+            delta
+                .removed
+                .vips_no_endpoints
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            [vip("10.96.0.3")]
+        );
+        assert_eq!(
+            delta.added.vips.iter().copied().collect::<Vec<_>>(),
+            [vip("10.96.0.4")]
+        );
+        assert_eq!(
+            delta
+                .added
+                .vips_no_endpoints
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            [vip("10.96.0.2")]
+        );
+        installed.apply(&delta);
+        assert_eq!(installed, Elements::from_table(&t2));
+        // Nothing changed: nothing to send.
+        assert!(installed.delta(&t2, &t2, &[]).is_empty());
+    }
+}
