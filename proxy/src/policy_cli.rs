@@ -269,55 +269,60 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     {
         println!("  {line}");
     }
-    print_slot_tables(&engine, table_binding.as_deref(), &route, &here);
+    print_slot_tables(
+        &engine,
+        table_binding.as_deref(),
+        &route,
+        frontend.ip(),
+        &here,
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 /// The kernel datapath's view: the slot table the policy gives for the
-/// port's endpoints of each family, and each endpoint's share of it.
+/// port's endpoints of the frontend's family (the only family the kernel
+/// path sends that frontend to), and each endpoint's share of it.
 fn print_slot_tables(
     engine: &PolicyEngine,
     binding: Option<&BoundPolicy>,
     route: &Route,
+    frontend: std::net::IpAddr,
     here: &Locality,
 ) {
-    for v6 in [false, true] {
-        let endpoints: Vec<_> = route
-            .endpoints()
-            .iter()
-            .filter(|e| e.addr.is_ipv6() == v6)
-            .cloned()
-            .collect();
-        if endpoints.is_empty() {
-            continue;
+    let v6 = frontend.is_ipv6();
+    let endpoints: Vec<_> = route
+        .endpoints()
+        .iter()
+        .filter(|e| e.addr.is_ipv6() == v6)
+        .cloned()
+        .collect();
+    if endpoints.is_empty() {
+        return;
+    }
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    let table = match binding {
+        Some(b) => {
+            switchyard::policy::table::compute(engine, &b.module, &b.config, &endpoints, here)
         }
-        let family = if v6 { "IPv6" } else { "IPv4" };
-        let table = match binding {
-            Some(b) => {
-                switchyard::policy::table::compute(engine, &b.module, &b.config, &endpoints, here)
+        None => Ok(switchyard::policy::table::builtin_round_robin(endpoints.len()).map(Arc::new)),
+    };
+    match table {
+        Ok(Some(t)) => {
+            println!(
+                "kernel datapath, {family}: slot table of {} slots, key {}:",
+                t.slots.len(),
+                t.key.name()
+            );
+            for (e, n) in endpoints.iter().zip(t.counts(endpoints.len())) {
+                let share = 100.0 * n as f64 / t.slots.len().max(1) as f64;
+                println!("  {:<24} {:>7} slots {:>6.1}%", e.addr, n, share);
             }
-            None => {
-                Ok(switchyard::policy::table::builtin_round_robin(endpoints.len()).map(Arc::new))
-            }
-        };
-        match table {
-            Ok(Some(t)) => {
-                println!(
-                    "kernel datapath, {family}: slot table of {} slots, key {}:",
-                    t.slots.len(),
-                    t.key.name()
-                );
-                for (e, n) in endpoints.iter().zip(t.counts(endpoints.len())) {
-                    let share = 100.0 * n as f64 / t.slots.len().max(1) as f64;
-                    println!("  {:<24} {:>7} slots {:>6.1}%", e.addr, n, share);
-                }
-            }
-            Ok(None) => println!(
-                "kernel datapath, {family}: no slot table (no sy_table export, or it answered \"no table\"); the port runs on the proxy"
-            ),
-            Err(e) => println!(
-                "kernel datapath, {family}: slot table refused: {e}; the port runs on the proxy"
-            ),
         }
+        Ok(None) => println!(
+            "kernel datapath, {family}: no slot table (no sy_table export, or it answered \"no table\"); the port runs on the proxy"
+        ),
+        Err(e) => println!(
+            "kernel datapath, {family}: slot table refused: {e}; the port runs on the proxy"
+        ),
     }
 }
