@@ -175,6 +175,23 @@ pub fn reset_on_close(socket: &impl AsRawFd) {
     let _ = sock.set_linger(Some(std::time::Duration::ZERO));
 }
 
+/// One non-blocking receive, whatever the socket's mode: `Ok(0)` is the
+/// peer's FIN, `WouldBlock` an empty queue.
+pub fn try_recv(socket: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let fd = borrow(socket);
+    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` share their layout, and recv
+    // only writes initialized bytes into the slice.
+    let buf = unsafe { &mut *(std::ptr::from_mut(buf) as *mut [std::mem::MaybeUninit<u8>]) };
+    socket2::SockRef::from(&fd).recv_with_flags(buf, libc::MSG_DONTWAIT)
+}
+
+/// One non-blocking send, whatever the socket's mode; a peer gone is an
+/// error, not a SIGPIPE.
+pub fn try_send(socket: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
+    let fd = borrow(socket);
+    socket2::SockRef::from(&fd).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
+
 /// Borrows a socket's descriptor for a socket2 call. tokio-uring's streams
 /// implement only `AsRawFd`.
 pub fn borrow<T: AsRawFd>(socket: &T) -> BorrowedFd<'_> {
