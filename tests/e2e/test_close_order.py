@@ -12,6 +12,7 @@ only if the client holds (almost) no TIME_WAIT.
 
 from __future__ import annotations
 
+import json
 import re
 
 import manifests as mf
@@ -29,19 +30,33 @@ ROUND_SECONDS = 40
 # issue 19) 35%, and the second round at half the rate.
 MAX_CLIENT_TIME_WAIT = ROUND // 5
 
-# wrk has no request count: at `limit` responses the (single) thread sends
-# wrk a SIGINT, which ends the main thread's sleep for the duration and the
-# run, and wrk reports the true elapsed time (a few more responses may land
-# before the threads see the stop). Through popen, not os.execute: system()
-# ignores SIGINT in its caller while the command runs.
+# wrk has no request count. At `limit` responses the (single) thread
+# prints the rate it saw between its first and its last response (wall
+# clock from /proc/uptime, 10 ms steps, over seconds) and sends wrk a SIGINT,
+# which stops the threads and ends the main thread's sleep for the duration.
+# The kernel may hand that signal to the load thread instead of the main
+# one; then a second SIGINT, once the load thread has stopped, ends the
+# sleep. Through popen, not os.execute: system() ignores SIGINT in its
+# caller while the command runs.
 STOP_AT_COUNT = """
 local limit = tonumber(os.getenv("SY_REQUESTS"))
 local count = 0
 local pid = io.open("/proc/self/stat"):read("*n")
+local function uptime()
+  local f = io.open("/proc/uptime")
+  local t = f:read("*n")
+  f:close()
+  return t
+end
+local first
 response = function(status, headers, body)
   count = count + 1
-  if count == limit then
-    io.popen("kill -INT " .. pid):close()
+  if count == 1 then
+    first = uptime()
+  elseif count == limit then
+    io.write(string.format("SYRATE %.1f\\n", (limit - 1) / (uptime() - first)))
+    io.popen("kill -INT " .. pid .. "; (sleep 0.5; [ \\"$(cat /proc/" .. pid ..
+             "/comm 2>/dev/null)\\" = wrk ] && kill -INT " .. pid .. ") >/dev/null 2>&1 &"):close()
   end
 end
 """
@@ -57,7 +72,7 @@ def _round(cluster, script, url: str, requests: int = ROUND) -> dict:
     out = proc.stdout.decode(errors="replace")
     assert proc.returncode == 0, f"wrk failed ({proc.returncode}):\n{out}\n{proc.stderr!r}"
     done = re.search(r"(\d+) requests in", out)
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    rate = re.search(r"SYRATE ([\d.]+)", out)
     assert done and rate, f"no wrk summary:\n{out}"
     return {"requests": int(done.group(1)), "rate": float(rate.group(1)), "out": out}
 
@@ -68,16 +83,26 @@ def _time_wait(cluster, where: str, *dst: str) -> int:
     return len([line for line in proc.stdout.decode().splitlines() if line.strip()])
 
 
+def _syn_retransmits(cluster) -> int:
+    proc = cluster.run_in("client", ["nstat", "-asz", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    return int(json.loads(proc.stdout)["kernel"].get("TcpExtTCPSynRetrans", 0))
+
+
 def test_backend_closing_first_leaves_no_time_wait_in_the_client(cluster):
     cluster.start_nginx(payload_mib=1)
     script = cluster.write_file("stop-at-count.lua", STOP_AT_COUNT)
+    syn = [_syn_retransmits(cluster)]
     first = _round(cluster, script, f"http://{mf.NGINX_VIP}/pod.txt")
+    syn.append(_syn_retransmits(cluster))
     client_tw = _time_wait(cluster, "client", "dst", mf.NGINX_VIP)
     node_tw = _time_wait(cluster, "node")
     second = _round(cluster, script, f"http://{mf.NGINX_VIP}/pod.txt")
+    syn.append(_syn_retransmits(cluster))
     summary = (f"round 1: {first['requests']} requests at {first['rate']:.0f}/s, "
                f"round 2: {second['requests']} at {second['rate']:.0f}/s; "
-               f"TIME_WAIT after round 1: client {client_tw}, node {node_tw}")
+               f"TIME_WAIT after round 1: client {client_tw}, node {node_tw}; "
+               f"client SYN retransmits per round: {syn[1] - syn[0]}, {syn[2] - syn[1]}")
     print(summary)
     for r in (first, second):
         assert r["requests"] >= ROUND, f"a round fell short of {ROUND}: {summary}\n{r['out']}"
