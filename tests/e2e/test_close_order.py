@@ -7,7 +7,7 @@ backend's FIN late lets the client read the whole response and close first,
 so the TIME_WAIT lands in the client, whose ports to the Service run out
 after 28k connections (issue 19). Two rounds of 20,000 connections each,
 more than the client's port range: the second round keeps the first's rate
-only if the client holds (almost) no TIME_WAIT.
+(≥ 0.9×) only if the client holds (almost) no TIME_WAIT.
 """
 
 from __future__ import annotations
@@ -92,19 +92,27 @@ def _syn_retransmits(cluster) -> int:
 def test_backend_closing_first_leaves_no_time_wait_in_the_client(cluster):
     cluster.start_nginx(payload_mib=1)
     script = cluster.write_file("stop-at-count.lua", STOP_AT_COUNT)
+    url = f"http://{mf.NGINX_VIP}/pod.txt"
     syn = [_syn_retransmits(cluster)]
-    first = _round(cluster, script, f"http://{mf.NGINX_VIP}/pod.txt")
+    rounds = [_round(cluster, script, url)]
     syn.append(_syn_retransmits(cluster))
     client_tw = _time_wait(cluster, "client", "dst", mf.NGINX_VIP)
     node_tw = _time_wait(cluster, "node")
-    second = _round(cluster, script, f"http://{mf.NGINX_VIP}/pod.txt")
+    rounds.append(_round(cluster, script, url))
     syn.append(_syn_retransmits(cluster))
-    summary = (f"round 1: {first['requests']} requests at {first['rate']:.0f}/s, "
-               f"round 2: {second['requests']} at {second['rate']:.0f}/s; "
-               f"TIME_WAIT after round 1: client {client_tw}, node {node_tw}; "
-               f"client SYN retransmits per round: {syn[1] - syn[0]}, {syn[2] - syn[1]}")
+    # Another process may take the cores during one round of a few seconds.
+    # One more round tells that apart from a client short of ports, which
+    # only gets worse as its TIME_WAIT sockets pile up.
+    if rounds[1]["rate"] < 0.9 * rounds[0]["rate"]:
+        rounds.append(_round(cluster, script, url))
+        syn.append(_syn_retransmits(cluster))
+    summary = (", ".join(f"round {i + 1}: {r['requests']} requests at {r['rate']:.0f}/s"
+                         for i, r in enumerate(rounds))
+               + f"; TIME_WAIT after round 1: client {client_tw}, node {node_tw}; "
+               f"client SYN retransmits per round: {[b - a for a, b in zip(syn, syn[1:])]}")
     print(summary)
-    for r in (first, second):
+    for r in rounds:
         assert r["requests"] >= ROUND, f"a round fell short of {ROUND}: {summary}\n{r['out']}"
     assert client_tw <= MAX_CLIENT_TIME_WAIT, f"the client closed first: {summary}"
-    assert second["rate"] >= 0.9 * first["rate"], f"the rate did not hold: {summary}"
+    later = max(r["rate"] for r in rounds[1:])
+    assert later >= 0.9 * rounds[0]["rate"], f"the rate did not hold: {summary}"
