@@ -25,9 +25,9 @@ ROUND_SECONDS = 40
 # closes, and its FIN may trail the data by enough for the client to read
 # the response and close before the relayed FIN arrives. Measured on the
 # debug build of a busy 2-core machine: straight to the Pod the client holds
-# almost none (3 and 22 of 10,000); through the proxy 5-14% on io_uring and
-# 1.5-8% on epoll; with the FIN relayed a ring turn late (the defect of
-# issue 19) 35%, and the second round at half the rate.
+# almost none (3 and 22 of 10,000); through the proxy 2-12% on io_uring and
+# 1-8% on epoll in this test; with the FIN relayed a ring turn late (the
+# defect of issue 19) 35%, and the second round at half the rate.
 MAX_CLIENT_TIME_WAIT = ROUND // 5
 
 # wrk has no request count. At `limit` responses the (single) thread

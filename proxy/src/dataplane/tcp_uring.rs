@@ -112,13 +112,15 @@ async fn connect(
 ///
 /// With `close_early` (the backend → client direction), a short read (the
 /// end of a message, maybe of the connection) is followed by one
-/// non-blocking receive; when that finds the backend's FIN, the last data
-/// goes out with a plain send and the FIN right after it, in the same turn
-/// (the ring takes only what the socket did not). Through the ring, the FIN
-/// would leave a write completion and a read completion after the data, and
-/// the client, having read the whole response by then, would often close
-/// first and hold the TIME_WAIT that belongs to the backend's side
-/// (tests/e2e/test_close_order.py). The epoll twin makes the same receive.
+/// non-blocking receive, which finds a FIN that came with the data, and the
+/// data goes out at once with a plain send (the ring takes only what the
+/// socket did not): then either the FIN follows in the same turn, or the
+/// next ring read is already armed when a trailing FIN comes. Through the
+/// ring, a write completion and a read completion stood between the data
+/// and the FIN, and the client, having read the whole response by then,
+/// often closed first and held the TIME_WAIT that belongs to the backend's
+/// side (tests/e2e/test_close_order.py). The send also saves the ring turn
+/// of a write per response (bench/results/2026-12-06-syscalls.md).
 async fn pump(worker: &Worker, from: &TcpStream, to: &TcpStream, close_early: bool) -> u64 {
     // A ring read holds its buffer until data comes: start small (bufpool.rs).
     let mut buf = worker.pool.take_small();
@@ -132,8 +134,8 @@ async fn pump(worker: &Worker, from: &TcpStream, to: &TcpStream, close_early: bo
             Err(_) => break true,
         };
         let mut then = After::More;
-        let short = close_early && n < buf.len();
-        if short {
+        let mut start = 0;
+        if close_early && n < buf.len() {
             match sockets::try_recv(from, &mut buf[n..]) {
                 Ok(0) => then = After::Fin,
                 Ok(k) => n += k,
@@ -141,9 +143,6 @@ async fn pump(worker: &Worker, from: &TcpStream, to: &TcpStream, close_early: bo
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => then = After::Reset,
             }
-        }
-        let mut start = 0;
-        if then != After::More {
             match sockets::try_send(to, &buf[..n]) {
                 Ok(k) => start = k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
