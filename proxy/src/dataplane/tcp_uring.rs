@@ -83,8 +83,8 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, _slot: 
     let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
     let guard = session::Active::new(&worker, &accepted, up.endpoint, up.decision, fds);
     let (to_backend, to_client) = tokio::join!(
-        pump(&worker, &client, &upstream),
-        pump(&worker, &upstream, &client)
+        pump(&worker, &client, &upstream, false),
+        pump(&worker, &upstream, &client, true)
     );
     guard.finish(to_backend, to_client);
 }
@@ -109,28 +109,60 @@ async fn connect(
 
 /// Copies `from` → `to` until EOF, then half-closes `to`: a client that
 /// shuts its write side still gets the whole response.
-async fn pump(worker: &Worker, from: &TcpStream, to: &TcpStream) -> u64 {
+///
+/// With `close_early` (the backend → client direction), a short read (the
+/// end of a message, maybe of the connection) is followed by one
+/// non-blocking receive, which finds a FIN that came with the data, and the
+/// data goes out at once with a plain send (the ring takes only what the
+/// socket did not): then either the FIN follows in the same turn, or the
+/// next ring read is already armed when a trailing FIN comes. Through the
+/// ring, a write completion and a read completion stood between the data
+/// and the FIN, and the client, having read the whole response by then,
+/// often closed first and held the TIME_WAIT that belongs to the backend's
+/// side (tests/e2e/test_close_order.py). The send also saves the ring turn
+/// of a write per response (bench/results/2026-12-06-syscalls.md).
+async fn pump(worker: &Worker, from: &TcpStream, to: &TcpStream, close_early: bool) -> u64 {
     // A ring read holds its buffer until data comes: start small (bufpool.rs).
     let mut buf = worker.pool.take_small();
     let mut total = 0u64;
     let failed = loop {
         let (res, b) = from.read(buf).await;
         buf = b;
-        let n = match res {
+        let mut n = match res {
             Ok(0) => break false,
             Ok(n) => n,
             Err(_) => break true,
         };
+        let mut then = After::More;
+        let mut start = 0;
+        if close_early && n < buf.len() {
+            match sockets::try_recv(from, &mut buf[n..]) {
+                Ok(0) => then = After::Fin,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => then = After::Reset,
+            }
+            match sockets::try_send(to, &buf[..n]) {
+                Ok(k) => start = k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => break true,
+            }
+        }
         // One ring write per partial write. Not `write_all`: the state of
         // every future awaited here is reserved in each connection's task,
         // idle or not, and that one's is three times this loop's.
-        let mut pending = buf.slice(..n);
-        let written = loop {
-            let (res, rest) = to.write(pending).submit().await;
-            match res {
-                Ok(k) if k > 0 && k < rest.bytes_init() => pending = rest.slice(k..),
-                Ok(k) => break (k > 0, rest.into_inner()),
-                Err(_) => break (false, rest.into_inner()),
+        let written = if start == n {
+            (true, buf)
+        } else {
+            let mut pending = buf.slice(start..n);
+            loop {
+                let (res, rest) = to.write(pending).submit().await;
+                match res {
+                    Ok(k) if k > 0 && k < rest.bytes_init() => pending = rest.slice(k..),
+                    Ok(k) => break (k > 0, rest.into_inner()),
+                    Err(_) => break (false, rest.into_inner()),
+                }
             }
         };
         buf = worker.pool.next(written.1, n);
@@ -138,6 +170,11 @@ async fn pump(worker: &Worker, from: &TcpStream, to: &TcpStream) -> u64 {
             break true;
         }
         total += n as u64;
+        match then {
+            After::More => {}
+            After::Fin => break false,
+            After::Reset => break true,
+        }
     };
     worker.pool.give(buf);
     if failed {
@@ -149,4 +186,15 @@ async fn pump(worker: &Worker, from: &TcpStream, to: &TcpStream) -> u64 {
         let _ = to.shutdown(Shutdown::Write);
     }
     total
+}
+
+/// What a direction does once the data in hand is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Read again.
+    More,
+    /// The peer's FIN was seen: half-close now.
+    Fin,
+    /// The peer's socket failed: pass a reset on.
+    Reset,
 }
