@@ -104,10 +104,12 @@ def test_backend_closing_first_leaves_no_time_wait_in_the_client(cluster):
     node_tw = _time_wait(cluster, "node")
     rounds.append(_round(cluster, script, url))
     syn.append(_syn_retransmits(cluster))
-    # Another process may take the cores during one round of a few seconds.
-    # One more round tells that apart from a client short of ports, which
-    # only gets worse as its TIME_WAIT sockets pile up.
-    if rounds[1]["rate"] < 0.9 * rounds[0]["rate"]:
+    # Another process may take the cores during a round of a few seconds.
+    # Up to two more rounds tell that apart from a client short of ports,
+    # which only gets worse as its TIME_WAIT sockets pile up.
+    for _ in range(2):
+        if max(r["rate"] for r in rounds[1:]) >= 0.9 * rounds[0]["rate"]:
+            break
         rounds.append(_round(cluster, script, url))
         syn.append(_syn_retransmits(cluster))
     summary = (", ".join(f"round {i + 1}: {r['requests']} requests at {r['rate']:.0f}/s"
