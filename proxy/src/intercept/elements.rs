@@ -180,14 +180,24 @@ impl Elements {
                 .difference(&b.node_addresses)
                 .copied()
                 .collect(),
-            // Source ranges go by `diff_commands` only (see `Interceptor::sync`).
+            // Source ranges: below, with their own order.
             source_ranges: Default::default(),
         };
-        Delta {
-            removed: minus(old, self),
-            added: minus(self, old),
-        }
-        .batch(table)
+        let mut out = self
+            .source_ranges
+            .deletions_batch(&old.source_ranges, table);
+        out.extend(
+            Delta {
+                removed: minus(old, self),
+                added: minus(self, old),
+            }
+            .batch(table),
+        );
+        out.extend(
+            self.source_ranges
+                .additions_batch(&old.source_ranges, table),
+        );
+        out
     }
 
     pub fn len(&self) -> usize {

@@ -56,6 +56,11 @@ pub enum InterceptError {
     },
     #[error("updating nftables table inet {table}: {source}")]
     Update { table: String, source: CommandError },
+    #[error("encoding an element of nftables table inet {table}: {source}")]
+    Encode {
+        table: String,
+        source: kernel::EncodeError,
+    },
     #[error("updating nftables table {table} over netlink: {source}")]
     Netlink { table: String, source: NetlinkError },
 }
@@ -186,11 +191,11 @@ impl Interceptor {
                 .without_kernel(&self.kernel_plan)
         };
         let kernel_want = kernel::elements(&self.kernel_plan);
-        // The kernel datapath's maps and the source-range sets are still
-        // written as nft text (one atomic `nft -f` with the proxy's sets, so
-        // a frontend moving between the paths is never in neither); only a
-        // sync without them takes the netlink delta path.
-        let text_path = !kernel_want.is_empty()
+        // The kernel datapath's maps and the source-range sets depend on
+        // more than a frontend's route, so a sync that has them diffs the
+        // sets whole (in process: still one netlink batch with the
+        // kernel's elements, no `nft`); others take the route delta.
+        let whole_diff = !kernel_want.is_empty()
             || !self.kernel_installed.is_empty()
             || !table.source_ranges.is_empty()
             || self
@@ -212,7 +217,7 @@ impl Interceptor {
                     source,
                 })?;
                 let want = full();
-                if text_path || self.table_exists(Family::Inet) {
+                if self.table_exists(Family::Inet) {
                     text = ruleset::render(&self.cfg, self.listen_port, &want);
                     text.push_str(
                         &kernel_want
@@ -224,6 +229,7 @@ impl Interceptor {
                     // most of the first sync at scale).
                     text = ruleset::render(&self.cfg, self.listen_port, &Elements::default());
                     delta = want.diff_batch(&Elements::default(), &self.cfg.table);
+                    delta.extend(self.kernel_batch(&kernel_want, &Default::default())?);
                 }
                 let n = want.len();
                 fresh = Some(want);
@@ -239,26 +245,32 @@ impl Interceptor {
                 fresh = Some(want);
                 n
             }
-            (Some(have), _) if text_path => {
+            (Some(have), _) if whole_diff => {
                 let want = full();
-                text = want.diff_commands(have, &self.cfg.table);
-                text.push_str(&kernel_want.diff_commands(&self.kernel_installed, &self.cfg.table));
+                delta = want.diff_batch(have, &self.cfg.table);
+                delta.extend(self.kernel_batch(&kernel_want, &self.kernel_installed)?);
                 // Kernel frontends that went to the proxy keep their
                 // established flows (see ruleset.rs, kdrain).
-                text.push_str(&kernel::drain_commands(
+                let left: Vec<_> = self
+                    .kernel_installed_vips()
+                    .filter(|k| want.vips.contains(k))
+                    .collect();
+                delta.extend(kernel::drain_batch(
                     &self.cfg.table,
-                    self.kernel_installed_vips()
-                        .filter(|k| want.vips.contains(k)),
+                    left,
                     KERNEL_DRAIN_SECONDS,
                 ));
-                text.push_str(&kernel::drain_node_port_commands(
+                let left: Vec<_> = self
+                    .kernel_installed_node_ports()
+                    .filter(|k| want.node_ports.contains(k))
+                    .collect();
+                delta.extend(kernel::drain_node_port_batch(
                     &self.cfg.table,
-                    self.kernel_installed_node_ports()
-                        .filter(|k| want.node_ports.contains(k)),
+                    left,
                     KERNEL_DRAIN_SECONDS,
                 ));
                 fresh = Some(want);
-                text.lines().count()
+                delta.len()
             }
             (Some(have), Some(base)) => {
                 let d = have.delta(base, table, &self.cfg.node_port_addresses);
@@ -310,16 +322,29 @@ impl Interceptor {
         let stale = kernel::conntrack::removed_udp_endpoints(&self.kernel_installed, &kernel_want);
         kernel::conntrack::delete(&stale);
         self.kernel_installed = kernel_want;
-        // After the text path the installed sets hold what the kernel plan
+        // After a whole diff the installed sets hold what the kernel plan
         // and source ranges made of them, which a route-by-route delta does
-        // not know: the next netlink sync diffs whole.
-        self.installed_for = (!text_path).then(|| table.clone());
+        // not know: the next sync diffs whole.
+        self.installed_for = (!whole_diff).then(|| table.clone());
         self.render_whole = false;
         self.steer = bridges;
         Ok(SyncStats {
             changed_elements: changed,
             took: start.elapsed(),
         })
+    }
+
+    /// The kernel datapath's element changes from `have` to `want`.
+    fn kernel_batch(
+        &self,
+        want: &kernel::KernelElements,
+        have: &kernel::KernelElements,
+    ) -> Result<Batch, InterceptError> {
+        want.diff_batch(have, &self.cfg.table)
+            .map_err(|source| InterceptError::Encode {
+                table: self.cfg.table.clone(),
+                source,
+            })
     }
 
     /// `nft -f` for a full render, then the netlink batch of element

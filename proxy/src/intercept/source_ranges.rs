@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use super::netlink::{Batch, Element, Family, Verb, key};
 use crate::catalog::{Protocol, ServiceTable};
 
 /// A restricted frontend.
@@ -68,6 +69,60 @@ impl SourceRanges {
             .collect();
         emit(out, "add", table, "lbsr", &new, restricted_element);
     }
+}
+
+impl SourceRanges {
+    /// Deletions of `emit_deletions`, as netlink changes.
+    pub fn deletions_batch(&self, old: &SourceRanges, table: &str) -> Batch {
+        let mut out = Batch::default();
+        for a in old.allowed.difference(&self.allowed) {
+            push_allowed(&mut out, Verb::Delete, table, a);
+        }
+        for r in old.restricted.difference(&self.restricted) {
+            push_restricted(&mut out, Verb::Delete, table, r);
+        }
+        out
+    }
+
+    /// Additions of `emit_additions`, as netlink changes (the allowed
+    /// sources first).
+    pub fn additions_batch(&self, old: &SourceRanges, table: &str) -> Batch {
+        let mut out = Batch::default();
+        for a in self.allowed.difference(&old.allowed) {
+            push_allowed(&mut out, Verb::Add, table, a);
+        }
+        for r in self.restricted.difference(&old.restricted) {
+            push_restricted(&mut out, Verb::Add, table, r);
+        }
+        out
+    }
+}
+
+fn family_set(set: &str, ip: IpAddr) -> String {
+    format!("{set}{}", if ip.is_ipv6() { "6" } else { "4" })
+}
+
+fn push_restricted(out: &mut Batch, verb: Verb, table: &str, r: &Restricted) {
+    let el = Element::key(key::addr_proto_port(r.0, r.1, r.2), restricted_element(r));
+    out.push(verb, Family::Inet, table, &family_set("lbsr", r.0), el);
+}
+
+/// A prefix in a concatenated interval set is one element: the first and
+/// the last address (inclusive) of the prefix, as key and key_end.
+fn push_allowed(out: &mut Batch, verb: Verb, table: &str, a: &Allowed) {
+    let &(ip, proto, port, net, len) = a;
+    let first = crate::config::network(net, len);
+    let last = key::last_of_prefix(first, len);
+    let with = |src: IpAddr| {
+        key::concat(&[
+            &key::ip(ip),
+            &[key::proto(proto)],
+            &port.to_be_bytes(),
+            &key::ip(src),
+        ])
+    };
+    let el = Element::key(with(first), allowed_element(a)).with_key_end(with(last));
+    out.push(verb, Family::Inet, table, &family_set("lbsr_allow", ip), el);
 }
 
 /// The set definitions, in `ruleset.rs`'s layout.

@@ -7,9 +7,11 @@ pub mod conntrack;
 pub mod elements;
 pub mod plan;
 pub mod rules;
+pub mod wire;
 
 pub use elements::{
     Element, KernelElements, KernelPlan, KernelPort, drain_commands, drain_node_port_commands,
     elements,
 };
 pub use plan::{Choices, plan};
+pub use wire::{EncodeError, drain_batch, drain_node_port_batch};

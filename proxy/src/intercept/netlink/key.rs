@@ -41,6 +41,27 @@ pub fn proto_port(p: Protocol, port: u16) -> Vec<u8> {
     concat(&[&[proto(p)], &port.to_be_bytes()])
 }
 
+/// A `numgen`/`jhash` result in a concatenation: a 32-bit integer in host
+/// byte order, as the expression writes its register.
+pub fn slot(n: u32) -> Vec<u8> {
+    n.to_ne_bytes().to_vec()
+}
+
+/// The last address of `addr/len` (the inclusive end that a concatenated
+/// interval set's `key_end` carries).
+pub fn last_of_prefix(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let host = u32::MAX.checked_shr(u32::from(len.min(32))).unwrap_or(0);
+            IpAddr::from((u32::from(v4) | host).to_be_bytes())
+        }
+        IpAddr::V6(v6) => {
+            let host = u128::MAX.checked_shr(u32::from(len.min(128))).unwrap_or(0);
+            IpAddr::from((u128::from(v6) | host).to_be_bytes())
+        }
+    }
+}
+
 /// The first address after `addr/len`, None past the end of the family's
 /// space (a non-concatenated interval set then needs no end element).
 pub fn after_prefix(addr: IpAddr, len: u8) -> Option<IpAddr> {
@@ -95,5 +116,12 @@ mod tests {
         assert_eq!(after_prefix(a("0.0.0.0"), 0), None);
         assert_eq!(after_prefix(a("fd00::"), 64), Some(a("fd00:0:0:1::")));
         assert_eq!(after_prefix(a("::"), 0), None);
+        assert_eq!(last_of_prefix(a("10.0.0.0"), 24), a("10.0.0.255"));
+        assert_eq!(last_of_prefix(a("10.0.0.5"), 32), a("10.0.0.5"));
+        assert_eq!(last_of_prefix(a("0.0.0.0"), 0), a("255.255.255.255"));
+        assert_eq!(
+            last_of_prefix(a("fd00::"), 64),
+            a("fd00::ffff:ffff:ffff:ffff")
+        );
     }
 }

@@ -42,6 +42,12 @@ pub struct Element {
     pub key_end: Option<Vec<u8>>,
     /// A map element's value (NFTA_SET_ELEM_DATA).
     pub data: Option<Vec<u8>>,
+    /// A verdict map element's value: `goto <chain>`
+    /// (NFTA_DATA_VERDICT), instead of `data`.
+    pub goto: Option<String>,
+    /// A per-element timeout in milliseconds (NFTA_SET_ELEM_TIMEOUT), for
+    /// sets with `flags timeout`.
+    pub timeout_ms: Option<u64>,
     /// The end of an interval in a non-concatenated interval set
     /// (NFT_SET_ELEM_INTERVAL_END): it ends where the previous one began.
     pub interval_end: bool,
@@ -55,6 +61,8 @@ impl Element {
             key,
             key_end: None,
             data: None,
+            goto: None,
+            timeout_ms: None,
             interval_end: false,
             label: label.into(),
         }
@@ -62,6 +70,16 @@ impl Element {
 
     pub fn with_data(mut self, data: Vec<u8>) -> Self {
         self.data = Some(data);
+        self
+    }
+
+    pub fn with_goto(mut self, chain: impl Into<String>) -> Self {
+        self.goto = Some(chain.into());
+        self
+    }
+
+    pub fn with_timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout_ms = Some(ms);
         self
     }
 
@@ -327,3 +345,5 @@ impl Writer {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_features;

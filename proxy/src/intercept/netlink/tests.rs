@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::*;
 use crate::catalog::Protocol;
 
-const TABLE: &str = "synltest";
+pub(super) const TABLE: &str = "synltest";
 
 /// A namespace deleted on drop, also when an assertion failed.
-struct Netns(String);
+pub(super) struct Netns(String);
 
 impl Netns {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "synl{}x{}",
@@ -27,12 +27,12 @@ impl Netns {
         Netns(name)
     }
 
-    fn nft(&self, script: &str) {
+    pub(super) fn nft(&self, script: &str) {
         run("ip", &["netns", "exec", &self.0, "nft", "-f", "-"], script);
     }
 
     /// The elements of every set of our table, as nft prints them in JSON.
-    fn elements(&self) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    pub(super) fn elements(&self) -> std::collections::BTreeMap<String, BTreeSet<String>> {
         let out = run(
             "ip",
             &[
@@ -62,7 +62,7 @@ impl Netns {
 
     /// Runs `f` on a thread that lives in the namespace (a network
     /// namespace is per thread, so the writer's socket opens there).
-    fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+    pub(super) fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = format!("/var/run/netns/{}", self.0);
         std::thread::scope(|s| {
             s.spawn(|| {

@@ -27,8 +27,14 @@ const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
 const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+/// NFT_GOTO is -4 in the uapi's `enum nft_verdicts`.
+const NFT_GOTO: i32 = -4;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 
 const AF_UNSPEC: u8 = 0;
@@ -137,6 +143,17 @@ pub fn set_element(buf: &mut Vec<u8>, seq: u32, change: &Change) {
                 }
                 if let Some(value) = &e.data {
                     data(b, NFTA_SET_ELEM_DATA, value);
+                }
+                if let Some(chain) = &e.goto {
+                    nest(b, NFTA_SET_ELEM_DATA, |b| {
+                        nest(b, NFTA_DATA_VERDICT, |b| {
+                            attr(b, NFTA_VERDICT_CODE, &NFT_GOTO.to_be_bytes());
+                            attr_str(b, NFTA_VERDICT_CHAIN, chain);
+                        });
+                    });
+                }
+                if let Some(ms) = e.timeout_ms {
+                    attr(b, NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
                 }
                 if e.interval_end {
                     attr(

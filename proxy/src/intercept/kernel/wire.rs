@@ -1,0 +1,163 @@
+//! The kernel datapath's elements as netlink element changes, so that they
+//! go out in the same atomic batch as the proxy's sets (a frontend moving
+//! between the datapaths is never in neither).
+//!
+//! `elements.rs` names each element the way nft prints it; the set's type
+//! (see `rules.rs`) decides how each ` . `-separated field is encoded.
+
+use std::net::IpAddr;
+
+use super::elements::{Element, KernelElements};
+use crate::catalog::Protocol;
+use crate::intercept::netlink::{self, Batch, Family, Verb, key};
+
+/// Why an element could not be encoded: a bug in `elements.rs`, never
+/// outside input, but named rather than panicked on.
+#[derive(Debug, thiserror::Error)]
+#[error("kernel datapath element `{set} {{ {text} }}` has no netlink encoding")]
+pub struct EncodeError {
+    pub set: String,
+    pub text: String,
+}
+
+fn bad(set: &str, text: &str) -> EncodeError {
+    EncodeError {
+        set: set.to_owned(),
+        text: text.to_owned(),
+    }
+}
+
+/// One field: an address, a protocol or a port.
+fn field(text: &str) -> Option<Vec<u8>> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(key::ip(ip));
+    }
+    match text {
+        "tcp" => return Some(vec![key::proto(Protocol::Tcp)]),
+        "udp" => return Some(vec![key::proto(Protocol::Udp)]),
+        _ => {}
+    }
+    text.parse::<u16>().ok().map(|p| p.to_be_bytes().to_vec())
+}
+
+/// A concatenation; in the slot maps the last key field is the slot
+/// number (`numgen`/`jhash`: host-order u32), not a port.
+fn concat(text: &str, last_is_slot: bool) -> Option<Vec<u8>> {
+    let parts: Vec<&str> = text.split(" . ").collect();
+    let mut fields = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        if last_is_slot && i + 1 == parts.len() {
+            fields.push(key::slot(part.parse().ok()?));
+        } else {
+            fields.push(field(part)?);
+        }
+    }
+    let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+    Some(key::concat(&refs))
+}
+
+/// The element `e` as it goes over netlink.
+pub fn encode(e: &Element, with_data: bool) -> Result<netlink::Element, EncodeError> {
+    let slot_map = e.set.starts_with("kslot") || e.set.starts_with("knpslot");
+    let k = concat(&e.key, slot_map).ok_or_else(|| bad(&e.set, &e.key))?;
+    let label = match &e.data {
+        Some(d) if with_data => format!("{} : {d}", e.key),
+        _ => e.key.clone(),
+    };
+    let mut out = netlink::Element::key(k, label);
+    if let (Some(d), true) = (&e.data, with_data) {
+        out = match d.strip_prefix("goto ") {
+            Some(chain) => out.with_goto(chain),
+            None => out.with_data(concat(d, false).ok_or_else(|| bad(&e.set, d))?),
+        };
+    }
+    Ok(out)
+}
+
+impl KernelElements {
+    /// The same changes as `diff_commands`, as netlink changes: deletions
+    /// first, a map element whose data changed deleted and added again.
+    pub fn diff_batch(&self, old: &KernelElements, table: &str) -> Result<Batch, EncodeError> {
+        let mut out = Batch::default();
+        for e in old.elements.difference(&self.elements) {
+            out.push(Verb::Delete, Family::Inet, table, &e.set, encode(e, false)?);
+        }
+        for e in self.elements.difference(&old.elements) {
+            out.push(Verb::Add, Family::Inet, table, &e.set, encode(e, true)?);
+        }
+        Ok(out)
+    }
+}
+
+/// `kdrain4`/`kdrain6` elements for frontends that left the kernel path,
+/// with a timeout: `add` only (an expired element must never be deleted
+/// by name).
+pub fn drain_batch(
+    table: &str,
+    left: impl IntoIterator<Item = (IpAddr, Protocol, u16)>,
+    timeout_s: u64,
+) -> Batch {
+    let mut out = Batch::default();
+    for (ip, proto, port) in left {
+        let set = if ip.is_ipv6() { "kdrain6" } else { "kdrain4" };
+        let el = netlink::Element::key(
+            key::addr_proto_port(ip, proto, port),
+            format!("{ip} . {} . {port} timeout {timeout_s}s", proto.nft_name()),
+        )
+        .with_timeout_ms(timeout_s.saturating_mul(1000));
+        out.push(Verb::Add, Family::Inet, table, set, el);
+    }
+    out
+}
+
+/// `kdrainnp` elements for NodePorts that left the kernel path.
+pub fn drain_node_port_batch(
+    table: &str,
+    left: impl IntoIterator<Item = (Protocol, u16)>,
+    timeout_s: u64,
+) -> Batch {
+    let mut out = Batch::default();
+    for (proto, port) in left {
+        let el = netlink::Element::key(
+            key::proto_port(proto, port),
+            format!("{} . {port} timeout {timeout_s}s", proto.nft_name()),
+        )
+        .with_timeout_ms(timeout_s.saturating_mul(1000));
+        out.push(Verb::Add, Family::Inet, table, "kdrainnp", el);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_map_elements_encode_the_slot_in_host_order_and_padded_data() {
+        let e = Element {
+            set: "kslot4".into(),
+            key: "10.96.0.10 . tcp . 80 . 1".into(),
+            data: Some("10.244.1.3 . 8080".into()),
+        };
+        let n = encode(&e, true).expect("encodes");
+        let mut want = vec![10, 96, 0, 10, 6, 0, 0, 0, 0, 80, 0, 0];
+        want.extend_from_slice(&1u32.to_ne_bytes());
+        assert_eq!(n.key, want);
+        assert_eq!(n.data, Some(vec![10, 244, 1, 3, 0x1f, 0x90, 0, 0]));
+        let v = Element {
+            set: "knp6".into(),
+            key: "udp . 30053".into(),
+            data: Some("goto kn6_client_521".into()),
+        };
+        let n = encode(&v, true).expect("encodes");
+        assert_eq!(n.goto.as_deref(), Some("kn6_client_521"));
+        assert_eq!(n.data, None);
+        assert_eq!(encode(&v, false).expect("encodes").goto, None);
+        let broken = Element {
+            set: "kfront4".into(),
+            key: "10.96.0.10 . sctp . 80".into(),
+            data: None,
+        };
+        assert!(encode(&broken, false).is_err());
+    }
+}
