@@ -86,45 +86,19 @@ impl Health {
         let state = self.lock();
         let eligible = state.ineligible.is_none();
         let healthy = self.is_ready() && fresh(&state, now) && eligible;
-        let last_updated = if healthy {
-            Some(now)
-        } else {
-            state.last_updated
-        };
-        let body = format!(
-            "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\", \"nodeEligible\": {eligible}}}\n",
-            go_time(last_updated),
-            go_time(Some(now)),
-        );
-        let status = if healthy {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        (status, body)
+        answer(
+            healthy,
+            state.last_updated,
+            now,
+            &format!(", \"nodeEligible\": {eligible}"),
+        )
     }
 
     /// Status and body of `/livez`: kube-proxy's, the sync check alone
     /// (healthy while starting, whatever the node).
     pub fn livez(&self, now: SystemTime) -> (StatusCode, String) {
         let state = self.lock();
-        let healthy = fresh(&state, now);
-        let last_updated = if healthy {
-            Some(now)
-        } else {
-            state.last_updated
-        };
-        let body = format!(
-            "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\"}}\n",
-            go_time(last_updated),
-            go_time(Some(now)),
-        );
-        let status = if healthy {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        (status, body)
+        answer(fresh(&state, now), state.last_updated, now, "")
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
@@ -180,6 +154,29 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
+}
+
+/// One probe answer in kube-proxy's layout, shared by `/healthz` and
+/// `/livez`: `lastUpdated` is now while healthy and the last sync
+/// otherwise; `extra` holds further fields, each led by a comma.
+fn answer(
+    healthy: bool,
+    last_updated: Option<SystemTime>,
+    now: SystemTime,
+    extra: &str,
+) -> (StatusCode, String) {
+    let last_updated = if healthy { Some(now) } else { last_updated };
+    let body = format!(
+        "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\"{extra}}}\n",
+        go_time(last_updated),
+        go_time(Some(now)),
+    );
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body)
 }
 
 #[cfg(test)]
