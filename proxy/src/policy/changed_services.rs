@@ -19,6 +19,14 @@ pub fn changed(before: &Services, after: &Services) -> Vec<ServiceKey> {
     let mut a = after.iter().peekable();
     loop {
         let order = match (b.peek(), a.peek()) {
+            // The same port `Arc`s belong to the same Service, so the keys
+            // are equal: skipping their compare spares four string reads
+            // (cache misses, at 10k Services) for every untouched Service.
+            (Some((_, pb)), Some((_, pa))) if !pb.is_empty() && same_ports(pb, pa) => {
+                b.next();
+                a.next();
+                continue;
+            }
             (None, None) => break,
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
