@@ -90,9 +90,14 @@ impl Sync {
         }
         let built_at = start.elapsed();
         let table = Arc::new(built.table);
+        let mut bind_stats = crate::policy::BindStats::default();
         let bindings = match &mut self.policies {
             Some(registry) => {
-                let (bindings, problems) = registry.bind(&table);
+                let previous = registry.bindings().clone();
+                // A forced sync (a reload) resolves every Service again, so
+                // that its answer names every standing binding problem.
+                let (bindings, problems) = registry.bind_changed(&table, force || full);
+                bind_stats = registry.last_bind();
                 for p in problems {
                     if matches!(p, PolicyProblem::TooManyEndpoints { .. }) {
                         crate::logging::limit_reached(&self.metrics, "policy_endpoints", || {});
@@ -106,7 +111,10 @@ impl Sync {
                     tracing::error!("{p}");
                     report.problems.push(format!("error: {p}"));
                 }
-                self.summary.publish(registry, &bindings);
+                // Walks every binding: only when one moved or the modules did.
+                if bind_stats.full || !Arc::ptr_eq(&previous, &bindings) {
+                    self.summary.publish(registry, &bindings);
+                }
                 bindings
             }
             None => Arc::default(),
@@ -180,6 +188,9 @@ impl Sync {
         tracing::debug!(
             built_us = built_at.as_micros() as u64,
             bound_us = bound_at.as_micros() as u64,
+            rebound = bind_stats.services,
+            rebound_all = bind_stats.full,
+            dry_runs = bind_stats.dry_runs,
             published_us = published_at.as_micros() as u64,
             done_us = took.as_micros() as u64,
             "sync timings"

@@ -9,9 +9,12 @@
 mod api_modules_tests;
 mod binding;
 mod cache;
+mod changed_services;
 mod decider;
 mod engine;
 pub mod events;
+#[cfg(test)]
+mod incremental_bind_tests;
 mod instance;
 pub mod kernel_tables;
 pub mod layout;
@@ -27,5 +30,5 @@ pub use engine::{EngineError, PolicyEngine};
 pub use instance::{Fault, WasmInstance};
 pub use layout::Locality;
 pub use module::{ModuleError, PolicyModule, content_hash, load as load_module};
-pub use registry::{PolicyProblem, PolicyRegistry, dry_run};
+pub use registry::{BindStats, PolicyProblem, PolicyRegistry, dry_run};
 pub use table::{SlotKey, SlotTable, TableFault};

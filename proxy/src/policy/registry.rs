@@ -94,6 +94,25 @@ pub struct PolicyRegistry {
     /// The rejection last reported per Service, so that a standing one
     /// becomes one status record, not one per bind.
     rejections: BTreeMap<ServiceKey, String>,
+    /// The table the bindings were resolved against: a Service whose port
+    /// `Arc`s are the same in the next table keeps its bindings unresolved.
+    bound_table: Option<Arc<ServiceTable>>,
+    /// Modules, the default or the limits changed since the last bind:
+    /// the next one resolves every Service again.
+    stale: bool,
+    last_bind: BindStats,
+}
+
+/// What the last `bind` did, for the sync's debug timings and for tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BindStats {
+    /// Every Service was resolved (first bind, forced, or the modules,
+    /// the default or the limits changed).
+    pub full: bool,
+    /// Services resolved (or dropped) by this bind.
+    pub services: usize,
+    /// Dry runs of a module this bind made (the others were cached).
+    pub dry_runs: usize,
 }
 
 impl Stamp {
@@ -122,6 +141,9 @@ impl PolicyRegistry {
             api_names: BTreeSet::new(),
             max_modules: crate::config::PolicyConfig::default().max_modules,
             rejections: BTreeMap::new(),
+            bound_table: None,
+            stale: true,
+            last_bind: BindStats::default(),
         }
     }
 
@@ -135,6 +157,7 @@ impl PolicyRegistry {
             .collect();
         self.allowed = (!allowed.is_empty()).then_some(allowed);
         self.max_endpoints = max_endpoints;
+        self.stale = true;
         if let Some(allowed) = &self.allowed {
             self.loaded.retain(|_, l| allowed.contains(&l.module.hash));
         }
@@ -155,10 +178,12 @@ impl PolicyRegistry {
     /// The policy of Services without an annotation, from the next bind on.
     pub fn set_default(&mut self, name: &str) {
         name.clone_into(&mut self.default);
+        self.stale = true;
     }
 
     /// Makes the next rescan re-read every module file.
     pub fn invalidate(&mut self) {
+        self.stale = true;
         for loaded in self.loaded.values_mut() {
             loaded.stamp = Stamp {
                 modified: None,
@@ -258,6 +283,7 @@ impl PolicyRegistry {
                         module: Arc::new(module),
                     },
                 );
+                self.stale = true;
                 Ok(true)
             }
             Err(error) => {
@@ -339,97 +365,195 @@ impl PolicyRegistry {
     }
 
     /// Binds every Service port of `table` to its module, reusing bindings
-    /// that did not change and validating the ones that did.
+    /// that did not change and validating the ones that did. Every
+    /// Service is resolved; `bind_changed` resolves only what changed.
     pub fn bind(&mut self, table: &ServiceTable) -> (Arc<Bindings>, Vec<PolicyProblem>) {
-        let mut next = Bindings::new();
-        let mut problems = Vec::new();
-        let mut rejections = BTreeMap::new();
-        for (key, ports) in &table.services {
-            let Some(info) = ports.first().map(|p| &p.service) else {
-                continue;
-            };
-            // sessionAffinity: ClientIP is kept by the client-affinity
-            // module, unless the Service names a policy of its own.
-            let (name, config) = match (&info.policy, info.affinity_timeout) {
-                (Some(policy), _) => (
-                    policy.clone(),
-                    info.policy_config.clone().unwrap_or_else(|| "{}".into()),
-                ),
-                (None, Some(timeout)) => (
-                    CLIENT_AFFINITY.to_owned(),
-                    format!("{{\"timeoutSeconds\": {}}}", timeout.as_secs()),
-                ),
-                (None, None) => (self.default.clone(), "{}".to_owned()),
-            };
-            let name = name.as_str();
-            let config: Arc<str> = Arc::from(config);
-            let module = match self.loaded.get(name) {
-                Some(l) => l.module.clone(),
-                None => {
-                    let silent = name == BUILTIN_ROUND_ROBIN
-                        || (info.policy.is_none() && name == self.default);
-                    if !silent {
-                        let loaded = self.loaded.keys().cloned().collect::<Vec<_>>().join(", ");
-                        rejections.insert(
-                            key.clone(),
-                            (
-                                name.to_owned(),
-                                format!("unknown policy (loaded: {loaded})"),
-                            ),
-                        );
-                        problems.push(PolicyProblem::Unknown {
-                            service: key.clone(),
-                            name: name.to_owned(),
-                            loaded,
-                        });
-                        self.keep_previous(ports, &mut next);
-                    }
-                    continue;
-                }
-            };
-            let mut newly_bound = false;
-            for port in ports {
-                // A policy gets the whole endpoint table in its memory and
-                // may precompute over it; past the cap, the native round
-                // robin (no table) balances the port instead.
-                let count = port.internal.len().max(port.external.len());
-                if count > self.max_endpoints {
-                    problems.push(PolicyProblem::TooManyEndpoints {
-                        service: key.clone(),
-                        port: port.name.clone(),
-                        count,
-                        max: self.max_endpoints,
-                    });
-                    continue;
-                }
-                match self.bind_port(key, port, &module, &config) {
-                    Ok(bound) => {
-                        newly_bound |= self.bindings.get(&port.id).map(|b| b.id) != Some(bound.id);
-                        next.insert(port.id, bound);
-                    }
-                    Err(reason) => {
-                        rejections.insert(key.clone(), (name.to_owned(), reason.clone()));
-                        problems.push(PolicyProblem::Rejected {
-                            service: key.clone(),
-                            policy: name.to_owned(),
-                            reason,
-                        });
-                        self.keep_previous(ports, &mut next);
-                        newly_bound = false;
-                        break;
-                    }
-                }
+        let problems = self.bind_all(table);
+        // Not kept as an `Arc`: the next `bind_changed` resolves everything.
+        self.bound_table = None;
+        (self.bindings.clone(), problems)
+    }
+
+    /// `bind`, but only the Services whose translation changed since the
+    /// last bind (their port `Arc`s are not the previous table's) are
+    /// resolved again, unless `full` is asked or the modules, the default
+    /// or the limits changed.
+    pub fn bind_changed(
+        &mut self,
+        table: &Arc<ServiceTable>,
+        full: bool,
+    ) -> (Arc<Bindings>, Vec<PolicyProblem>) {
+        let previous = match self.bound_table.take() {
+            Some(previous) if !full && !self.stale => previous,
+            _ => {
+                let problems = self.bind_all(table);
+                self.bound_table = Some(table.clone());
+                return (self.bindings.clone(), problems);
             }
-            // Reported for Services that ask for a policy: the default
-            // binding of every other Service would be one record per
-            // Service per node at every start.
-            if newly_bound && info.policy.is_some() {
-                super::events::policy_bound(key, name, &module.hash);
+        };
+        let mut pass = Pass::default();
+        let changed = super::changed_services::changed(&previous.services, &table.services);
+        let mut next: Option<Bindings> = None;
+        for key in &changed {
+            let before = previous.services.get(key).map(Vec::as_slice).unwrap_or(&[]);
+            let after = table.services.get(key).map(Vec::as_slice).unwrap_or(&[]);
+            let mut resolved = Bindings::new();
+            self.bind_service(key, after, &mut resolved, &mut pass);
+            let same = before.len() == after.len()
+                && resolved.len()
+                    == before
+                        .iter()
+                        .filter(|p| self.bindings.contains_key(&p.id))
+                        .count()
+                && resolved.iter().all(|(id, bound)| {
+                    self.bindings
+                        .get(id)
+                        .is_some_and(|previous| Arc::ptr_eq(previous, bound))
+                });
+            if same {
+                continue;
+            }
+            // The map is copied once, and only when a binding moved.
+            let next = next.get_or_insert_with(|| (*self.bindings).clone());
+            for port in before {
+                next.remove(&port.id);
+            }
+            next.extend(resolved);
+        }
+        self.update_rejections(&changed, pass.rejections);
+        if let Some(next) = next {
+            self.bindings = Arc::new(next);
+        }
+        self.bound_table = Some(table.clone());
+        self.last_bind = BindStats {
+            full: false,
+            services: changed.len(),
+            dry_runs: pass.dry_runs,
+        };
+        (self.bindings.clone(), pass.problems)
+    }
+
+    fn bind_all(&mut self, table: &ServiceTable) -> Vec<PolicyProblem> {
+        let mut pass = Pass::default();
+        let mut next = Bindings::new();
+        for (key, ports) in &table.services {
+            self.bind_service(key, ports, &mut next, &mut pass);
+        }
+        self.report_rejections(pass.rejections);
+        self.bindings = Arc::new(next);
+        self.stale = false;
+        self.last_bind = BindStats {
+            full: true,
+            services: table.services.len(),
+            dry_runs: pass.dry_runs,
+        };
+        pass.problems
+    }
+
+    /// The bindings in force.
+    pub fn bindings(&self) -> &Arc<Bindings> {
+        &self.bindings
+    }
+
+    /// What the last `bind` did.
+    pub fn last_bind(&self) -> BindStats {
+        self.last_bind
+    }
+
+    /// Resolves one Service's ports into `next`; a Service whose policy is
+    /// unknown or refused keeps its previous bindings.
+    fn bind_service(
+        &mut self,
+        key: &ServiceKey,
+        ports: &[Arc<ServicePort>],
+        next: &mut Bindings,
+        pass: &mut Pass,
+    ) {
+        let Some(info) = ports.first().map(|p| &p.service) else {
+            return;
+        };
+        // sessionAffinity: ClientIP is kept by the client-affinity
+        // module, unless the Service names a policy of its own.
+        let (name, config) = match (&info.policy, info.affinity_timeout) {
+            (Some(policy), _) => (
+                policy.clone(),
+                info.policy_config.clone().unwrap_or_else(|| "{}".into()),
+            ),
+            (None, Some(timeout)) => (
+                CLIENT_AFFINITY.to_owned(),
+                format!("{{\"timeoutSeconds\": {}}}", timeout.as_secs()),
+            ),
+            (None, None) => (self.default.clone(), "{}".to_owned()),
+        };
+        let name = name.as_str();
+        let module = match self.loaded.get(name) {
+            Some(l) => l.module.clone(),
+            None => {
+                let silent =
+                    name == BUILTIN_ROUND_ROBIN || (info.policy.is_none() && name == self.default);
+                if !silent {
+                    let loaded = self.loaded.keys().cloned().collect::<Vec<_>>().join(", ");
+                    pass.rejections.insert(
+                        key.clone(),
+                        (
+                            name.to_owned(),
+                            format!("unknown policy (loaded: {loaded})"),
+                        ),
+                    );
+                    pass.problems.push(PolicyProblem::Unknown {
+                        service: key.clone(),
+                        name: name.to_owned(),
+                        loaded,
+                    });
+                    self.keep_previous(ports, next);
+                }
+                return;
+            }
+        };
+        let config: Arc<str> = Arc::from(config);
+        let mut newly_bound = false;
+        for port in ports {
+            // A policy gets the whole endpoint table in its memory and
+            // may precompute over it; past the cap, the native round
+            // robin (no table) balances the port instead.
+            let count = port.internal.len().max(port.external.len());
+            if count > self.max_endpoints {
+                pass.problems.push(PolicyProblem::TooManyEndpoints {
+                    service: key.clone(),
+                    port: port.name.clone(),
+                    count,
+                    max: self.max_endpoints,
+                });
+                continue;
+            }
+            match self.bind_port(key, port, &module, &config, &mut pass.dry_runs) {
+                Ok(bound) => {
+                    newly_bound |= self.bindings.get(&port.id).map(|b| b.id) != Some(bound.id);
+                    next.insert(port.id, bound);
+                }
+                Err(reason) => {
+                    pass.rejections
+                        .insert(key.clone(), (name.to_owned(), reason.clone()));
+                    pass.problems.push(PolicyProblem::Rejected {
+                        service: key.clone(),
+                        policy: name.to_owned(),
+                        reason,
+                    });
+                    for port in ports {
+                        next.remove(&port.id);
+                    }
+                    self.keep_previous(ports, next);
+                    newly_bound = false;
+                    break;
+                }
             }
         }
-        self.report_rejections(rejections);
-        self.bindings = Arc::new(next);
-        (self.bindings.clone(), problems)
+        // Reported for Services that ask for a policy: the default
+        // binding of every other Service would be one record per
+        // Service per node at every start.
+        if newly_bound && info.policy.is_some() {
+            super::events::policy_bound(key, name, &module.hash);
+        }
     }
 
     /// A status record for each rejection that is new or changed since
@@ -443,6 +567,28 @@ impl PolicyRegistry {
             next.insert(service, reason);
         }
         self.rejections = next;
+    }
+
+    /// `report_rejections` for the Services an incremental bind resolved:
+    /// the others' standing rejections stay as they were.
+    fn update_rejections(
+        &mut self,
+        resolved: &[ServiceKey],
+        mut now: BTreeMap<ServiceKey, (String, String)>,
+    ) {
+        for service in resolved {
+            match now.remove(service) {
+                Some((policy, reason)) => {
+                    if self.rejections.get(service) != Some(&reason) {
+                        super::events::policy_rejected(service, &policy, &reason);
+                    }
+                    self.rejections.insert(service.clone(), reason);
+                }
+                None => {
+                    self.rejections.remove(service);
+                }
+            }
+        }
     }
 
     fn keep_previous(&self, ports: &[Arc<ServicePort>], next: &mut Bindings) {
@@ -459,6 +605,7 @@ impl PolicyRegistry {
         port: &ServicePort,
         module: &Arc<PolicyModule>,
         config: &Arc<str>,
+        dry_runs: &mut usize,
     ) -> Result<Arc<BoundPolicy>, String> {
         if let Some(previous) = self.bindings.get(&port.id)
             && previous.module.hash == module.hash
@@ -471,6 +618,7 @@ impl PolicyRegistry {
         let verdict = match self.verdicts.get(&verdict_key) {
             Some(v) => v.clone(),
             None => {
+                *dry_runs += 1;
                 let v = dry_run(&self.engine, module, config, port, &self.here);
                 if self.verdicts.len() > 4096 {
                     self.verdicts.clear();
@@ -489,6 +637,14 @@ impl PolicyRegistry {
             config: config.clone(),
         }))
     }
+}
+
+/// What one bind collects across Services.
+#[derive(Default)]
+struct Pass {
+    problems: Vec<PolicyProblem>,
+    rejections: BTreeMap<ServiceKey, (String, String)>,
+    dry_runs: usize,
 }
 
 /// Instantiates with the config, hands over the live endpoints and asks for

@@ -1,0 +1,122 @@
+//! Which Services changed between two service tables, by their port
+//! `Arc`s: the incremental translation keeps an untouched Service's
+//! `Arc`s, so a pointer compare per port says whether it moved, without
+//! looking inside.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::catalog::{ServiceKey, ServicePort};
+
+type Services = BTreeMap<ServiceKey, Vec<Arc<ServicePort>>>;
+
+/// The Services added, removed, or whose ports are not the same `Arc`s in
+/// `after` as in `before`, in key order. One merge walk over both tables.
+pub fn changed(before: &Services, after: &Services) -> Vec<ServiceKey> {
+    let mut out = Vec::new();
+    let mut b = before.iter().peekable();
+    let mut a = after.iter().peekable();
+    loop {
+        let order = match (b.peek(), a.peek()) {
+            // The same port `Arc`s belong to the same Service, so the keys
+            // are equal: skipping their compare spares four string reads
+            // (cache misses, at 10k Services) for every untouched Service.
+            (Some((_, pb)), Some((_, pa))) if !pb.is_empty() && same_ports(pb, pa) => {
+                b.next();
+                a.next();
+                continue;
+            }
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((kb, _)), Some((ka, _))) => kb.cmp(ka),
+        };
+        match order {
+            Ordering::Less => {
+                if let Some((key, _)) = b.next() {
+                    out.push(key.clone());
+                }
+            }
+            Ordering::Greater => {
+                if let Some((key, _)) = a.next() {
+                    out.push(key.clone());
+                }
+            }
+            Ordering::Equal => {
+                if let (Some((key, pb)), Some((_, pa))) = (b.next(), a.next())
+                    && !same_ports(pb, pa)
+                {
+                    out.push(key.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn same_ports(before: &[Arc<ServicePort>], after: &[Arc<ServicePort>]) -> bool {
+    before.len() == after.len() && before.iter().zip(after).all(|(b, a)| Arc::ptr_eq(b, a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Protocol, ServiceInfo};
+
+    fn key(name: &str) -> ServiceKey {
+        ServiceKey {
+            namespace: "demo".into(),
+            name: name.into(),
+        }
+    }
+
+    fn port(name: &str) -> Arc<ServicePort> {
+        Arc::new(ServicePort {
+            id: ServicePort::stable_id(&key(name), "", Protocol::Tcp),
+            service: Arc::new(ServiceInfo {
+                key: key(name),
+                policy: None,
+                policy_config: None,
+                affinity_timeout: None,
+                external_local: false,
+                proxy_protocol: false,
+                annotations: BTreeMap::new(),
+            }),
+            name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: None,
+            app_protocol: None,
+            l7: None,
+            internal: Arc::from(Vec::new()),
+            external: Arc::from(Vec::new()),
+        })
+    }
+
+    #[test]
+    fn added_removed_and_retranslated_services_and_nothing_else() {
+        let kept = vec![port("kept")];
+        let before: Services = [
+            (key("gone"), vec![port("gone")]),
+            (key("kept"), kept.clone()),
+            (key("moved"), vec![port("moved")]),
+        ]
+        .into_iter()
+        .collect();
+        let after: Services = [
+            (key("kept"), kept),
+            // Equal contents in a new Arc: a new translation, looked at.
+            (key("moved"), vec![port("moved")]),
+            (key("new"), vec![port("new")]),
+        ]
+        .into_iter()
+        .collect();
+        let names: Vec<String> = changed(&before, &after)
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, ["gone", "moved", "new"]);
+        assert!(changed(&after, &after).is_empty());
+    }
+}
