@@ -170,6 +170,8 @@ def test_kernel_asked_for_an_l7_port_runs_on_the_proxy_with_a_reason(bare_cluste
     d = datapaths(c)[0]
     assert d["refused"] and "L7" in d["reason"], d
     assert c.proxy.wait_log(r"datapath: kernel refused.*L7")
+    # The status record a Service owner sees (an Event with the API source).
+    assert c.proxy.wait_log(r"(?=.*DatapathFallback)(?=.*kernel datapath not used.*L7)")
     assert answers(c, f"http://{VIP4}/", 3)
 
 

@@ -102,6 +102,10 @@ pub fn plan(
                 "switchyard.dev/datapath: kernel refused, the port runs on the proxy: {}",
                 choice.reason
             );
+            let policy = bindings
+                .get(&port.id)
+                .map_or("round-robin (built-in)", |b| &*b.module.name);
+            crate::policy::events::datapath_fallback(&port.service.key, policy, &choice.reason);
         }
         if choice.datapath == crate::catalog::datapath::Datapath::Kernel {
             for (target, k) in ports {
