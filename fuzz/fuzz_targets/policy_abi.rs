@@ -207,7 +207,10 @@ fn endpoint(e: &Ep) -> Endpoint {
 
 /// A Service port as the catalog makes it (so that fields added to
 /// `ServicePort` later need no change here), with the fuzzer's endpoints.
-fn route(endpoints: Vec<Endpoint>, scope: Scope) -> Route {
+/// A route as the catalog makes it: each scope's list IPv4 first, so that
+/// each family is one contiguous range (`catalog::family_range`).
+fn route(mut endpoints: Vec<Endpoint>, scope: Scope) -> Route {
+    endpoints.sort_by_key(|e| e.addr.is_ipv6());
     static TEMPLATE: OnceLock<ServicePort> = OnceLock::new();
     let template = TEMPLATE.get_or_init(|| {
         let (objects, _) = manifest::parse(SERVICE, Path::new("fuzz.yaml"));
@@ -285,14 +288,15 @@ fuzz_target!(|input: Input| {
                     tried: &tried,
                 };
                 last = decider.pick(&req);
+                // One family per connection: only the frontend's family.
+                let family = catalog::family_range(current.endpoints(), frontend.ip());
                 match last {
                     Some(d) => assert!(
-                        d.index < current.endpoints().len(),
-                        "decision {} outside {} endpoints",
+                        family.contains(&d.index),
+                        "decision {} outside the frontend family's endpoints {family:?}",
                         d.index,
-                        current.endpoints().len()
                     ),
-                    None => assert!(current.endpoints().is_empty() || !tried.is_empty()),
+                    None => assert!(family.is_empty() || !tried.is_empty()),
                 }
             }
             Step::PickRequest { head } => {
@@ -314,7 +318,8 @@ fuzz_target!(|input: Input| {
                     "the request head comes back after the call"
                 );
                 if let Some(d) = last {
-                    assert!(d.index < current.endpoints().len());
+                    let family = catalog::family_range(current.endpoints(), frontend.ip());
+                    assert!(family.contains(&d.index));
                 }
             }
             Step::Connected { latency_us }
