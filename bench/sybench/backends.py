@@ -44,16 +44,19 @@ def write_manifests(directory: Path) -> None:
     def eps(fe: Frontend) -> list:
         return [mf.Endpoint(ip, pods[ip], node="node-a") for ip in fe.backends]
 
+    # No switchyard.dev/datapath annotation (the e2e suite's ServiceDef pins
+    # the proxy by default): each Switchyard peer's `dataplane.datapath`
+    # decides, so the switchyard-kernel peer really runs the kernel path.
     services = [
         mf.ServiceDef("web", [WEB.vip], [mf.Port("http", WEB.port, HTTP_PORT)], [eps(WEB)],
-                      namespace="bench"),
+                      namespace="bench", datapath=None),
         mf.ServiceDef("web7", [WEB7.vip], [mf.Port("http", WEB7.port, HTTP_PORT,
                                                    app_protocol="http")], [eps(WEB7)],
-                      namespace="bench"),
+                      namespace="bench", datapath=None),
         mf.ServiceDef("iperf", [IPERF.vip], [mf.Port("iperf", IPERF.port, IPERF_PORT)],
-                      [eps(IPERF)], namespace="bench"),
+                      [eps(IPERF)], namespace="bench", datapath=None),
         mf.ServiceDef("dns", [DNS.vip], [mf.Port("dns", DNS.port, DNS_PORT, "UDP")],
-                      [eps(DNS)], namespace="bench"),
+                      [eps(DNS)], namespace="bench", datapath=None),
     ]
     mf.write_services(directory, services)
 
