@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from . import backends, cpu, topo
-from .main import make_peers, pick_binary
+from .main import chosen_peers
 from .workloads import Settings, _wrk
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,11 +89,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     os.sched_setaffinity(0, {topo.LOAD_CPU})
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    peers = [p for p in make_peers(pick_binary(args, "full"), args.policies)
-             if p.name in args.peers]
-    unknown = set(args.peers) - {p.name for p in peers}
-    if unknown:
-        ap.error(f"unknown peers: {sorted(unknown)}")
+    peers = chosen_peers(ap, args)
     s = Settings(duration=args.duration)
     results: dict[str, dict] = {}
     topo.sweep_leftovers()

@@ -69,6 +69,17 @@ def pick_binary(args: argparse.Namespace, mode: str) -> Path:
     return release if release.is_file() else debug
 
 
+def chosen_peers(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[Peer]:
+    """The peers named in `args.peers` (the release binary by default), or
+    an argument error naming the unknown ones."""
+    peers = [p for p in make_peers(pick_binary(args, "full"), args.policies)
+             if p.name in args.peers]
+    unknown = set(args.peers) - {p.name for p in peers}
+    if unknown:
+        ap.error(f"unknown peers: {sorted(unknown)}")
+    return peers
+
+
 def make_peers(binary: Path, policies: Path) -> list[Peer]:
     return [
         Switchyard(binary, "uring"),

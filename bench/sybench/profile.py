@@ -40,6 +40,16 @@ def worker_tids(peer) -> list[int]:
     return tids
 
 
+def strace_summary(path: Path) -> dict[str, int]:
+    """Calls per syscall from the table `strace -c` writes."""
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
+        if m and m.group(2) != "total":
+            counts[m.group(2)] = int(m.group(1))
+    return counts
+
+
 def strace_counts(t: topo.Topology, peer, conns: int,
                   tids: list[int] | None = None) -> tuple[int, dict[str, int]]:
     pids = tids or peer.pids()
@@ -64,12 +74,7 @@ def strace_counts(t: topo.Topology, peer, conns: int,
     time.sleep(0.5)
     tracer.send_signal(signal.SIGINT)
     tracer.wait(timeout=30)
-    counts: dict[str, int] = {}
-    for line in out.read_text().splitlines():
-        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
-        if m and m.group(2) != "total":
-            counts[m.group(2)] = int(m.group(1))
-    return conns, counts
+    return conns, strace_summary(out)
 
 
 def connrate_load(t: topo.Topology, host: str, port: int, seconds: float) -> int:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from . import backends, cpu, topo
 from .backends import WEB
-from .main import make_peers, pick_binary
+from .main import chosen_peers
+from .profile import strace_summary
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PEERS = ["switchyard-uring", "switchyard-epoll", "haproxy", "nginx-stream"]
@@ -134,12 +135,7 @@ def traced(t: topo.Topology, peer, client: str, count: int) -> dict[str, int]:
         time.sleep(0.3)
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=60)
-    counts: dict[str, int] = {}
-    for line in out.read_text().splitlines():
-        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
-        if m and m.group(2) != "total":
-            counts[m.group(2)] = int(m.group(1))
-    return counts
+    return strace_summary(out)
 
 
 def measure(t: topo.Topology, peer, client: str, count: int) -> dict:
@@ -186,11 +182,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     os.sched_setaffinity(0, {topo.LOAD_CPU})
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    peers = [p for p in make_peers(pick_binary(args, "full"), args.policies)
-             if p.name in args.peers]
-    unknown = set(args.peers) - {p.name for p in peers}
-    if unknown:
-        ap.error(f"unknown peers: {sorted(unknown)}")
+    peers = chosen_peers(ap, args)
     results: dict[str, dict] = {}
     topo.sweep_leftovers()
     with topo.Topology(Path(tempfile.mkdtemp(prefix="sybench-sys-"))) as t:
