@@ -188,6 +188,13 @@ int32_t sy_json_value(const char *json, uint32_t json_len, const char *key, char
 int sy_json_keys_only(const char *json, uint32_t json_len, const char *const *keys,
                       const char **bad, uint32_t *bad_len);
 
+/* sy_config plus the checks every sy_init makes of a flat JSON config: it
+ * fits in out (cap bytes) and has only `keys` (NULL-terminated). Returns the
+ * config's length (0: none was given), or -1 after setting the error
+ * ("invalid policy config: ..."), for sy_init to return 1. */
+int32_t sy_flat_config(int32_t config_ptr, int32_t config_len, char *out, uint32_t cap,
+                       const char *const *keys);
+
 /* A decimal number (digits only) of at most 10 digits that fits 32 bits:
  * 1 and the value in *out, else 0. */
 int sy_parse_u32(const char *s, int32_t len, uint32_t *out);
@@ -532,6 +539,33 @@ int sy_json_keys_only(const char *json, uint32_t json_len, const char *const *ke
     *bad = s.bad;
     *bad_len = s.bad_len;
     return s.bad == 0;
+}
+
+int32_t sy_flat_config(int32_t config_ptr, int32_t config_len, char *out, uint32_t cap,
+                       const char *const *keys) {
+    uint32_t len = sy_config(config_ptr, config_len, out, cap);
+    if (len == 0) return 0;
+    if (len > cap) {
+        /* "... longer than <cap> bytes", with no printf to lean on. */
+        char msg[64] = "invalid policy config: longer than ";
+        uint32_t m = sy_strlen(msg), digits = 1;
+        for (uint32_t v = cap; v >= 10; v /= 10) digits++;
+        for (uint32_t i = digits, v = cap; i > 0; i--, v /= 10) msg[m + i - 1] = (char)('0' + v % 10);
+        m += digits;
+        for (const char *t = " bytes"; *t; t++) msg[m++] = *t;
+        sy_set_error(msg, (int32_t)m);
+        return -1;
+    }
+    const char *bad;
+    uint32_t bad_len;
+    if (!sy_json_keys_only(out, len, keys, &bad, &bad_len)) {
+        if (bad)
+            sy_set_error_with("invalid policy config: unknown field ", bad, bad_len);
+        else
+            sy_set_error_str("invalid policy config: expected a flat JSON object");
+        return -1;
+    }
+    return (int32_t)len;
 }
 
 int sy_parse_u32(const char *s, int32_t len, uint32_t *out) {

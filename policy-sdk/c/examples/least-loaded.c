@@ -15,22 +15,9 @@ static uint32_t next_start;
 
 SY_EXPORT("sy_init") int32_t sy_init(int32_t config_ptr, int32_t config_len) {
     char config[512];
-    uint32_t len = sy_config(config_ptr, config_len, config, sizeof config);
-    if (len == 0) return 0;
-    if (len > sizeof config) {
-        sy_set_error_str("invalid policy config: longer than 512 bytes");
-        return 1;
-    }
     static const char *const keys[] = {"avoidMs", 0};
-    const char *bad;
-    uint32_t bad_len;
-    if (!sy_json_keys_only(config, len, keys, &bad, &bad_len)) {
-        if (bad)
-            sy_set_error_with("invalid policy config: unknown field ", bad, bad_len);
-        else
-            sy_set_error_str("invalid policy config: expected a flat JSON object");
-        return 1;
-    }
+    int32_t len = sy_flat_config(config_ptr, config_len, config, sizeof config, keys);
+    if (len <= 0) return len < 0;
     char value[16];
     int32_t n = sy_json_value(config, len, "avoidMs", value, sizeof value);
     if (n == -1) return 0;
