@@ -411,4 +411,19 @@ mod tests {
             1
         );
     }
+
+    #[test]
+    fn a_module_compiled_lately_is_taken_from_memory() {
+        use super::super::engine::PolicyEngine;
+        let engine = PolicyEngine::new(&crate::config::PolicyConfig::default()).expect("engine");
+        let sha: [u8; 32] = Sha256::digest(WAT.as_bytes()).into();
+        assert!(!engine.compile(WAT.as_bytes(), &sha).expect("compile").1);
+        let (module, cached) = engine.compile(WAT.as_bytes(), &sha).expect("compile");
+        assert!(cached);
+        assert!(module.get_export("answer").is_some());
+        // Other bytes under a known hash are never mistaken for it: the
+        // hash is the module's identity, computed by the caller.
+        let other: [u8; 32] = Sha256::digest(b"(module)").into();
+        assert!(!engine.compile(b"(module)", &other).expect("compile").1);
+    }
 }

@@ -140,7 +140,15 @@ pub struct PolicyEngine {
     /// Modules taken from the cache, and compiled because it had none.
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// The last modules compiled in this process, newest first: a rollback
+    /// or a canary flipped back and forth swaps without Cranelift (a
+    /// compile was most of a table swap's time,
+    /// bench/results/2026-12-06-kernel-2.md).
+    recent: std::sync::Mutex<std::collections::VecDeque<([u8; 32], Module)>>,
 }
+
+/// Compiled modules kept in memory (a `Module` is a handle to its code).
+const RECENT_MODULES: usize = 8;
 
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -189,14 +197,42 @@ impl PolicyEngine {
             cache,
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
+            recent: std::sync::Mutex::default(),
         }))
     }
 
     /// Compiles `bytes` (whose sha256 is `sha256`), or takes the compiled
-    /// code from the cache. A cache that cannot be read or written costs
-    /// compile time, never the module.
-    /// The flag says whether the code came from the cache.
+    /// code from memory (one of the last modules compiled) or from the
+    /// disk cache. A cache that cannot be read or written costs compile
+    /// time, never the module. The flag says whether the code came from
+    /// memory or the cache.
     pub fn compile(
+        &self,
+        bytes: &[u8],
+        sha256: &[u8; 32],
+    ) -> Result<(Module, bool), wasmtime::Error> {
+        if let Some(module) = self.recent(sha256) {
+            return Ok((module, true));
+        }
+        let compiled = self.compile_or_load(bytes, sha256)?;
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.push_front((*sha256, compiled.0.clone()));
+            recent.truncate(RECENT_MODULES);
+        }
+        Ok(compiled)
+    }
+
+    /// A module compiled lately, moved to the front.
+    fn recent(&self, sha256: &[u8; 32]) -> Option<Module> {
+        let mut recent = self.recent.lock().ok()?;
+        let at = recent.iter().position(|(sha, _)| sha == sha256)?;
+        let entry = recent.remove(at)?;
+        let module = entry.1.clone();
+        recent.push_front(entry);
+        Some(module)
+    }
+
+    fn compile_or_load(
         &self,
         bytes: &[u8],
         sha256: &[u8; 32],
