@@ -183,6 +183,14 @@ fn prerouting_chains(
             ));
             lines.push("  }".into());
         }
+        // A kernel-path flow that no socket of ours took (the socket rule
+        // still catches a proxied connection from before its frontend moved
+        // to the kernel path) leaves for conntrack and the NAT chains: to a
+        // kernel frontend, or a reply from a kernel endpoint (TCP only: a
+        // UDP endpoint may send from its service port to a proxied
+        // frontend, a DNS forwarder does).
+        let kvip = format!("    {fam} daddr . meta l4proto . th dport @kvip{f} accept");
+        let knode = format!("    {} accept", node_port(fam, &format!("@knode{f}")));
         // TCP: a SYN skips the socket rule (TIME_WAIT, see above).
         lines.push(format!("  chain pre{f}_tcp {{"));
         lines.extend(lbsr.iter().cloned());
@@ -190,6 +198,11 @@ fn prerouting_chains(
             "    tcp flags & (syn | ack) == syn goto pre{f}_syn"
         ));
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
+        lines.push(kvip.clone());
+        lines.push(format!(
+            "    {fam} saddr . meta l4proto . th sport @kep{f} accept"
+        ));
+        lines.push(knode.clone());
         // A frontend that left the kernel datapath: its established flows
         // (DNATed, in conntrack) go on past the proxy; only new ones divert.
         lines.push(format!(
@@ -198,15 +211,21 @@ fn prerouting_chains(
         lines.push(format!("    {} accept", node_port(fam, "@kdrainnp")));
         lines.push(format!("    goto pre{f}_front_tcp"));
         lines.push("  }".into());
-        // A SYN for a socket of ours to an address that is no frontend (any
+        // A SYN to a kernel frontend is a new kernel-path flow (DNAT), even
+        // if a proxied connection of the same addresses left a TIME_WAIT. A
+        // SYN for a socket of ours to an address that is no frontend (any
         // more): deliver it rather than let it be routed out.
         lines.push(format!("  chain pre{f}_syn {{"));
+        lines.push(kvip.clone());
+        lines.push(knode.clone());
         lines.push(format!("    jump pre{f}_front_tcp"));
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
         lines.push("  }".into());
         lines.push(format!("  chain pre{f}_udp {{"));
         lines.extend(lbsr.iter().cloned());
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
+        lines.push(kvip);
+        lines.push(knode);
         lines.push(format!("    goto pre{f}_front_udp"));
         lines.push("  }".into());
     }
@@ -242,6 +261,8 @@ mod tests {
         assert_eq!(
             chain(&text, "pre4_syn"),
             [
+                "ip daddr . meta l4proto . th dport @kvip4 accept",
+                "meta nfproto ipv4 meta l4proto . th dport @knode4 fib daddr type local accept",
                 "jump pre4_front_tcp",
                 "socket transparent 1 meta mark set meta mark | 0x200000 notrack accept"
             ]
@@ -300,14 +321,25 @@ mod tests {
                         format!("{fam} daddr . meta l4proto . th dport").as_str(),
                         &format!("tcp flags & (syn | ack) == syn goto pre{f}_syn"),
                         "socket transparent 1",
+                        // Kernel-path flows leave here: to a frontend, from
+                        // an endpoint, to a NodePort.
+                        &format!("{fam} daddr . meta l4proto . th dport"),
+                        &format!("{fam} saddr . meta l4proto . th sport"),
+                        &np,
+                        // The proxy's drains, then its frontends.
                         &format!("{fam} daddr . meta l4proto . th dport"),
                         &np,
                         &format!("goto pre{f}_front_tcp"),
                     ]
                 );
+                assert!(tcp[3].ends_with(&format!("@kvip{f} accept")));
+                assert!(tcp[4].ends_with(&format!("@kep{f} accept")));
+                assert!(tcp[5].contains(&format!("@knode{f} fib daddr type local")));
                 let udp = chain(&text, &format!("pre{f}_udp"));
                 assert!(udp[1].starts_with("socket transparent 1"));
-                assert_eq!(udp[2], format!("goto pre{f}_front_udp"));
+                assert!(udp[2].ends_with(&format!("@kvip{f} accept")));
+                assert!(!udp.iter().any(|r| r.contains("@kep")));
+                assert_eq!(udp[4], format!("goto pre{f}_front_udp"));
             }
             let sockets = text.matches("socket transparent 1").count();
             // Base chain (other protocols) + per family: tcp, syn, udp.
