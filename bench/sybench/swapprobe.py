@@ -1,8 +1,9 @@
 """Runs in the client Pod's namespace for `bench/run --swaps` (swaps.py).
 
 `load VIP PORT STOP_FILE SECONDS WORKERS`: WORKERS threads open one new
-connection after another (one HTTP/1.0 request each) until STOP_FILE exists
-or SECONDS passed; prints {"ok", "failed", "errors"} as JSON.
+connection after another (one HTTP/1.0 request each) until STOP_FILE exists,
+SECONDS passed or LIMIT connections were made; prints {"ok", "failed",
+"errors"} as JSON.
 
 `swap VIP PORT POLICY_FILE FIRST LAST SWAPS`: replaces POLICY_FILE (one
 rename) SWAPS times, alternating the modules FIRST and LAST, and after each
@@ -23,6 +24,7 @@ import threading
 import time
 
 REQUEST = b"GET /who HTTP/1.0\r\nHost: bench\r\n\r\n"
+LIMIT = 2_000_000  # connections of the load, whatever the time bound says
 
 
 def ask(vip: str, port: int, timeout: float = 2.0) -> str:
@@ -44,7 +46,8 @@ def load(vip: str, port: int, stop: str, seconds: float, workers: int) -> None:
     deadline = time.monotonic() + seconds
 
     def work() -> None:
-        while not os.path.exists(stop) and time.monotonic() < deadline:
+        while not os.path.exists(stop) and time.monotonic() < deadline \
+                and counts["ok"] + counts["failed"] < LIMIT:
             try:
                 ask(vip, port)
                 ok = True
