@@ -90,7 +90,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--bin", type=Path,
                     default=Path(os.environ.get("SWITCHYARD_BIN",
                                                 REPO / "target" / "release" / "switchyard")))
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--log-level", default="warn",
+                    help="Switchyard's (debug logs each sync's timings: read, bind, publish, "
+                         "nftables)")
     args = ap.parse_args(argv)
     os.sched_setaffinity(0, {topo.LOAD_CPU})
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -106,6 +109,9 @@ def main(argv: list[str]) -> int:
         policy_file.write_bytes(variants["first"].read_bytes())
         peer = Switchyard(args.bin, "uring", policy="pinned", policies_dir=policies,
                           datapath="kernel", name="switchyard-kernel")
+        base_argv = peer.argv
+        peer.argv = lambda manifests: [args.log_level if a == "warn" else a
+                                       for a in base_argv(manifests)]
         peer.start(t)
         try:
             stop = t.workdir / "stop-load"
