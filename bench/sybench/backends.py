@@ -83,6 +83,8 @@ http {{
         listen {HTTP_PORT} backlog=8192;
         default_type text/plain;
         location / {{ return 200 "{BODY.strip()}\\n"; }}
+        # Which Pod answered (bench/run --swaps).
+        location /who {{ return 200 "$server_addr\\n"; }}
     }}
 }}
 """

@@ -53,6 +53,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "--smoke: a temporary directory)")
     ap.add_argument("--name", help="short name in the results file name")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--base-bin", type=Path,
+                    help="a second switchyard binary, run as the peer switchyard-kernel-base "
+                         "(the kernel datapath before a change, in the same interleaved rounds)")
     ap.add_argument("--note", action="append", default=[],
                     help="a line for the results file (how the binary was built, ...)")
     return ap.parse_args(argv)
@@ -80,7 +83,9 @@ def chosen_peers(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[
     return peers
 
 
-def make_peers(binary: Path, policies: Path) -> list[Peer]:
+def make_peers(binary: Path, policies: Path, base: Path | None = None) -> list[Peer]:
+    extra = [Switchyard(base, "uring", datapath="kernel", name="switchyard-kernel-base")
+             ] if base else []
     return [
         Switchyard(binary, "uring"),
         Switchyard(binary, "epoll"),
@@ -93,6 +98,7 @@ def make_peers(binary: Path, policies: Path) -> list[Peer]:
         NginxStream(),
         NginxHttp(),
         Switchyard(binary, "uring", datapath="kernel"),
+        *extra,
         KernelDnat(),
         Direct(),
     ]
@@ -299,7 +305,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGHUP, _on_signal)
 
     binary = pick_binary(args, mode)
-    peers = make_peers(binary, args.policies.resolve())
+    base = args.base_bin.resolve() if args.base_bin else None
+    peers = make_peers(binary, args.policies.resolve(), base)
     if args.peers:
         wanted = args.peers.split(",")
         unknown = set(wanted) - {p.name for p in peers}
@@ -345,7 +352,7 @@ def main(argv: list[str]) -> int:
         return 1
 
     med = report.medians(raw)
-    order = [p.name for p in make_peers(binary, args.policies)]
+    order = [p.name for p in make_peers(binary, args.policies, base)]
     rec = {
         "date": started.strftime("%Y-%m-%d %H:%M"), "mode": mode, "rounds": rounds,
         "machine": machine(), "versions": versions(binary), "settings": settings,

@@ -77,11 +77,13 @@ def strace_counts(t: topo.Topology, peer, conns: int,
     return conns, strace_summary(out)
 
 
-def connrate_load(t: topo.Topology, host: str, port: int, seconds: float) -> int:
+def connrate_load(t: topo.Topology, host: str, port: int, seconds: float,
+                  keepalive: bool = False) -> int:
     """The conn/s workload (one request per connection) from the client Pod
-    for `seconds`; returns the connections completed."""
+    for `seconds`, or the keep-alive one; returns the requests completed."""
+    close = [] if keepalive else ["-H", "Connection: close"]
     res = topo.run(topo.pinned(topo.LOAD_CPU, [
-        "wrk", "-t1", "-c32", f"-d{seconds:g}s", "-H", "Connection: close", "-s", str(LUA),
+        "wrk", "-t1", "-c32", f"-d{seconds:g}s", *close, "-s", str(LUA),
         f"http://{host}:{port}/"]), ns=t.client, timeout=seconds + 30)
     m = re.search(r'"requests":(\d+)', res.stdout.decode())
     return int(m.group(1)) if m else 0
@@ -99,16 +101,17 @@ def perf_stat(t: topo.Topology, peer, seconds: float) -> str:
 
 
 def perf_record(t: topo.Topology, peer, seconds: float, cpu_no: int, top: int = 45,
-                callers: int = 4) -> str:
+                callers: int = 4, keepalive: bool = False) -> str:
     """Where the proxy core's time goes under the conn/s load: `perf record`
     of that core (kernel and user, every process on it), as the hottest
     symbols with their share of samples and the connections completed."""
     host, port = peer.target(WEB)
     data = t.workdir / f"perf-{peer.name}-cpu{cpu_no}.data"
-    perf = subprocess.Popen(["perf", "record", "-q", "-C", str(cpu_no), "-F", "4999", "-g",
+    cpus = ["-a"] if cpu_no < 0 else ["-C", str(cpu_no)]
+    perf = subprocess.Popen(["perf", "record", "-q", *cpus, "-F", "4999", "-g",
                              "-o", str(data), "--", "sleep", f"{seconds + 1:g}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    conns = connrate_load(t, host, port, seconds)
+    conns = connrate_load(t, host, port, seconds, keepalive)
     perf.wait(timeout=seconds + 30)
     def report(*extra: str) -> str:
         return subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
@@ -117,7 +120,8 @@ def perf_record(t: topo.Topology, peer, seconds: float, cpu_no: int, top: int = 
 
     flat = [line for line in report("--sort", "sym", "-g", "none").splitlines()
             if re.match(r"\s+\d+\.\d+%", line)]
-    out = [f"{peer.name}: {conns} connections in {seconds:g} s", *flat[:top]]
+    what = "keep-alive requests" if keepalive else "connections"
+    out = [f"{peer.name}: {conns} {what} in {seconds:g} s", *flat[:top]]
     # Where the hottest kernel symbols are called from: locks and wakeups
     # say nothing by themselves.
     for line in flat[:callers]:
@@ -203,7 +207,9 @@ def main(argv: list[str]) -> int:
                          "and print the hottest symbols (no strace)")
     ap.add_argument("--record-cpu", type=int, default=topo.PROXY_CPU,
                     help="the core --record samples (default: the proxy's; the load "
-                         "core shows what a peer costs the client and backends)")
+                         "core shows what a peer costs the client and backends; -1: both)")
+    ap.add_argument("--keepalive", action="store_true",
+                    help="--record under the keep-alive load instead of conn/s")
     ap.add_argument("--nstat", type=float, default=0,
                     help="kernel TCP/IP counters per connection over this many seconds of "
                          "conn/s load (no strace)")
@@ -230,7 +236,8 @@ def main(argv: list[str]) -> int:
                     print(kernel_counters(t, peer, args.nstat))
                     continue
                 if args.record:
-                    print(perf_record(t, peer, args.record, args.record_cpu))
+                    print(perf_record(t, peer, args.record, args.record_cpu,
+                                      keepalive=args.keepalive))
                     continue
                 runs = [("all threads", None)]
                 if worker_tids(peer):

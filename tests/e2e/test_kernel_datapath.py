@@ -8,6 +8,7 @@ broken established connection."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -277,6 +278,57 @@ def test_hot_swap_under_load_fails_no_request(bare_cluster, tmp_path):
             c.proxy.wait_log(r"policy module loaded", since=mark)
             wait_until(lambda: load.ok >= before + 20, f"load after swap {i}")
     assert load.failed == 0, load.errors[:3]
+    wait_datapath(c, "kernel")
+
+
+def pinned_modules(tmp_path) -> dict[str, Path]:
+    """bench/sybench/pinned.wat's two variants: every new flow to the first
+    endpoint of the set, or to the last."""
+    template = (pol.REPO / "bench" / "sybench" / "pinned.wat").read_text()
+    out = {}
+    for name, expr in (("first", "(i32.const 0)"),
+                       ("last", "(i32.sub (global.get $count) (i32.const 1))")):
+        wat = tmp_path / f"pinned-{name}.wat"
+        wat.write_text(template.replace("PICK", expr))
+        out[name] = tmp_path / f"pinned-{name}.wasm"
+        proc = subprocess.run(["wat2wasm", str(wat), "-o", str(out[name])],
+                              capture_output=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    return out
+
+
+def test_fifty_table_swaps_under_load_fail_no_connection(bare_cluster, tmp_path):
+    """The module file replaced 50 times, alternating two tables that pin
+    different endpoints: each time new flows follow the new table, and no
+    connection of the load fails (bench/run --swaps measures how soon)."""
+    c = bare_cluster
+    modules = pinned_modules(tmp_path)
+    directory = tmp_path / "policies"
+    pol.install(modules["first"], directory, "pinned")
+    start(c, tmp_path, [kernel_service(policy="pinned")], modules=())
+    wait_datapath(c, "kernel")
+    url = f"http://{VIP4}/"
+
+    def settled_on(exclude: str | None) -> str:
+        pods: list[str] = []
+
+        def one_pod() -> bool:
+            pods[:] = c.get_many(url, 5)[0]
+            return len(pods) == 5 and len(set(pods)) == 1 and pods[0] != exclude
+        wait_until(one_pod, "five new flows in a row on one endpoint", timeout=10)
+        return pods[0]
+
+    pinned = {"first": settled_on(None)}
+    pol.install(modules["last"], directory, "pinned")
+    pinned["last"] = settled_on(pinned["first"])
+    with Load(c, url) as load:
+        for i in range(50):
+            name = "first" if i % 2 == 0 else "last"
+            pol.install(modules[name], directory, "pinned")
+            wait_until(lambda: c.get_many(url, 1)[0] == [pinned[name]],
+                       f"swap {i}: new flows on {pinned[name]}", timeout=10)
+    assert load.failed == 0, load.errors[:3]
+    assert load.ok > 0
     wait_datapath(c, "kernel")
 
 

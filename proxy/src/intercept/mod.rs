@@ -190,7 +190,10 @@ impl Interceptor {
                 .with_node_addresses(&self.cfg.node_port_addresses, table)
                 .without_kernel(&self.kernel_plan)
         };
-        let kernel_want = kernel::elements(&self.kernel_plan);
+        let mut kernel_want = kernel::elements(&self.kernel_plan);
+        kernel_want
+            .elements
+            .extend(kernel::gate::elements(&self.kernel_plan));
         // The kernel datapath's maps and the source-range sets depend on
         // more than a frontend's route, so a sync that has them diffs the
         // sets whole (in process: still one netlink batch with the

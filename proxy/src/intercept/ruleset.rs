@@ -34,20 +34,27 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     lines.extend(super::source_ranges::set_definitions());
     // A NodePort is a local destination, restricted to the configured
     // addresses (kube-proxy's --nodeport-addresses) when there are any.
+    // nft evaluates a rule's expressions left to right and stops at the
+    // first that fails: the family, then the port lookup, and only a
+    // packet to a NodePort pays the `fib` route lookup.
     let restricted = !cfg.node_port_addresses.is_empty();
-    let node_dst = |fam: &str| {
-        let set = if fam == "ip" {
-            "nodeaddr4"
+    let node_port = |fam: &str, set: &str| {
+        let local = if restricted {
+            let addrs = if fam == "ip" {
+                "nodeaddr4"
+            } else {
+                "nodeaddr6"
+            };
+            format!("fib daddr type local {fam} daddr @{addrs}")
         } else {
-            "nodeaddr6"
+            "fib daddr type local".to_string()
         };
-        if restricted {
-            format!("fib daddr type local {fam} daddr @{set}")
-        } else {
-            format!("meta nfproto {} fib daddr type local", nfproto(fam))
-        }
+        format!(
+            "meta nfproto {} meta l4proto . th dport {set} {local}",
+            nfproto(fam)
+        )
     };
-    lines.extend(super::kernel::rules::render(cfg, &node_dst));
+    lines.extend(super::kernel::rules::render(cfg, &node_port));
     // A connection to a Service port without endpoints is refused. Where
     // conntrack runs (output) that is a new connection; prerouting runs
     // before conntrack, where it is any packet that no socket of ours took.
@@ -58,8 +65,8 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
         ];
         for fam in ["ip", "ip6"] {
             rules.push(format!(
-                "{ct_new}{} meta l4proto . th dport @nodeport_noep goto reject_no_endpoints",
-                node_dst(fam)
+                "{ct_new}{} goto reject_no_endpoints",
+                node_port(fam, "@nodeport_noep")
             ));
         }
         rules
@@ -84,44 +91,22 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     // socket, so there is nothing to translate, and tracking it cost about
     // a twentieth of the CPU per connection on each core. Our replies and
     // upstream packets carry the bypass mark and skip tracking in output.
+    //
+    // Every packet that crosses the node meets this chain, a kernel-path
+    // flow's too (both directions), and nft's cost is per rule evaluated:
+    // one dispatch by family and protocol, then only that pair's rules
+    // (`prerouting_chains`), in the order above.
     lines.push("  chain prerouting {".into());
     lines.push("    type filter hook prerouting priority raw; policy accept;".into());
-    lines.extend(super::source_ranges::prerouting_rules());
-    lines.push(format!(
-        "    tcp flags & (syn | ack) != syn socket transparent 1 {divert} notrack accept"
-    ));
-    lines.push(format!(
-        "    meta l4proto != tcp socket transparent 1 {divert} notrack accept"
-    ));
-    // A frontend that left the kernel datapath: its established flows
-    // (DNATed, in conntrack) go on past the proxy; only new ones divert.
-    for (fam, f) in [("ip", 4), ("ip6", 6)] {
-        lines.push(format!(
-            "    tcp flags & (syn | ack) != syn {fam} daddr . meta l4proto . th dport @kdrain{f} accept"
-        ));
-        lines.push(format!(
-            "    tcp flags & (syn | ack) != syn {} meta l4proto . th dport @kdrainnp accept",
-            node_dst(fam)
-        ));
-    }
-    lines.extend(reject("").iter().map(|r| format!("    {r}")));
-    for proto in ["tcp", "udp"] {
-        for (fam, set) in [("ip", "vip4"), ("ip6", "vip6")] {
-            lines.push(format!(
-                "    meta l4proto {proto} {fam} daddr . meta l4proto . th dport @{set} {divert} notrack tproxy {fam} to :{listen_port} accept"
-            ));
-        }
-        for fam in ["ip", "ip6"] {
-            lines.push(format!(
-                "    meta l4proto {proto} {} meta l4proto . th dport @nodeport {divert} notrack tproxy {fam} to :{listen_port} accept",
-                node_dst(fam)
-            ));
-        }
-    }
-    // A SYN for a socket of ours to an address that is no frontend (any
-    // more): deliver it rather than let it be routed out.
+    lines.push(
+        "    meta nfproto . meta l4proto vmap { ipv4 . tcp : jump pre4_tcp, ipv4 . udp : jump pre4_udp, ipv6 . tcp : jump pre6_tcp, ipv6 . udp : jump pre6_udp }"
+            .into(),
+    );
+    // Other protocols: an ICMP error about a flow of one of our sockets
+    // (the socket match reads the embedded header).
     lines.push(format!("    socket transparent 1 {divert} notrack accept"));
     lines.push("  }".into());
+    lines.extend(prerouting_chains(&divert, listen_port, &node_port));
     lines.push("  chain output_raw {".into());
     lines.push("    type filter hook output priority raw; policy accept;".into());
     lines.push(format!("    meta mark & {bypass} != 0 notrack"));
@@ -149,8 +134,8 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     ));
     for fam in ["ip", "ip6"] {
         lines.push(format!(
-            "    {} meta l4proto . th dport @nodeport {divert} {ct_divert}",
-            node_dst(fam)
+            "    {} {divert} {ct_divert}",
+            node_port(fam, "@nodeport")
         ));
     }
     lines.push("  }".into());
@@ -163,6 +148,88 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     out.push('\n');
     out.push_str(&elements.diff_commands(&Elements::default(), t));
     out
+}
+
+/// The per family and protocol chains of prerouting (see `render`).
+fn prerouting_chains(
+    divert: &str,
+    listen_port: u16,
+    node_port: &dyn Fn(&str, &str) -> String,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (fam, f) in [("ip", 4), ("ip6", 6)] {
+        let lbsr: Vec<String> = super::source_ranges::prerouting_rules()
+            .into_iter()
+            .filter(|r| r.trim_start().starts_with(&format!("{fam} ")))
+            .collect();
+        // A packet to a frontend that no socket of ours took: refused
+        // without endpoints, else diverted (a TCP packet other than a SYN
+        // then meets the listener, which resets it).
+        for proto in ["tcp", "udp"] {
+            lines.push(format!("  chain pre{f}_front_{proto} {{"));
+            lines.push(format!(
+                "    {fam} daddr . meta l4proto . th dport @noep{f} goto reject_no_endpoints"
+            ));
+            lines.push(format!(
+                "    {} goto reject_no_endpoints",
+                node_port(fam, "@nodeport_noep")
+            ));
+            lines.push(format!(
+                "    meta l4proto {proto} {fam} daddr . meta l4proto . th dport @vip{f} {divert} notrack tproxy {fam} to :{listen_port} accept"
+            ));
+            lines.push(format!(
+                "    meta l4proto {proto} {} {divert} notrack tproxy {fam} to :{listen_port} accept",
+                node_port(fam, "@nodeport")
+            ));
+            lines.push("  }".into());
+        }
+        // A kernel-path flow that no socket of ours took (the socket rule
+        // still catches a proxied connection from before its frontend moved
+        // to the kernel path) leaves for conntrack and the NAT chains: to a
+        // kernel frontend, or a reply from a kernel endpoint (TCP only: a
+        // UDP endpoint may send from its service port to a proxied
+        // frontend, a DNS forwarder does).
+        let kvip = format!("    {fam} daddr . meta l4proto . th dport @kvip{f} accept");
+        let knode = format!("    {} accept", node_port(fam, &format!("@knode{f}")));
+        // TCP: a SYN skips the socket rule (TIME_WAIT, see above).
+        lines.push(format!("  chain pre{f}_tcp {{"));
+        lines.extend(lbsr.iter().cloned());
+        lines.push(format!(
+            "    tcp flags & (syn | ack) == syn goto pre{f}_syn"
+        ));
+        lines.push(format!("    socket transparent 1 {divert} notrack accept"));
+        lines.push(kvip.clone());
+        lines.push(format!(
+            "    {fam} saddr . meta l4proto . th sport @kep{f} accept"
+        ));
+        lines.push(knode.clone());
+        // A frontend that left the kernel datapath: its established flows
+        // (DNATed, in conntrack) go on past the proxy; only new ones divert.
+        lines.push(format!(
+            "    {fam} daddr . meta l4proto . th dport @kdrain{f} accept"
+        ));
+        lines.push(format!("    {} accept", node_port(fam, "@kdrainnp")));
+        lines.push(format!("    goto pre{f}_front_tcp"));
+        lines.push("  }".into());
+        // A SYN to a kernel frontend is a new kernel-path flow (DNAT), even
+        // if a proxied connection of the same addresses left a TIME_WAIT. A
+        // SYN for a socket of ours to an address that is no frontend (any
+        // more): deliver it rather than let it be routed out.
+        lines.push(format!("  chain pre{f}_syn {{"));
+        lines.push(kvip.clone());
+        lines.push(knode.clone());
+        lines.push(format!("    jump pre{f}_front_tcp"));
+        lines.push(format!("    socket transparent 1 {divert} notrack accept"));
+        lines.push("  }".into());
+        lines.push(format!("  chain pre{f}_udp {{"));
+        lines.extend(lbsr.iter().cloned());
+        lines.push(format!("    socket transparent 1 {divert} notrack accept"));
+        lines.push(kvip);
+        lines.push(knode);
+        lines.push(format!("    goto pre{f}_front_udp"));
+        lines.push("  }".into());
+    }
+    lines
 }
 
 fn nfproto(fam: &str) -> &'static str {
@@ -186,19 +253,103 @@ mod tests {
         assert!(text.contains("tproxy ip to :15001"));
         assert!(text.contains("tproxy ip6 to :15001"));
         assert!(text.ends_with("add element inet switchyard vip4 { 10.96.0.10 . tcp . 80 }\n"));
-        assert!(
-            text.contains(
-                "meta nfproto ipv4 fib daddr type local meta l4proto . th dport @nodeport"
-            )
-        );
+        assert!(text.contains(
+            "meta nfproto ipv4 meta l4proto . th dport @nodeport fib daddr type local meta mark"
+        ));
         assert!(!text.contains("@nodeaddr4 "));
         // TPROXY sees a frontend's SYNs before any socket rule does.
-        let tproxy = text.find("tproxy ip to").expect("tproxy rule");
-        let syn_socket = text
-            .find("\n    socket transparent 1")
-            .expect("socket rule");
-        assert!(tproxy < syn_socket);
-        assert!(text.contains("tcp flags & (syn | ack) != syn socket transparent 1"));
+        assert_eq!(
+            chain(&text, "pre4_syn"),
+            [
+                "ip daddr . meta l4proto . th dport @kvip4 accept",
+                "meta nfproto ipv4 meta l4proto . th dport @knode4 fib daddr type local accept",
+                "jump pre4_front_tcp",
+                "socket transparent 1 meta mark set meta mark | 0x200000 notrack accept"
+            ]
+        );
+        assert!(chain(&text, "pre6_front_tcp").iter().any(|r| r.ends_with(
+            "@vip6 meta mark set meta mark | 0x200000 notrack tproxy ip6 to :15001 accept"
+        )));
+    }
+
+    /// The rules of one chain, trimmed.
+    fn chain<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        let start = text
+            .find(&format!("  chain {name} {{\n"))
+            .unwrap_or_else(|| panic!("chain {name}"));
+        text[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| *l != "  }")
+            .map(str::trim)
+            .collect()
+    }
+
+    /// A packet that is none of ours (a kernel-path flow, unrelated
+    /// traffic) meets one dispatch and its family and protocol's rules: one
+    /// socket lookup, and a route lookup only if its port is a NodePort.
+    #[test]
+    fn packets_not_ours_meet_their_own_rules_and_one_socket_lookup() {
+        for cfg in [
+            InterceptConfig::default(),
+            InterceptConfig {
+                node_port_addresses: vec![crate::config::NodePortAddress::Primary],
+                ..InterceptConfig::default()
+            },
+        ] {
+            let text = render(&cfg, 15001, &Elements::default());
+            let base = chain(&text, "prerouting");
+            assert_eq!(base.len(), 3, "{base:?}");
+            assert!(base[1].starts_with("meta nfproto . meta l4proto vmap {"));
+            for (f, fam) in [(4, "ip"), (6, "ip6")] {
+                let tcp = chain(&text, &format!("pre{f}_tcp"));
+                let shape: Vec<&str> = tcp
+                    .iter()
+                    .map(|r| {
+                        r.split(" @")
+                            .next()
+                            .unwrap_or_default()
+                            .split(" meta mark")
+                            .next()
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let np = format!("meta nfproto {} meta l4proto . th dport", nfproto(fam));
+                assert_eq!(
+                    shape,
+                    [
+                        format!("{fam} daddr . meta l4proto . th dport").as_str(),
+                        &format!("tcp flags & (syn | ack) == syn goto pre{f}_syn"),
+                        "socket transparent 1",
+                        // Kernel-path flows leave here: to a frontend, from
+                        // an endpoint, to a NodePort.
+                        &format!("{fam} daddr . meta l4proto . th dport"),
+                        &format!("{fam} saddr . meta l4proto . th sport"),
+                        &np,
+                        // The proxy's drains, then its frontends.
+                        &format!("{fam} daddr . meta l4proto . th dport"),
+                        &np,
+                        &format!("goto pre{f}_front_tcp"),
+                    ]
+                );
+                assert!(tcp[3].ends_with(&format!("@kvip{f} accept")));
+                assert!(tcp[4].ends_with(&format!("@kep{f} accept")));
+                assert!(tcp[5].contains(&format!("@knode{f} fib daddr type local")));
+                let udp = chain(&text, &format!("pre{f}_udp"));
+                assert!(udp[1].starts_with("socket transparent 1"));
+                assert!(udp[2].ends_with(&format!("@kvip{f} accept")));
+                assert!(!udp.iter().any(|r| r.contains("@kep")));
+                assert_eq!(udp[4], format!("goto pre{f}_front_udp"));
+            }
+            let sockets = text.matches("socket transparent 1").count();
+            // Base chain (other protocols) + per family: tcp, syn, udp.
+            assert_eq!(sockets, 7);
+            for line in text.lines().filter(|l| l.contains("fib daddr")) {
+                let fib = line.find("fib daddr").expect("fib");
+                let lookup = line.find(" @").expect("a set lookup on a fib rule");
+                assert!(lookup < fib, "fib before the set lookup: {line}");
+            }
+        }
     }
 
     #[test]
@@ -209,10 +360,10 @@ mod tests {
         };
         let text = render(&cfg, 15001, &Elements::default());
         assert!(text.contains(
-            "fib daddr type local ip daddr @nodeaddr4 meta l4proto . th dport @nodeport "
+            "meta l4proto . th dport @nodeport fib daddr type local ip daddr @nodeaddr4 "
         ));
         assert!(text.contains(
-            "fib daddr type local ip6 daddr @nodeaddr6 meta l4proto . th dport @nodeport_noep goto"
+            "meta nfproto ipv6 meta l4proto . th dport @nodeport_noep fib daddr type local ip6 daddr @nodeaddr6 goto"
         ));
         assert!(!text.contains("meta nfproto ipv4 fib daddr type local"));
     }

@@ -5,6 +5,7 @@
 
 pub mod conntrack;
 pub mod elements;
+pub mod gate;
 pub mod plan;
 pub mod rules;
 pub mod wire;

@@ -56,8 +56,9 @@ fn slot_expr(key: SlotKey, fam: &str, slots: usize) -> String {
 }
 
 /// The maps, sets and chains, as lines inside `table inet <t> { ... }`.
-/// `node_dst(fam)` is the ruleset's NodePort destination match.
-pub fn render(cfg: &InterceptConfig, node_dst: &dyn Fn(&str) -> String) -> Vec<String> {
+/// `node_port(fam, "@set")` is the ruleset's NodePort match: family, port
+/// lookup in the set (or map), local destination.
+pub fn render(cfg: &InterceptConfig, node_port: &dyn Fn(&str, &str) -> String) -> Vec<String> {
     let mut lines = Vec::new();
     for (v6, fam, addr) in [(false, "ip", "ipv4_addr"), (true, "ip6", "ipv6_addr")] {
         let f = if v6 { 6 } else { 4 };
@@ -108,6 +109,7 @@ pub fn render(cfg: &InterceptConfig, node_dst: &dyn Fn(&str) -> String) -> Vec<S
             }
         }
     }
+    lines.extend(super::gate::set_definitions());
     // New flows only: the NAT hooks see the first packet of a connection.
     let masq = format!("meta mark set meta mark | 0x{MASQUERADE_MARK:x}");
     lines.push("  chain kernel_dnat {".into());
@@ -118,13 +120,15 @@ pub fn render(cfg: &InterceptConfig, node_dst: &dyn Fn(&str) -> String) -> Vec<S
         lines.push(format!(
             "    {fam} daddr . meta l4proto . th dport vmap @kfront{f}"
         ));
+        // The map doubles as a set: only a new flow to a NodePort pays
+        // the `fib` lookup.
         lines.push(format!(
-            "    {} meta l4proto . th dport @knpmasq{f} {masq}",
-            node_dst(fam)
+            "    {} {masq}",
+            node_port(fam, &format!("@knpmasq{f}"))
         ));
         lines.push(format!(
             "    {} meta l4proto . th dport vmap @knp{f}",
-            node_dst(fam)
+            node_port(fam, &format!("@knp{f}"))
         ));
     }
     lines.push("  }".into());
@@ -148,8 +152,8 @@ mod tests {
 
     #[test]
     fn chains_cover_every_key_and_slot_count_in_both_families() {
-        let text = render(&InterceptConfig::default(), &|fam| {
-            format!("fib daddr type local meta nfproto {fam}")
+        let text = render(&InterceptConfig::default(), &|fam, set| {
+            format!("meta nfproto {fam} meta l4proto . th dport {set} fib daddr type local")
         })
         .join("\n");
         for key in KEYS {
@@ -170,6 +174,9 @@ mod tests {
             "dnat ip6 to meta l4proto . th dport . jhash ip6 saddr mod 4099 map @knpslot6"
         ));
         assert!(text.contains("type nat hook prerouting priority dstnat"));
+        assert!(text.contains(
+            "meta nfproto ip meta l4proto . th dport @knp4 fib daddr type local meta l4proto . th dport vmap @knp4"
+        ));
         assert!(text.contains("ct status dnat ip saddr . ip daddr @khairpin4 masquerade"));
     }
 }

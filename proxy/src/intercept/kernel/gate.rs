@@ -1,0 +1,139 @@
+//! The raw prerouting chain's early exit for kernel-path flows: plain sets
+//! of the kernel frontends (`kvip4/6`: `daddr . l4proto . dport`; `knode4/6`:
+//! NodePorts, `l4proto . dport`) and of their endpoints (`kep4/6`:
+//! `saddr . l4proto . sport` of the replies). A packet that no socket of
+//! ours took and that belongs to one leaves the chain there, instead of
+//! walking the proxy's drain, reject and TPROXY rules (see `ruleset.rs`).
+//! The verdict maps `kfront`/`knp` cannot serve: the kernel refuses a
+//! lookup from a filter chain in a map whose elements jump to DNAT chains.
+//!
+//! A pure function of the plan, as `elements.rs` is: its elements join the
+//! kernel datapath's in the same diff and the same atomic batch.
+
+use std::collections::BTreeSet;
+
+use super::elements::{Element, KernelPlan};
+
+/// The gate sets' elements for `plan` (frontends whose table does not fit
+/// the rules stay on the proxy and are left out, as in `elements.rs`).
+pub fn elements(plan: &KernelPlan) -> BTreeSet<Element> {
+    let mut out = BTreeSet::new();
+    let mut endpoints = |k: &super::KernelPort, proto: crate::catalog::Protocol| {
+        for ep in k.endpoints.iter() {
+            out.insert(Element {
+                set: format!("kep{}", if ep.is_ipv6() { 6 } else { 4 }),
+                key: format!("{} . {} . {}", ep.ip(), proto.nft_name(), ep.port()),
+                data: None,
+            });
+        }
+    };
+    let mut fronts = BTreeSet::new();
+    for (&(ip, proto, port), k) in &plan.vips {
+        if !k.fits() {
+            continue;
+        }
+        endpoints(k, proto);
+        fronts.insert(Element {
+            set: format!("kvip{}", if ip.is_ipv6() { 6 } else { 4 }),
+            key: format!("{ip} . {} . {port}", proto.nft_name()),
+            data: None,
+        });
+    }
+    for (&(v6, proto, port), k) in &plan.node_ports {
+        if !k.fits() {
+            continue;
+        }
+        endpoints(k, proto);
+        fronts.insert(Element {
+            set: format!("knode{}", if v6 { 6 } else { 4 }),
+            key: format!("{} . {port}", proto.nft_name()),
+            data: None,
+        });
+    }
+    out.extend(fronts);
+    out
+}
+
+/// The set definitions, in `rules.rs`'s layout.
+pub fn set_definitions() -> Vec<String> {
+    let mut out = Vec::new();
+    for (f, addr) in [(4, "ipv4_addr"), (6, "ipv6_addr")] {
+        for set in ["kvip", "kep"] {
+            out.push(format!(
+                "  set {set}{f} {{\n    type {addr} . inet_proto . inet_service\n  }}"
+            ));
+        }
+        out.push(format!(
+            "  set knode{f} {{\n    type inet_proto . inet_service\n  }}"
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Protocol;
+    use crate::policy::{SlotKey, SlotTable};
+    use std::sync::Arc;
+
+    fn port(endpoints: &[&str], slots: usize) -> super::super::KernelPort {
+        let endpoints: Vec<std::net::SocketAddr> = endpoints
+            .iter()
+            .map(|e| e.parse().expect("test endpoint"))
+            .collect();
+        let n = endpoints.len() as u32;
+        super::super::KernelPort {
+            table: Arc::new(SlotTable {
+                key: SlotKey::Sequence,
+                slots: (0..slots as u32).map(|s| s % n).collect(),
+            }),
+            endpoints: endpoints.into(),
+            masquerade: false,
+        }
+    }
+
+    fn keys(elements: &BTreeSet<Element>, set: &str) -> Vec<String> {
+        elements
+            .iter()
+            .filter(|e| e.set == set)
+            .map(|e| e.key.clone())
+            .collect()
+    }
+
+    #[test]
+    fn frontends_node_ports_and_endpoints_of_fitting_ports() {
+        let mut plan = KernelPlan::default();
+        plan.vips.insert(
+            ("10.96.0.10".parse().expect("ip"), Protocol::Tcp, 80),
+            port(&["10.244.1.2:8080", "10.244.1.3:8080"], 67),
+        );
+        plan.vips.insert(
+            ("fd00::10".parse().expect("ip"), Protocol::Udp, 53),
+            port(&["[fd00:244::2]:5353"], 67),
+        );
+        plan.node_ports.insert(
+            (false, Protocol::Tcp, 30080),
+            port(&["10.244.1.4:8080"], 67),
+        );
+        // A slot count without chains stays on the proxy: no gate either.
+        plan.vips.insert(
+            ("10.96.0.11".parse().expect("ip"), Protocol::Tcp, 80),
+            port(&["10.244.1.9:8080"], 5),
+        );
+        let got = elements(&plan);
+        assert_eq!(keys(&got, "kvip4"), ["10.96.0.10 . tcp . 80"]);
+        assert_eq!(keys(&got, "kvip6"), ["fd00::10 . udp . 53"]);
+        assert_eq!(keys(&got, "knode4"), ["tcp . 30080"]);
+        assert_eq!(
+            keys(&got, "kep4"),
+            [
+                "10.244.1.2 . tcp . 8080",
+                "10.244.1.3 . tcp . 8080",
+                "10.244.1.4 . tcp . 8080"
+            ]
+        );
+        assert_eq!(keys(&got, "kep6"), ["fd00:244::2 . udp . 5353"]);
+        assert!(got.iter().all(|e| e.data.is_none()));
+    }
+}
