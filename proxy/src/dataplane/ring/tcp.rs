@@ -1,0 +1,253 @@
+//! TCP on the ring engine: a multishot accept per listener, the upstream
+//! connect with a linked timeout, and the copy loop of the tokio-uring
+//! back end (same buffers, same close order) on ring receives and sends;
+//! the closes go on the ring too, where they join the turn's one
+//! `io_uring_enter`.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::super::admission;
+use super::super::session::{self, Stop};
+use super::super::sockets;
+use super::super::worker::{SelfTimed, Worker};
+use super::ops::{self, Owned, Ring};
+use super::runtime::Runtime;
+
+pub async fn serve(
+    rt: Rc<Runtime>,
+    worker: Rc<Worker>,
+    listener: std::net::TcpListener,
+    mut stop: Stop,
+) {
+    // Accepted sockets inherit TCP_NODELAY from their listener: one
+    // setsockopt per worker instead of one per connection.
+    if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY on the listener");
+    }
+    let fd = listener.as_raw_fd();
+    loop {
+        let mut accepts = rt.ring.accept_multishot(fd);
+        let backoff = loop {
+            let next = tokio::select! {
+                biased;
+                () = session::stopped(&mut stop) => return,
+                next = accepts.next() => next,
+            };
+            // The multishot accept ended (the kernel ends it on an error):
+            // arm a new one.
+            let Some(res) = next else { break false };
+            match ops::result(res) {
+                Ok(n) => {
+                    let Ok(fd) = RawFd::try_from(n) else { continue };
+                    // SAFETY: a descriptor the accept just created, owned
+                    // by nothing else.
+                    let client = unsafe { TcpStream::from_raw_fd(fd) };
+                    if let Some(slot) = admission::admit(&worker, &client) {
+                        rt.spawn(handle(rt.ring.clone(), worker.clone(), client, slot));
+                    }
+                }
+                Err(e) => {
+                    admission::accept_error(&worker, &e);
+                    if session::count_accept_failure(&worker, &e) {
+                        break true;
+                    }
+                }
+            }
+        };
+        drop(accepts);
+        if backoff {
+            let _ = rt.ring.sleep(session::ACCEPT_BACKOFF).await;
+        }
+    }
+}
+
+async fn handle(ring: Rc<Ring>, worker: Rc<Worker>, client: TcpStream, _slot: admission::Slot) {
+    // A multishot accept cannot return each peer's address.
+    let Ok(peer) = client.peer_addr() else {
+        return;
+    };
+    let Some(accepted) = session::accept(&worker, &client, peer) else {
+        return;
+    };
+    if accepted.target.route.port.l7.is_some() {
+        hand_over(&worker, &client, accepted);
+        return;
+    }
+    let timeout = worker.cfg.connect_timeout.0;
+    let connecting = ring.clone();
+    let up = session::connect_upstream_within(
+        &worker,
+        &accepted,
+        SelfTimed,
+        move |addr, mark, from, header| {
+            connect(connecting.clone(), addr, mark, from, header, timeout)
+        },
+    )
+    .await;
+    let Some(up) = up else {
+        sockets::reset_on_close(&client);
+        return;
+    };
+    let upstream = up.stream;
+    let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
+    let guard = session::Active::new(&worker, &accepted, up.endpoint, up.decision, fds);
+    let (to_backend, to_client) = tokio::join!(
+        pump(&ring, &worker, &client, &upstream, false),
+        pump(&ring, &worker, &upstream, &client, true)
+    );
+    guard.finish(to_backend, to_client);
+    // Unregistered (the guard) before the descriptors go.
+    ring.close(OwnedFd::from(client));
+    ring.close(OwnedFd::from(upstream));
+}
+
+/// L7 connections are served by the worker's companion epoll thread.
+fn hand_over(worker: &Worker, client: &TcpStream, accepted: session::Accepted) {
+    let Some(handoff) = &worker.l7_handoff else {
+        tracing::warn!(worker = worker.id, "no L7 companion; connection closed");
+        return;
+    };
+    match crate::l7::adopt_std(client) {
+        Ok(stream) => {
+            if !handoff.send(stream, accepted) {
+                tracing::warn!(
+                    worker = worker.id,
+                    "L7 companion thread is gone; connection closed"
+                );
+            }
+        }
+        // dup() fails for every connection once descriptors run out.
+        Err(e) => crate::logging::rate_limited_warn("l7-handoff", || {
+            tracing::warn!(error = %e, "cannot hand an L7 connection over");
+        }),
+    }
+}
+
+/// Connects a socket made by `sockets::upstream_tcp` (mark, transparent
+/// source) on the ring, within `timeout` (a linked timeout: its expiry
+/// cancels the connect).
+async fn connect(
+    ring: Rc<Ring>,
+    addr: SocketAddr,
+    mark: u32,
+    from: Option<SocketAddr>,
+    header: Option<Vec<u8>>,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let socket = sockets::upstream_tcp(addr, mark, from)?;
+    let (res, _) = ring.connect(socket.as_raw_fd(), addr, timeout).await;
+    if res == -libc::ECANCELED {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    ops::result(res)?;
+    let stream = TcpStream::from(OwnedFd::from(socket));
+    if let Some(header) = header {
+        let mut start = 0;
+        let mut buf = header;
+        while start < buf.len() {
+            let end = buf.len();
+            let (res, owned) = ring.send(stream.as_raw_fd(), buf, start, end).await;
+            buf = into_buf(owned);
+            match ops::result(res)? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => start += n,
+            }
+        }
+    }
+    Ok(stream)
+}
+
+fn into_buf(owned: Owned) -> Vec<u8> {
+    match owned {
+        Owned::Buf(buf) => buf,
+        _ => Vec::new(),
+    }
+}
+
+/// Copies `from` → `to` until EOF, then half-closes `to`: the tokio-uring
+/// back end's loop (`tcp_uring::pump`, where the close order is explained)
+/// on ring ops.
+async fn pump(
+    ring: &Rc<Ring>,
+    worker: &Worker,
+    from: &TcpStream,
+    to: &TcpStream,
+    close_early: bool,
+) -> u64 {
+    // A ring receive holds its buffer until data comes: start small.
+    let mut buf = worker.pool.take_small();
+    let mut total = 0u64;
+    let failed = loop {
+        let (res, owned) = ring.recv(from.as_raw_fd(), buf).await;
+        buf = into_buf(owned);
+        let mut n = match ops::result(res) {
+            Ok(0) => break false,
+            Ok(n) => n,
+            Err(_) => break true,
+        };
+        let mut then = After::More;
+        let mut start = 0;
+        if close_early && n < buf.len() {
+            match sockets::try_recv(from, &mut buf[n..]) {
+                Ok(0) => then = After::Fin,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => then = After::Reset,
+            }
+            match sockets::try_send(to, &buf[..n]) {
+                Ok(k) => start = k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => break true,
+            }
+        }
+        let mut written = true;
+        while start < n {
+            let (res, owned) = ring.send(to.as_raw_fd(), buf, start, n).await;
+            buf = into_buf(owned);
+            match ops::result(res) {
+                Ok(k) if k > 0 => start += k,
+                _ => {
+                    written = false;
+                    break;
+                }
+            }
+        }
+        buf = worker.pool.next(buf, n);
+        if !written {
+            break true;
+        }
+        total += n as u64;
+        match then {
+            After::More => {}
+            After::Fin => break false,
+            After::Reset => break true,
+        }
+    };
+    worker.pool.give(buf);
+    if failed {
+        // One side reset: pass the reset on and end the other direction.
+        sockets::reset_on_close(to);
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+    } else {
+        // A plain syscall, not IORING_OP_SHUTDOWN: the kernel always runs
+        // that one on an io-wq thread (a thread hop per direction), where
+        // it ran after the ring close queued behind it and shut down the
+        // next connection that got the same descriptor number.
+        let _ = to.shutdown(Shutdown::Write);
+    }
+    total
+}
+
+/// What a direction does once the data in hand is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    More,
+    Fin,
+    Reset,
+}
