@@ -84,6 +84,8 @@ def make_peers(binary: Path, policies: Path) -> list[Peer]:
     return [
         Switchyard(binary, "uring"),
         Switchyard(binary, "epoll"),
+        Switchyard(binary, "uring", engine="tokio-uring",
+                   workloads=("idlecpu", "connrate", "keepalive")),
         Switchyard(binary, "uring", policy="round-robin", policies_dir=policies,
                    workloads=("idlecpu", "connrate", "keepalive")),
         Switchyard(binary, "uring", transparent=False,

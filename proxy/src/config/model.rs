@@ -59,11 +59,12 @@ pub enum IoMode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum UringEngine {
-    /// tokio-uring 0.5 (the connect goes through epoll underneath).
-    #[default]
+    /// tokio-uring 0.5 (the connect goes through epoll underneath); kept
+    /// for comparison while the ring engine is new.
     TokioUring,
     /// Switchyard's own ring loop on the io-uring crate: one
     /// `io_uring_enter` per loop turn (ARCHITECTURE.md, "Data plane").
+    #[default]
     Ring,
 }
 
@@ -223,7 +224,7 @@ impl Default for DataplaneConfig {
     fn default() -> Self {
         Self {
             io: IoMode::Auto,
-            uring_engine: UringEngine::TokioUring,
+            uring_engine: UringEngine::Ring,
             workers: 0,
             listen_port: 15001,
             connect_timeout: HumanDuration::from_secs(2),
