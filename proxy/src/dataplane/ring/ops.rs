@@ -160,8 +160,11 @@ impl Ring {
     /// Queues entries (a linked chain when more than one), submitting what
     /// is queued first when they do not fit.
     fn push(&self, entries: &[squeue::Entry]) {
-        let mut uring = self.uring.borrow_mut();
-        loop {
+        // A full queue is submitted early; a kernel that cannot take it
+        // (EBUSY: completions to reap first) gets its completions reaped.
+        // Bounded: a ring that takes nothing must not hang the worker.
+        for _ in 0..64 {
+            let mut uring = self.uring.borrow_mut();
             let mut sq = uring.submission();
             if sq.capacity() - sq.len() >= entries.len() {
                 for entry in entries {
@@ -173,15 +176,23 @@ impl Ring {
                 return;
             }
             drop(sq);
-            if let Err(e) = uring.submit() {
-                // EBUSY: completions must be reaped first; they will be at
-                // the end of this turn, and the entries wait until then.
-                tracing::debug!(error = %e, "io_uring submit with a full queue");
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
-                    return;
+            let submitted = uring.submit();
+            drop(uring);
+            match submitted {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR)) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    self.reap();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "io_uring submit failed with a full queue");
+                    break;
                 }
             }
         }
+        // The op's future then waits until its connection is swept or the
+        // process stops: logged, as nothing else can be done.
+        tracing::error!("io_uring submission queue stays full; an operation is lost");
     }
 
     /// Submits `entry`, whose pointers lead only into `owned`, and returns

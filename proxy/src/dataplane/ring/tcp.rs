@@ -251,3 +251,21 @@ enum After {
     Fin,
     Reset,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    /// What `serve` relies on to skip a setsockopt per connection: Linux
+    /// copies TCP_NODELAY from the listener to the sockets it accepts.
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() -> std::io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+        let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let (accepted, _) = listener.accept()?;
+        assert!(accepted.nodelay()?, "the accepted socket lost TCP_NODELAY");
+        assert!(!client.nodelay()?, "the client side was never set");
+        Ok(())
+    }
+}
