@@ -27,7 +27,8 @@
 //!    that.
 //!
 //! `tests::stress` runs many concurrent ops, drops futures mid-flight and
-//! cancels, in a loop, and checks that every slot comes back.
+//! cancels, in a loop, and checks that every slot comes back. The provided
+//! buffers (invariants 6-8) are in [`provided`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -46,6 +47,9 @@ use io_uring::{IoUring, opcode, squeue, types};
 /// wait for completions, and run the deferred task work that posts them.
 const ENTER_GETEVENTS: u32 = 1;
 
+/// Bytes per provided buffer.
+pub const PROVIDED_SIZE: usize = provided::SIZE;
+
 /// `user_data` of entries whose completion nobody waits for.
 pub const IGNORE: u64 = u64::MAX;
 
@@ -60,13 +64,34 @@ pub enum Owned {
     ),
     Time(#[expect(dead_code, reason = "read by the kernel")] Box<types::Timespec>),
     Counter(#[expect(dead_code, reason = "written by the kernel")] Box<u64>),
+    /// A buffer of the provided group (invariants 6-8).
+    Provided(provided::Provided),
+}
+
+impl Owned {
+    /// The bytes of a buffer (empty for the other kinds).
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Owned::Buf(buf) => buf,
+            Owned::Provided(p) => p.as_slice(),
+            _ => &[],
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            Owned::Buf(buf) => buf,
+            Owned::Provided(p) => p.as_mut_slice(),
+            _ => &mut [],
+        }
+    }
 }
 
 enum State {
     /// In flight, a future waits for it.
     Waiting(Option<Waker>),
-    /// Completed, the future has not taken the result yet.
-    Done(i32),
+    /// Completed (result, flags), the future has not taken it yet.
+    Done(i32, u32),
     /// In flight, nobody waits: freed at its (last) completion.
     Detached,
 }
@@ -88,6 +113,11 @@ pub struct Ring {
     free: RefCell<Vec<usize>>,
     generation: Cell<u32>,
     in_flight: Cell<usize>,
+    /// The provided buffers (after the ring: invariant 8); `None` where the
+    /// kernel refused them.
+    group: Option<Rc<provided::Group>>,
+    /// Reused by `give_back`.
+    returned: RefCell<Vec<u16>>,
 }
 
 impl Ring {
@@ -95,10 +125,16 @@ impl Ring {
     /// the next `io_uring_enter` instead of interrupting the thread
     /// (DEFER_TASKRUN, 6.1+; COOP_TASKRUN, 5.19+, else none).
     pub fn new(entries: u32) -> io::Result<Self> {
-        let uring = IoUring::builder()
+        Self::with_buffers(entries, provided::COUNT)
+    }
+
+    /// A ring whose provided group has `count` buffers.
+    pub fn with_buffers(entries: u32, count: u16) -> io::Result<Self> {
+        let deferred = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
-            .build(entries)
+            .build(entries);
+        let mut uring = deferred
             .or_else(|e| {
                 tracing::debug!(error = %e, "io_uring without deferred task running");
                 IoUring::builder()
@@ -110,13 +146,49 @@ impl Ring {
                 tracing::debug!(error = %e, "io_uring without cooperative task running");
                 IoUring::new(entries)
             })?;
+        let group = provide_all(&mut uring, count);
         Ok(Self {
             uring: RefCell::new(uring),
             slots: RefCell::default(),
             free: RefCell::default(),
             generation: Cell::new(0),
             in_flight: Cell::new(0),
+            group,
+            returned: RefCell::default(),
         })
+    }
+
+    /// Whether receives can select a provided buffer.
+    pub fn has_buffers(&self) -> bool {
+        self.group.is_some()
+    }
+
+    #[cfg(test)]
+    pub fn buffers_held(&self) -> usize {
+        self.group.as_ref().map_or(0, |g| g.held())
+    }
+
+    /// Provides the buffers dropped since the last submit again (one SQE
+    /// each, in this submit: no syscall of their own).
+    fn give_back(&self) {
+        let Some(group) = &self.group else { return };
+        let mut ids = std::mem::take(&mut *self.returned.borrow_mut());
+        group.take_returned(&mut ids);
+        for &bid in &ids {
+            let entry = opcode::ProvideBuffers::new(
+                group.ptr(bid),
+                provided::SIZE as i32,
+                1,
+                provided::GROUP,
+                bid,
+            )
+            .build()
+            .user_data(IGNORE);
+            // The entry points into the group, which outlives the ring
+            // (invariant 8); the id is no one's now (invariant 6).
+            self.push(&[entry]);
+        }
+        *self.returned.borrow_mut() = ids;
     }
 
     /// Slots in use (ops in flight or results not taken).
@@ -209,6 +281,7 @@ impl Ring {
             ring: self.clone(),
             user_data,
             taken: false,
+            flags: 0,
         }
     }
 
@@ -262,6 +335,7 @@ impl Ring {
     /// Submits what is queued and waits for `want` completions (0: just
     /// submits and picks up what is done): the loop's one syscall per turn.
     pub fn enter(&self, want: u32) -> io::Result<()> {
+        self.give_back();
         let mut uring = self.uring.borrow_mut();
         let to_submit = u32::try_from(uring.submission().len()).unwrap_or(u32::MAX);
         // SAFETY: no argument struct; the ring's own fd.
@@ -300,6 +374,13 @@ impl Ring {
     }
 
     fn complete(&self, user_data: u64, result: i32, flags: u32) {
+        // Adopted first, whatever happens to the slot: dropped unused, it
+        // goes back to the kernel (invariant 6).
+        let provided = io_uring::cqueue::buffer_select(flags).and_then(|bid| {
+            let group = self.group.as_ref()?;
+            // SAFETY: the kernel just handed `bid` over in this completion.
+            unsafe { provided::Provided::adopt(group, bid) }
+        });
         if user_data == IGNORE {
             return;
         }
@@ -312,6 +393,9 @@ impl Ring {
         };
         if slot.generation != generation {
             return;
+        }
+        if let Some(provided) = provided {
+            slot.owned = Owned::Provided(provided);
         }
         let waker = match &mut slot.state {
             State::Detached => {
@@ -332,11 +416,11 @@ impl Ring {
                         results.push_back(result);
                         *ended = !more;
                     }
-                    None => slot.state = State::Done(result),
+                    None => slot.state = State::Done(result, flags),
                 }
                 waker
             }
-            State::Done(_) => None,
+            State::Done(..) => None,
         };
         drop(slots);
         if let Some(waker) = waker {
@@ -352,18 +436,38 @@ impl Ring {
         unsafe { self.submit(entry, Owned::Buf(buf)) }
     }
 
+    /// A receive into a buffer of the provided group, which the kernel
+    /// picks only once data (or the FIN) is there; `None` without a group.
+    /// Fails with `ENOBUFS` when every buffer is held.
+    pub fn recv_select(self: &Rc<Self>, fd: RawFd) -> Option<Op> {
+        self.group.as_ref()?;
+        let entry = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), provided::SIZE as u32)
+            .buf_group(provided::GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT);
+        // SAFETY: no pointer of ours; the buffer comes from the group
+        // (invariants 6-8) and is handed over in the completion.
+        Some(unsafe { self.submit(entry, Owned::Nothing) })
+    }
+
     /// A send of `buf[start..end]`; never raises SIGPIPE.
     pub fn send(self: &Rc<Self>, fd: RawFd, buf: Vec<u8>, start: usize, end: usize) -> Op {
-        let end = end.min(buf.len());
+        self.send_owned(fd, Owned::Buf(buf), start, end)
+    }
+
+    /// A send of `buf[start..end]` out of a pool or a provided buffer.
+    pub fn send_owned(self: &Rc<Self>, fd: RawFd, buf: Owned, start: usize, end: usize) -> Op {
+        let bytes = buf.as_slice();
+        let end = end.min(bytes.len());
         let start = start.min(end);
         let len = u32::try_from(end - start).unwrap_or(u32::MAX);
-        // SAFETY: `start` ≤ `end` ≤ the buffer's length.
-        let ptr = unsafe { buf.as_ptr().add(start) };
+        let ptr = bytes[start..].as_ptr();
         let entry = opcode::Send::new(types::Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build();
-        // SAFETY: the entry points into `buf`, owned by the slot.
-        unsafe { self.submit(entry, Owned::Buf(buf)) }
+        // SAFETY: the entry points into `buf`'s heap memory (a Vec's, or
+        // the group's: invariants 2, 7), owned by the slot.
+        unsafe { self.submit(entry, buf) }
     }
 
     /// A connect of `fd` to `to`, cancelled after `timeout` by a linked
@@ -399,6 +503,7 @@ impl Ring {
             ring: self.clone(),
             user_data: connect_data,
             taken: false,
+            flags: 0,
         }
     }
 
@@ -443,6 +548,39 @@ impl Ring {
     }
 }
 
+/// Provides the whole group at once on the new ring, waiting for the
+/// answer; `None` (receives then use pool buffers) if the kernel refuses.
+fn provide_all(uring: &mut IoUring, count: u16) -> Option<Rc<provided::Group>> {
+    let group = provided::Group::new(count)?;
+    let entry = opcode::ProvideBuffers::new(
+        group.base(),
+        provided::SIZE as i32,
+        group.count(),
+        provided::GROUP,
+        0,
+    )
+    .build()
+    .user_data(0);
+    // SAFETY: the entry points into the group, kept by the ring after the
+    // ring fd (invariant 8).
+    if unsafe { uring.submission().push(&entry) }.is_err() {
+        return None;
+    }
+    if let Err(e) = uring.submit_and_wait(1) {
+        tracing::debug!(error = %e, "io_uring: cannot provide buffers");
+        return None;
+    }
+    let res = uring.completion().next().map_or(-libc::EIO, |c| c.result());
+    if res < 0 {
+        tracing::debug!(
+            error = %io::Error::from_raw_os_error(-res),
+            "io_uring: no provided buffers; idle connections hold a pool buffer"
+        );
+        return None;
+    }
+    Some(group)
+}
+
 fn close_fd(fd: i32) {
     // SAFETY: a descriptor the kernel just gave us that nobody else owns.
     unsafe {
@@ -456,6 +594,29 @@ pub struct Op {
     ring: Rc<Ring>,
     user_data: u64,
     taken: bool,
+    /// The completion's flags, once taken.
+    flags: u32,
+}
+
+impl Op {
+    /// The same completion with its CQE flags.
+    pub fn with_flags(self) -> WithFlags {
+        WithFlags(self)
+    }
+}
+
+/// An [`Op`] whose output also carries the CQE flags.
+pub struct WithFlags(Op);
+
+impl Future for WithFlags {
+    type Output = (i32, u32, Owned);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.0).poll(cx) {
+            Poll::Ready((res, owned)) => Poll::Ready((res, self.0.flags, owned)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl Future for Op {
@@ -468,11 +629,12 @@ impl Future for Op {
             return Poll::Ready((-libc::ECANCELED, Owned::Nothing));
         };
         match &mut slot.state {
-            State::Done(result) => {
-                let result = *result;
+            State::Done(result, flags) => {
+                let (result, flags) = (*result, *flags);
                 let owned = std::mem::replace(&mut slot.owned, Owned::Nothing);
                 drop(slots);
                 self.taken = true;
+                self.flags = flags;
                 self.ring.release(index);
                 Poll::Ready((result, owned))
             }
@@ -497,7 +659,7 @@ impl Drop for Op {
         let done = matches!(
             self.ring.slots.borrow().get(index),
             Some(Some(Slot {
-                state: State::Done(_),
+                state: State::Done(..),
                 ..
             }))
         );
@@ -576,6 +738,8 @@ impl Drop for Multishot {
 pub fn result(res: i32) -> io::Result<usize> {
     usize::try_from(res).map_err(|_| io::Error::from_raw_os_error(-res))
 }
+
+mod provided;
 
 #[cfg(test)]
 mod tests;

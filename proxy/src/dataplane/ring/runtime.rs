@@ -25,8 +25,18 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new() -> io::Result<Rc<Self>> {
+        Self::with_ring(Ring::new(ENTRIES)?)
+    }
+
+    /// A runtime whose ring has `count` provided buffers.
+    #[cfg(test)]
+    pub fn with_buffers(count: u16) -> io::Result<Rc<Self>> {
+        Self::with_ring(Ring::with_buffers(ENTRIES, count)?)
+    }
+
+    fn with_ring(ring: Ring) -> io::Result<Rc<Self>> {
         let exec = Executor::new()?;
-        let ring = Rc::new(Ring::new(ENTRIES)?);
+        let ring = Rc::new(ring);
         let rt = Rc::new(Self { ring, exec });
         rt.spawn(wakeups(rt.ring.clone(), rt.exec.eventfd()));
         Ok(rt)

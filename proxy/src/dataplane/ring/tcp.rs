@@ -171,6 +171,12 @@ fn into_buf(owned: Owned) -> Vec<u8> {
 /// Copies `from` → `to` until EOF, then half-closes `to`: the tokio-uring
 /// back end's loop (`tcp_uring::pump`, where the close order is explained)
 /// on ring ops.
+///
+/// While it waits for data a direction holds no buffer: its receive picks
+/// one from the ring's provided group once data is there (`ENOBUFS`, the
+/// group all held: a small pool buffer instead). A read that fills its
+/// buffer moves the direction to the pool's growing buffers, kept while
+/// reads fill them; a short read there goes back to the group.
 async fn pump(
     ring: &Rc<Ring>,
     worker: &Worker,
@@ -178,37 +184,50 @@ async fn pump(
     to: &TcpStream,
     close_early: bool,
 ) -> u64 {
-    // A ring receive holds its buffer until data comes: start small.
-    let mut buf = worker.pool.take_small();
+    let select = ring.has_buffers();
+    // A pool buffer while data streams; `None` while waiting (with a group).
+    let mut held = (!select).then(|| worker.pool.take_small());
     let mut total = 0u64;
     let failed = loop {
-        let (res, owned) = ring.recv(from.as_raw_fd(), buf).await;
-        buf = into_buf(owned);
+        let (res, _, mut buf) = match held.take() {
+            Some(buf) => ring.recv(from.as_raw_fd(), buf).with_flags().await,
+            None => recv_any(ring, worker, from).await,
+        };
         let mut n = match ops::result(res) {
-            Ok(0) => break false,
+            Ok(0) => {
+                give(worker, buf);
+                break false;
+            }
             Ok(n) => n,
-            Err(_) => break true,
+            Err(_) => {
+                give(worker, buf);
+                break true;
+            }
         };
         let mut then = After::More;
         let mut start = 0;
-        if close_early && n < buf.len() {
-            match sockets::try_recv(from, &mut buf[n..]) {
+        let len = buf.as_slice().len();
+        if close_early && n < len {
+            match sockets::try_recv(from, &mut buf.as_mut_slice()[n..]) {
                 Ok(0) => then = After::Fin,
                 Ok(k) => n += k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => then = After::Reset,
             }
-            match sockets::try_send(to, &buf[..n]) {
+            match sockets::try_send(to, &buf.as_slice()[..n]) {
                 Ok(k) => start = k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => break true,
+                Err(_) => {
+                    give(worker, buf);
+                    break true;
+                }
             }
         }
         let mut written = true;
         while start < n {
-            let (res, owned) = ring.send(to.as_raw_fd(), buf, start, n).await;
-            buf = into_buf(owned);
+            let (res, owned) = ring.send_owned(to.as_raw_fd(), buf, start, n).await;
+            buf = owned;
             match ops::result(res) {
                 Ok(k) if k > 0 => start += k,
                 _ => {
@@ -217,7 +236,7 @@ async fn pump(
                 }
             }
         }
-        buf = worker.pool.next(buf, n);
+        held = next_buffer(worker, buf, n, select);
         if !written {
             break true;
         }
@@ -228,7 +247,9 @@ async fn pump(
             After::Reset => break true,
         }
     };
-    worker.pool.give(buf);
+    if let Some(buf) = held {
+        worker.pool.give(buf);
+    }
     if failed {
         // One side reset: pass the reset on and end the other direction.
         sockets::reset_on_close(to);
@@ -242,6 +263,50 @@ async fn pump(
         let _ = to.shutdown(Shutdown::Write);
     }
     total
+}
+
+/// A receive into a provided buffer, or into a small pool buffer when the
+/// group is all held (ENOBUFS).
+async fn recv_any(ring: &Rc<Ring>, worker: &Worker, from: &TcpStream) -> (i32, u32, Owned) {
+    let fd = from.as_raw_fd();
+    if let Some(op) = ring.recv_select(fd) {
+        let got = op.with_flags().await;
+        if got.0 != -libc::ENOBUFS {
+            return got;
+        }
+        // Only bursts of more connections with data in hand than buffers.
+        tracing::trace!(worker = worker.id, "provided buffers all held");
+    }
+    ring.recv(fd, worker.pool.take_small()).with_flags().await
+}
+
+/// What the direction holds while it waits for its next read: a pool
+/// buffer while reads fill their buffers, else nothing (with a group; the
+/// provided buffer goes back to the kernel as it drops here).
+fn next_buffer(worker: &Worker, buf: Owned, n: usize, select: bool) -> Option<Vec<u8>> {
+    match buf {
+        Owned::Buf(buf) => {
+            let buf = worker.pool.next(buf, n);
+            if select && worker.pool.is_small(&buf) {
+                worker.pool.give(buf);
+                None
+            } else {
+                Some(buf)
+            }
+        }
+        Owned::Provided(p) => {
+            let full = n >= p.as_slice().len();
+            drop(p);
+            full.then(|| worker.pool.take_longer_than(ops::PROVIDED_SIZE))
+        }
+        _ => (!select).then(|| worker.pool.take_small()),
+    }
+}
+
+fn give(worker: &Worker, buf: Owned) {
+    if let Owned::Buf(buf) = buf {
+        worker.pool.give(buf);
+    }
 }
 
 /// What a direction does once the data in hand is written.

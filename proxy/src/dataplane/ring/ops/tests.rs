@@ -227,3 +227,95 @@ fn a_refused_connect_fails_at_once() {
     run_until(&rt, || done.get().is_some());
     assert_eq!(done.get(), Some(-libc::ECONNREFUSED));
 }
+
+/// Invariants 6-7: receives pick provided buffers only while some are
+/// free (the rest fail with ENOBUFS), a buffer sent from goes back once the
+/// send completed, a detached receive's buffer goes back too, and every
+/// buffer is free again at the end of each round.
+#[test]
+fn provided_buffers_all_come_back() {
+    const BUFFERS: u16 = 8;
+    const PAIRS: usize = 24;
+    let rt = Runtime::with_buffers(BUFFERS).expect("ring");
+    assert!(rt.ring.has_buffers(), "the kernel refused provided buffers");
+    let mut picked_total = 0;
+    let mut enobufs_total = 0;
+    for round in 0..20usize {
+        let pairs: Vec<(UnixStream, UnixStream)> = (0..PAIRS)
+            .map(|_| UnixStream::pair().expect("socketpair"))
+            .collect();
+        for (i, (a, _)) in pairs.iter().enumerate() {
+            (&*a)
+                .write_all(payload(i, round).as_bytes())
+                .expect("write");
+            a.set_nonblocking(true).expect("nonblocking");
+        }
+        let pairs = Rc::new(pairs);
+        let echoed = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let enobufs = Rc::new(Cell::new(0usize));
+        let done = Rc::new(Cell::new(0usize));
+        for i in 0..PAIRS {
+            let (ring, pairs, echoed, enobufs, done) = (
+                rt.ring.clone(),
+                pairs.clone(),
+                echoed.clone(),
+                enobufs.clone(),
+                done.clone(),
+            );
+            rt.spawn(async move {
+                let fd = pairs[i].1.as_raw_fd();
+                let op = ring.recv_select(fd).expect("a group");
+                if i % 3 == 0 {
+                    // Dropped before its completion: detached, its buffer
+                    // (if it got one) must still come back.
+                    drop(op);
+                    done.set(done.get() + 1);
+                    return;
+                }
+                let (res, _, owned) = op.with_flags().await;
+                if res == -libc::ENOBUFS {
+                    enobufs.set(enobufs.get() + 1);
+                    done.set(done.get() + 1);
+                    return;
+                }
+                let n = result(res).expect("a receive");
+                let want = payload(i, round);
+                assert!(matches!(owned, Owned::Provided(_)), "pair {i}: no buffer");
+                assert_eq!(&owned.as_slice()[..n], want.as_bytes(), "pair {i}");
+                // Held across a turn, so the group runs dry.
+                let _ = ring.sleep(Duration::from_millis(1)).await;
+                let (res, _) = ring.send_owned(fd, owned, 0, n).await;
+                assert_eq!(result(res).ok(), Some(n), "pair {i}: the echo");
+                echoed.borrow_mut().push(i);
+                done.set(done.get() + 1);
+            });
+        }
+        run_until(&rt, || done.get() == PAIRS);
+        assert_eq!(
+            rt.ring.buffers_held(),
+            0,
+            "round {round}: buffers still held"
+        );
+        for &i in echoed.borrow().iter() {
+            let mut back = vec![0u8; 64];
+            let n = std::io::Read::read(&mut &pairs[i].0, &mut back).expect("the echo");
+            assert_eq!(&back[..n], payload(i, round).as_bytes(), "pair {i}");
+        }
+        // Every round picks again: the last round's buffers came back.
+        assert!(
+            !echoed.borrow().is_empty(),
+            "round {round}: no buffer picked"
+        );
+        picked_total += echoed.borrow().len();
+        enobufs_total += enobufs.get();
+    }
+    assert!(enobufs_total > 0, "the group never ran dry");
+    assert!(
+        picked_total <= 20 * usize::from(BUFFERS),
+        "more buffers picked than the group has: {picked_total}"
+    );
+}
+
+fn payload(i: usize, round: usize) -> String {
+    format!("pair {i} round {round}")
+}
