@@ -118,6 +118,12 @@ pub struct Ring {
     group: Option<Rc<provided::Group>>,
     /// Reused by `give_back`.
     returned: RefCell<Vec<u16>>,
+    /// DEFER_TASKRUN (6.1+) rings only: a receive's completion then says
+    /// reliably whether more data or a FIN waits (IORING_CQE_F_SOCK_NONEMPTY).
+    nonempty_hint: bool,
+    /// `IOSQE_CQE_SKIP_SUCCESS` (5.17+) for the entries nobody waits for:
+    /// their completion would otherwise end the turn's wait for nothing.
+    skip_success: squeue::Flags,
 }
 
 impl Ring {
@@ -134,6 +140,7 @@ impl Ring {
             .setup_single_issuer()
             .setup_defer_taskrun()
             .build(entries);
+        let nonempty_hint = deferred.is_ok();
         let mut uring = deferred
             .or_else(|e| {
                 tracing::debug!(error = %e, "io_uring without deferred task running");
@@ -147,6 +154,11 @@ impl Ring {
                 IoUring::new(entries)
             })?;
         let group = provide_all(&mut uring, count);
+        let skip_success = if uring.params().is_feature_skip_cqe_on_success() {
+            squeue::Flags::SKIP_SUCCESS
+        } else {
+            squeue::Flags::empty()
+        };
         Ok(Self {
             uring: RefCell::new(uring),
             slots: RefCell::default(),
@@ -155,12 +167,20 @@ impl Ring {
             in_flight: Cell::new(0),
             group,
             returned: RefCell::default(),
+            nonempty_hint,
+            skip_success,
         })
     }
 
     /// Whether receives can select a provided buffer.
     pub fn has_buffers(&self) -> bool {
         self.group.is_some()
+    }
+
+    /// Whether a receive completion without IORING_CQE_F_SOCK_NONEMPTY
+    /// means that nothing (no data, no FIN) waits in the socket.
+    pub fn nonempty_hint(&self) -> bool {
+        self.nonempty_hint
     }
 
     #[cfg(test)]
@@ -183,6 +203,7 @@ impl Ring {
                 bid,
             )
             .build()
+            .flags(self.skip_success)
             .user_data(IGNORE);
             // The entry points into the group, which outlives the ring
             // (invariant 8); the id is no one's now (invariant 6).
@@ -542,7 +563,9 @@ impl Ring {
     /// close, and a new socket with the same number, can overtake it.)
     pub fn close(&self, fd: std::os::fd::OwnedFd) {
         use std::os::fd::IntoRawFd;
-        let entry = opcode::Close::new(types::Fd(fd.into_raw_fd())).build();
+        let entry = opcode::Close::new(types::Fd(fd.into_raw_fd()))
+            .build()
+            .flags(self.skip_success);
         // SAFETY: no pointers.
         unsafe { self.submit_detached(entry, Owned::Nothing) }
     }

@@ -189,7 +189,7 @@ async fn pump(
     let mut held = (!select).then(|| worker.pool.take_small());
     let mut total = 0u64;
     let failed = loop {
-        let (res, _, mut buf) = match held.take() {
+        let (res, flags, mut buf) = match held.take() {
             Some(buf) => ring.recv(from.as_raw_fd(), buf).with_flags().await,
             None => recv_any(ring, worker, from).await,
         };
@@ -207,13 +207,20 @@ async fn pump(
         let mut then = After::More;
         let mut start = 0;
         let len = buf.as_slice().len();
+        // Without SOCK_NONEMPTY the socket holds neither data nor a FIN
+        // (DEFER_TASKRUN kernels, where the flag is reliable): the try_recv
+        // would only return EAGAIN. The direct send stays, it costs no
+        // more than the ring turn a ring send would add.
+        let nothing_waits = ring.nonempty_hint() && !io_uring::cqueue::sock_nonempty(flags);
         if close_early && n < len {
-            match sockets::try_recv(from, &mut buf.as_mut_slice()[n..]) {
-                Ok(0) => then = After::Fin,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => then = After::Reset,
+            if !nothing_waits {
+                match sockets::try_recv(from, &mut buf.as_mut_slice()[n..]) {
+                    Ok(0) => then = After::Fin,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => then = After::Reset,
+                }
             }
             match sockets::try_send(to, &buf.as_slice()[..n]) {
                 Ok(k) => start = k,
