@@ -207,11 +207,17 @@ async fn pump(
         let mut then = After::More;
         let mut start = 0;
         let len = buf.as_slice().len();
-        // Without SOCK_NONEMPTY the socket holds neither data nor a FIN
-        // (DEFER_TASKRUN kernels, where the flag is reliable): the try_recv
-        // would only return EAGAIN. The direct send stays, it costs no
-        // more than the ring turn a ring send would add.
-        let nothing_waits = ring.nonempty_hint() && !io_uring::cqueue::sock_nonempty(flags);
+        // Without SOCK_NONEMPTY the socket held neither data nor a FIN when
+        // the receive completed (DEFER_TASKRUN kernels, where the flag is
+        // reliable). That is stale by the time this runs: a FIN sent right
+        // after a connection's one response often arrives in between, and
+        // the try_recv then saves a turn before the FIN goes out. So the
+        // hint skips the try_recv only once the direction has relayed data
+        // before (a keep-alive connection's later responses), where it
+        // almost always returns EAGAIN. The direct send stays: a ring send
+        // would add the turn it saves.
+        let nothing_waits =
+            total > 0 && ring.nonempty_hint() && !io_uring::cqueue::sock_nonempty(flags);
         if close_early && n < len {
             if !nothing_waits {
                 match sockets::try_recv(from, &mut buf.as_mut_slice()[n..]) {
