@@ -89,6 +89,8 @@ def make_peers(binary: Path, policies: Path, base: Path | None = None) -> list[P
     return [
         Switchyard(binary, "uring"),
         Switchyard(binary, "epoll"),
+        Switchyard(binary, "uring", engine="tokio-uring",
+                   workloads=("idlecpu", "connrate", "keepalive")),
         Switchyard(binary, "uring", policy="round-robin", policies_dir=policies,
                    workloads=("idlecpu", "connrate", "keepalive")),
         Switchyard(binary, "uring", transparent=False,

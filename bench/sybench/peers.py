@@ -71,8 +71,10 @@ class Switchyard(Peer):
     def __init__(self, binary: Path, io: str, policy: str = "builtin-round-robin",
                  policies_dir: Path | None = None, name: str | None = None,
                  workloads: tuple[str, ...] | None = None, transparent: bool = True,
-                 datapath: str = "proxy"):
+                 datapath: str = "proxy", engine: str | None = None):
         super().__init__()
+        # io_uring engine: None = the default (the ring engine).
+        self.engine = engine
         self.binary, self.io, self.policy, self.policies_dir = binary, io, policy, policies_dir
         self.transparent = transparent
         # `proxy` pins the user-space proxy (the default `auto` would put
@@ -83,10 +85,12 @@ class Switchyard(Peer):
         kernel = datapath == "kernel"
         self.name = name or (f"switchyard-{'kernel' if kernel else io}"
                              + ("-wasm-rr" if wasm else "")
-                             + ("" if transparent else "-opaque"))
+                             + ("" if transparent else "-opaque")
+                             + ("-tokio" if engine == "tokio-uring" else ""))
         self.label = ((f"Switchyard kernel datapath" if kernel else f"Switchyard {io}")
                       + (f", Wasm {policy}" if wasm else ", built-in RR")
-                      + ("" if transparent else ", transparency off"))
+                      + ("" if transparent else ", transparency off")
+                      + (", tokio-uring engine" if engine == "tokio-uring" else ""))
         if workloads:
             self.workloads = workloads
 
@@ -105,6 +109,8 @@ class Switchyard(Peer):
                 "--log-level", "warn"]
         if self.policies_dir is not None:
             argv += ["--policies", str(self.policies_dir)]
+        if self.engine is not None:
+            argv += ["--uring-engine", self.engine]
         # With transparency off the upstream leaves from the node's address,
         # as a plain proxy's would: the transparency on/off pair shows what
         # IP_TRANSPARENT, the reply-steering rule and the per-client bind cost.

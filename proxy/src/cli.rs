@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// io back end of the data plane (overrides dataplane.io).
     #[arg(long, value_enum)]
     pub io: Option<IoMode>,
+    /// Engine of the io_uring back end (overrides dataplane.uringEngine).
+    #[arg(long, value_enum, env = "SWITCHYARD_URING_ENGINE")]
+    pub uring_engine: Option<switchyard::config::UringEngine>,
     /// Data-plane worker threads; 0 = one per core (overrides dataplane.workers).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
@@ -99,6 +102,9 @@ impl RunArgs {
         }
         if let Some(io) = self.io {
             config.dataplane.io = io;
+        }
+        if let Some(engine) = self.uring_engine {
+            config.dataplane.uring_engine = engine;
         }
         if let Some(workers) = self.workers {
             config.dataplane.workers = workers;

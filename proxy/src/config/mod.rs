@@ -13,7 +13,7 @@ pub use duration::{HumanDuration, parse_duration};
 pub use l7::L7Config;
 pub use model::{
     AdminConfig, Config, ConfigMapRef, DataplaneConfig, InterceptConfig, IoMode, LogConfig,
-    LogFormat, PolicyConfig, SourceConfig, SourceKind,
+    LogFormat, PolicyConfig, SourceConfig, SourceKind, UringEngine,
 };
 pub use node_ports::{NodePortAddress, network};
 

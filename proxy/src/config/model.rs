@@ -55,10 +55,25 @@ pub enum IoMode {
     Epoll,
 }
 
+/// Which engine drives an io_uring worker (`dataplane.uringEngine`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum UringEngine {
+    /// tokio-uring 0.5 (the connect goes through epoll underneath); kept
+    /// for comparison while the ring engine is new.
+    TokioUring,
+    /// Switchyard's own ring loop on the io-uring crate: one
+    /// `io_uring_enter` per loop turn (ARCHITECTURE.md, "Data plane").
+    #[default]
+    Ring,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct DataplaneConfig {
     pub io: IoMode,
+    /// The engine of an io_uring worker.
+    pub uring_engine: UringEngine,
     /// Data-plane worker threads; 0 means one per core.
     pub workers: usize,
     /// Port the TPROXY listeners bind on every address (TCP and UDP).
@@ -209,6 +224,7 @@ impl Default for DataplaneConfig {
     fn default() -> Self {
         Self {
             io: IoMode::Auto,
+            uring_engine: UringEngine::Ring,
             workers: 0,
             listen_port: 15001,
             connect_timeout: HumanDuration::from_secs(2),

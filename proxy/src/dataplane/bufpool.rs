@@ -68,6 +68,13 @@ impl BufPool {
         self.tiers[0].take()
     }
 
+    /// The smallest buffer longer than `len` (else a full one): where a
+    /// read that filled a `len`-byte buffer goes next.
+    pub fn take_longer_than(&self, len: usize) -> Vec<u8> {
+        let tier = self.tiers.iter().position(|t| t.len > len).unwrap_or(2);
+        self.tiers[tier].take()
+    }
+
     /// Whether `buf` is a small buffer (worth nothing to hold while idle).
     pub fn is_small(&self, buf: &[u8]) -> bool {
         self.tier_of(buf) == 0

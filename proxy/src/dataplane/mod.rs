@@ -8,11 +8,12 @@ mod drain;
 mod orig_dst;
 mod port_stats;
 mod proxy_protocol;
+mod ring;
 pub(crate) mod session;
 pub(crate) mod sockets;
 mod tcp_epoll;
 mod tcp_uring;
-mod udp;
+pub(crate) mod udp;
 pub(crate) mod worker;
 
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +23,7 @@ use std::sync::atomic::AtomicUsize;
 use std::thread::JoinHandle;
 
 use crate::admin::Metrics;
-use crate::config::{DataplaneConfig, IoMode};
+use crate::config::{DataplaneConfig, IoMode, UringEngine};
 use crate::policy::{Locality, PolicyEngine};
 use crate::snapshot::SharedSnapshot;
 
@@ -148,12 +149,22 @@ pub fn start(
             shared.cfg.listen_backlog,
             shared.bypass_mark,
         )?;
+        let mut sockets = sockets;
         let s = shared.clone();
+        let own_ring = backend == IoBackend::Uring && shared.cfg.uring_engine == UringEngine::Ring;
+        // The ring engine has no UDP path: its worker's UDP sockets are
+        // served by the companion's tokio runtime.
+        let companion_udp = if own_ring {
+            std::mem::take(&mut sockets.udp)
+        } else {
+            Vec::new()
+        };
         // hyper runs faster on plain tokio than on tokio-uring's runtime:
         // an io_uring worker hands its L7 connections to an epoll thread.
         let l7_handoff = match backend {
             IoBackend::Uring => Some(
-                crate::l7::spawn_companion(id, shared.clone()).map_err(DataplaneError::Thread)?,
+                crate::l7::spawn_companion(id, shared.clone(), companion_udp)
+                    .map_err(DataplaneError::Thread)?,
             ),
             IoBackend::Epoll => None,
         };
@@ -164,7 +175,11 @@ pub fn start(
                 let mut worker = Worker::new(id, s);
                 worker.l7_handoff = l7_handoff;
                 let worker = Rc::new(worker);
-                run_worker(backend, worker, sockets, stop);
+                if own_ring {
+                    ring::run(worker, sockets.tcp, stop);
+                } else {
+                    run_worker(backend, worker, sockets, stop);
+                }
             })
             .map_err(DataplaneError::Thread)?;
         handles.push(handle);
@@ -179,30 +194,41 @@ const LOCAL_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often a worker looks for connections to endpoints that left.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Drains connections to departed endpoints; after a stop, ends them all
-/// once the drain timeout has passed.
-async fn sweep(worker: &Worker, mut stop: session::Stop) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stopping_since: Option<std::time::Instant> = None;
-    let mut refreshed = std::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = session::stopped(&mut stop), if stopping_since.is_none() => {
-                stopping_since = Some(std::time::Instant::now());
-            }
+/// The sweep's clock, whatever drives it: drains connections to departed
+/// endpoints; after a stop, ends them all once the drain timeout passed.
+struct Sweep {
+    stopping_since: Option<std::time::Instant>,
+    refreshed: std::time::Instant,
+}
+
+impl Sweep {
+    fn new() -> Self {
+        Self {
+            stopping_since: None,
+            refreshed: std::time::Instant::now(),
         }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping_since.is_some()
+    }
+
+    fn stop_seen(&mut self) {
+        self.stopping_since = Some(std::time::Instant::now());
+    }
+
+    /// One round; `false` once every connection was ended after a stop.
+    fn tick(&mut self, worker: &Worker) -> bool {
         let now = std::time::Instant::now();
-        if now.duration_since(refreshed) >= LOCAL_REFRESH {
+        if now.duration_since(self.refreshed) >= LOCAL_REFRESH {
             *worker.local.borrow_mut() = crate::netif::local_addresses();
-            refreshed = now;
+            self.refreshed = now;
         }
-        if let Some(since) = stopping_since
+        if let Some(since) = self.stopping_since
             && now.duration_since(since) >= worker.cfg.drain_timeout.0
         {
             worker.conns.close_all();
-            return;
+            return false;
         }
         let closed = worker.conns.sweep(
             &worker.snapshot.load().table,
@@ -215,6 +241,23 @@ async fn sweep(worker: &Worker, mut stop: session::Stop) {
                 closed,
                 "closed connections to endpoints that left their Service after the drain time"
             );
+        }
+        true
+    }
+}
+
+/// The sweep on tokio's timer.
+async fn sweep(worker: &Worker, mut stop: session::Stop) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state = Sweep::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = session::stopped(&mut stop), if !state.stopping() => state.stop_seen(),
+        }
+        if !state.tick(worker) {
+            return;
         }
     }
 }

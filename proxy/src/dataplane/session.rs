@@ -13,7 +13,7 @@ use crate::catalog::Protocol;
 use crate::policy::Decision;
 
 use super::sockets;
-use super::worker::{Resolved, Upstream, Worker};
+use super::worker::{ConnectDeadline, Resolved, TokioTimer, Upstream, Worker};
 
 /// Turns true when the process stops: listeners close, open connections
 /// go on until the drain timeout.
@@ -80,6 +80,20 @@ pub fn connect_upstream<'a, S, Fut>(
 where
     Fut: Future<Output = io::Result<S>> + 'a,
 {
+    connect_upstream_within(worker, accepted, TokioTimer, connect)
+}
+
+/// [`connect_upstream`] with `connectTimeout` enforced by `deadline`.
+pub fn connect_upstream_within<'a, S, Fut, D>(
+    worker: &'a Worker,
+    accepted: &'a Accepted,
+    deadline: D,
+    connect: impl Fn(SocketAddr, u32, Option<SocketAddr>, Option<Vec<u8>>) -> Fut + 'a,
+) -> Pin<Box<impl Future<Output = Option<Upstream<S>>> + 'a>>
+where
+    Fut: Future<Output = io::Result<S>> + 'a,
+    D: ConnectDeadline + 'a,
+{
     let header = proxy_header(accepted);
     let mark = worker.bypass_mark;
     Box::pin(async move {
@@ -88,10 +102,11 @@ where
             connect(addr, mark, from, header.clone())
         };
         worker
-            .connect_upstream(
+            .connect_upstream_within(
                 &accepted.target,
                 accepted.client,
                 accepted.frontend,
+                &deadline,
                 attempt,
             )
             .await
@@ -149,15 +164,23 @@ impl Drop for Active<'_> {
 /// Counts an accept error and backs off briefly when the process is out of
 /// file descriptors, instead of spinning on the error.
 pub async fn accept_failed(worker: &Worker, e: &io::Error) {
+    if count_accept_failure(worker, e) {
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+}
+
+/// How long a worker out of descriptors waits before it accepts again.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Counts and logs an accept error; `true` when the caller should back off
+/// for [`ACCEPT_BACKOFF`] (the process is out of file descriptors).
+pub fn count_accept_failure(worker: &Worker, e: &io::Error) -> bool {
     worker.metrics.accept_errors.inc();
     crate::logging::rate_limited_warn(&format!("accept:{}", worker.id), || {
         tracing::warn!(worker = worker.id, error = %e, "accept failed");
     });
-    let out_of_fds = matches!(
+    matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    );
-    if out_of_fds {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    )
 }

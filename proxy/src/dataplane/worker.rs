@@ -60,6 +60,39 @@ pub struct Upstream<S> {
     pub decision: Decision,
 }
 
+/// How a connect attempt is held to `connectTimeout`: `None` when it ran
+/// out.
+pub trait ConnectDeadline {
+    fn within<F: Future>(
+        &self,
+        limit: std::time::Duration,
+        attempt: F,
+    ) -> impl Future<Output = Option<F::Output>>;
+}
+
+/// A tokio timer (the epoll and tokio-uring back ends).
+pub struct TokioTimer;
+
+impl ConnectDeadline for TokioTimer {
+    async fn within<F: Future>(&self, limit: std::time::Duration, attempt: F) -> Option<F::Output> {
+        tokio::time::timeout(limit, attempt).await.ok()
+    }
+}
+
+/// The attempt holds itself to the limit (the ring engine links a timeout
+/// to its connect) and fails with `TimedOut` when it runs out.
+pub struct SelfTimed;
+
+impl ConnectDeadline for SelfTimed {
+    async fn within<F: Future>(
+        &self,
+        _limit: std::time::Duration,
+        attempt: F,
+    ) -> Option<F::Output> {
+        Some(attempt.await)
+    }
+}
+
 /// A connection's destination resolved against one snapshot.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -105,17 +138,37 @@ impl Worker {
     }
 
     /// Picks endpoints and connects until one answers, at most
-    /// `connectAttempts` distinct endpoints, each within `connectTimeout`.
+    /// `connectAttempts` distinct endpoints, each within `connectTimeout`
+    /// (a tokio timer).
     pub async fn connect_upstream<S, F, Fut>(
         &self,
         target: &Resolved,
         client: SocketAddr,
         frontend: SocketAddr,
+        connect: F,
+    ) -> Option<Upstream<S>>
+    where
+        F: FnMut(SocketAddr) -> Fut,
+        Fut: Future<Output = io::Result<S>>,
+    {
+        self.connect_upstream_within(target, client, frontend, &TokioTimer, connect)
+            .await
+    }
+
+    /// [`Worker::connect_upstream`] with `connectTimeout` enforced by
+    /// `deadline`.
+    pub async fn connect_upstream_within<S, F, Fut, D>(
+        &self,
+        target: &Resolved,
+        client: SocketAddr,
+        frontend: SocketAddr,
+        deadline: &D,
         mut connect: F,
     ) -> Option<Upstream<S>>
     where
         F: FnMut(SocketAddr) -> Fut,
         Fut: Future<Output = io::Result<S>>,
+        D: ConnectDeadline,
     {
         let endpoints = target.route.endpoints();
         let attempts = (self.cfg.connect_attempts as usize).min(endpoints.len());
@@ -133,9 +186,11 @@ impl Worker {
             let index = decision.index;
             let addr = endpoints[index].addr;
             let start = Instant::now();
-            let result = tokio::time::timeout(self.cfg.connect_timeout.0, connect(addr)).await;
+            let result = deadline
+                .within(self.cfg.connect_timeout.0, connect(addr))
+                .await;
             let reason = match result {
-                Ok(Ok(stream)) => {
+                Some(Ok(stream)) => {
                     let outcome = Outcome::Connected {
                         latency: start.elapsed(),
                     };
@@ -148,7 +203,7 @@ impl Worker {
                         decision,
                     });
                 }
-                Ok(Err(e)) => {
+                Some(Err(e)) => {
                     tracing::debug!(service = %target.stats.labels.service, endpoint = %addr, error = %e, "upstream connect failed");
                     match e.kind() {
                         io::ErrorKind::ConnectionRefused => FailureReason::Refused,
@@ -159,7 +214,7 @@ impl Worker {
                         _ => FailureReason::Other,
                     }
                 }
-                Err(_) => FailureReason::Timeout,
+                None => FailureReason::Timeout,
             };
             let outcome = Outcome::Failed {
                 after: start.elapsed(),

@@ -4,6 +4,10 @@
 //! the io_uring worker accepts, resolves and hands the socket over; the
 //! companion thread owns the HTTP connection, its policy instances and its
 //! upstream pool from then on.
+//!
+//! A worker on the ring engine (`dataplane::ring`) also hands its UDP
+//! sockets over: the datagram path (recvmsg with the original destination)
+//! stays on tokio, on this thread.
 
 use std::io;
 use std::rc::Rc;
@@ -27,16 +31,21 @@ impl Handoff {
     }
 }
 
-/// Starts worker `id`'s L7 companion thread.
-pub fn spawn(id: usize, shared: Shared) -> io::Result<Handoff> {
+/// Starts worker `id`'s L7 companion thread, which also serves `udp`.
+pub fn spawn(id: usize, shared: Shared, udp: Vec<std::net::UdpSocket>) -> io::Result<Handoff> {
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name(format!("sy-l7-{id}"))
-        .spawn(move || run(id, shared, rx))?;
+        .spawn(move || run(id, shared, rx, udp))?;
     Ok(Handoff(tx))
 }
 
-fn run(id: usize, shared: Shared, rx: mpsc::UnboundedReceiver<(std::net::TcpStream, Accepted)>) {
+fn run(
+    id: usize,
+    shared: Shared,
+    rx: mpsc::UnboundedReceiver<(std::net::TcpStream, Accepted)>,
+    udp: Vec<std::net::UdpSocket>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -48,7 +57,12 @@ fn run(id: usize, shared: Shared, rx: mpsc::UnboundedReceiver<(std::net::TcpStre
         }
     };
     let worker = Rc::new(Worker::new(id, shared));
-    tokio::task::LocalSet::new().block_on(&rt, serve(worker, rx));
+    let local = tokio::task::LocalSet::new();
+    for socket in udp {
+        let stop = worker.stop.clone();
+        local.spawn_local(crate::dataplane::udp::serve(worker.clone(), socket, stop));
+    }
+    local.block_on(&rt, serve(worker, rx));
 }
 
 async fn serve(
