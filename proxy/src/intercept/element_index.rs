@@ -1,14 +1,16 @@
 //! The installed set elements as an index updated from what changed: the
 //! frontends whose route is not the very same `Arc` as in the previous
 //! table (an untouched Service keeps its translation), instead of
-//! collecting every frontend into fresh sets and diffing them whole.
+//! collecting every frontend into fresh sets and diffing them whole. When
+//! the new table was patched from the old, only the keys its change record
+//! names are looked at.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::hash::Hash;
 use std::sync::Arc;
 
 use super::elements::{Delta, Elements, rejects};
-use crate::catalog::{Route, ServiceTable};
+use crate::catalog::{Route, ServiceTable, ShardMap};
 use crate::config::NodePortAddress;
 
 /// Same port translation and scope: the same set membership.
@@ -19,10 +21,14 @@ fn same(a: &Route, b: &Route) -> bool {
 type Sets<'a, S> = (&'a mut BTreeSet<S>, &'a mut BTreeSet<S>);
 
 /// One map of frontends (VIPs or NodePorts) into its two sets (divert,
-/// reject), whose elements `element` makes of the map's keys.
+/// reject), whose elements `element` makes of the map's keys. `changed`:
+/// the keys a patch of the table touched (the table's change record);
+/// without it every key of both maps is looked at.
+#[allow(clippy::too_many_arguments)]
 fn walk<K: Hash + Eq, S: Ord + Copy>(
-    old: &HashMap<K, Route>,
-    new: &HashMap<K, Route>,
+    old: &ShardMap<K, Route>,
+    new: &ShardMap<K, Route>,
+    changed: Option<&[K]>,
     element: impl Fn(&K) -> S,
     family: impl Fn(&K) -> Option<std::net::IpAddr>,
     installed: (&BTreeSet<S>, &BTreeSet<S>),
@@ -30,11 +36,20 @@ fn walk<K: Hash + Eq, S: Ord + Copy>(
     added: Sets<'_, S>,
 ) {
     let (divert, reject) = installed;
-    for (key, route) in new {
-        if old.get(key).is_some_and(|r| same(r, route)) {
-            continue;
-        }
+    let mut visit = |key: &K| {
         let el = element(key);
+        let Some(route) = new.get(key) else {
+            if divert.contains(&el) {
+                removed.0.insert(el);
+            }
+            if reject.contains(&el) {
+                removed.1.insert(el);
+            }
+            return;
+        };
+        if old.get(key).is_some_and(|r| same(r, route)) {
+            return;
+        }
         let (want, other, want_added, other_removed) = if rejects(route, family(key)) {
             (reject, divert, &mut *added.1, &mut *removed.0)
         } else {
@@ -46,14 +61,12 @@ fn walk<K: Hash + Eq, S: Ord + Copy>(
         if !want.contains(&el) {
             want_added.insert(el);
         }
-    }
-    for key in old.keys().filter(|k| !new.contains_key(*k)) {
-        let el = element(key);
-        if divert.contains(&el) {
-            removed.0.insert(el);
-        }
-        if reject.contains(&el) {
-            removed.1.insert(el);
+    };
+    match changed {
+        Some(keys) => keys.iter().for_each(visit),
+        None => {
+            new.keys().for_each(&mut visit);
+            old.keys().filter(|k| !new.contains_key(*k)).for_each(visit);
         }
     }
 }
@@ -68,9 +81,11 @@ impl Elements {
         node_port_addresses: &[NodePortAddress],
     ) -> Delta {
         let mut d = Delta::default();
+        let changes = new.changed_since(old);
         walk(
             &old.frontends,
             &new.frontends,
+            changes.map(|c| c.frontends.as_slice()),
             |f| (f.ip, f.protocol, f.port),
             |f| Some(f.ip),
             (&self.vips, &self.vips_no_endpoints),
@@ -80,6 +95,7 @@ impl Elements {
         walk(
             &old.node_ports,
             &new.node_ports,
+            changes.map(|c| c.node_ports.as_slice()),
             |&k| k,
             |_| None,
             (&self.node_ports, &self.node_ports_no_endpoints),
