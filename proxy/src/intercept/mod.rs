@@ -3,6 +3,7 @@
 //! updates, never a ruleset rewrite.
 
 mod bridge;
+mod bridge_cache;
 mod command;
 mod element_index;
 mod elements;
@@ -76,6 +77,8 @@ pub struct Interceptor {
     /// installed in our `bridge` table (None: not installed, or a batch
     /// failed and the next sync renders it whole)...
     steer: Option<Vec<steer::Bridge>>,
+    /// The bridges steered, re-read from /sys every few seconds.
+    bridges: bridge_cache::BridgeCache,
     /// ...and its endpoints, updated from the Services that changed since
     /// `last` (the table of the previous sync).
     endpoints: EndpointCounts,
@@ -109,6 +112,7 @@ impl Interceptor {
             installed: None,
             bridge: bridge::Saved::default(),
             steer: None,
+            bridges: bridge_cache::BridgeCache::default(),
             endpoints: EndpointCounts::default(),
             last: None,
             transparent,
@@ -145,7 +149,7 @@ impl Interceptor {
         if !self.transparent {
             return (String::new(), Batch::default(), None);
         }
-        let bridges = steer::bridges();
+        let bridges = self.bridges.get();
         let change = self.endpoints.update(self.last.as_deref(), table);
         let unchanged = self.steer.as_ref() == Some(&bridges);
         let fresh = !unchanged && !self.table_exists(Family::Bridge);
@@ -307,6 +311,7 @@ impl Interceptor {
             // of it); the endpoint counts already moved on, so the bridge
             // table is rendered whole next time.
             self.steer = None;
+            self.bridges.forget();
             if let InterceptError::Netlink { source, .. } = &e
                 && source.state_unknown()
             {
