@@ -8,6 +8,8 @@ mod command;
 mod element_index;
 mod elements;
 mod endpoint_counts;
+#[cfg(test)]
+mod incremental_tests;
 pub mod kernel;
 pub mod netlink;
 mod routing;

@@ -13,5 +13,5 @@ pub use elements::{
     Element, KernelElements, KernelPlan, KernelPort, drain_commands, drain_node_port_commands,
     elements,
 };
-pub use plan::{Choices, plan};
+pub use plan::{Choices, Planner, plan};
 pub use wire::{EncodeError, drain_batch, drain_node_port_batch};
