@@ -249,8 +249,11 @@ impl Sync {
         self.node = node;
         // Only the Services the changed files touched are translated again,
         // unless everything must be (the first sync, a forced reload).
+        // Taken whatever `force` says: behind a short-circuit it stayed
+        // set after the first (forced) sync and made the next one whole.
+        let rebuild_all = std::mem::take(&mut self.rebuild_all);
         let dirty = Dirty {
-            all: force || zone_changed || std::mem::take(&mut self.rebuild_all),
+            all: force || zone_changed || rebuild_all,
             services: scan.touched,
         };
         Ok(Some(Read {
