@@ -10,6 +10,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use super::elements::{Delta, Elements, rejects};
+use super::source_ranges::SourceRanges;
 use crate::catalog::{Route, ServiceTable, ShardMap};
 use crate::config::NodePortAddress;
 
@@ -108,6 +109,17 @@ impl Elements {
                 &mut d.added.node_ports_no_endpoints,
             ),
         );
+        // Source ranges: those of the frontends the change names, or (a
+        // table assembled whole) all of them, a few frontends in practice.
+        let (want, have) = match changes {
+            Some(c) => (
+                SourceRanges::of(new, &c.source_ranges),
+                self.source_ranges.restricted_to(&c.source_ranges),
+            ),
+            None => (SourceRanges::from_table(new), self.source_ranges.clone()),
+        };
+        d.removed.source_ranges = have.minus(&want);
+        d.added.source_ranges = want.minus(&have);
         // A handful of prefixes: recomputed whole.
         let want = Elements::default().with_node_addresses(node_port_addresses, new);
         d.removed.node_addresses = self
@@ -140,6 +152,15 @@ impl Elements {
         for k in &d.removed.node_addresses {
             self.node_addresses.remove(k);
         }
+        let ranges = &mut self.source_ranges;
+        for a in &d.removed.source_ranges.allowed {
+            ranges.allowed.remove(a);
+        }
+        for r in &d.removed.source_ranges.restricted {
+            ranges.restricted.remove(r);
+        }
+        ranges.allowed.extend(&d.added.source_ranges.allowed);
+        ranges.restricted.extend(&d.added.source_ranges.restricted);
         self.vips.extend(&d.added.vips);
         self.vips_no_endpoints.extend(&d.added.vips_no_endpoints);
         self.node_ports.extend(&d.added.node_ports);

@@ -1,7 +1,8 @@
 //! What the interceptor derives from a table patched change by change
 //! must equal what it derives from the same table whole: the set elements
 //! (route delta applied to the installed elements), the steering
-//! endpoints (`EndpointCounts`) and the kernel plan (`Planner`), over
+//! endpoints (`EndpointCounts`), the source ranges (in the elements) and
+//! the kernel plan (`Planner`), over
 //! random sequences of new, edited and deleted Services.
 
 use std::path::Path;
@@ -30,15 +31,22 @@ fn random_service(rng: &mut fastrand::Rng, name: &str) -> TranslatedService {
     } else {
         ""
     };
+    let ranges = [
+        "",
+        "  loadBalancerSourceRanges: [10.0.0.0/8]\n",
+        "  loadBalancerSourceRanges: [192.168.0.0/16, 10.1.0.0/16]\n",
+    ][rng.usize(0..3)];
     let text = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: demo\n{annotations}\
-         spec:\n  type: NodePort\n  clusterIP: 10.96.0.{}\n  ports:\n  - {{port: {}, nodePort: {}}}\n\
+         spec:\n  type: LoadBalancer\n{ranges}  clusterIP: 10.96.0.{}\n  ports:\n  - {{port: {}, nodePort: {}}}\n\
+         status: {{loadBalancer: {{ingress: [{{ip: 192.0.2.{}}}]}}}}\n\
          ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
          metadata:\n  name: {name}-1\n  namespace: demo\n  labels: {{kubernetes.io/service-name: {name}}}\n\
          {}ports: [{{port: 8080}}]\n",
         rng.u8(1..9),
         [80, 443][rng.usize(0..2)],
         30000 + u32::from(rng.u8(0..6)),
+        rng.u8(1..5),
         if endpoints.is_empty() {
             "endpoints: []\n".to_owned()
         } else {
@@ -56,7 +64,7 @@ fn random_service(rng: &mut fastrand::Rng, name: &str) -> TranslatedService {
 #[test]
 fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
     let bindings = Bindings::new();
-    let (mut patched, mut on_kernel) = (0, 0);
+    let (mut patched, mut on_kernel, mut restricted) = (0, 0, 0);
     for seed in 0..25 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut assembly = Assembly::new(1);
@@ -94,6 +102,7 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
             let delta = installed.delta(&previous, &table, &[]);
             installed.apply(&delta);
             assert_eq!(installed, Elements::from_table(&table), "{at}");
+            restricted += installed.source_ranges.restricted.len();
 
             counts.update(Some(&previous), &table);
             let mut whole = EndpointCounts::default();
@@ -124,7 +133,10 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
             previous = table;
         }
     }
-    assert!(patched > 100 && on_kernel > 0, "{patched} {on_kernel}");
+    assert!(
+        patched > 100 && on_kernel > 0 && restricted > 0,
+        "{patched} {on_kernel} {restricted}"
+    );
 }
 
 /// A table built whole names no predecessor: readers compare everything.

@@ -197,17 +197,11 @@ impl Interceptor {
                 .without_kernel(&self.kernel_plan)
         };
         let kernel_want = kernel::elements(&self.kernel_plan);
-        // The kernel datapath's maps and the source-range sets depend on
-        // more than a frontend's route, so a sync that has them diffs the
-        // sets whole (in process: still one netlink batch with the
-        // kernel's elements, no `nft`); others take the route delta.
-        let whole_diff = !kernel_want.is_empty()
-            || !self.kernel_installed.is_empty()
-            || !table.source_ranges.is_empty()
-            || self
-                .installed
-                .as_ref()
-                .is_some_and(|e| e.source_ranges.len() > 0);
+        // The kernel datapath's maps depend on more than a frontend's
+        // route, so a sync that has them diffs the sets whole (in process:
+        // still one netlink batch with the kernel's elements, no `nft`);
+        // others take the route delta, source ranges included.
+        let whole_diff = !kernel_want.is_empty() || !self.kernel_installed.is_empty();
         let mut text = String::new();
         let mut delta = Batch::default();
         // On success: the whole new contents, or a delta to the installed.
@@ -330,8 +324,8 @@ impl Interceptor {
         kernel::conntrack::delete(&stale);
         self.kernel_installed = kernel_want;
         // After a whole diff the installed sets hold what the kernel plan
-        // and source ranges made of them, which a route-by-route delta does
-        // not know: the next sync diffs whole.
+        // made of them, which a route-by-route delta does not know: the
+        // next sync diffs whole.
         self.installed_for = (!whole_diff).then(|| table.clone());
         self.render_whole = false;
         self.steer = bridges;
