@@ -147,6 +147,7 @@ impl Sync {
             self.summary
                 .publish_datapaths(self.planner.choices().clone());
             interceptor.set_kernel_plan(self.planner.plan().clone());
+            interceptor.set_kernel_keys(self.planner.keys().cloned());
             let planned_at = start.elapsed();
             match interceptor.sync(&table) {
                 Ok(stats) => {

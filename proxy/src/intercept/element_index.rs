@@ -10,8 +10,9 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use super::elements::{Delta, Elements, rejects};
+use super::kernel::KernelPlan;
 use super::source_ranges::SourceRanges;
-use crate::catalog::{Route, ServiceTable, ShardMap};
+use crate::catalog::{Frontend, Protocol, Route, ServiceTable, ShardMap};
 use crate::config::NodePortAddress;
 
 /// Same port translation and scope: the same set membership.
@@ -25,11 +26,15 @@ type Sets<'a, S> = (&'a mut BTreeSet<S>, &'a mut BTreeSet<S>);
 /// reject), whose elements `element` makes of the map's keys. `changed`:
 /// the keys a patch of the table touched (the table's change record);
 /// without it every key of both maps is looked at.
+/// `kernel`: whether the kernel datapath serves a key (it is then in
+/// neither set but the reject one); given, every key named is looked at,
+/// since a key can move to or from the kernel with its route unchanged.
 #[allow(clippy::too_many_arguments)]
 fn walk<K: Hash + Eq, S: Ord + Copy>(
     old: &ShardMap<K, Route>,
     new: &ShardMap<K, Route>,
     changed: Option<&[K]>,
+    kernel: Option<&dyn Fn(&K) -> bool>,
     element: impl Fn(&K) -> S,
     family: impl Fn(&K) -> Option<std::net::IpAddr>,
     installed: (&BTreeSet<S>, &BTreeSet<S>),
@@ -39,7 +44,10 @@ fn walk<K: Hash + Eq, S: Ord + Copy>(
     let (divert, reject) = installed;
     let mut visit = |key: &K| {
         let el = element(key);
-        let Some(route) = new.get(key) else {
+        let route = new.get(key);
+        let gone = route
+            .is_none_or(|r| !rejects(r, family(key)) && kernel.is_some_and(|served| served(key)));
+        let Some(route) = route.filter(|_| !gone) else {
             if divert.contains(&el) {
                 removed.0.insert(el);
             }
@@ -48,7 +56,7 @@ fn walk<K: Hash + Eq, S: Ord + Copy>(
             }
             return;
         };
-        if old.get(key).is_some_and(|r| same(r, route)) {
+        if kernel.is_none() && old.get(key).is_some_and(|r| same(r, route)) {
             return;
         }
         let (want, other, want_added, other_removed) = if rejects(route, family(key)) {
@@ -75,18 +83,40 @@ fn walk<K: Hash + Eq, S: Ord + Copy>(
 impl Elements {
     /// What turns `self`, installed for the table `old`, into the
     /// elements of `new`: only frontends whose route changed are looked at.
+    ///
+    /// `kernel`: the kernel plan in force, when it has frontends; the
+    /// caller then passes a `new` patched from `old` whose change record
+    /// names every frontend whose place in the plan moved.
     pub fn delta(
         &self,
         old: &ServiceTable,
         new: &ServiceTable,
         node_port_addresses: &[NodePortAddress],
+        kernel: Option<&KernelPlan>,
     ) -> Delta {
         let mut d = Delta::default();
         let changes = new.changed_since(old);
+        let vip_served = kernel.map(|plan| {
+            move |f: &Frontend| {
+                plan.vips
+                    .get(&(f.ip, f.protocol, f.port))
+                    .is_some_and(|k| k.fits())
+            }
+        });
+        let node_port_served = kernel.map(|plan| {
+            move |&(proto, port): &(Protocol, u16)| {
+                [false, true].iter().any(|&v6| {
+                    plan.node_ports
+                        .get(&(v6, proto, port))
+                        .is_some_and(|k| k.fits())
+                })
+            }
+        });
         walk(
             &old.frontends,
             &new.frontends,
             changes.map(|c| c.frontends.as_slice()),
+            vip_served.as_ref().map(|f| f as &dyn Fn(&Frontend) -> bool),
             |f| (f.ip, f.protocol, f.port),
             |f| Some(f.ip),
             (&self.vips, &self.vips_no_endpoints),
@@ -97,6 +127,9 @@ impl Elements {
             &old.node_ports,
             &new.node_ports,
             changes.map(|c| c.node_ports.as_slice()),
+            node_port_served
+                .as_ref()
+                .map(|f| f as &dyn Fn(&(Protocol, u16)) -> bool),
             |&k| k,
             |_| None,
             (&self.node_ports, &self.node_ports_no_endpoints),
@@ -214,7 +247,7 @@ mod tests {
         let t2 = assemble([&a, &b2, &d]).table;
 
         let mut installed = Elements::from_table(&t1);
-        let delta = installed.delta(&t1, &t2, &[]);
+        let delta = installed.delta(&t1, &t2, &[], None);
         let vip = |ip: &str| (ip.parse().expect("ip"), crate::catalog::Protocol::Tcp, 80);
         assert_eq!(
             delta.removed.vips.iter().copied().collect::<Vec<_>>(),
@@ -245,6 +278,6 @@ mod tests {
         installed.apply(&delta);
         assert_eq!(installed, Elements::from_table(&t2));
         // Nothing changed: nothing to send.
-        assert!(installed.delta(&t2, &t2, &[]).is_empty());
+        assert!(installed.delta(&t2, &t2, &[], None).is_empty());
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::elements::Elements;
 use super::endpoint_counts::EndpointCounts;
-use super::kernel::{Choices, Planner, plan};
+use super::kernel::{self, Choices, Hairpin, Planner, plan};
 use crate::catalog::datapath::DatapathMode;
 use crate::catalog::{Assembly, NodeContext, Replaced, ServiceTable, TranslatedService};
 use crate::policy::Bindings;
@@ -64,7 +64,7 @@ fn random_service(rng: &mut fastrand::Rng, name: &str) -> TranslatedService {
 #[test]
 fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
     let bindings = Bindings::new();
-    let (mut patched, mut on_kernel, mut restricted) = (0, 0, 0);
+    let (mut patched, mut on_kernel, mut restricted, mut stepped) = (0, 0, 0, 0);
     for seed in 0..25 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut assembly = Assembly::new(1);
@@ -77,6 +77,11 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
         let mut planner = Planner::default();
         let mut cache = TableCache::new(None, Default::default());
         planner.update(&previous, &bindings, true, &mut cache, DatapathMode::Auto);
+        // The interceptor's state with the kernel datapath on.
+        let mut k_installed = Elements::from_table(&previous);
+        let mut k_elements = kernel::elements(planner.plan());
+        let mut k_plan = planner.plan().clone();
+        let mut hairpin = Hairpin::of(&k_plan);
         for step in 0..120 {
             let names: std::collections::BTreeSet<String> = (0..rng.usize(1..3))
                 .map(|_| format!("s{}", rng.u8(0..10)))
@@ -99,7 +104,7 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
             let at = format!("seed {seed} step {step}");
             patched += usize::from(table.changed_since(&previous).is_some());
 
-            let delta = installed.delta(&previous, &table, &[]);
+            let delta = installed.delta(&previous, &table, &[], None);
             installed.apply(&delta);
             assert_eq!(installed, Elements::from_table(&table), "{at}");
             restricted += installed.source_ranges.restricted.len();
@@ -130,12 +135,38 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
                 "{at}"
             );
             on_kernel += kernel;
+
+            // The kernel step, when the planner names what moved and the
+            // table was patched; otherwise the sets are computed whole.
+            let plan_now = planner.plan();
+            match (planner.keys(), table.changed_since(&previous)) {
+                (Some(keys), Some(_)) => {
+                    let d = k_installed.delta(&previous, &table, &[], Some(plan_now));
+                    k_installed.apply(&d);
+                    let s = kernel::step(&k_plan, plan_now, keys, &mut hairpin);
+                    k_elements.apply(&s);
+                    stepped += 1;
+                }
+                _ => {
+                    k_installed = Elements::from_table(&table).without_kernel(plan_now);
+                    k_elements = kernel::elements(plan_now);
+                    hairpin = Hairpin::of(plan_now);
+                }
+            }
+            k_plan = plan_now.clone();
+            assert_eq!(
+                k_installed,
+                Elements::from_table(&table).without_kernel(plan_now),
+                "{at}"
+            );
+            assert_eq!(k_elements, kernel::elements(plan_now), "{at}");
+            assert_eq!(hairpin, Hairpin::of(plan_now), "{at}");
             previous = table;
         }
     }
     assert!(
-        patched > 100 && on_kernel > 0 && restricted > 0,
-        "{patched} {on_kernel} {restricted}"
+        patched > 100 && on_kernel > 0 && restricted > 0 && stepped > 100,
+        "{patched} {on_kernel} {restricted} {stepped}"
     );
 }
 

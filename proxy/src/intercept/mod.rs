@@ -97,6 +97,13 @@ pub struct Interceptor {
     /// The kernel datapath: what the next sync installs, what is installed.
     kernel_plan: kernel::KernelPlan,
     kernel_installed: kernel::KernelElements,
+    /// The plan `kernel_installed` was made of, the frontends the next
+    /// plan moved (`kernel_keys`), the hairpin counts of the installed
+    /// plan, and whether the last sync left all of it true.
+    kernel_plan_installed: kernel::KernelPlan,
+    kernel_keys: Option<kernel::KernelKeys>,
+    hairpin: kernel::Hairpin,
+    kernel_in_step: bool,
 }
 
 /// What one sync did, for logs and metrics.
@@ -123,6 +130,10 @@ impl Interceptor {
             render_whole: false,
             kernel_plan: kernel::KernelPlan::default(),
             kernel_installed: kernel::KernelElements::default(),
+            kernel_plan_installed: kernel::KernelPlan::default(),
+            kernel_keys: None,
+            hairpin: kernel::Hairpin::default(),
+            kernel_in_step: false,
         }
     }
 
@@ -133,11 +144,28 @@ impl Interceptor {
         // `dataplane.transparent: false` promises backends the node's
         // address, whichever path a connection takes.
         if !self.transparent {
-            for k in plan.vips.values_mut().chain(plan.node_ports.values_mut()) {
+            let masquerade = |mut k: kernel::KernelPort| {
                 k.masquerade = true;
-            }
+                k
+            };
+            plan.vips = plan
+                .vips
+                .into_iter()
+                .map(|(key, k)| (key, masquerade(k)))
+                .collect();
+            plan.node_ports = plan
+                .node_ports
+                .into_iter()
+                .map(|(key, k)| (key, masquerade(k)))
+                .collect();
         }
         self.kernel_plan = plan;
+    }
+
+    /// The plan keys the planner moved for the next `sync` (`None`: it
+    /// planned whole, and the next sync diffs the sets whole).
+    pub fn set_kernel_keys(&mut self, keys: Option<kernel::KernelKeys>) {
+        self.kernel_keys = keys;
     }
 
     /// The bridge table's part of a sync: a full render when the bridges
@@ -196,12 +224,31 @@ impl Interceptor {
                 .with_node_addresses(&self.cfg.node_port_addresses, table)
                 .without_kernel(&self.kernel_plan)
         };
-        let kernel_want = kernel::elements(&self.kernel_plan);
-        // The kernel datapath's maps depend on more than a frontend's
-        // route, so a sync that has them diffs the sets whole (in process:
-        // still one netlink batch with the kernel's elements, no `nft`);
-        // others take the route delta, source ranges included.
-        let whole_diff = !kernel_want.is_empty() || !self.kernel_installed.is_empty();
+        // With kernel-datapath frontends, a sync whose table was patched
+        // from the one installed (and whose plan moved only the frontends
+        // the planner names) steps the touched frontends: their proxy sets
+        // and their kernel elements. Otherwise it diffs the sets whole (in
+        // process: still one netlink batch, no `nft`). Without kernel
+        // frontends a sync takes the route delta, source ranges included.
+        let kernel_keys = self.kernel_keys.take();
+        let kernel_any = !self.kernel_plan.is_empty() || !self.kernel_installed.is_empty();
+        let kernel_step = kernel_any
+            && self.kernel_in_step
+            && kernel_keys.is_some()
+            && self.installed.is_some()
+            && !self.render_whole
+            && self
+                .installed_for
+                .as_ref()
+                .is_some_and(|base| table.changed_since(base).is_some());
+        let kernel_want = if kernel_step {
+            kernel::KernelElements::default()
+        } else {
+            kernel::elements(&self.kernel_plan)
+        };
+        let whole_diff = kernel_any && !kernel_step;
+        // The kernel part of a step, once the kernel accepted it.
+        let mut kernel_stepped: Option<(kernel::Step, kernel::Hairpin)> = None;
         let mut text = String::new();
         let mut delta = Batch::default();
         // On success: the whole new contents, or a delta to the installed.
@@ -272,8 +319,74 @@ impl Interceptor {
                 fresh = Some(want);
                 delta.len()
             }
+            (Some(have), Some(base)) if kernel_step => {
+                let d = have.delta(
+                    base,
+                    table,
+                    &self.cfg.node_port_addresses,
+                    Some(&self.kernel_plan),
+                );
+                let mut hairpin = self.hairpin.clone();
+                let keys = kernel_keys.unwrap_or_default();
+                let k = kernel::step(
+                    &self.kernel_plan_installed,
+                    &self.kernel_plan,
+                    &keys,
+                    &mut hairpin,
+                );
+                let kernel_batch = self.kernel_batch(&k.want, &k.have)?;
+                delta = d.batch(&self.cfg.table);
+                delta.extend(kernel_batch);
+                // Kernel frontends that went to the proxy keep their
+                // established flows (see ruleset.rs, kdrain).
+                let diverted = |key: &(std::net::IpAddr, crate::catalog::Protocol, u16)| {
+                    d.added.vips.contains(key)
+                        || (have.vips.contains(key) && !d.removed.vips.contains(key))
+                };
+                let left: Vec<_> = keys
+                    .vips
+                    .iter()
+                    .filter(|key| {
+                        self.kernel_plan_installed
+                            .vips
+                            .get(*key)
+                            .is_some_and(|k| k.fits())
+                    })
+                    .filter(|key| diverted(key))
+                    .copied()
+                    .collect();
+                delta.extend(kernel::drain_batch(
+                    &self.cfg.table,
+                    left,
+                    KERNEL_DRAIN_SECONDS,
+                ));
+                let node_port_diverted = |key: &(crate::catalog::Protocol, u16)| {
+                    d.added.node_ports.contains(key)
+                        || (have.node_ports.contains(key) && !d.removed.node_ports.contains(key))
+                };
+                let left: std::collections::BTreeSet<_> = keys
+                    .node_ports
+                    .iter()
+                    .filter(|key| {
+                        self.kernel_plan_installed
+                            .node_ports
+                            .get(*key)
+                            .is_some_and(|k| k.fits())
+                    })
+                    .map(|&(_, proto, port)| (proto, port))
+                    .filter(|key| node_port_diverted(key))
+                    .collect();
+                delta.extend(kernel::drain_node_port_batch(
+                    &self.cfg.table,
+                    left,
+                    KERNEL_DRAIN_SECONDS,
+                ));
+                kernel_stepped = Some((k, hairpin));
+                step = Some(d);
+                delta.len()
+            }
             (Some(have), Some(base)) => {
-                let d = have.delta(base, table, &self.cfg.node_port_addresses);
+                let d = have.delta(base, table, &self.cfg.node_port_addresses, None);
                 delta = d.batch(&self.cfg.table);
                 step = Some(d);
                 delta.len()
@@ -308,6 +421,7 @@ impl Interceptor {
             // table is rendered whole next time.
             self.steer = None;
             self.bridges.forget();
+            self.kernel_in_step = false;
             if let InterceptError::Netlink { source, .. } = &e
                 && source.state_unknown()
             {
@@ -320,13 +434,26 @@ impl Interceptor {
             (None, Some(d), Some(have)) => have.apply(&d),
             _ => {}
         }
-        let stale = kernel::conntrack::removed_udp_endpoints(&self.kernel_installed, &kernel_want);
-        kernel::conntrack::delete(&stale);
-        self.kernel_installed = kernel_want;
-        // After a whole diff the installed sets hold what the kernel plan
-        // made of them, which a route-by-route delta does not know: the
-        // next sync diffs whole.
-        self.installed_for = (!whole_diff).then(|| table.clone());
+        match kernel_stepped {
+            Some((k, hairpin)) => {
+                let stale = kernel::conntrack::removed_udp_endpoints(&k.have, &k.want);
+                kernel::conntrack::delete(&stale);
+                self.kernel_installed.apply(&k);
+                self.hairpin = hairpin;
+            }
+            None => {
+                let stale =
+                    kernel::conntrack::removed_udp_endpoints(&self.kernel_installed, &kernel_want);
+                kernel::conntrack::delete(&stale);
+                self.kernel_installed = kernel_want;
+                self.hairpin = kernel::Hairpin::of(&self.kernel_plan);
+            }
+        }
+        self.kernel_plan_installed = self.kernel_plan.clone();
+        self.kernel_in_step = true;
+        // The installed sets are those of this table and plan, whichever
+        // way they got there: the next sync can step from them.
+        self.installed_for = Some(table.clone());
         self.render_whole = false;
         self.steer = bridges;
         Ok(SyncStats {

@@ -44,12 +44,30 @@ impl KernelPort {
     }
 }
 
-/// Every kernel-path frontend of the node.
+/// Every kernel-path frontend of the node. Persistent maps: the planner
+/// hands a copy to the interceptor at every sync, which keeps the one it
+/// installed, without copying the entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelPlan {
-    pub vips: BTreeMap<(IpAddr, Protocol, u16), KernelPort>,
+    pub vips: imbl::OrdMap<(IpAddr, Protocol, u16), KernelPort>,
     /// NodePorts per family (`true`: IPv6), protocol and port.
-    pub node_ports: BTreeMap<(bool, Protocol, u16), KernelPort>,
+    pub node_ports: imbl::OrdMap<(bool, Protocol, u16), KernelPort>,
+}
+
+impl KernelPlan {
+    pub fn is_empty(&self) -> bool {
+        self.vips.is_empty() && self.node_ports.is_empty()
+    }
+}
+
+/// The hairpin element of an endpoint address (`ep . ep`: masquerade a
+/// Pod that reaches itself through a kernel frontend).
+pub fn hairpin_element(ip: IpAddr) -> Element {
+    el(
+        format!("khairpin{}", fam(ip.is_ipv6())),
+        format!("{ip} . {ip}"),
+        None,
+    )
 }
 
 /// The desired elements of every kernel-datapath set and map.
@@ -122,13 +140,7 @@ pub fn elements(plan: &KernelPlan) -> KernelElements {
         }
         hairpin.extend(k.endpoints.iter().map(|e| e.ip()));
     }
-    for ip in hairpin {
-        out.insert(el(
-            format!("khairpin{}", fam(ip.is_ipv6())),
-            format!("{ip} . {ip}"),
-            None,
-        ));
-    }
+    out.extend(hairpin.into_iter().map(hairpin_element));
     KernelElements { elements: out }
 }
 

@@ -7,6 +7,7 @@ pub mod conntrack;
 pub mod elements;
 pub mod plan;
 pub mod rules;
+pub mod step;
 pub mod wire;
 
 pub use elements::{
@@ -14,4 +15,5 @@ pub use elements::{
     elements,
 };
 pub use plan::{Choices, Planner, plan};
+pub use step::{Hairpin, KernelKeys, Step, step};
 pub use wire::{EncodeError, drain_batch, drain_node_port_batch};

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::elements::{KernelPlan, KernelPort};
+use super::step::KernelKeys;
 use crate::catalog::datapath::{Datapath, DatapathChoice, DatapathMode, choose, requested};
 use crate::catalog::{Frontend, Protocol, Route, Scope, ServicePort, ServiceTable};
 use crate::policy::Bindings;
@@ -169,6 +170,8 @@ pub struct Planner {
     choices: Choices,
     /// Ports on the kernel path now, of all with a choice.
     kernel_ports: usize,
+    /// The plan keys the last update touched; `None`: it planned whole.
+    keys: Option<KernelKeys>,
 }
 
 impl Planner {
@@ -188,6 +191,7 @@ impl Planner {
             _ => None,
         };
         let (Some(change), Some(last)) = (change, &last) else {
+            self.keys = None;
             let (plan, choices) = plan(table, bindings, cache, default, &self.choices);
             self.plan = plan;
             self.choices = choices;
@@ -199,6 +203,18 @@ impl Planner {
             return;
         };
         let previous = self.choices.clone();
+        self.keys = Some(KernelKeys {
+            vips: change
+                .frontends
+                .iter()
+                .map(|f| (f.ip, f.protocol, f.port))
+                .collect(),
+            node_ports: change
+                .node_ports
+                .iter()
+                .flat_map(|&(proto, port)| [(false, proto, port), (true, proto, port)])
+                .collect(),
+        });
         let mut gone: HashSet<u64> = HashSet::new();
         for port in change
             .services
@@ -245,6 +261,12 @@ impl Planner {
             self.choices.insert(id, choice);
         }
         cache.forget_ports(&gone);
+    }
+
+    /// The plan keys the last update touched; `None` when it planned
+    /// every port.
+    pub fn keys(&self) -> Option<&KernelKeys> {
+        self.keys.as_ref()
     }
 
     /// The kernel-path frontends.
