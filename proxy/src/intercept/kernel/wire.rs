@@ -59,7 +59,7 @@ fn concat(text: &str, last_is_slot: bool) -> Option<Vec<u8>> {
 /// The element `e` as it goes over netlink.
 pub fn encode(e: &Element, with_data: bool) -> Result<netlink::Element, EncodeError> {
     let slot_map = e.set.starts_with("kslot") || e.set.starts_with("knpslot");
-    let k = concat(&e.key, slot_map).ok_or_else(|| bad(&e.set, &e.key))?;
+    let k = concat(&e.key, slot_map).ok_or_else(|| bad(e.set, &e.key))?;
     let label = match &e.data {
         Some(d) if with_data => format!("{} : {d}", e.key),
         _ => e.key.clone(),
@@ -68,7 +68,7 @@ pub fn encode(e: &Element, with_data: bool) -> Result<netlink::Element, EncodeEr
     if let (Some(d), true) = (&e.data, with_data) {
         out = match d.strip_prefix("goto ") {
             Some(chain) => out.with_goto(chain),
-            None => out.with_data(concat(d, false).ok_or_else(|| bad(&e.set, d))?),
+            None => out.with_data(concat(d, false).ok_or_else(|| bad(e.set, d))?),
         };
     }
     Ok(out)
@@ -79,11 +79,14 @@ impl KernelElements {
     /// first, a map element whose data changed deleted and added again.
     pub fn diff_batch(&self, old: &KernelElements, table: &str) -> Result<Batch, EncodeError> {
         let mut out = Batch::default();
+        if old.is_empty() {
+            out.changes.reserve_exact(self.len());
+        }
         for e in old.elements.difference(&self.elements) {
-            out.push(Verb::Delete, Family::Inet, table, &e.set, encode(e, false)?);
+            out.push(Verb::Delete, Family::Inet, table, e.set, encode(e, false)?);
         }
         for e in self.elements.difference(&old.elements) {
-            out.push(Verb::Add, Family::Inet, table, &e.set, encode(e, true)?);
+            out.push(Verb::Add, Family::Inet, table, e.set, encode(e, true)?);
         }
         Ok(out)
     }
@@ -135,7 +138,7 @@ mod tests {
     #[test]
     fn slot_map_elements_encode_the_slot_in_host_order_and_padded_data() {
         let e = Element {
-            set: "kslot4".into(),
+            set: "kslot4",
             key: "10.96.0.10 . tcp . 80 . 1".into(),
             data: Some("10.244.1.3 . 8080".into()),
         };
@@ -145,7 +148,7 @@ mod tests {
         assert_eq!(n.key, want);
         assert_eq!(n.data, Some(vec![10, 244, 1, 3, 0x1f, 0x90, 0, 0]));
         let v = Element {
-            set: "knp6".into(),
+            set: "knp6",
             key: "udp . 30053".into(),
             data: Some("goto kn6_client_521".into()),
         };
@@ -154,7 +157,7 @@ mod tests {
         assert_eq!(n.data, None);
         assert_eq!(encode(&v, false).expect("encodes").goto, None);
         let broken = Element {
-            set: "kfront4".into(),
+            set: "kfront4",
             key: "10.96.0.10 . sctp . 80".into(),
             data: None,
         };
