@@ -35,6 +35,10 @@ use endpoint_counts::EndpointCounts;
 /// timeout is longer; a flow idle past this is reset when it speaks again).
 const KERNEL_DRAIN_SECONDS: u64 = 3600;
 
+/// Kernel elements per batch when a first sync fills a fresh table: a few
+/// MB of encoded changes at a time instead of ~650k at 10k frontends.
+const KERNEL_FILL_BATCH: usize = 32_768;
+
 /// Parses an `addr . proto . port` element key back.
 fn parse_vip(key: &str) -> Option<(std::net::IpAddr, crate::catalog::Protocol, u16)> {
     let mut parts = key.split(" . ");
@@ -249,6 +253,9 @@ impl Interceptor {
         let whole_diff = kernel_any && !kernel_step;
         // The kernel part of a step, once the kernel accepted it.
         let mut kernel_stepped: Option<(kernel::Step, kernel::Hairpin)> = None;
+        // A first install into a fresh table sends the kernel elements
+        // after the rest, in bounded batches (`fill_kernel`).
+        let mut fill_kernel = false;
         let mut text = String::new();
         let mut delta = Batch::default();
         // On success: the whole new contents, or a delta to the installed.
@@ -276,7 +283,7 @@ impl Interceptor {
                     // most of the first sync at scale).
                     text = ruleset::render(&self.cfg, self.listen_port, &Elements::default());
                     delta = want.diff_batch(&Elements::default(), &self.cfg.table);
-                    delta.extend(self.kernel_batch(&kernel_want, &Default::default())?);
+                    fill_kernel = true;
                 }
                 let n = want.len();
                 fresh = Some(want);
@@ -405,12 +412,18 @@ impl Interceptor {
         self.last = Some(table.clone());
         let steered = start.elapsed();
         let applied = self.apply(&text, &delta);
+        let netlink_elements = delta.len();
+        drop(delta);
+        let applied = match applied {
+            Ok(()) if fill_kernel => self.fill_kernel(&kernel_want),
+            other => other,
+        };
         tracing::debug!(
             diffed_us = diffed.as_micros() as u64,
             steered_us = steered.as_micros() as u64,
             apply_us = (start.elapsed() - steered).as_micros() as u64,
             nft_bytes = text.len(),
-            netlink_elements = delta.len(),
+            netlink_elements,
             "nftables sync timings"
         );
         if let Err(e) = applied {
@@ -473,6 +486,26 @@ impl Interceptor {
                 table: self.cfg.table.clone(),
                 source,
             })
+    }
+
+    /// Adds every kernel element to a table that has none, in batches of
+    /// a bounded size (each atomic; the table is not serving yet, and a
+    /// failure leaves `installed` unset, so the next sync replaces the
+    /// table whole).
+    fn fill_kernel(&mut self, want: &kernel::KernelElements) -> Result<(), InterceptError> {
+        for batch in kernel::fill_batches(want, &self.cfg.table, KERNEL_FILL_BATCH) {
+            let batch = batch.map_err(|source| InterceptError::Encode {
+                table: self.cfg.table.clone(),
+                source,
+            })?;
+            self.netlink
+                .apply(&batch)
+                .map_err(|source| InterceptError::Netlink {
+                    table: self.cfg.table.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// `nft -f` for a full render, then the netlink batch of element

@@ -16,4 +16,4 @@ pub use elements::{
 };
 pub use plan::{Choices, Planner, plan};
 pub use step::{Hairpin, KernelKeys, Step, step};
-pub use wire::{EncodeError, drain_batch, drain_node_port_batch};
+pub use wire::{EncodeError, drain_batch, drain_node_port_batch, fill_batches};

@@ -92,6 +92,36 @@ impl KernelElements {
     }
 }
 
+/// Verdict elements: what makes a frontend reach its slots.
+fn verdict(e: &Element) -> bool {
+    e.set.starts_with("kfront") || e.set == "knp4" || e.set == "knp6"
+}
+
+/// Every element of `want` as an addition to empty sets, in batches of at
+/// most `chunk` elements, so that a first sync at scale never holds the
+/// ~650k encoded changes at once. The verdict elements come last: a
+/// frontend is reachable only once its slots are in.
+pub fn fill_batches<'a>(
+    want: &'a KernelElements,
+    table: &'a str,
+    chunk: usize,
+) -> impl Iterator<Item = Result<Batch, EncodeError>> + 'a {
+    let first = want.elements.iter().filter(|e| !verdict(e));
+    let last = want.elements.iter().filter(|e| verdict(e));
+    let mut all = first.chain(last).peekable();
+    std::iter::from_fn(move || {
+        all.peek()?;
+        let mut out = Batch::default();
+        for e in all.by_ref().take(chunk.max(1)) {
+            match encode(e, true) {
+                Ok(n) => out.push(Verb::Add, Family::Inet, table, e.set, n),
+                Err(err) => return Some(Err(err)),
+            }
+        }
+        Some(Ok(out))
+    })
+}
+
 /// `kdrain4`/`kdrain6` elements for frontends that left the kernel path,
 /// with a timeout: `add` only (an expired element must never be deleted
 /// by name).
@@ -134,6 +164,49 @@ pub fn drain_node_port_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fill_adds_every_element_in_bounded_batches_verdicts_last() {
+        use crate::intercept::kernel::elements::{KernelPlan, KernelPort, elements};
+        use crate::policy::{SlotKey, SlotTable};
+        use std::sync::Arc;
+        let mut plan = KernelPlan::default();
+        for i in 0..3u8 {
+            plan.vips.insert(
+                (IpAddr::from([10, 96, 0, i]), Protocol::Udp, 53),
+                KernelPort {
+                    table: Arc::new(SlotTable {
+                        key: SlotKey::Sequence,
+                        slots: (0..257u32).map(|s| s % 2).collect(),
+                    }),
+                    endpoints: vec![
+                        format!("10.244.{i}.2:53").parse().expect("addr"),
+                        format!("10.244.{i}.3:53").parse().expect("addr"),
+                    ]
+                    .into(),
+                    masquerade: true,
+                },
+            );
+        }
+        let want = elements(&plan);
+        let whole = want
+            .diff_batch(&KernelElements::default(), "sy")
+            .expect("encodes");
+        let batches: Vec<Batch> = fill_batches(&want, "sy", 100)
+            .collect::<Result<_, _>>()
+            .expect("encodes");
+        assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 100));
+        let filled: Vec<_> = batches.into_iter().flat_map(|b| b.changes).collect();
+        assert_eq!(filled.len(), whole.len());
+        for c in &whole.changes {
+            assert!(filled.contains(c), "{c} missing from the fill");
+        }
+        let first_verdict = filled
+            .iter()
+            .position(|c| c.set.starts_with("kfront"))
+            .expect("verdicts are filled");
+        assert_eq!(first_verdict, filled.len() - 3);
+    }
 
     #[test]
     fn slot_map_elements_encode_the_slot_in_host_order_and_padded_data() {
