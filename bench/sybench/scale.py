@@ -84,6 +84,11 @@ sys.exit(1)
 """
 
 
+# The Services' switchyard.dev/datapath annotation (--datapath; None: no
+# annotation, so `auto` puts ports with a slot table on the kernel path).
+DATAPATH: str | None = "proxy"
+
+
 def generate(directory: Path, services: int, endpoints: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for f in range(0, services, PER_FILE):
@@ -98,7 +103,7 @@ def generate_docs(indices, endpoints: int) -> list[dict]:
         eps = [mf.Endpoint(f"10.{100 + (i * endpoints + j) // 65025 % 100}."
                            f"{(i * endpoints + j) // 255 % 255}.{1 + (i * endpoints + j) % 254}",
                            f"svc{i}-pod{j}", node=NODE_NAME) for j in range(endpoints)]
-        svc = mf.ServiceDef(f"svc{i}", [vip], [mf.Port("http", 80, 8080)], [eps],
+        svc = mf.ServiceDef(f"svc{i}", [vip], [mf.Port("http", 80, 8080)], [eps], datapath=DATAPATH,
                             namespace="scale")
         docs += svc.documents()
     return docs
@@ -107,7 +112,7 @@ def generate_docs(indices, endpoints: int) -> list[dict]:
 def toggle_def(on: bool) -> "mf.ServiceDef":
     eps = [mf.Endpoint(BACKENDS[0].ip, BACKENDS[0].name, node=NODE_NAME)] if on else []
     return mf.ServiceDef("toggle", [TOGGLE_VIP], [mf.Port("http", 80, backends.HTTP_PORT)],
-                         [eps], namespace="scale")
+                         [eps], namespace="scale", datapath=DATAPATH)
 
 
 def toggle_yaml(on: bool) -> str:
@@ -254,6 +259,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--io", choices=("uring", "epoll"), default="uring")
     ap.add_argument("--opaque", action="store_true",
                     help="dataplane.transparent: false (backends see the node's address)")
+    ap.add_argument("--datapath", choices=("proxy", "auto", "kernel"), default="proxy",
+                    help="the Services' switchyard.dev/datapath annotation (auto: none)")
     ap.add_argument("--log-level", default="warn",
                     help="Switchyard's log level; its log is printed at the end unless warn")
     ap.add_argument("--bin", type=Path)
@@ -262,6 +269,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--note", action="append", default=[])
     args = ap.parse_args(argv)
     args.smoke = False
+    global DATAPATH
+    DATAPATH = None if args.datapath == "auto" else args.datapath
+    if args.datapath != "proxy":
+        args.note.append(f"Services annotated switchyard.dev/datapath: {args.datapath}"
+                         if DATAPATH else "Services without a datapath annotation (auto)")
     os.sched_setaffinity(0, {LOAD_CPU})
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     binary = pick_binary(args, "full")

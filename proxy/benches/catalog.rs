@@ -109,10 +109,36 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("snapshot_lookup");
     group.measurement_time(Duration::from_secs(2));
     group.bench_function("hit_10k_services", |b| {
-        b.iter(|| table.lookup(Protocol::Tcp, hit).is_some())
+        b.iter(|| {
+            table
+                .lookup(Protocol::Tcp, std::hint::black_box(hit))
+                .is_some()
+        })
     });
     group.bench_function("miss_10k_services", |b| {
-        b.iter(|| table.lookup(Protocol::Tcp, miss).is_some())
+        b.iter(|| {
+            table
+                .lookup(Protocol::Tcp, std::hint::black_box(miss))
+                .is_some()
+        })
+    });
+    // The same frontends in a `std` HashMap, what the table held before
+    // its maps became persistent (sharded): the lookup's baseline.
+    let std_map: std::collections::HashMap<catalog::Frontend, catalog::Route> = table
+        .frontends
+        .iter()
+        .map(|(f, r)| (*f, r.clone()))
+        .collect();
+    let frontend = |dst: std::net::SocketAddr| catalog::Frontend {
+        ip: dst.ip(),
+        protocol: Protocol::Tcp,
+        port: dst.port(),
+    };
+    group.bench_function("hit_10k_services_std_hashmap", |b| {
+        b.iter(|| std_map.contains_key(&frontend(std::hint::black_box(hit))))
+    });
+    group.bench_function("miss_10k_services_std_hashmap", |b| {
+        b.iter(|| std_map.contains_key(&frontend(std::hint::black_box(miss))))
     });
     group.finish();
 }

@@ -63,12 +63,12 @@ pub struct BuildOutput {
 #[derive(Debug, Clone)]
 pub struct TranslatedService {
     order: ServiceOrder,
-    key: ServiceKey,
-    ports: Vec<Arc<ServicePort>>,
-    vips: Vec<Claim<Frontend>>,
-    node_ports: Vec<Claim<(Protocol, u16)>>,
-    health_check: Option<u16>,
-    source_ranges: Vec<(Frontend, Arc<[super::load_balancer::Prefix]>)>,
+    pub(super) key: ServiceKey,
+    pub(super) ports: Vec<Arc<ServicePort>>,
+    pub(super) vips: Vec<Claim<Frontend>>,
+    pub(super) node_ports: Vec<Claim<(Protocol, u16)>>,
+    pub(super) health_check: Option<u16>,
+    pub(super) source_ranges: Vec<(Frontend, Arc<[super::load_balancer::Prefix]>)>,
 }
 
 impl TranslatedService {
@@ -84,9 +84,9 @@ impl TranslatedService {
 
 /// A table entry a Service asks for, with the field that asked.
 #[derive(Debug, Clone)]
-struct Claim<K> {
-    key: K,
-    route: Route,
+pub(super) struct Claim<K> {
+    pub(super) key: K,
+    pub(super) route: Route,
     field: String,
 }
 
@@ -349,11 +349,10 @@ pub fn assemble<'a>(services: impl IntoIterator<Item = &'a TranslatedService>) -
             node_port_owner.insert(claim.key, &svc.key);
             out.table.node_ports.insert(claim.key, claim.route.clone());
         }
-        if let Some(port) = svc.health_check {
-            out.table
-                .health_checks
-                .entry(port)
-                .or_insert(svc.key.clone());
+        if let Some(port) = svc.health_check
+            && !out.table.health_checks.contains_key(&port)
+        {
+            out.table.health_checks.insert(port, svc.key.clone());
         }
         for (frontend, ranges) in &svc.source_ranges {
             out.table

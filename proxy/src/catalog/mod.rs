@@ -3,6 +3,7 @@
 //! every Service rule is written once and unit tested exhaustively.
 
 mod app_protocol;
+mod assembly;
 mod build;
 mod check;
 pub mod datapath;
@@ -12,6 +13,7 @@ mod load_balancer;
 mod node;
 mod problem;
 mod service;
+mod shard_map;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -19,6 +21,7 @@ mod topology;
 mod vips;
 
 pub use app_protocol::{L7Protocol, PROTOCOL_ANNOTATION, port_l7};
+pub use assembly::{Assembly, Replaced};
 pub use build::{
     BuildOutput, NodeContext, TranslatedService, Translation, assemble, build, node_addresses,
     translate_service,
@@ -31,6 +34,7 @@ pub use problem::{ObjectRef, Problem, Severity};
 pub use service::validate_service;
 pub use table::{
     Endpoint, Frontend, Protocol, Route, Scope, ServiceInfo, ServiceKey, ServicePort, ServiceTable,
+    Services, ShardMap, TableChange,
 };
 
 /// Annotation that binds a Service to a policy module by name.

@@ -1,13 +1,21 @@
-//! The immutable service table the data plane reads. Built by
-//! [`super::build`], published as a snapshot, never mutated in place.
-
-use std::collections::{BTreeMap, HashMap};
+//! The service table the data plane reads. Built by [`super::build`] or
+//! patched by [`super::Assembly`], published as an immutable snapshot. Its
+//! maps are persistent (shared shards, shared tree nodes): a published
+//! table is never changed, and the next one shares everything a change did
+//! not touch with it.
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use imbl::OrdMap;
+
 use super::app_protocol::L7Protocol;
+pub use super::shard_map::ShardMap;
+
+/// Every proxied Service's ports, by Service, in key order.
+pub type Services = OrdMap<ServiceKey, Vec<Arc<ServicePort>>>;
 
 /// L4 protocols a Service port can proxy. SCTP is reported as unsupported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -171,32 +179,66 @@ impl Route {
 }
 
 /// The service table: every frontend this node proxies, immutable.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ServiceTable {
     /// VIP frontends (ClusterIPs with `Scope::Internal`, externalIPs and
     /// LoadBalancer ingress IPs with `Scope::External`).
     #[serde(serialize_with = "ser::frontends")]
-    pub frontends: HashMap<Frontend, Route>,
+    pub frontends: ShardMap<Frontend, Route>,
     /// NodePorts, on every local address, always `Scope::External`.
     #[serde(serialize_with = "ser::node_ports")]
-    pub node_ports: HashMap<(Protocol, u16), Route>,
+    pub node_ports: ShardMap<(Protocol, u16), Route>,
     /// Every proxied Service port, by Service, for the admin API and the
     /// policy bindings.
     #[serde(serialize_with = "ser::services")]
-    pub services: BTreeMap<ServiceKey, Vec<Arc<ServicePort>>>,
+    pub services: Services,
     /// This node's addresses as its Node object lists them (InternalIP,
     /// ExternalIP): what `intercept.nodePortAddresses: [primary]` means.
     pub node_addresses: Vec<IpAddr>,
     /// `spec.healthCheckNodePort` of LoadBalancer Services with
     /// `externalTrafficPolicy: Local`: the port and its Service.
     #[serde(skip)]
-    pub health_checks: BTreeMap<u16, ServiceKey>,
+    pub health_checks: OrdMap<u16, ServiceKey>,
     /// LoadBalancer ingress frontends restricted by
     /// `loadBalancerSourceRanges`: the sources allowed, of the frontend's
     /// family (empty: none).
     #[serde(skip)]
-    pub source_ranges: BTreeMap<Frontend, Arc<[(IpAddr, u8)]>>,
+    pub source_ranges: OrdMap<Frontend, Arc<[(IpAddr, u8)]>>,
+    /// Names this table among those one [`super::Assembly`] made (0: built
+    /// whole by [`super::build`], named by nothing).
+    #[serde(skip)]
+    pub revision: u64,
+    /// What changed from the table this one was patched from; `None` when
+    /// it was assembled whole (a reader then compares everything).
+    #[serde(skip)]
+    pub changes: Option<Arc<TableChange>>,
 }
+
+/// The keys a patch touched: entries added, removed or replaced. Readers
+/// that kept the table named `from` look at these only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableChange {
+    /// The `revision` of the table patched.
+    pub from: u64,
+    pub services: Vec<ServiceKey>,
+    pub frontends: Vec<Frontend>,
+    pub node_ports: Vec<(Protocol, u16)>,
+    pub source_ranges: Vec<Frontend>,
+}
+
+/// The contents; how a table was made (`revision`, `changes`) is not.
+impl PartialEq for ServiceTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.frontends == other.frontends
+            && self.node_ports == other.node_ports
+            && self.services == other.services
+            && self.node_addresses == other.node_addresses
+            && self.health_checks == other.health_checks
+            && self.source_ranges == other.source_ranges
+    }
+}
+
+impl Eq for ServiceTable {}
 
 impl ServiceTable {
     /// The route for a connection's original destination. A destination that
@@ -211,19 +253,28 @@ impl ServiceTable {
             .get(&key)
             .or_else(|| self.node_ports.get(&(protocol, dst.port())))
     }
+
+    /// What changed since `old`, when this table was patched from it (a
+    /// reader that kept an older table, or a table built whole, gets
+    /// `None` and compares everything).
+    pub fn changed_since(&self, old: &ServiceTable) -> Option<&TableChange> {
+        self.changes
+            .as_deref()
+            .filter(|c| old.revision != 0 && c.from == old.revision)
+    }
 }
 
 /// Serialization for the config dump. serde's `rc` feature is off, so
 /// shared values are written through their `Arc`; maps get string keys
 /// (JSON has no others) in a stable order.
 mod ser {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
     use std::net::SocketAddr;
     use std::sync::Arc;
 
     use serde::{Serialize, Serializer};
 
-    use super::{Frontend, Protocol, Route, ServiceKey, ServicePort};
+    use super::{Frontend, Protocol, Route, ServicePort, Services, ShardMap};
 
     pub(super) fn through_arc<T, S>(value: &Arc<T>, s: S) -> Result<S::Ok, S::Error>
     where
@@ -235,7 +286,7 @@ mod ser {
 
     /// `"10.96.0.10:53/UDP"`, `"[fd00::a]:443/TCP"`.
     pub(super) fn frontends<S: Serializer>(
-        map: &HashMap<Frontend, Route>,
+        map: &ShardMap<Frontend, Route>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
         let sorted: BTreeMap<&Frontend, &Route> = map.iter().collect();
@@ -247,7 +298,7 @@ mod ser {
 
     /// `"30080/TCP"`.
     pub(super) fn node_ports<S: Serializer>(
-        map: &HashMap<(Protocol, u16), Route>,
+        map: &ShardMap<(Protocol, u16), Route>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
         let sorted: BTreeMap<&(Protocol, u16), &Route> = map.iter().collect();
@@ -259,10 +310,7 @@ mod ser {
     }
 
     /// `"namespace/name"`.
-    pub(super) fn services<S: Serializer>(
-        map: &BTreeMap<ServiceKey, Vec<Arc<ServicePort>>>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(super) fn services<S: Serializer>(map: &Services, s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(map.iter().map(|(key, ports)| {
             let ports: Vec<&ServicePort> = ports.iter().map(|p| &**p).collect();
             (key.to_string(), ports)

@@ -1,9 +1,9 @@
 //! Per-Service rebuilds: a change to one Service or one of its
 //! EndpointSlices (a watch event, or an edited manifest file) re-translates
-//! only that Service; the table is then re-assembled from the cached
-//! translations (cheap: it moves `Arc`s and settles frontend conflicts), so
-//! untouched Services keep their `ServicePort` `Arc`s and every rule stays
-//! written once in the catalog.
+//! only that Service, and `catalog::Assembly` patches the table with it
+//! (whole again only when the Service shares a frontend with another), so
+//! untouched Services keep their `ServicePort` `Arc`s and the table its
+//! shared entries, and every rule stays written once in the catalog.
 
 use std::collections::BTreeMap;
 
@@ -53,21 +53,36 @@ impl ServiceObjects for FileIndex {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Translations {
     by_service: BTreeMap<Key, TranslatedService>,
+    /// The table of these translations, patched per change.
+    assembly: catalog::Assembly,
+}
+
+impl Default for Translations {
+    fn default() -> Self {
+        // Tables of different assemblies must not share a revision: a
+        // reader would take one's change record for the other's.
+        Self {
+            by_service: BTreeMap::new(),
+            assembly: catalog::Assembly::new(fastrand::u64(1..u64::MAX / 2)),
+        }
+    }
 }
 
 impl Translations {
     /// Re-translates the Services in `dirty` (all of them when `dirty.all`)
-    /// from the source's objects; returns the translations' own problems.
-    pub fn refresh(
+    /// from the source's objects; returns the translations' own problems
+    /// and, for each Service looked at, its translation before.
+    fn refresh(
         &mut self,
         objects: &impl ServiceObjects,
         dirty: &Dirty,
         node: &NodeContext,
-    ) -> Vec<Problem> {
+    ) -> (Vec<Problem>, Vec<(Key, Option<TranslatedService>)>) {
         let mut problems = Vec::new();
+        let mut before = Vec::new();
         let keys: Vec<Key> = if dirty.all {
             self.by_service.clear();
             objects.service_keys()
@@ -76,7 +91,7 @@ impl Translations {
         };
         for key in keys {
             let Some(svc) = objects.service(&key) else {
-                self.by_service.remove(&key);
+                before.push((key.clone(), self.by_service.remove(&key)));
                 continue;
             };
             if objects.duplicates(&key) > 0 {
@@ -90,37 +105,52 @@ impl Translations {
             let slices = objects.slices_of(&key);
             let translation = catalog::translate_service(svc, &slices, node);
             problems.extend(translation.problems);
-            match translation.service {
-                Some(t) => self.by_service.insert(key, t),
+            let old = match translation.service {
+                Some(t) => self.by_service.insert(key.clone(), t),
                 None => self.by_service.remove(&key),
             };
+            before.push((key, old));
         }
-        problems
+        (problems, before)
     }
 
-    /// Re-translates what `dirty` names and assembles the table, with this
-    /// node's addresses and every problem met.
+    /// Re-translates what `dirty` names and brings the table in step (a
+    /// patch of the changed Services, or whole), with this node's
+    /// addresses and every problem met.
     pub fn rebuild(
         &mut self,
         objects: &impl ServiceObjects,
         dirty: &Dirty,
         node: &NodeContext,
     ) -> BuildOutput {
-        let problems = self.refresh(objects, dirty, node);
+        let (mut problems, before) = self.refresh(objects, dirty, node);
         tracing::debug!(
             all = dirty.all,
             services = dirty.services.len(),
             proxied = self.len(),
             "re-translated changed Services"
         );
-        let mut built = self.assemble();
-        built.table.node_addresses = node.addresses.clone();
-        built.problems.splice(0..0, problems);
-        built
+        let by_service = &self.by_service;
+        let conflicts = if dirty.all {
+            self.assembly.whole(by_service.values())
+        } else {
+            let changes: Vec<catalog::Replaced<'_>> = before
+                .iter()
+                .map(|(key, old)| (old.as_ref(), by_service.get(key)))
+                .collect();
+            self.assembly
+                .update(&changes, || by_service.values().collect())
+        };
+        problems.extend(conflicts);
+        let mut table = self.assembly.table().clone();
+        table.node_addresses = node.addresses.clone();
+        BuildOutput { table, problems }
     }
 
-    pub fn assemble(&self) -> BuildOutput {
-        catalog::assemble(self.by_service.values())
+    /// The table as last brought in step.
+    #[cfg(test)]
+    pub fn table(&self) -> &catalog::ServiceTable {
+        self.assembly.table()
     }
 
     pub fn len(&self) -> usize {
@@ -185,8 +215,8 @@ mod tests {
             ..Dirty::default()
         };
         store.take_dirty();
-        assert!(cache.refresh(&store, &dirty, &node).is_empty());
-        let before = cache.assemble().table;
+        assert!(cache.rebuild(&store, &dirty, &node).problems.is_empty());
+        let before = cache.table().clone();
         store.apply(
             Kind::EndpointSlice,
             Event::Apply(slice("a-1", "a", "10.0.0.9")),
@@ -196,8 +226,8 @@ mod tests {
             dirty.services.iter().cloned().collect::<Vec<_>>(),
             vec![("demo".to_owned(), "a".to_owned())]
         );
-        cache.refresh(&store, &dirty, &node);
-        let after = cache.assemble().table;
+        cache.rebuild(&store, &dirty, &node);
+        let after = cache.table().clone();
         let key_b = before.services.keys().find(|k| k.name == "b").expect("b");
         assert!(
             std::sync::Arc::ptr_eq(&before.services[key_b][0], &after.services[key_b][0]),
@@ -218,11 +248,11 @@ mod tests {
         let node = NodeContext::default();
         let mut cache = Translations::default();
         let dirty = store.take_dirty();
-        cache.refresh(&store, &dirty, &node);
-        assert_eq!(cache.assemble().table.services.len(), 1);
+        cache.rebuild(&store, &dirty, &node);
+        assert_eq!(cache.table().clone().services.len(), 1);
         store.apply(Kind::Service, Event::Delete(svc("a", "10.96.0.1")));
         let dirty = store.take_dirty();
-        cache.refresh(&store, &dirty, &node);
-        assert!(cache.assemble().table.services.is_empty());
+        cache.rebuild(&store, &dirty, &node);
+        assert!(cache.table().clone().services.is_empty());
     }
 }

@@ -228,6 +228,7 @@ async fn control(
         summary,
         policy_configmap,
         kernel_tables,
+        planner: crate::intercept::kernel::Planner::default(),
         datapath: config.dataplane.datapath,
     };
     let _watch = match &sync.source {

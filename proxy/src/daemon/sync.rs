@@ -49,6 +49,8 @@ pub struct Sync {
     pub policy_configmap: Option<crate::sources::kube::configmap::ConfigMapWatch>,
     /// Slot tables of the kernel datapath, kept between syncs.
     pub kernel_tables: crate::policy::kernel_tables::TableCache,
+    /// The kernel datapath's plan, kept between syncs.
+    pub planner: crate::intercept::kernel::Planner,
     /// `dataplane.datapath`.
     pub datapath: crate::catalog::datapath::DatapathMode,
 }
@@ -124,18 +126,17 @@ impl Sync {
         let generation = self.snapshot.publish(table.clone(), bindings);
         let published_at = start.elapsed();
         if let Some(interceptor) = &mut self.interceptor {
-            let (plan, choices) = crate::intercept::kernel::plan(
+            // Only the changed Services' ports are decided again, unless
+            // every binding may have moved.
+            self.planner.update(
                 &table,
                 &bindings_for_kernel,
+                bind_stats.full || force || full,
                 &mut self.kernel_tables,
                 self.datapath,
-                &self.summary.datapaths(),
             );
-            for datapath in ["kernel", "proxy"] {
-                let n = choices
-                    .values()
-                    .filter(|c| c.datapath.label() == datapath)
-                    .count();
+            let (kernel, proxy) = self.planner.counts();
+            for (datapath, n) in [("kernel", kernel), ("proxy", proxy)] {
                 self.metrics
                     .service_ports
                     .get_or_create(&crate::admin::metrics::DatapathLabels {
@@ -143,14 +144,18 @@ impl Sync {
                     })
                     .set(n as i64);
             }
-            self.summary.publish_datapaths(choices);
-            interceptor.set_kernel_plan(plan);
+            self.summary
+                .publish_datapaths(self.planner.choices().clone());
+            interceptor.set_kernel_plan(self.planner.plan().clone());
+            interceptor.set_kernel_keys(self.planner.keys().cloned());
+            let planned_at = start.elapsed();
             match interceptor.sync(&table) {
                 Ok(stats) => {
                     self.metrics
                         .nft_batch_duration
                         .observe(stats.took.as_secs_f64());
                     tracing::debug!(
+                        planned_us = planned_at.as_micros() as u64,
                         changed = stats.changed_elements,
                         took_us = stats.took.as_micros() as u64,
                         "nftables in step"
@@ -245,8 +250,11 @@ impl Sync {
         self.node = node;
         // Only the Services the changed files touched are translated again,
         // unless everything must be (the first sync, a forced reload).
+        // Taken whatever `force` says: behind a short-circuit it stayed
+        // set after the first (forced) sync and made the next one whole.
+        let rebuild_all = std::mem::take(&mut self.rebuild_all);
         let dirty = Dirty {
-            all: force || zone_changed || std::mem::take(&mut self.rebuild_all),
+            all: force || zone_changed || rebuild_all,
             services: scan.touched,
         };
         Ok(Some(Read {

@@ -1,14 +1,18 @@
 //! The installed set elements as an index updated from what changed: the
 //! frontends whose route is not the very same `Arc` as in the previous
 //! table (an untouched Service keeps its translation), instead of
-//! collecting every frontend into fresh sets and diffing them whole.
+//! collecting every frontend into fresh sets and diffing them whole. When
+//! the new table was patched from the old, only the keys its change record
+//! names are looked at.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::hash::Hash;
 use std::sync::Arc;
 
 use super::elements::{Delta, Elements, rejects};
-use crate::catalog::{Route, ServiceTable};
+use super::kernel::KernelPlan;
+use super::source_ranges::SourceRanges;
+use crate::catalog::{Frontend, Protocol, Route, ServiceTable, ShardMap};
 use crate::config::NodePortAddress;
 
 /// Same port translation and scope: the same set membership.
@@ -19,10 +23,18 @@ fn same(a: &Route, b: &Route) -> bool {
 type Sets<'a, S> = (&'a mut BTreeSet<S>, &'a mut BTreeSet<S>);
 
 /// One map of frontends (VIPs or NodePorts) into its two sets (divert,
-/// reject), whose elements `element` makes of the map's keys.
+/// reject), whose elements `element` makes of the map's keys. `changed`:
+/// the keys a patch of the table touched (the table's change record);
+/// without it every key of both maps is looked at.
+/// `kernel`: whether the kernel datapath serves a key (it is then in
+/// neither set but the reject one); given, every key named is looked at,
+/// since a key can move to or from the kernel with its route unchanged.
+#[allow(clippy::too_many_arguments)]
 fn walk<K: Hash + Eq, S: Ord + Copy>(
-    old: &HashMap<K, Route>,
-    new: &HashMap<K, Route>,
+    old: &ShardMap<K, Route>,
+    new: &ShardMap<K, Route>,
+    changed: Option<&[K]>,
+    kernel: Option<&dyn Fn(&K) -> bool>,
     element: impl Fn(&K) -> S,
     family: impl Fn(&K) -> Option<std::net::IpAddr>,
     installed: (&BTreeSet<S>, &BTreeSet<S>),
@@ -30,11 +42,23 @@ fn walk<K: Hash + Eq, S: Ord + Copy>(
     added: Sets<'_, S>,
 ) {
     let (divert, reject) = installed;
-    for (key, route) in new {
-        if old.get(key).is_some_and(|r| same(r, route)) {
-            continue;
-        }
+    let mut visit = |key: &K| {
         let el = element(key);
+        let route = new.get(key);
+        let gone = route
+            .is_none_or(|r| !rejects(r, family(key)) && kernel.is_some_and(|served| served(key)));
+        let Some(route) = route.filter(|_| !gone) else {
+            if divert.contains(&el) {
+                removed.0.insert(el);
+            }
+            if reject.contains(&el) {
+                removed.1.insert(el);
+            }
+            return;
+        };
+        if kernel.is_none() && old.get(key).is_some_and(|r| same(r, route)) {
+            return;
+        }
         let (want, other, want_added, other_removed) = if rejects(route, family(key)) {
             (reject, divert, &mut *added.1, &mut *removed.0)
         } else {
@@ -46,14 +70,12 @@ fn walk<K: Hash + Eq, S: Ord + Copy>(
         if !want.contains(&el) {
             want_added.insert(el);
         }
-    }
-    for key in old.keys().filter(|k| !new.contains_key(*k)) {
-        let el = element(key);
-        if divert.contains(&el) {
-            removed.0.insert(el);
-        }
-        if reject.contains(&el) {
-            removed.1.insert(el);
+    };
+    match changed {
+        Some(keys) => keys.iter().for_each(visit),
+        None => {
+            new.keys().for_each(&mut visit);
+            old.keys().filter(|k| !new.contains_key(*k)).for_each(visit);
         }
     }
 }
@@ -61,16 +83,40 @@ fn walk<K: Hash + Eq, S: Ord + Copy>(
 impl Elements {
     /// What turns `self`, installed for the table `old`, into the
     /// elements of `new`: only frontends whose route changed are looked at.
+    ///
+    /// `kernel`: the kernel plan in force, when it has frontends; the
+    /// caller then passes a `new` patched from `old` whose change record
+    /// names every frontend whose place in the plan moved.
     pub fn delta(
         &self,
         old: &ServiceTable,
         new: &ServiceTable,
         node_port_addresses: &[NodePortAddress],
+        kernel: Option<&KernelPlan>,
     ) -> Delta {
         let mut d = Delta::default();
+        let changes = new.changed_since(old);
+        let vip_served = kernel.map(|plan| {
+            move |f: &Frontend| {
+                plan.vips
+                    .get(&(f.ip, f.protocol, f.port))
+                    .is_some_and(|k| k.fits())
+            }
+        });
+        let node_port_served = kernel.map(|plan| {
+            move |&(proto, port): &(Protocol, u16)| {
+                [false, true].iter().any(|&v6| {
+                    plan.node_ports
+                        .get(&(v6, proto, port))
+                        .is_some_and(|k| k.fits())
+                })
+            }
+        });
         walk(
             &old.frontends,
             &new.frontends,
+            changes.map(|c| c.frontends.as_slice()),
+            vip_served.as_ref().map(|f| f as &dyn Fn(&Frontend) -> bool),
             |f| (f.ip, f.protocol, f.port),
             |f| Some(f.ip),
             (&self.vips, &self.vips_no_endpoints),
@@ -80,6 +126,10 @@ impl Elements {
         walk(
             &old.node_ports,
             &new.node_ports,
+            changes.map(|c| c.node_ports.as_slice()),
+            node_port_served
+                .as_ref()
+                .map(|f| f as &dyn Fn(&(Protocol, u16)) -> bool),
             |&k| k,
             |_| None,
             (&self.node_ports, &self.node_ports_no_endpoints),
@@ -92,6 +142,17 @@ impl Elements {
                 &mut d.added.node_ports_no_endpoints,
             ),
         );
+        // Source ranges: those of the frontends the change names, or (a
+        // table assembled whole) all of them, a few frontends in practice.
+        let (want, have) = match changes {
+            Some(c) => (
+                SourceRanges::of(new, &c.source_ranges),
+                self.source_ranges.restricted_to(&c.source_ranges),
+            ),
+            None => (SourceRanges::from_table(new), self.source_ranges.clone()),
+        };
+        d.removed.source_ranges = have.minus(&want);
+        d.added.source_ranges = want.minus(&have);
         // A handful of prefixes: recomputed whole.
         let want = Elements::default().with_node_addresses(node_port_addresses, new);
         d.removed.node_addresses = self
@@ -124,6 +185,15 @@ impl Elements {
         for k in &d.removed.node_addresses {
             self.node_addresses.remove(k);
         }
+        let ranges = &mut self.source_ranges;
+        for a in &d.removed.source_ranges.allowed {
+            ranges.allowed.remove(a);
+        }
+        for r in &d.removed.source_ranges.restricted {
+            ranges.restricted.remove(r);
+        }
+        ranges.allowed.extend(&d.added.source_ranges.allowed);
+        ranges.restricted.extend(&d.added.source_ranges.restricted);
         self.vips.extend(&d.added.vips);
         self.vips_no_endpoints.extend(&d.added.vips_no_endpoints);
         self.node_ports.extend(&d.added.node_ports);
@@ -177,7 +247,7 @@ mod tests {
         let t2 = assemble([&a, &b2, &d]).table;
 
         let mut installed = Elements::from_table(&t1);
-        let delta = installed.delta(&t1, &t2, &[]);
+        let delta = installed.delta(&t1, &t2, &[], None);
         let vip = |ip: &str| (ip.parse().expect("ip"), crate::catalog::Protocol::Tcp, 80);
         assert_eq!(
             delta.removed.vips.iter().copied().collect::<Vec<_>>(),
@@ -208,6 +278,6 @@ mod tests {
         installed.apply(&delta);
         assert_eq!(installed, Elements::from_table(&t2));
         // Nothing changed: nothing to send.
-        assert!(installed.delta(&t2, &t2, &[]).is_empty());
+        assert!(installed.delta(&t2, &t2, &[], None).is_empty());
     }
 }

@@ -266,8 +266,11 @@ impl Delta {
     }
 
     /// Deletions first: a frontend moving between sets is never in both.
+    /// Source ranges as in `diff_batch`: theirs before, their additions
+    /// after the rest.
     pub fn batch(&self, table: &str) -> Batch {
-        let mut out = Batch::default();
+        let (gone, new) = (&self.removed.source_ranges, &self.added.source_ranges);
+        let mut out = new.deletions_batch(gone, table);
         for (verb, els) in [(Verb::Delete, &self.removed), (Verb::Add, &self.added)] {
             for (keys, set) in [(&els.vips, "vip"), (&els.vips_no_endpoints, "noep")] {
                 for k in keys {
@@ -299,6 +302,7 @@ impl Delta {
                 }
             }
         }
+        out.extend(new.additions_batch(gone, table));
         out
     }
 }

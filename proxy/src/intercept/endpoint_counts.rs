@@ -3,11 +3,11 @@
 //! 100,000 endpoints, collecting and diffing the whole set took longer than
 //! the rest of a one-endpoint change together.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::steer::EndpointKey;
-use crate::catalog::{Scope, ServicePort, ServiceTable};
+use crate::catalog::{Scope, ServicePort, ServiceTable, Services};
 
 /// How many Service ports use each endpoint key.
 #[derive(Debug, Default)]
@@ -24,34 +24,59 @@ pub struct Change {
 
 impl EndpointCounts {
     /// Moves from `old` (nothing, the first time) to `new`, looking only at
-    /// Services whose ports are not the very same `Arc`s in both.
+    /// the Services `new`'s change record names when it was patched from
+    /// `old`, else at those whose ports are not the very same `Arc`s in
+    /// both.
     pub fn update(&mut self, old: Option<&ServiceTable>, new: &ServiceTable) -> Change {
-        let empty = BTreeMap::new();
+        let empty = Services::new();
         let old_services = old.map_or(&empty, |t| &t.services);
-        let mut change = Change::default();
+        let mut came: Vec<&Arc<ServicePort>> = Vec::new();
         let mut went: Vec<&Arc<ServicePort>> = Vec::new();
-        for (key, ports) in &new.services {
-            let before = old_services.get(key);
-            if before.is_some_and(|b| same(b, ports)) {
-                continue;
-            }
-            for port in ports {
-                for k in keys(port) {
-                    let n = self.counts.entry(k).or_insert(0);
-                    if *n == 0 {
-                        change.added.push(k);
+        match old.and_then(|old| new.changed_since(old)) {
+            Some(change) => {
+                for key in &change.services {
+                    let before = old_services.get(key);
+                    let after = new.services.get(key);
+                    if let (Some(b), Some(a)) = (before, after)
+                        && same(b, a)
+                    {
+                        continue;
                     }
-                    *n += 1;
+                    came.extend(after.into_iter().flatten());
+                    went.extend(before.into_iter().flatten());
                 }
             }
-            went.extend(before.into_iter().flatten());
+            None => {
+                for (key, ports) in &new.services {
+                    let before = old_services.get(key);
+                    if before.is_some_and(|b| same(b, ports)) {
+                        continue;
+                    }
+                    came.extend(ports);
+                    went.extend(before.into_iter().flatten());
+                }
+                went.extend(
+                    old_services
+                        .iter()
+                        .filter(|(key, _)| !new.services.contains_key(*key))
+                        .flat_map(|(_, ports)| ports),
+                );
+            }
         }
-        went.extend(
-            old_services
-                .iter()
-                .filter(|(key, _)| !new.services.contains_key(*key))
-                .flat_map(|(_, ports)| ports),
-        );
+        self.count(&came, &went)
+    }
+
+    fn count(&mut self, came: &[&Arc<ServicePort>], went: &[&Arc<ServicePort>]) -> Change {
+        let mut change = Change::default();
+        for port in came {
+            for k in keys(port) {
+                let n = self.counts.entry(k).or_insert(0);
+                if *n == 0 {
+                    change.added.push(k);
+                }
+                *n += 1;
+            }
+        }
         // Removals after additions: a key that only moved between Services
         // never drops to zero, so it is neither deleted nor added.
         for port in went {

@@ -3,10 +3,13 @@
 //! updates, never a ruleset rewrite.
 
 mod bridge;
+mod bridge_cache;
 mod command;
 mod element_index;
 mod elements;
 mod endpoint_counts;
+#[cfg(test)]
+mod incremental_tests;
 pub mod kernel;
 pub mod netlink;
 mod routing;
@@ -31,6 +34,10 @@ use endpoint_counts::EndpointCounts;
 /// flows out of the proxy's TPROXY rule (conntrack's TCP established
 /// timeout is longer; a flow idle past this is reset when it speaks again).
 const KERNEL_DRAIN_SECONDS: u64 = 3600;
+
+/// Kernel elements per batch when a first sync fills a fresh table: a few
+/// MB of encoded changes at a time instead of ~650k at 10k frontends.
+const KERNEL_FILL_BATCH: usize = 32_768;
 
 /// Parses an `addr . proto . port` element key back.
 fn parse_vip(key: &str) -> Option<(std::net::IpAddr, crate::catalog::Protocol, u16)> {
@@ -76,6 +83,8 @@ pub struct Interceptor {
     /// installed in our `bridge` table (None: not installed, or a batch
     /// failed and the next sync renders it whole)...
     steer: Option<Vec<steer::Bridge>>,
+    /// The bridges steered, re-read from /sys every few seconds.
+    bridges: bridge_cache::BridgeCache,
     /// ...and its endpoints, updated from the Services that changed since
     /// `last` (the table of the previous sync).
     endpoints: EndpointCounts,
@@ -92,6 +101,13 @@ pub struct Interceptor {
     /// The kernel datapath: what the next sync installs, what is installed.
     kernel_plan: kernel::KernelPlan,
     kernel_installed: kernel::KernelElements,
+    /// The plan `kernel_installed` was made of, the frontends the next
+    /// plan moved (`kernel_keys`), the shared-element counts of the installed
+    /// plan, and whether the last sync left all of it true.
+    kernel_plan_installed: kernel::KernelPlan,
+    kernel_keys: Option<kernel::KernelKeys>,
+    shared: kernel::Shared,
+    kernel_in_step: bool,
 }
 
 /// What one sync did, for logs and metrics.
@@ -109,6 +125,7 @@ impl Interceptor {
             installed: None,
             bridge: bridge::Saved::default(),
             steer: None,
+            bridges: bridge_cache::BridgeCache::default(),
             endpoints: EndpointCounts::default(),
             last: None,
             transparent,
@@ -117,6 +134,10 @@ impl Interceptor {
             render_whole: false,
             kernel_plan: kernel::KernelPlan::default(),
             kernel_installed: kernel::KernelElements::default(),
+            kernel_plan_installed: kernel::KernelPlan::default(),
+            kernel_keys: None,
+            shared: kernel::Shared::default(),
+            kernel_in_step: false,
         }
     }
 
@@ -127,11 +148,28 @@ impl Interceptor {
         // `dataplane.transparent: false` promises backends the node's
         // address, whichever path a connection takes.
         if !self.transparent {
-            for k in plan.vips.values_mut().chain(plan.node_ports.values_mut()) {
+            let masquerade = |mut k: kernel::KernelPort| {
                 k.masquerade = true;
-            }
+                k
+            };
+            plan.vips = plan
+                .vips
+                .into_iter()
+                .map(|(key, k)| (key, masquerade(k)))
+                .collect();
+            plan.node_ports = plan
+                .node_ports
+                .into_iter()
+                .map(|(key, k)| (key, masquerade(k)))
+                .collect();
         }
         self.kernel_plan = plan;
+    }
+
+    /// The plan keys the planner moved for the next `sync` (`None`: it
+    /// planned whole, and the next sync diffs the sets whole).
+    pub fn set_kernel_keys(&mut self, keys: Option<kernel::KernelKeys>) {
+        self.kernel_keys = keys;
     }
 
     /// The bridge table's part of a sync: a full render when the bridges
@@ -145,7 +183,7 @@ impl Interceptor {
         if !self.transparent {
             return (String::new(), Batch::default(), None);
         }
-        let bridges = steer::bridges();
+        let bridges = self.bridges.get();
         let change = self.endpoints.update(self.last.as_deref(), table);
         let unchanged = self.steer.as_ref() == Some(&bridges);
         let fresh = !unchanged && !self.table_exists(Family::Bridge);
@@ -190,21 +228,34 @@ impl Interceptor {
                 .with_node_addresses(&self.cfg.node_port_addresses, table)
                 .without_kernel(&self.kernel_plan)
         };
-        let mut kernel_want = kernel::elements(&self.kernel_plan);
-        kernel_want
-            .elements
-            .extend(kernel::gate::elements(&self.kernel_plan));
-        // The kernel datapath's maps and the source-range sets depend on
-        // more than a frontend's route, so a sync that has them diffs the
-        // sets whole (in process: still one netlink batch with the
-        // kernel's elements, no `nft`); others take the route delta.
-        let whole_diff = !kernel_want.is_empty()
-            || !self.kernel_installed.is_empty()
-            || !table.source_ranges.is_empty()
-            || self
-                .installed
+        // With kernel-datapath frontends, a sync whose table was patched
+        // from the one installed (and whose plan moved only the frontends
+        // the planner names) steps the touched frontends: their proxy sets
+        // and their kernel elements. Otherwise it diffs the sets whole (in
+        // process: still one netlink batch, no `nft`). Without kernel
+        // frontends a sync takes the route delta, source ranges included.
+        let kernel_keys = self.kernel_keys.take();
+        let kernel_any = !self.kernel_plan.is_empty() || !self.kernel_installed.is_empty();
+        let kernel_step = kernel_any
+            && self.kernel_in_step
+            && kernel_keys.is_some()
+            && self.installed.is_some()
+            && !self.render_whole
+            && self
+                .installed_for
                 .as_ref()
-                .is_some_and(|e| e.source_ranges.len() > 0);
+                .is_some_and(|base| table.changed_since(base).is_some());
+        let kernel_want = if kernel_step {
+            kernel::KernelElements::default()
+        } else {
+            kernel::elements(&self.kernel_plan)
+        };
+        let whole_diff = kernel_any && !kernel_step;
+        // The kernel part of a step, once the kernel accepted it.
+        let mut kernel_stepped: Option<(kernel::Step, kernel::Shared)> = None;
+        // A first install into a fresh table sends the kernel elements
+        // after the rest, in bounded batches (`fill_kernel`).
+        let mut fill_kernel = false;
         let mut text = String::new();
         let mut delta = Batch::default();
         // On success: the whole new contents, or a delta to the installed.
@@ -232,7 +283,7 @@ impl Interceptor {
                     // most of the first sync at scale).
                     text = ruleset::render(&self.cfg, self.listen_port, &Elements::default());
                     delta = want.diff_batch(&Elements::default(), &self.cfg.table);
-                    delta.extend(self.kernel_batch(&kernel_want, &Default::default())?);
+                    fill_kernel = true;
                 }
                 let n = want.len();
                 fresh = Some(want);
@@ -275,8 +326,74 @@ impl Interceptor {
                 fresh = Some(want);
                 delta.len()
             }
+            (Some(have), Some(base)) if kernel_step => {
+                let d = have.delta(
+                    base,
+                    table,
+                    &self.cfg.node_port_addresses,
+                    Some(&self.kernel_plan),
+                );
+                let mut shared = self.shared.clone();
+                let keys = kernel_keys.unwrap_or_default();
+                let k = kernel::step(
+                    &self.kernel_plan_installed,
+                    &self.kernel_plan,
+                    &keys,
+                    &mut shared,
+                );
+                let kernel_batch = self.kernel_batch(&k.want, &k.have)?;
+                delta = d.batch(&self.cfg.table);
+                delta.extend(kernel_batch);
+                // Kernel frontends that went to the proxy keep their
+                // established flows (see ruleset.rs, kdrain).
+                let diverted = |key: &(std::net::IpAddr, crate::catalog::Protocol, u16)| {
+                    d.added.vips.contains(key)
+                        || (have.vips.contains(key) && !d.removed.vips.contains(key))
+                };
+                let left: Vec<_> = keys
+                    .vips
+                    .iter()
+                    .filter(|key| {
+                        self.kernel_plan_installed
+                            .vips
+                            .get(*key)
+                            .is_some_and(|k| k.fits())
+                    })
+                    .filter(|key| diverted(key))
+                    .copied()
+                    .collect();
+                delta.extend(kernel::drain_batch(
+                    &self.cfg.table,
+                    left,
+                    KERNEL_DRAIN_SECONDS,
+                ));
+                let node_port_diverted = |key: &(crate::catalog::Protocol, u16)| {
+                    d.added.node_ports.contains(key)
+                        || (have.node_ports.contains(key) && !d.removed.node_ports.contains(key))
+                };
+                let left: std::collections::BTreeSet<_> = keys
+                    .node_ports
+                    .iter()
+                    .filter(|key| {
+                        self.kernel_plan_installed
+                            .node_ports
+                            .get(*key)
+                            .is_some_and(|k| k.fits())
+                    })
+                    .map(|&(_, proto, port)| (proto, port))
+                    .filter(|key| node_port_diverted(key))
+                    .collect();
+                delta.extend(kernel::drain_node_port_batch(
+                    &self.cfg.table,
+                    left,
+                    KERNEL_DRAIN_SECONDS,
+                ));
+                kernel_stepped = Some((k, shared));
+                step = Some(d);
+                delta.len()
+            }
             (Some(have), Some(base)) => {
-                let d = have.delta(base, table, &self.cfg.node_port_addresses);
+                let d = have.delta(base, table, &self.cfg.node_port_addresses, None);
                 delta = d.batch(&self.cfg.table);
                 step = Some(d);
                 delta.len()
@@ -295,12 +412,18 @@ impl Interceptor {
         self.last = Some(table.clone());
         let steered = start.elapsed();
         let applied = self.apply(&text, &delta);
+        let netlink_elements = delta.len();
+        drop(delta);
+        let applied = match applied {
+            Ok(()) if fill_kernel => self.fill_kernel(&kernel_want),
+            other => other,
+        };
         tracing::debug!(
             diffed_us = diffed.as_micros() as u64,
             steered_us = steered.as_micros() as u64,
             apply_us = (start.elapsed() - steered).as_micros() as u64,
             nft_bytes = text.len(),
-            netlink_elements = delta.len(),
+            netlink_elements,
             "nftables sync timings"
         );
         if let Err(e) = applied {
@@ -310,6 +433,8 @@ impl Interceptor {
             // of it); the endpoint counts already moved on, so the bridge
             // table is rendered whole next time.
             self.steer = None;
+            self.bridges.forget();
+            self.kernel_in_step = false;
             if let InterceptError::Netlink { source, .. } = &e
                 && source.state_unknown()
             {
@@ -322,13 +447,26 @@ impl Interceptor {
             (None, Some(d), Some(have)) => have.apply(&d),
             _ => {}
         }
-        let stale = kernel::conntrack::removed_udp_endpoints(&self.kernel_installed, &kernel_want);
-        kernel::conntrack::delete(&stale);
-        self.kernel_installed = kernel_want;
-        // After a whole diff the installed sets hold what the kernel plan
-        // and source ranges made of them, which a route-by-route delta does
-        // not know: the next sync diffs whole.
-        self.installed_for = (!whole_diff).then(|| table.clone());
+        match kernel_stepped {
+            Some((k, shared)) => {
+                let stale = kernel::conntrack::removed_udp_endpoints(&k.have, &k.want);
+                kernel::conntrack::delete(&stale);
+                self.kernel_installed.apply(&k);
+                self.shared = shared;
+            }
+            None => {
+                let stale =
+                    kernel::conntrack::removed_udp_endpoints(&self.kernel_installed, &kernel_want);
+                kernel::conntrack::delete(&stale);
+                self.kernel_installed = kernel_want;
+                self.shared = kernel::Shared::of(&self.kernel_plan);
+            }
+        }
+        self.kernel_plan_installed = self.kernel_plan.clone();
+        self.kernel_in_step = true;
+        // The installed sets are those of this table and plan, whichever
+        // way they got there: the next sync can step from them.
+        self.installed_for = Some(table.clone());
         self.render_whole = false;
         self.steer = bridges;
         Ok(SyncStats {
@@ -348,6 +486,26 @@ impl Interceptor {
                 table: self.cfg.table.clone(),
                 source,
             })
+    }
+
+    /// Adds every kernel element to a table that has none, in batches of
+    /// a bounded size (each atomic; the table is not serving yet, and a
+    /// failure leaves `installed` unset, so the next sync replaces the
+    /// table whole).
+    fn fill_kernel(&mut self, want: &kernel::KernelElements) -> Result<(), InterceptError> {
+        for batch in kernel::fill_batches(want, &self.cfg.table, KERNEL_FILL_BATCH) {
+            let batch = batch.map_err(|source| InterceptError::Encode {
+                table: self.cfg.table.clone(),
+                source,
+            })?;
+            self.netlink
+                .apply(&batch)
+                .map_err(|source| InterceptError::Netlink {
+                    table: self.cfg.table.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// `nft -f` for a full render, then the netlink batch of element

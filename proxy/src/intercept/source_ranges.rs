@@ -16,7 +16,7 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use super::netlink::{Batch, Element, Family, Verb, key};
-use crate::catalog::{Protocol, ServiceTable};
+use crate::catalog::{Frontend, Protocol, ServiceTable};
 
 /// A restricted frontend.
 type Restricted = (IpAddr, Protocol, u16);
@@ -39,6 +39,50 @@ impl SourceRanges {
             }
         }
         out
+    }
+
+    /// The ranges `table` has for `frontends` only.
+    pub fn of(table: &ServiceTable, frontends: &[Frontend]) -> Self {
+        let mut out = SourceRanges::default();
+        for f in frontends {
+            if let Some(ranges) = table.source_ranges.get(f) {
+                out.restricted.insert((f.ip, f.protocol, f.port));
+                for &(net, len) in ranges.iter() {
+                    out.allowed.insert((f.ip, f.protocol, f.port, net, len));
+                }
+            }
+        }
+        out
+    }
+
+    /// What `self` holds for `frontends` only.
+    pub fn restricted_to(&self, frontends: &[Frontend]) -> Self {
+        let mut out = SourceRanges::default();
+        for f in frontends {
+            let r = (f.ip, f.protocol, f.port);
+            if self.restricted.contains(&r) {
+                out.restricted.insert(r);
+            }
+            let lowest = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+            let highest = IpAddr::V6(std::net::Ipv6Addr::from(u128::MAX));
+            out.allowed.extend(self.allowed.range(
+                (f.ip, f.protocol, f.port, lowest, 0)
+                    ..=(f.ip, f.protocol, f.port, highest, u8::MAX),
+            ));
+        }
+        out
+    }
+
+    /// The elements of `self` that `other` has not.
+    pub fn minus(&self, other: &SourceRanges) -> Self {
+        SourceRanges {
+            restricted: self
+                .restricted
+                .difference(&other.restricted)
+                .copied()
+                .collect(),
+            allowed: self.allowed.difference(&other.allowed).copied().collect(),
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -4,12 +4,23 @@
 //! looking inside.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::catalog::{ServiceKey, ServicePort};
+use crate::catalog::{ServiceKey, ServicePort, ServiceTable, Services};
 
-type Services = BTreeMap<ServiceKey, Vec<Arc<ServicePort>>>;
+/// The Services that changed from `before` to `after`: the change record
+/// when `after` was patched from `before`, else [`changed`].
+pub fn between(before: &ServiceTable, after: &ServiceTable) -> Vec<ServiceKey> {
+    match after.changed_since(before) {
+        Some(c) => {
+            let mut keys = c.services.clone();
+            keys.sort();
+            keys.dedup();
+            keys
+        }
+        None => changed(&before.services, &after.services),
+    }
+}
 
 /// The Services added, removed, or whose ports are not the same `Arc`s in
 /// `after` as in `before`, in key order. One merge walk over both tables.
@@ -62,6 +73,8 @@ fn same_ports(before: &[Arc<ServicePort>], after: &[Arc<ServicePort>]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
     use crate::catalog::{Protocol, ServiceInfo};
 
     fn key(name: &str) -> ServiceKey {

@@ -141,6 +141,15 @@ impl TableCache {
         let used = std::mem::take(&mut self.used);
         self.entries.retain(|k, _| used.contains(k));
     }
+
+    /// Forgets the tables of ports that are gone, when only the changed
+    /// Services' ports were asked for (no sweep: the others stand).
+    pub fn forget_ports(&mut self, gone: &HashSet<u64>) {
+        self.used.clear();
+        if !gone.is_empty() {
+            self.entries.retain(|k, _| !gone.contains(&k.0));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -392,7 +392,7 @@ impl PolicyRegistry {
             }
         };
         let mut pass = Pass::default();
-        let changed = super::changed_services::changed(&previous.services, &table.services);
+        let changed = super::changed_services::between(&previous, table);
         let mut next: Option<Bindings> = None;
         for key in &changed {
             let before = previous.services.get(key).map(Vec::as_slice).unwrap_or(&[]);

@@ -88,12 +88,15 @@ impl FileSource {
     pub fn rescan(&mut self) -> Result<Scan, SourceError> {
         let mut scan = Scan::default();
         let present = list_manifest_files(&self.dir)?;
+        // A set, so that a rescan of many files is linear in them.
+        let listed: std::collections::HashSet<&PathBuf> = present.iter().map(|(p, _)| p).collect();
         let gone: Vec<PathBuf> = self
             .files
             .keys()
-            .filter(|path| !present.iter().any(|(p, _)| p == *path))
+            .filter(|path| !listed.contains(path))
             .cloned()
             .collect();
+        drop(listed);
         for path in gone {
             if let Some(entry) = self.files.remove(&path) {
                 let touched = self.index.replace(&path, entry.good.as_ref(), None);

@@ -2,6 +2,7 @@
 //! `kubectl get svc,endpointslices -o yaml` prints it, read into the
 //! k8s-openapi types exactly as the sources read it.
 
+mod assembly;
 mod conflicts;
 mod dual_stack;
 mod endpoints;

@@ -20,6 +20,10 @@ pub struct StaleFlows {
 
 /// UDP endpoints some frontend had in `old` and has no longer in `new`.
 pub fn removed_udp_endpoints(old: &KernelElements, new: &KernelElements) -> Vec<StaleFlows> {
+    // A first sync removes nothing: do not index every slot of `new`.
+    if old.is_empty() {
+        return Vec::new();
+    }
     let endpoints = |e: &KernelElements| {
         let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
         for el in &e.elements {
@@ -34,7 +38,7 @@ pub fn removed_udp_endpoints(old: &KernelElements, new: &KernelElements) -> Vec<
             if !front.contains("udp") {
                 continue;
             }
-            out.entry((el.set.clone(), front.to_owned()))
+            out.entry((el.set.to_owned(), front.to_owned()))
                 .or_default()
                 .insert(data.clone());
         }
@@ -112,9 +116,9 @@ mod tests {
     use super::*;
     use crate::intercept::kernel::elements::Element;
 
-    fn slot(set: &str, front: &str, slot: u32, ep: &str) -> Element {
+    fn slot(set: &'static str, front: &str, slot: u32, ep: &str) -> Element {
         Element {
-            set: set.into(),
+            set,
             key: format!("{front} . {slot}"),
             data: Some(ep.into()),
         }

@@ -16,7 +16,8 @@ use crate::policy::SlotTable;
 /// One element: `set` `{ key }` or `{ key : data }`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Element {
-    pub set: String,
+    /// One of a fixed few names: not an allocation per element.
+    pub set: &'static str,
     pub key: String,
     pub data: Option<String>,
 }
@@ -44,12 +45,30 @@ impl KernelPort {
     }
 }
 
-/// Every kernel-path frontend of the node.
+/// Every kernel-path frontend of the node. Persistent maps: the planner
+/// hands a copy to the interceptor at every sync, which keeps the one it
+/// installed, without copying the entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelPlan {
-    pub vips: BTreeMap<(IpAddr, Protocol, u16), KernelPort>,
+    pub vips: imbl::OrdMap<(IpAddr, Protocol, u16), KernelPort>,
     /// NodePorts per family (`true`: IPv6), protocol and port.
-    pub node_ports: BTreeMap<(bool, Protocol, u16), KernelPort>,
+    pub node_ports: imbl::OrdMap<(bool, Protocol, u16), KernelPort>,
+}
+
+impl KernelPlan {
+    pub fn is_empty(&self) -> bool {
+        self.vips.is_empty() && self.node_ports.is_empty()
+    }
+}
+
+/// The hairpin element of an endpoint address (`ep . ep`: masquerade a
+/// Pod that reaches itself through a kernel frontend).
+pub fn hairpin_element(ip: IpAddr) -> Element {
+    el(
+        pick(ip.is_ipv6(), "khairpin4", "khairpin6"),
+        format!("{ip} . {ip}"),
+        None,
+    )
 }
 
 /// The desired elements of every kernel-datapath set and map.
@@ -62,73 +81,80 @@ fn fam(v6: bool) -> u8 {
     if v6 { 6 } else { 4 }
 }
 
-fn el(set: String, key: String, data: Option<String>) -> Element {
+fn pick(v6: bool, v4_name: &'static str, v6_name: &'static str) -> &'static str {
+    if v6 { v6_name } else { v4_name }
+}
+
+fn el(set: &'static str, key: String, data: Option<String>) -> Element {
     Element { set, key, data }
 }
 
-/// The elements for `plan`. Frontends whose table does not fit the rules
-/// are left out (the caller keeps them on the proxy: `KernelPort::fits`).
+/// The elements for `plan`, the raw chain's gate sets (`gate.rs`)
+/// included. Frontends whose table does not fit the rules are left out
+/// (the caller keeps them on the proxy: `KernelPort::fits`).
 pub fn elements(plan: &KernelPlan) -> KernelElements {
     let mut out = BTreeSet::new();
     let mut hairpin = BTreeSet::new();
+    let mut replies = BTreeSet::new();
     for (&(ip, proto, port), k) in &plan.vips {
         if !k.fits() {
             continue;
         }
         let v6 = ip.is_ipv6();
-        let f = fam(v6);
         let front = format!("{ip} . {} . {port}", proto.nft_name());
         let chain = dnat_chain(false, v6, k.table.key, k.table.slots.len());
+        out.insert(super::gate::vip(ip, proto, port));
         out.insert(el(
-            format!("kfront{f}"),
+            pick(v6, "kfront4", "kfront6"),
             front.clone(),
             Some(format!("goto {chain}")),
         ));
         if k.masquerade {
-            out.insert(el(format!("kmasq{f}"), front.clone(), None));
+            out.insert(el(pick(v6, "kmasq4", "kmasq6"), front.clone(), None));
         }
         for (slot, &i) in k.table.slots.iter().enumerate() {
             let ep = k.endpoints[i as usize];
             out.insert(el(
-                format!("kslot{f}"),
+                pick(v6, "kslot4", "kslot6"),
                 format!("{front} . {slot}"),
                 Some(format!("{} . {}", ep.ip(), ep.port())),
             ));
         }
         hairpin.extend(k.endpoints.iter().map(|e| e.ip()));
+        replies.extend(k.endpoints.iter().map(|&e| (e, proto)));
     }
     for (&(v6, proto, port), k) in &plan.node_ports {
         if !k.fits() {
             continue;
         }
-        let f = fam(v6);
         let front = format!("{} . {port}", proto.nft_name());
         let chain = dnat_chain(true, v6, k.table.key, k.table.slots.len());
+        out.insert(super::gate::node_port(v6, proto, port));
         out.insert(el(
-            format!("knp{f}"),
+            pick(v6, "knp4", "knp6"),
             front.clone(),
             Some(format!("goto {chain}")),
         ));
         if k.masquerade {
-            out.insert(el(format!("knpmasq{f}"), front.clone(), None));
+            out.insert(el(pick(v6, "knpmasq4", "knpmasq6"), front.clone(), None));
         }
         for (slot, &i) in k.table.slots.iter().enumerate() {
             let ep = k.endpoints[i as usize];
             out.insert(el(
-                format!("knpslot{f}"),
+                pick(v6, "knpslot4", "knpslot6"),
                 format!("{front} . {slot}"),
                 Some(format!("{} . {}", ep.ip(), ep.port())),
             ));
         }
         hairpin.extend(k.endpoints.iter().map(|e| e.ip()));
+        replies.extend(k.endpoints.iter().map(|&e| (e, proto)));
     }
-    for ip in hairpin {
-        out.insert(el(
-            format!("khairpin{}", fam(ip.is_ipv6())),
-            format!("{ip} . {ip}"),
-            None,
-        ));
-    }
+    out.extend(hairpin.into_iter().map(hairpin_element));
+    out.extend(
+        replies
+            .into_iter()
+            .map(|(ep, proto)| super::gate::endpoint(ep, proto)),
+    );
     KernelElements { elements: out }
 }
 
@@ -162,13 +188,13 @@ fn emit<'a>(
     elements: impl Iterator<Item = &'a Element>,
     with_data: bool,
 ) {
-    let mut by_set: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut by_set: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     for e in elements {
         let text = match (&e.data, with_data) {
             (Some(d), true) => format!("{} : {d}", e.key),
             _ => e.key.clone(),
         };
-        by_set.entry(&e.set).or_default().push(text);
+        by_set.entry(e.set).or_default().push(text);
     }
     for (set, items) in by_set {
         for chunk in items.chunks(4096) {
@@ -259,7 +285,7 @@ mod tests {
         let slots: Vec<_> = e.elements.iter().filter(|e| e.set == "kslot4").collect();
         assert_eq!(slots.len(), 257);
         assert!(e.elements.contains(&Element {
-            set: "kslot4".into(),
+            set: "kslot4",
             key: "10.96.0.10 . tcp . 80 . 1".into(),
             data: Some("10.244.1.3 . 8080".into()),
         }));
@@ -280,7 +306,7 @@ mod tests {
         );
         let e = elements(&plan);
         assert!(e.elements.contains(&Element {
-            set: "knp6".into(),
+            set: "knp6",
             key: "udp . 30053".into(),
             data: Some("goto kn6_client_521".into()),
         }));
@@ -344,8 +370,9 @@ mod tests {
         assert_eq!(after.diff_commands(&after, "switchyard"), "");
         let gone = KernelElements::default().diff_commands(&after, "switchyard");
         assert!(
-            gone.starts_with("delete element inet switchyard kfront4 { 10.96.0.10 . tcp . 80 }")
+            gone.contains("delete element inet switchyard kfront4 { 10.96.0.10 . tcp . 80 }\n")
         );
+        assert!(gone.contains("delete element inet switchyard kvip4 { 10.96.0.10 . tcp . 80 }\n"));
         assert!(!gone.contains("add element"));
     }
 

@@ -7,51 +7,41 @@
 //! The verdict maps `kfront`/`knp` cannot serve: the kernel refuses a
 //! lookup from a filter chain in a map whose elements jump to DNAT chains.
 //!
-//! A pure function of the plan, as `elements.rs` is: its elements join the
-//! kernel datapath's in the same diff and the same atomic batch.
+//! `elements.rs` makes them with the other elements of each kernel
+//! frontend: they join the kernel datapath's in the same diff or step and
+//! the same atomic batch.
 
-use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 
-use super::elements::{Element, KernelPlan};
+use super::elements::Element;
+use crate::catalog::Protocol;
 
-/// The gate sets' elements for `plan` (frontends whose table does not fit
-/// the rules stay on the proxy and are left out, as in `elements.rs`).
-pub fn elements(plan: &KernelPlan) -> BTreeSet<Element> {
-    let mut out = BTreeSet::new();
-    let mut endpoints = |k: &super::KernelPort, proto: crate::catalog::Protocol| {
-        for ep in k.endpoints.iter() {
-            out.insert(Element {
-                set: format!("kep{}", if ep.is_ipv6() { 6 } else { 4 }),
-                key: format!("{} . {} . {}", ep.ip(), proto.nft_name(), ep.port()),
-                data: None,
-            });
-        }
-    };
-    let mut fronts = BTreeSet::new();
-    for (&(ip, proto, port), k) in &plan.vips {
-        if !k.fits() {
-            continue;
-        }
-        endpoints(k, proto);
-        fronts.insert(Element {
-            set: format!("kvip{}", if ip.is_ipv6() { 6 } else { 4 }),
-            key: format!("{ip} . {} . {port}", proto.nft_name()),
-            data: None,
-        });
+/// A kernel VIP frontend (`kvip4/6`).
+pub fn vip(ip: IpAddr, proto: Protocol, port: u16) -> Element {
+    Element {
+        set: if ip.is_ipv6() { "kvip6" } else { "kvip4" },
+        key: format!("{ip} . {} . {port}", proto.nft_name()),
+        data: None,
     }
-    for (&(v6, proto, port), k) in &plan.node_ports {
-        if !k.fits() {
-            continue;
-        }
-        endpoints(k, proto);
-        fronts.insert(Element {
-            set: format!("knode{}", if v6 { 6 } else { 4 }),
-            key: format!("{} . {port}", proto.nft_name()),
-            data: None,
-        });
+}
+
+/// A kernel NodePort (`knode4/6`).
+pub fn node_port(v6: bool, proto: Protocol, port: u16) -> Element {
+    Element {
+        set: if v6 { "knode6" } else { "knode4" },
+        key: format!("{} . {port}", proto.nft_name()),
+        data: None,
     }
-    out.extend(fronts);
-    out
+}
+
+/// An endpoint of a kernel frontend, as its replies' source (`kep4/6`).
+/// Several frontends may share it: `step.rs` counts them.
+pub fn endpoint(ep: SocketAddr, proto: Protocol) -> Element {
+    Element {
+        set: if ep.is_ipv6() { "kep6" } else { "kep4" },
+        key: format!("{} . {} . {}", ep.ip(), proto.nft_name(), ep.port()),
+        data: None,
+    }
 }
 
 /// The set definitions, in `rules.rs`'s layout.
@@ -72,9 +62,10 @@ pub fn set_definitions() -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::elements::{KernelPlan, elements};
     use super::*;
-    use crate::catalog::Protocol;
     use crate::policy::{SlotKey, SlotTable};
+    use std::collections::BTreeSet;
     use std::sync::Arc;
 
     fn port(endpoints: &[&str], slots: usize) -> super::super::KernelPort {
@@ -121,7 +112,7 @@ mod tests {
             ("10.96.0.11".parse().expect("ip"), Protocol::Tcp, 80),
             port(&["10.244.1.9:8080"], 5),
         );
-        let got = elements(&plan);
+        let got = elements(&plan).elements;
         assert_eq!(keys(&got, "kvip4"), ["10.96.0.10 . tcp . 80"]);
         assert_eq!(keys(&got, "kvip6"), ["fd00::10 . udp . 53"]);
         assert_eq!(keys(&got, "knode4"), ["tcp . 30080"]);
@@ -134,6 +125,12 @@ mod tests {
             ]
         );
         assert_eq!(keys(&got, "kep6"), ["fd00:244::2 . udp . 5353"]);
-        assert!(got.iter().all(|e| e.data.is_none()));
+        assert!(
+            got.iter()
+                .filter(|e| ["kvip", "knode", "kep"]
+                    .iter()
+                    .any(|g| e.set.starts_with(g)))
+                .all(|e| e.data.is_none())
+        );
     }
 }

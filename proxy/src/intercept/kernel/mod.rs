@@ -8,11 +8,13 @@ pub mod elements;
 pub mod gate;
 pub mod plan;
 pub mod rules;
+pub mod step;
 pub mod wire;
 
 pub use elements::{
     Element, KernelElements, KernelPlan, KernelPort, drain_commands, drain_node_port_commands,
     elements,
 };
-pub use plan::{Choices, plan};
-pub use wire::{EncodeError, drain_batch, drain_node_port_batch};
+pub use plan::{Choices, Planner, plan};
+pub use step::{KernelKeys, Shared, Step, step};
+pub use wire::{EncodeError, drain_batch, drain_node_port_batch, fill_batches};

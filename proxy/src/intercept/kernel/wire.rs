@@ -59,7 +59,7 @@ fn concat(text: &str, last_is_slot: bool) -> Option<Vec<u8>> {
 /// The element `e` as it goes over netlink.
 pub fn encode(e: &Element, with_data: bool) -> Result<netlink::Element, EncodeError> {
     let slot_map = e.set.starts_with("kslot") || e.set.starts_with("knpslot");
-    let k = concat(&e.key, slot_map).ok_or_else(|| bad(&e.set, &e.key))?;
+    let k = concat(&e.key, slot_map).ok_or_else(|| bad(e.set, &e.key))?;
     let label = match &e.data {
         Some(d) if with_data => format!("{} : {d}", e.key),
         _ => e.key.clone(),
@@ -68,7 +68,7 @@ pub fn encode(e: &Element, with_data: bool) -> Result<netlink::Element, EncodeEr
     if let (Some(d), true) = (&e.data, with_data) {
         out = match d.strip_prefix("goto ") {
             Some(chain) => out.with_goto(chain),
-            None => out.with_data(concat(d, false).ok_or_else(|| bad(&e.set, d))?),
+            None => out.with_data(concat(d, false).ok_or_else(|| bad(e.set, d))?),
         };
     }
     Ok(out)
@@ -79,14 +79,52 @@ impl KernelElements {
     /// first, a map element whose data changed deleted and added again.
     pub fn diff_batch(&self, old: &KernelElements, table: &str) -> Result<Batch, EncodeError> {
         let mut out = Batch::default();
+        if old.is_empty() {
+            out.changes.reserve_exact(self.len());
+        }
         for e in old.elements.difference(&self.elements) {
-            out.push(Verb::Delete, Family::Inet, table, &e.set, encode(e, false)?);
+            out.push(Verb::Delete, Family::Inet, table, e.set, encode(e, false)?);
         }
         for e in self.elements.difference(&old.elements) {
-            out.push(Verb::Add, Family::Inet, table, &e.set, encode(e, true)?);
+            out.push(Verb::Add, Family::Inet, table, e.set, encode(e, true)?);
         }
         Ok(out)
     }
+}
+
+/// Verdict elements: what makes a frontend reach its slots; and the gate
+/// elements, which send a frontend's packets to them past the proxy.
+fn verdict(e: &Element) -> bool {
+    e.set.starts_with("kfront")
+        || e.set == "knp4"
+        || e.set == "knp6"
+        || e.set.starts_with("kvip")
+        || e.set.starts_with("knode")
+}
+
+/// Every element of `want` as an addition to empty sets, in batches of at
+/// most `chunk` elements, so that a first sync at scale never holds the
+/// ~650k encoded changes at once. The verdict elements come last: a
+/// frontend is reachable only once its slots are in.
+pub fn fill_batches<'a>(
+    want: &'a KernelElements,
+    table: &'a str,
+    chunk: usize,
+) -> impl Iterator<Item = Result<Batch, EncodeError>> + 'a {
+    let first = want.elements.iter().filter(|e| !verdict(e));
+    let last = want.elements.iter().filter(|e| verdict(e));
+    let mut all = first.chain(last).peekable();
+    std::iter::from_fn(move || {
+        all.peek()?;
+        let mut out = Batch::default();
+        for e in all.by_ref().take(chunk.max(1)) {
+            match encode(e, true) {
+                Ok(n) => out.push(Verb::Add, Family::Inet, table, e.set, n),
+                Err(err) => return Some(Err(err)),
+            }
+        }
+        Some(Ok(out))
+    })
 }
 
 /// `kdrain4`/`kdrain6` elements for frontends that left the kernel path,
@@ -133,9 +171,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_fill_adds_every_element_in_bounded_batches_verdicts_last() {
+        use crate::intercept::kernel::elements::{KernelPlan, KernelPort, elements};
+        use crate::policy::{SlotKey, SlotTable};
+        use std::sync::Arc;
+        let mut plan = KernelPlan::default();
+        for i in 0..3u8 {
+            plan.vips.insert(
+                (IpAddr::from([10, 96, 0, i]), Protocol::Udp, 53),
+                KernelPort {
+                    table: Arc::new(SlotTable {
+                        key: SlotKey::Sequence,
+                        slots: (0..257u32).map(|s| s % 2).collect(),
+                    }),
+                    endpoints: vec![
+                        format!("10.244.{i}.2:53").parse().expect("addr"),
+                        format!("10.244.{i}.3:53").parse().expect("addr"),
+                    ]
+                    .into(),
+                    masquerade: true,
+                },
+            );
+        }
+        let want = elements(&plan);
+        let whole = want
+            .diff_batch(&KernelElements::default(), "sy")
+            .expect("encodes");
+        let batches: Vec<Batch> = fill_batches(&want, "sy", 100)
+            .collect::<Result<_, _>>()
+            .expect("encodes");
+        assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 100));
+        let filled: Vec<_> = batches.into_iter().flat_map(|b| b.changes).collect();
+        assert_eq!(filled.len(), whole.len());
+        for c in &whole.changes {
+            assert!(filled.contains(c), "{c} missing from the fill");
+        }
+        // Three verdicts and three gate elements, last.
+        let first_verdict = filled
+            .iter()
+            .position(|c| c.set.starts_with("kfront") || c.set.starts_with("kvip"))
+            .expect("verdicts are filled");
+        assert_eq!(first_verdict, filled.len() - 6);
+        assert!(
+            filled[first_verdict..]
+                .iter()
+                .all(|c| c.set.starts_with("kfront") || c.set.starts_with("kvip"))
+        );
+    }
+
+    #[test]
     fn slot_map_elements_encode_the_slot_in_host_order_and_padded_data() {
         let e = Element {
-            set: "kslot4".into(),
+            set: "kslot4",
             key: "10.96.0.10 . tcp . 80 . 1".into(),
             data: Some("10.244.1.3 . 8080".into()),
         };
@@ -145,7 +232,7 @@ mod tests {
         assert_eq!(n.key, want);
         assert_eq!(n.data, Some(vec![10, 244, 1, 3, 0x1f, 0x90, 0, 0]));
         let v = Element {
-            set: "knp6".into(),
+            set: "knp6",
             key: "udp . 30053".into(),
             data: Some("goto kn6_client_521".into()),
         };
@@ -154,7 +241,7 @@ mod tests {
         assert_eq!(n.data, None);
         assert_eq!(encode(&v, false).expect("encodes").goto, None);
         let broken = Element {
-            set: "kfront4".into(),
+            set: "kfront4",
             key: "10.96.0.10 . sctp . 80".into(),
             data: None,
         };
