@@ -83,9 +83,14 @@ def chosen_peers(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[
     return peers
 
 
+# The kernel datapath holds no connection of its own: no idle-RSS workload
+# (it would wait for upstream connections that never come), as kernel-dnat.
+KERNEL_PATH_WORKLOADS = ("idlecpu", "bulk", "connrate", "keepalive", "latency", "dns")
+
+
 def make_peers(binary: Path, policies: Path, base: Path | None = None) -> list[Peer]:
-    extra = [Switchyard(base, "uring", datapath="kernel", name="switchyard-kernel-base")
-             ] if base else []
+    extra = [Switchyard(base, "uring", datapath="kernel", name="switchyard-kernel-base",
+                        workloads=KERNEL_PATH_WORKLOADS)] if base else []
     return [
         Switchyard(binary, "uring"),
         Switchyard(binary, "epoll"),
@@ -99,7 +104,7 @@ def make_peers(binary: Path, policies: Path, base: Path | None = None) -> list[P
         HAProxy(splice=True),
         NginxStream(),
         NginxHttp(),
-        Switchyard(binary, "uring", datapath="kernel"),
+        Switchyard(binary, "uring", datapath="kernel", workloads=KERNEL_PATH_WORKLOADS),
         *extra,
         KernelDnat(),
         Direct(),
@@ -186,7 +191,7 @@ def method(s: Settings, rounds: int) -> list[str]:
         "Switchyard gets them by TPROXY; kernel DNAT by its nftables table `ip sybench_dnat` "
         "in the node namespace (routed Pods: replies return through the node, so only "
         "hairpin and off-cluster sources are masqueraded, as kube-proxy does).",
-        "Namespace sysctls: ip_local_port_range 10000-65000, tcp_tw_reuse=1, somaxconn 8192.",
+        "Namespace sysctls: ip_local_port_range 10000-65000 (10249, 10256 and 15001 reserved), tcp_tw_reuse=1, somaxconn 8192.",
     ]
 
 

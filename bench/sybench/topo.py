@@ -57,8 +57,13 @@ CLIENT = Pod("client", "client", "vclient", "10.244.1.100")
 
 # Per-namespace knobs for a load test: a wide ephemeral range and TIME_WAIT
 # reuse (tens of thousands of short connections per run), deep accept queues.
+# The wide range covers the ports a Switchyard peer listens on (metrics
+# 10249, health 10256, the proxy 15001): reserved, or a peer's upstream
+# connections (9,000 of them in the idle workload) can still hold one when
+# the next peer binds it ("Address already in use", seen on 2026-12-06).
 LOAD_SYSCTLS = (
     "net.ipv4.ip_local_port_range=10000 65000",
+    "net.ipv4.ip_local_reserved_ports=10249,10256,15001",
     "net.ipv4.tcp_tw_reuse=1",
     "net.core.somaxconn=8192",
     "net.ipv4.tcp_max_syn_backlog=8192",
