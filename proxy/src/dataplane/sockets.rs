@@ -192,6 +192,65 @@ pub fn try_send(socket: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
     socket2::SockRef::from(&fd).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
+/// What a direction does once the data in hand is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Read again.
+    More,
+    /// The peer's FIN was seen: half-close now.
+    Fin,
+    /// The peer's socket failed: pass a reset on.
+    Reset,
+}
+
+/// The io_uring close order's first half: after a short read of `n` bytes
+/// into `buf`, one non-blocking receive into the rest finds a FIN (or more
+/// data) that came with them, so that the half-close can follow the data
+/// in the same turn (`tcp_uring::pump`). Returns the bytes now in `buf`
+/// and what follows them.
+pub fn take_trailing(from: &impl AsRawFd, buf: &mut [u8], n: usize) -> (usize, After) {
+    match try_recv(from, &mut buf[n..]) {
+        Ok(0) => (n, After::Fin),
+        Ok(k) => (n + k, After::More),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            (n, After::More)
+        }
+        Err(_) => (n, After::Reset),
+    }
+}
+
+/// Its second half: what of `data` the socket takes at once (0 when its
+/// buffer is full); `None` when the socket failed.
+pub fn send_now(to: &impl AsRawFd, data: &[u8]) -> Option<usize> {
+    match try_send(to, data) {
+        Ok(k) => Some(k),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(0),
+        Err(_) => None,
+    }
+}
+
+/// Ends a direction `from` → `to`: a failed one passes the reset on and
+/// ends the other direction too; a finished one half-closes `to`, so a
+/// client that shut its write side still gets the whole response.
+pub fn end_direction(from: &impl AsRawFd, to: &impl AsRawFd, failed: bool) {
+    if failed {
+        reset_on_close(to);
+    }
+    let (from, to) = (borrow(from), borrow(to));
+    let (from, to) = (socket2::SockRef::from(&from), socket2::SockRef::from(&to));
+    if failed {
+        let _ = from.shutdown(std::net::Shutdown::Both);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    } else {
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 /// Borrows a socket's descriptor for a socket2 call. tokio-uring's streams
 /// implement only `AsRawFd`.
 pub fn borrow<T: AsRawFd>(socket: &T) -> BorrowedFd<'_> {

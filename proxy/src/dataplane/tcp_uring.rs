@@ -3,7 +3,7 @@
 //! borrowed from the worker's pool.
 
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
@@ -12,7 +12,7 @@ use tokio_uring::net::{TcpListener, TcpStream};
 
 use super::admission;
 use super::session::{self, Stop};
-use super::sockets;
+use super::sockets::{self, After};
 use super::worker::Worker;
 
 pub async fn serve(worker: Rc<Worker>, listener: std::net::TcpListener, mut stop: Stop) {
@@ -136,17 +136,10 @@ async fn pump(worker: &Worker, from: &TcpStream, to: &TcpStream, close_early: bo
         let mut then = After::More;
         let mut start = 0;
         if close_early && n < buf.len() {
-            match sockets::try_recv(from, &mut buf[n..]) {
-                Ok(0) => then = After::Fin,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => then = After::Reset,
-            }
-            match sockets::try_send(to, &buf[..n]) {
-                Ok(k) => start = k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => break true,
+            (n, then) = sockets::take_trailing(from, &mut buf, n);
+            match sockets::send_now(to, &buf[..n]) {
+                Some(k) => start = k,
+                None => break true,
             }
         }
         // One ring write per partial write. Not `write_all`: the state of
@@ -177,24 +170,6 @@ async fn pump(worker: &Worker, from: &TcpStream, to: &TcpStream, close_early: bo
         }
     };
     worker.pool.give(buf);
-    if failed {
-        // One side reset: pass the reset on and end the other direction.
-        sockets::reset_on_close(to);
-        let _ = from.shutdown(Shutdown::Both);
-        let _ = to.shutdown(Shutdown::Both);
-    } else {
-        let _ = to.shutdown(Shutdown::Write);
-    }
+    sockets::end_direction(from, to, failed);
     total
-}
-
-/// What a direction does once the data in hand is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum After {
-    /// Read again.
-    More,
-    /// The peer's FIN was seen: half-close now.
-    Fin,
-    /// The peer's socket failed: pass a reset on.
-    Reset,
 }

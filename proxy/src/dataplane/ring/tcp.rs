@@ -5,14 +5,14 @@
 //! `io_uring_enter`.
 
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::super::admission;
 use super::super::session::{self, Stop};
-use super::super::sockets;
+use super::super::sockets::{self, After};
 use super::super::worker::{SelfTimed, Worker};
 use super::ops::{self, Owned, Ring};
 use super::runtime::Runtime;
@@ -220,18 +220,11 @@ async fn pump(
             total > 0 && ring.nonempty_hint() && !io_uring::cqueue::sock_nonempty(flags);
         if close_early && n < len {
             if !nothing_waits {
-                match sockets::try_recv(from, &mut buf.as_mut_slice()[n..]) {
-                    Ok(0) => then = After::Fin,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => then = After::Reset,
-                }
+                (n, then) = sockets::take_trailing(from, buf.as_mut_slice(), n);
             }
-            match sockets::try_send(to, &buf.as_slice()[..n]) {
-                Ok(k) => start = k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => {
+            match sockets::send_now(to, &buf.as_slice()[..n]) {
+                Some(k) => start = k,
+                None => {
                     give(worker, buf);
                     break true;
                 }
@@ -263,18 +256,11 @@ async fn pump(
     if let Some(buf) = held {
         worker.pool.give(buf);
     }
-    if failed {
-        // One side reset: pass the reset on and end the other direction.
-        sockets::reset_on_close(to);
-        let _ = from.shutdown(Shutdown::Both);
-        let _ = to.shutdown(Shutdown::Both);
-    } else {
-        // A plain syscall, not IORING_OP_SHUTDOWN: the kernel always runs
-        // that one on an io-wq thread (a thread hop per direction), where
-        // it ran after the ring close queued behind it and shut down the
-        // next connection that got the same descriptor number.
-        let _ = to.shutdown(Shutdown::Write);
-    }
+    // Plain syscalls, not IORING_OP_SHUTDOWN: the kernel always runs that
+    // one on an io-wq thread (a thread hop per direction), where it ran
+    // after the ring close queued behind it and shut down the next
+    // connection that got the same descriptor number.
+    sockets::end_direction(from, to, failed);
     total
 }
 
@@ -320,14 +306,6 @@ fn give(worker: &Worker, buf: Owned) {
     if let Owned::Buf(buf) = buf {
         worker.pool.give(buf);
     }
-}
-
-/// What a direction does once the data in hand is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum After {
-    More,
-    Fin,
-    Reset,
 }
 
 #[cfg(test)]
