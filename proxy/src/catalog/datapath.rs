@@ -142,7 +142,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::catalog::{L7Protocol, ObjectRef, Protocol, ServiceInfo, ServiceKey};
+    use crate::catalog::{L7Protocol, ObjectRef, ServiceInfo, fixtures};
 
     fn port(annotation: Option<&str>, l7: bool, proxy_protocol: bool) -> ServicePort {
         let mut annotations = BTreeMap::new();
@@ -152,25 +152,12 @@ mod tests {
         ServicePort {
             id: 1,
             service: Arc::new(ServiceInfo {
-                key: ServiceKey {
-                    namespace: "demo".into(),
-                    name: "web".into(),
-                },
-                policy: None,
-                policy_config: None,
-                affinity_timeout: None,
-                external_local: false,
                 proxy_protocol,
                 annotations,
+                ..fixtures::info("web")
             }),
-            name: String::new(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            node_port: None,
-            app_protocol: None,
             l7: l7.then_some(L7Protocol::Http1),
-            internal: Arc::new([]),
-            external: Arc::new([]),
+            ..fixtures::port("web")
         }
     }
 

@@ -29,19 +29,7 @@ pub fn family_range(endpoints: &[Endpoint], ip: IpAddr) -> Range<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ep(addr: &str) -> Endpoint {
-        Endpoint {
-            addr: addr.parse().expect("test address"),
-            node_name: None,
-            zone: None,
-            hostname: None,
-            target_name: None,
-            ready: true,
-            serving: true,
-            terminating: false,
-        }
-    }
+    use crate::catalog::fixtures::ready as ep;
 
     #[test]
     fn each_family_is_its_own_range() {

@@ -9,6 +9,8 @@ mod check;
 pub mod datapath;
 mod endpoints;
 mod family;
+#[cfg(test)]
+pub mod fixtures;
 mod load_balancer;
 mod node;
 mod problem;

@@ -73,38 +73,10 @@ fn same_ports(before: &[Arc<ServicePort>], after: &[Arc<ServicePort>]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    use crate::catalog::{Protocol, ServiceInfo};
-
-    fn key(name: &str) -> ServiceKey {
-        ServiceKey {
-            namespace: "demo".into(),
-            name: name.into(),
-        }
-    }
+    use crate::catalog::fixtures::{self, key};
 
     fn port(name: &str) -> Arc<ServicePort> {
-        Arc::new(ServicePort {
-            id: ServicePort::stable_id(&key(name), "", Protocol::Tcp),
-            service: Arc::new(ServiceInfo {
-                key: key(name),
-                policy: None,
-                policy_config: None,
-                affinity_timeout: None,
-                external_local: false,
-                proxy_protocol: false,
-                annotations: BTreeMap::new(),
-            }),
-            name: String::new(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            node_port: None,
-            app_protocol: None,
-            l7: None,
-            internal: Arc::from(Vec::new()),
-            external: Arc::from(Vec::new()),
-        })
+        Arc::new(fixtures::port(name))
     }
 
     #[test]

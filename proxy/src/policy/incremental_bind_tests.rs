@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{Bindings, PolicyEngine, PolicyProblem, PolicyRegistry};
-use crate::catalog::{Endpoint, Protocol, ServiceInfo, ServiceKey, ServicePort, ServiceTable};
+use crate::catalog::{Endpoint, Protocol, ServiceInfo, ServicePort, ServiceTable, fixtures};
 use crate::config::PolicyConfig;
 
 /// A minimal ABI v1 module that picks the first endpoint; `version` makes
@@ -46,48 +46,24 @@ fn load(r: &mut PolicyRegistry, modules: &[(&str, Arc<[u8]>)]) {
     assert!(changed && problems.is_empty(), "{problems:?}");
 }
 
-fn key(name: &str) -> ServiceKey {
-    ServiceKey {
-        namespace: "demo".into(),
-        name: name.into(),
-    }
-}
-
 /// One Service with two ports, bound to `policy` with `config`.
 fn service(name: &str, policy: &str, config: &str, endpoint: &str) -> Vec<Arc<ServicePort>> {
     let info = Arc::new(ServiceInfo {
-        key: key(name),
         policy: Some(policy.into()),
         policy_config: Some(config.into()),
-        affinity_timeout: None,
-        external_local: false,
-        proxy_protocol: false,
-        annotations: BTreeMap::new(),
+        ..fixtures::info(name)
     });
-    let endpoints: Arc<[Endpoint]> = Arc::from(vec![Endpoint {
-        addr: endpoint.parse().expect("addr"),
-        node_name: None,
-        zone: None,
-        hostname: None,
-        target_name: None,
-        ready: true,
-        serving: true,
-        terminating: false,
-    }]);
+    let endpoints: Arc<[Endpoint]> = Arc::from(vec![fixtures::ready(endpoint)]);
     ["http", "metrics"]
         .into_iter()
         .map(|port_name| {
             Arc::new(ServicePort {
-                id: ServicePort::stable_id(&key(name), port_name, Protocol::Tcp),
+                id: ServicePort::stable_id(&fixtures::key(name), port_name, Protocol::Tcp),
                 service: info.clone(),
                 name: port_name.into(),
-                protocol: Protocol::Tcp,
-                port: 80,
-                node_port: None,
-                app_protocol: None,
-                l7: None,
                 internal: endpoints.clone(),
                 external: endpoints.clone(),
+                ..fixtures::port(name)
             })
         })
         .collect()
@@ -96,7 +72,7 @@ fn service(name: &str, policy: &str, config: &str, endpoint: &str) -> Vec<Arc<Se
 fn table(services: &[(&str, &Vec<Arc<ServicePort>>)]) -> Arc<ServiceTable> {
     let mut t = ServiceTable::default();
     for (name, ports) in services {
-        t.services.insert(key(name), (*ports).clone());
+        t.services.insert(fixtures::key(name), (*ports).clone());
     }
     Arc::new(t)
 }

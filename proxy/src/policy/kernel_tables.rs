@@ -154,47 +154,16 @@ impl TableCache {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::catalog::{Protocol, ServiceInfo, ServiceKey};
+    use crate::catalog::fixtures;
 
     fn port(addrs: &[&str]) -> ServicePort {
-        let endpoints: Arc<[Endpoint]> = addrs
-            .iter()
-            .map(|a| Endpoint {
-                addr: a.parse().expect("addr"),
-                node_name: None,
-                zone: None,
-                hostname: None,
-                target_name: None,
-                ready: true,
-                serving: true,
-                terminating: false,
-            })
-            .collect();
+        let endpoints: Arc<[Endpoint]> = addrs.iter().map(|a| fixtures::ready(a)).collect();
         ServicePort {
             id: 9,
-            service: Arc::new(ServiceInfo {
-                key: ServiceKey {
-                    namespace: "demo".into(),
-                    name: "web".into(),
-                },
-                policy: None,
-                policy_config: None,
-                affinity_timeout: None,
-                external_local: false,
-                proxy_protocol: false,
-                annotations: BTreeMap::new(),
-            }),
-            name: String::new(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            node_port: None,
-            app_protocol: None,
-            l7: None,
             internal: endpoints.clone(),
             external: endpoints,
+            ..fixtures::port("web")
         }
     }
 
