@@ -45,20 +45,7 @@ async fn handle(worker: Rc<Worker>, client: TcpStream, peer: SocketAddr, _slot: 
         // companion thread, or on the tokio reactor under the ring
         // (ARCHITECTURE.md, "L7").
         if let Some(handoff) = &worker.l7_handoff {
-            match crate::l7::adopt_std(&client) {
-                Ok(stream) => {
-                    if !handoff.send(stream, accepted) {
-                        tracing::warn!(
-                            worker = worker.id,
-                            "L7 companion thread is gone; connection closed"
-                        );
-                    }
-                }
-                // dup() fails for every connection once descriptors run out.
-                Err(e) => crate::logging::rate_limited_warn("l7-handoff", || {
-                    tracing::warn!(error = %e, "cannot hand an L7 connection over");
-                }),
-            }
+            handoff.hand_over(worker.id, &client, accepted);
             return;
         }
         match crate::l7::adopt(&client) {

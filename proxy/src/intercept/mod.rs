@@ -493,17 +493,13 @@ impl Interceptor {
     /// failure leaves `installed` unset, so the next sync replaces the
     /// table whole).
     fn fill_kernel(&mut self, want: &kernel::KernelElements) -> Result<(), InterceptError> {
-        for batch in kernel::fill_batches(want, &self.cfg.table, KERNEL_FILL_BATCH) {
+        let table = self.cfg.table.clone();
+        for batch in kernel::fill_batches(want, &table, KERNEL_FILL_BATCH) {
             let batch = batch.map_err(|source| InterceptError::Encode {
-                table: self.cfg.table.clone(),
+                table: table.clone(),
                 source,
             })?;
-            self.netlink
-                .apply(&batch)
-                .map_err(|source| InterceptError::Netlink {
-                    table: self.cfg.table.clone(),
-                    source,
-                })?;
+            self.apply_elements(&batch)?;
         }
         Ok(())
     }
@@ -524,12 +520,7 @@ impl Interceptor {
                 },
             })?;
         }
-        self.netlink
-            .apply(delta)
-            .map_err(|source| InterceptError::Netlink {
-                table: table.clone(),
-                source,
-            })?;
+        self.apply_elements(delta)?;
         Ok(())
     }
 
@@ -546,12 +537,7 @@ impl Interceptor {
         want.node_ports_no_endpoints
             .extend(std::mem::take(&mut want.node_ports));
         let batch = want.diff_batch(have, &self.cfg.table);
-        self.netlink
-            .apply(&batch)
-            .map_err(|source| InterceptError::Netlink {
-                table: self.cfg.table.clone(),
-                source,
-            })?;
+        self.apply_elements(&batch)?;
         self.installed = Some(want);
         // The elements no longer match any table: diff whole next time.
         self.installed_for = None;

@@ -29,6 +29,22 @@ impl Handoff {
     pub fn send(&self, stream: std::net::TcpStream, accepted: Accepted) -> bool {
         self.0.send((stream, accepted)).is_ok()
     }
+
+    /// Hands worker `worker`'s accepted `client` over (a duplicate of its
+    /// descriptor: the caller closes its own).
+    pub fn hand_over(&self, worker: usize, client: &impl std::os::fd::AsRawFd, accepted: Accepted) {
+        match crate::l7::adopt_std(client) {
+            Ok(stream) => {
+                if !self.send(stream, accepted) {
+                    tracing::warn!(worker, "L7 companion thread is gone; connection closed");
+                }
+            }
+            // dup() fails for every connection once descriptors run out.
+            Err(e) => crate::logging::rate_limited_warn("l7-handoff", || {
+                tracing::warn!(error = %e, "cannot hand an L7 connection over");
+            }),
+        }
+    }
 }
 
 /// Starts worker `id`'s L7 companion thread, which also serves `udp`.

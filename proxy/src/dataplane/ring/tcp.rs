@@ -111,20 +111,7 @@ fn hand_over(worker: &Worker, client: &TcpStream, accepted: session::Accepted) {
         tracing::warn!(worker = worker.id, "no L7 companion; connection closed");
         return;
     };
-    match crate::l7::adopt_std(client) {
-        Ok(stream) => {
-            if !handoff.send(stream, accepted) {
-                tracing::warn!(
-                    worker = worker.id,
-                    "L7 companion thread is gone; connection closed"
-                );
-            }
-        }
-        // dup() fails for every connection once descriptors run out.
-        Err(e) => crate::logging::rate_limited_warn("l7-handoff", || {
-            tracing::warn!(error = %e, "cannot hand an L7 connection over");
-        }),
-    }
+    handoff.hand_over(worker.id, client, accepted);
 }
 
 /// Connects a socket made by `sockets::upstream_tcp` (mark, transparent
