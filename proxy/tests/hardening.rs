@@ -1,15 +1,18 @@
 //! Issue 10: the limits, the module trust list and the sandbox claims of
 //! SECURITY.md, each driven through the public API.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::{ROUND_ROBIN_PICK, engine};
 use switchyard::admin::Metrics;
 use switchyard::catalog::{self, NodeContext, Route, Scope, ServiceTable};
 use switchyard::config::{Config, ConfigError, PolicyConfig};
 use switchyard::policy::{
-    BoundPolicy, DecidedBy, Decider, Fault, Locality, ModuleError, PickRequest, PolicyEngine,
-    PolicyProblem, PolicyRegistry, WasmInstance, content_hash, load_module,
+    DecidedBy, Decider, Fault, Locality, ModuleError, PolicyEngine, PolicyProblem, PolicyRegistry,
+    WasmInstance, content_hash, load_module,
 };
 use switchyard::sources::{FileSource, manifest};
 
@@ -17,37 +20,21 @@ use switchyard::sources::{FileSource, manifest};
 const MODULE: &str = r#"
 (module
   (memory (export "memory") 1)
-  (global $next (mut i32) (i32.const 0))
-  (global $count (mut i32) (i32.const 0))
-  (global $heap (mut i32) (i32.const 1024))
-  (func (export "sy_abi_version") (result i32) (i32.const 1))
-  (func (export "sy_alloc") (param $size i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.and (i32.add (i32.add (local.get $p) (local.get $size)) (i32.const 7)) (i32.const -8)))
-    (if (i32.gt_u (global.get $heap) (i32.const 65536)) (then (global.set $heap (i32.const 1024)) (return (i32.const 1024))))
-    (local.get $p))
-  (func (export "sy_init") (param i32 i32) (result i32) (i32.const 0))
-  (func (export "sy_endpoints") (param $table i32) (param $count i32)
-    (global.set $count (local.get $count)))
+  $ABI_EXPORTS
+  $COUNTER
   (func $deeper (param $n i32) (result i32)
     (i32.add (call $deeper (i32.add (local.get $n) (i32.const 1))) (i32.const 1)))
   (func (export "sy_pick") (param $ctx i32) (result i32)
     $PICK))
 "#;
 
-const ROUND_ROBIN: &str = "(local $i i32)
-    (if (i32.eqz (global.get $count)) (then (return (i32.const -1))))
-    (local.set $i (i32.rem_u (global.get $next) (global.get $count)))
-    (global.set $next (i32.add (global.get $next) (i32.const 1)))
-    (local.get $i)";
-
-fn module(pick: &str) -> Vec<u8> {
-    wat::parse_str(MODULE.replace("$PICK", pick)).expect("test WAT parses")
+/// MODULE's text with `pick` as the body of `sy_pick`.
+fn module_text(pick: &str) -> String {
+    common::expand(MODULE).replace("$PICK", pick)
 }
 
-fn engine() -> Arc<PolicyEngine> {
-    PolicyEngine::new(&PolicyConfig::default()).expect("engine")
+fn module(pick: &str) -> Vec<u8> {
+    wat::parse_str(module_text(pick)).expect("test WAT parses")
 }
 
 fn tempdir(name: &str) -> PathBuf {
@@ -101,25 +88,12 @@ fn decide(
 ) -> (Vec<(usize, DecidedBy)>, Arc<Metrics>) {
     let table = table(3, None);
     let route = route(&table);
-    let module = load_module(engine, "test", bytes).expect("module loads");
-    let binding = Arc::new(BoundPolicy {
-        id: 1,
-        service: route.port.service.key.clone(),
-        module: Arc::new(module),
-        config: Arc::from("{}"),
-    });
+    let binding = common::bound(engine, 1, bytes);
     let metrics = Arc::new(Metrics::new("test"));
     let mut decider = Decider::new(Some(engine.clone()), Locality::default(), metrics.clone());
     let got = (0..n)
         .map(|_| {
-            let req = PickRequest {
-                route: &route,
-                binding: Some(&binding),
-                generation: 1,
-                client: "10.244.1.100:40000".parse().expect("addr"),
-                frontend: "10.96.0.10:80".parse().expect("addr"),
-                tried: &[],
-            };
+            let req = common::request(&route, &binding);
             let d = decider.pick(&req).expect("a decision");
             assert!(d.index < 3);
             (d.index, d.by)
@@ -223,7 +197,7 @@ fn an_oversized_manifest_is_refused_and_counted() {
 #[test]
 fn only_modules_on_the_allow_list_load() {
     let dir = tempdir("trust");
-    let bytes = module(ROUND_ROBIN);
+    let bytes = module(ROUND_ROBIN_PICK);
     std::fs::write(dir.join("rr.wasm"), &bytes).expect("write");
     let hash = content_hash(&bytes);
 
@@ -282,7 +256,7 @@ fn an_oversized_module_file_is_refused_before_it_is_read() {
 #[test]
 fn a_service_past_max_endpoints_gets_the_builtin_round_robin() {
     let dir = tempdir("endpoints");
-    std::fs::write(dir.join("rr.wasm"), module(ROUND_ROBIN)).expect("write");
+    std::fs::write(dir.join("rr.wasm"), module(ROUND_ROBIN_PICK)).expect("write");
     let cfg = PolicyConfig {
         max_endpoints: 4,
         ..PolicyConfig::default()
@@ -343,7 +317,7 @@ fn growing_memory_past_the_cap_in_a_decision_fails_inside_the_guest() {
 #[test]
 fn imports_outside_the_abi_are_refused() {
     let engine = engine();
-    let good = MODULE.replace("$PICK", "(i32.const 0)");
+    let good = module_text("(i32.const 0)");
     for import in [
         "(import \"wasi_snapshot_preview1\" \"fd_write\" (func (param i32 i32 i32 i32) (result i32)))",
         "(import \"wasi_snapshot_preview1\" \"proc_exit\" (func (param i32)))",
@@ -374,7 +348,7 @@ fn a_guest_pointer_outside_its_memory_is_a_fault_not_a_host_access() {
     let engine = engine();
     // sy_alloc hands back an address past the end of its own memory: the
     // host must refuse to write there (it only ever indexes guest memory).
-    let text = MODULE.replace("$PICK", "(i32.const 0)").replace(
+    let text = module_text("(i32.const 0)").replace(
         "(local.get $p))\n  (func (export \"sy_init\")",
         "(drop (local.get $p)) (i32.const 0x7fff0000))\n  (func (export \"sy_init\")",
     );

@@ -2,16 +2,14 @@
 //! module reads a request header through the host, in a per-request pick,
 //! and the request head comes back to the caller intact.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::sync::Arc;
 
+use common::{bound, engine, http_route, request};
 use switchyard::admin::Metrics;
-use switchyard::catalog::{Endpoint, Protocol, Route, Scope, ServiceInfo, ServiceKey, ServicePort};
-use switchyard::config::PolicyConfig;
 use switchyard::l7::attrs::parse_head;
-use switchyard::policy::{
-    BoundPolicy, DecidedBy, Decider, Locality, PickRequest, PolicyEngine, load_module,
-};
+use switchyard::policy::{DecidedBy, Decider, Locality};
 
 /// Picks the endpoint whose index is the digit in header `x-pick`, after
 /// checking the context's mode, a length query and a wild name pointer.
@@ -20,14 +18,7 @@ const HEADER_PICK: &str = r#"
   (import "switchyard" "request_attr" (func $attr (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (data (i32.const 16) "x-pick")
-  (global $heap (mut i32) (i32.const 1024))
-  (func (export "sy_abi_version") (result i32) (i32.const 1))
-  (func (export "sy_alloc") (param $size i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.and (i32.add (i32.add (local.get $p) (local.get $size)) (i32.const 7)) (i32.const -8)))
-    (local.get $p))
-  (func (export "sy_init") (param i32 i32) (result i32) (i32.const 0))
+  $ABI_EXPORTS
   (func (export "sy_endpoints") (param i32 i32))
   (func (export "sy_pick") (param $ctx i32) (result i32)
     (if (i32.ne (i32.load8_u offset=1 (local.get $ctx)) (i32.const 1))
@@ -42,74 +33,14 @@ const HEADER_PICK: &str = r#"
     (i32.sub (i32.load8_u (i32.const 32)) (i32.const 48))))
 "#;
 
-fn route(n: usize) -> Route {
-    let service = Arc::new(ServiceInfo {
-        key: ServiceKey {
-            namespace: "demo".into(),
-            name: "web".into(),
-        },
-        policy: None,
-        policy_config: None,
-        affinity_timeout: None,
-        external_local: false,
-        proxy_protocol: false,
-        annotations: BTreeMap::new(),
-    });
-    let endpoints: Vec<Endpoint> = (0..n)
-        .map(|i| Endpoint {
-            addr: format!("10.244.1.{}:8080", 10 + i).parse().expect("addr"),
-            node_name: None,
-            zone: None,
-            hostname: None,
-            target_name: Some(format!("web-{i}")),
-            ready: true,
-            serving: true,
-            terminating: false,
-        })
-        .collect();
-    let endpoints: Arc<[Endpoint]> = endpoints.into();
-    Route {
-        port: Arc::new(ServicePort {
-            id: 9,
-            service,
-            name: String::new(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            node_port: None,
-            app_protocol: Some("http".into()),
-            l7: Some(switchyard::catalog::L7Protocol::Http1),
-            internal: endpoints.clone(),
-            external: endpoints,
-        }),
-        scope: Scope::Internal,
-    }
-}
-
 #[test]
 fn a_policy_routes_by_a_header_it_reads_through_the_host() {
-    let engine = PolicyEngine::new(&PolicyConfig::default()).expect("engine");
-    let bytes = wat::parse_str(HEADER_PICK).expect("WAT parses");
-    let module = load_module(&engine, "header-pick", &bytes).expect("module loads");
-    let binding = Arc::new(BoundPolicy {
-        id: 1,
-        service: ServiceKey {
-            namespace: "demo".into(),
-            name: "web".into(),
-        },
-        module: Arc::new(module),
-        config: Arc::from("{}"),
-    });
+    let engine = engine();
+    let binding = bound(&engine, 1, &common::wat(HEADER_PICK));
     let metrics = Arc::new(Metrics::new("test"));
     let mut decider = Decider::new(Some(engine), Locality::default(), metrics);
-    let route = route(4);
-    let req = PickRequest {
-        route: &route,
-        binding: Some(&binding),
-        generation: 1,
-        client: "10.244.1.100:40000".parse().expect("addr"),
-        frontend: "10.96.0.10:80".parse().expect("addr"),
-        tried: &[],
-    };
+    let route = http_route(4);
+    let req = request(&route, &binding);
     for want in [2usize, 3, 0, 2] {
         let head = format!("GET /x HTTP/1.1\r\nHost: web\r\nX-Pick: {want}\r\n\r\n");
         let mut parts = parse_head(head.as_bytes());

@@ -2,36 +2,23 @@
 //! a good table is taken, every bad answer is a fault, and a module without
 //! the export keeps working on the proxy path.
 
+mod common;
+
 use std::sync::Arc;
 
-use switchyard::catalog::Endpoint;
-use switchyard::config::PolicyConfig;
+use common::{endpoints, engine};
 use switchyard::policy::table::{compute, slot_count};
-use switchyard::policy::{Locality, ModuleError, PolicyEngine, SlotKey, TableFault, load_module};
+use switchyard::policy::{Locality, ModuleError, SlotKey, TableFault, load_module};
 
 /// The ABI.md example round robin; `$TABLE` is replaced by a `sy_table`
 /// export (or nothing).
 const MODULE: &str = r#"
 (module
   (memory (export "memory") 1)
-  (global $next (mut i32) (i32.const 0))
-  (global $count (mut i32) (i32.const 0))
-  (global $heap (mut i32) (i32.const 1024))
-  (func (export "sy_abi_version") (result i32) (i32.const 1))
-  (func (export "sy_alloc") (param $size i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.and (i32.add (i32.add (local.get $p) (local.get $size)) (i32.const 7)) (i32.const -8)))
-    (local.get $p))
-  (func (export "sy_init") (param i32 i32) (result i32) (i32.const 0))
-  (func (export "sy_endpoints") (param $table i32) (param $count i32)
-    (global.set $count (local.get $count)))
+  $ABI_EXPORTS
+  $COUNTER
   (func (export "sy_pick") (param $ctx i32) (result i32)
-    (local $i i32)
-    (if (i32.eqz (global.get $count)) (then (return (i32.const -1))))
-    (local.set $i (i32.rem_u (global.get $next) (global.get $count)))
-    (global.set $next (i32.add (global.get $next) (i32.const 1)))
-    (local.get $i))
+    $PICK)
   $TABLE)
 "#;
 
@@ -54,30 +41,15 @@ const TABLE: &str = r#"
 const ROUND_ROBIN: &str = "(i32.rem_u (local.get $s) (global.get $count))";
 
 fn module(table: &str) -> Vec<u8> {
-    wat::parse_str(MODULE.replace("$TABLE", table)).expect("test WAT parses")
+    common::wat(
+        &MODULE
+            .replace("$PICK", common::ROUND_ROBIN_PICK)
+            .replace("$TABLE", table),
+    )
 }
 
 fn table_export(value: &str, key: &str) -> String {
     TABLE.replace("$VALUE", value).replace("$KEY", key)
-}
-
-fn engine() -> Arc<PolicyEngine> {
-    PolicyEngine::new(&PolicyConfig::default()).expect("engine")
-}
-
-fn endpoints(n: usize) -> Vec<Endpoint> {
-    (0..n)
-        .map(|i| Endpoint {
-            addr: format!("10.244.1.{}:8080", 10 + i).parse().expect("addr"),
-            node_name: None,
-            zone: None,
-            hostname: None,
-            target_name: Some(format!("web-{i}")),
-            ready: true,
-            serving: true,
-            terminating: false,
-        })
-        .collect()
 }
 
 fn table_of(
