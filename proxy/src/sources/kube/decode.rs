@@ -1,6 +1,6 @@
-//! Watched objects arrive untyped (`DynamicObject`), one at a time, so that
-//! one malformed object is named and skipped instead of failing the whole
-//! list it came in, as a typed watch would.
+//! Watched objects arrive undecoded (`RawObject`, or `DynamicObject` in
+//! tests), one at a time, so that one malformed object is named and skipped
+//! instead of failing the whole list it came in, as a typed watch would.
 
 use ::kube::core::DynamicObject;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -64,6 +64,34 @@ impl Typed for Node {
     }
 }
 
+/// An object as a watch delivers it, before its typed decode.
+pub trait Incoming {
+    /// `(namespace, name)`, from the metadata the watcher read.
+    fn key(&self) -> Key;
+    /// Decodes and checks the object. A decode error or a validation error
+    /// is pushed to `problems` (naming the object and field) and gives
+    /// `None`.
+    fn typed<T: Typed>(self, kind: Kind, problems: &mut Vec<Problem>) -> Option<T>;
+}
+
+impl Incoming for DynamicObject {
+    fn key(&self) -> Key {
+        key(self)
+    }
+
+    fn typed<T: Typed>(self, kind: Kind, problems: &mut Vec<Problem>) -> Option<T> {
+        typed(kind, self, problems)
+    }
+}
+
+/// The object, unless its checks found an error; every problem is pushed.
+pub fn checked<T: Typed>(typed: T, problems: &mut Vec<Problem>) -> Option<T> {
+    let found = typed.check();
+    let fatal = found.iter().any(|p| p.severity == Severity::Error);
+    problems.extend(found);
+    (!fatal).then_some(typed)
+}
+
 pub fn key(obj: &DynamicObject) -> Key {
     (
         obj.metadata.namespace.clone().unwrap_or_default(),
@@ -114,8 +142,5 @@ pub fn typed<T: Typed>(kind: Kind, obj: DynamicObject, problems: &mut Vec<Proble
             return None;
         }
     };
-    let found = typed.check();
-    let fatal = found.iter().any(|p| p.severity == Severity::Error);
-    problems.extend(found);
-    (!fatal).then_some(typed)
+    checked(typed, problems)
 }
