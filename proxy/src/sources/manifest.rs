@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::catalog::{self, Severity};
 
+mod block;
 mod direct;
 
 /// The objects one file contributes.

@@ -15,7 +15,7 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::{ManifestProblem, Manifests, accept};
+use super::{ManifestProblem, Manifests, accept, block};
 use crate::catalog::{self, Severity};
 
 /// The objects and problems of `text`, or `None` when the `Value` path must
@@ -37,16 +37,16 @@ pub(super) fn parse(text: &str, file: &Path) -> Option<(Manifests, Vec<ManifestP
         };
         match header {
             ("Service", "v1") => {
-                let svc: Service = serde_norway::from_str(document).ok()?;
+                let svc: Service = decode(document)?;
                 let issues = catalog::validate_service(&svc);
                 accept(svc, issues, &mut out.services, &mut problems, &problem);
             }
             ("EndpointSlice", "discovery.k8s.io/v1") => {
-                let slice: EndpointSlice = serde_norway::from_str(document).ok()?;
+                let slice: EndpointSlice = decode(document)?;
                 let issues = catalog::validate_endpoint_slice(&slice);
                 accept(slice, issues, &mut out.slices, &mut problems, &problem);
             }
-            ("Node", "v1") => out.nodes.push(serde_norway::from_str(document).ok()?),
+            ("Node", "v1") => out.nodes.push(decode(document)?),
             // Lists and unsupported versions of our kinds: the `Value` path.
             ("Service" | "EndpointSlice" | "List", _) => return None,
             (kind, _) => {
@@ -61,6 +61,11 @@ pub(super) fn parse(text: &str, file: &Path) -> Option<(Manifests, Vec<ManifestP
         }
     }
     Some((out, problems))
+}
+
+/// The block reader first; serde_norway for what it does not vouch for.
+fn decode<T: serde::de::DeserializeOwned>(document: &str) -> Option<T> {
+    block::from_str(document).or_else(|| serde_norway::from_str(document).ok())
 }
 
 /// The keys a document of another kind is checked against.
