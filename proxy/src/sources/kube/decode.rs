@@ -40,6 +40,11 @@ impl Kind {
 pub trait Typed: serde::de::DeserializeOwned {
     /// Problems that keep the object out (errors) or only warn.
     fn check(&self) -> Vec<Problem>;
+
+    /// Gives back the spare capacity of the object's big lists. A decode
+    /// from JSON text knows no lengths, so its `Vec`s grow by doubling: at
+    /// 100k endpoints that spare room was ~35 MiB of peak RSS.
+    fn shrink(&mut self) {}
 }
 
 impl Typed for Service {
@@ -50,11 +55,27 @@ impl Typed for Service {
             .filter(|p| p.severity == Severity::Error)
             .collect()
     }
+
+    fn shrink(&mut self) {
+        if let Some(ports) = self.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+            ports.shrink_to_fit();
+        }
+    }
 }
 
 impl Typed for EndpointSlice {
     fn check(&self) -> Vec<Problem> {
         catalog::validate_endpoint_slice(self)
+    }
+
+    fn shrink(&mut self) {
+        self.endpoints.shrink_to_fit();
+        for endpoint in &mut self.endpoints {
+            endpoint.addresses.shrink_to_fit();
+        }
+        if let Some(ports) = &mut self.ports {
+            ports.shrink_to_fit();
+        }
     }
 }
 

@@ -86,14 +86,18 @@ impl Incoming for RawObject {
     fn typed<T: Typed>(self, kind: Kind, problems: &mut Vec<Problem>) -> Option<T> {
         // Without path tracking first: it costs on every object, and only
         // a failed decode needs the path, found by decoding again.
-        if let Ok(typed) = serde_json::from_str(self.text.get()) {
+        if let Ok(mut typed) = serde_json::from_str::<T>(self.text.get()) {
+            typed.shrink();
             return checked(typed, problems);
         }
         let (namespace, name) = self.key();
         let object = ObjectRef::new(kind.name(), &namespace, &name);
         let mut de = serde_json::Deserializer::from_str(self.text.get());
         match serde_path_to_error::deserialize::<_, T>(&mut de) {
-            Ok(typed) => checked(typed, problems),
+            Ok(mut typed) => {
+                typed.shrink();
+                checked(typed, problems)
+            }
             Err(e) => {
                 let field = e.path().to_string();
                 let message = format!("{}; the object is skipped", e.into_inner());

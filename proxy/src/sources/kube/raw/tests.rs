@@ -96,3 +96,17 @@ fn decodes_what_the_dynamic_object_path_decodes() {
     assert_eq!(raw, dynamic.typed(Kind::Service, &mut problems));
     assert!(problems.is_empty(), "{problems:?}");
 }
+
+#[test]
+fn decoded_lists_keep_no_spare_capacity() {
+    let mut value = slice();
+    let endpoint = value["endpoints"][0].clone();
+    value["endpoints"] = json!(vec![endpoint; 5]);
+    let mut problems = Vec::new();
+    let decoded: EndpointSlice = RawObject::from_json(&value)
+        .typed(Kind::EndpointSlice, &mut problems)
+        .expect("decodes");
+    assert_eq!(decoded.endpoints.len(), 5);
+    assert_eq!(decoded.endpoints.capacity(), 5);
+    assert_eq!(decoded.endpoints[0].addresses.capacity(), 1);
+}
