@@ -36,7 +36,8 @@ struct Line<'a> {
 
 /// The document's tree, or `None` for what this reader does not handle.
 fn parse(document: &str) -> Option<Node<'_>> {
-    let mut lines = Vec::new();
+    // Sized once: growing it line by line was a tenth of the parse.
+    let mut lines = Vec::with_capacity(document.bytes().filter(|&b| b == b'\n').count() + 1);
     for raw in document.lines() {
         let content = raw.trim_start_matches(' ');
         let indent = raw.len() - content.len();

@@ -39,6 +39,14 @@ fn is_null(plain: &str) -> bool {
 /// A plain scalar that YAML reads as a string and nothing else: not null,
 /// not a boolean (1.2 or 1.1 spelling), not anything number-like.
 pub fn is_plain_string(plain: &str) -> bool {
+    // Most keys and values: a letter that starts no null, boolean or
+    // number spelling (`inf` and `nan` start with i and n).
+    if let Some(first) = plain.bytes().next()
+        && first.is_ascii_alphabetic()
+        && !b"tfynoi".contains(&first.to_ascii_lowercase())
+    {
+        return true;
+    }
     let is = |word: &str| plain.eq_ignore_ascii_case(word);
     let starts = |prefix: &str| {
         plain

@@ -103,3 +103,26 @@ fn deep_nesting_is_refused_not_overflowed() {
     }
     assert!(from_str::<Service>(&text).is_none());
 }
+
+#[test]
+fn plain_strings_are_only_what_yaml_reads_as_strings() {
+    use super::de::is_plain_string;
+    for word in [
+        "web",
+        "ClusterIP",
+        "TCP",
+        "node-a",
+        "10.96.1.1",
+        "fd00::1",
+        "svc0",
+        "2024-06-11T09:00:00Z",
+    ] {
+        assert!(is_plain_string(word), "{word}");
+    }
+    for word in [
+        "null", "Null", "~", "", "true", "False", "yes", "No", "on", "Off", "y", "n", "inf", "NaN",
+        "infinity", ".inf", "1", "-1", "0123", "1e3", "1.5", "0x1F", "0o17", "+1", "1_000",
+    ] {
+        assert!(!is_plain_string(word), "{word}");
+    }
+}
