@@ -12,6 +12,9 @@ use serde::Deserialize;
 
 use crate::catalog::{self, Severity};
 
+mod block;
+mod direct;
+
 /// The objects one file contributes.
 #[derive(Debug, Clone, Default)]
 pub struct Manifests {
@@ -74,6 +77,12 @@ impl fmt::Display for ManifestProblem {
 /// Parses every document of a file. Objects with errors are left out and
 /// reported; other kinds are ignored with a debug log.
 pub fn parse(text: &str, file: &Path) -> (Manifests, Vec<ManifestProblem>) {
+    direct::parse(text, file).unwrap_or_else(|| parse_values(text, file))
+}
+
+/// The general path: every document read as a `Value` first, so that any
+/// error names its object and field.
+fn parse_values(text: &str, file: &Path) -> (Manifests, Vec<ManifestProblem>) {
     let mut out = Manifests::default();
     let mut problems = Vec::new();
     for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {

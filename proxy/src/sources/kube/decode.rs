@@ -1,6 +1,6 @@
-//! Watched objects arrive untyped (`DynamicObject`), one at a time, so that
-//! one malformed object is named and skipped instead of failing the whole
-//! list it came in, as a typed watch would.
+//! Watched objects arrive undecoded (`RawObject`, or `DynamicObject` in
+//! tests), one at a time, so that one malformed object is named and skipped
+//! instead of failing the whole list it came in, as a typed watch would.
 
 use ::kube::core::DynamicObject;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -40,6 +40,11 @@ impl Kind {
 pub trait Typed: serde::de::DeserializeOwned {
     /// Problems that keep the object out (errors) or only warn.
     fn check(&self) -> Vec<Problem>;
+
+    /// Gives back the spare capacity of the object's big lists. A decode
+    /// from JSON text knows no lengths, so its `Vec`s grow by doubling: at
+    /// 100k endpoints that spare room was ~35 MiB of peak RSS.
+    fn shrink(&mut self) {}
 }
 
 impl Typed for Service {
@@ -50,11 +55,27 @@ impl Typed for Service {
             .filter(|p| p.severity == Severity::Error)
             .collect()
     }
+
+    fn shrink(&mut self) {
+        if let Some(ports) = self.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+            ports.shrink_to_fit();
+        }
+    }
 }
 
 impl Typed for EndpointSlice {
     fn check(&self) -> Vec<Problem> {
         catalog::validate_endpoint_slice(self)
+    }
+
+    fn shrink(&mut self) {
+        self.endpoints.shrink_to_fit();
+        for endpoint in &mut self.endpoints {
+            endpoint.addresses.shrink_to_fit();
+        }
+        if let Some(ports) = &mut self.ports {
+            ports.shrink_to_fit();
+        }
     }
 }
 
@@ -62,6 +83,34 @@ impl Typed for Node {
     fn check(&self) -> Vec<Problem> {
         Vec::new()
     }
+}
+
+/// An object as a watch delivers it, before its typed decode.
+pub trait Incoming {
+    /// `(namespace, name)`, from the metadata the watcher read.
+    fn key(&self) -> Key;
+    /// Decodes and checks the object. A decode error or a validation error
+    /// is pushed to `problems` (naming the object and field) and gives
+    /// `None`.
+    fn typed<T: Typed>(self, kind: Kind, problems: &mut Vec<Problem>) -> Option<T>;
+}
+
+impl Incoming for DynamicObject {
+    fn key(&self) -> Key {
+        key(self)
+    }
+
+    fn typed<T: Typed>(self, kind: Kind, problems: &mut Vec<Problem>) -> Option<T> {
+        typed(kind, self, problems)
+    }
+}
+
+/// The object, unless its checks found an error; every problem is pushed.
+pub fn checked<T: Typed>(typed: T, problems: &mut Vec<Problem>) -> Option<T> {
+    let found = typed.check();
+    let fatal = found.iter().any(|p| p.severity == Severity::Error);
+    problems.extend(found);
+    (!fatal).then_some(typed)
 }
 
 pub fn key(obj: &DynamicObject) -> Key {
@@ -114,8 +163,5 @@ pub fn typed<T: Typed>(kind: Kind, obj: DynamicObject, problems: &mut Vec<Proble
             return None;
         }
     };
-    let found = typed.check();
-    let fatal = found.iter().any(|p| p.severity == Severity::Error);
-    problems.extend(found);
-    (!fatal).then_some(typed)
+    checked(typed, problems)
 }

@@ -8,6 +8,7 @@
 pub mod configmap;
 mod decode;
 pub mod events;
+mod raw;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ::kube::Api;
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
-use ::kube::core::{ApiResource, DynamicObject};
+use ::kube::core::ApiResource;
 use ::kube::runtime::{WatchStreamExt, watcher};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -23,6 +24,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::{mpsc, watch};
 
 pub use decode::Kind;
+pub use raw::RawObject;
 pub use store::{Dirty, Key, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +95,7 @@ impl KubeSource {
                     watcher::Config::default().fields(&format!("metadata.name={node_name}")),
                 ),
             };
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            let api: Api<RawObject> = Api::all_with(client.clone(), &resource);
             tasks.push(tokio::spawn(follow(
                 kind,
                 api,
@@ -140,7 +142,7 @@ impl Drop for KubeSource {
 /// One kind's watch loop; runs until the source is dropped.
 async fn follow(
     kind: Kind,
-    api: Api<DynamicObject>,
+    api: Api<RawObject>,
     config: watcher::Config,
     store: Arc<Mutex<Store>>,
     wake: mpsc::Sender<()>,
@@ -159,7 +161,7 @@ async fn follow(
                 let init_done = matches!(event, watcher::Event::InitDone);
                 let (changed, all_synced) = {
                     let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
-                    (s.apply(kind, event), s.synced())
+                    (s.apply_raw(kind, event), s.synced())
                 };
                 if init_done {
                     tracing::debug!(kind = kind.name(), "list complete");

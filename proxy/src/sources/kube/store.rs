@@ -9,7 +9,8 @@ use ::kube::runtime::watcher::Event;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::decode::{self, Kind};
+use super::decode::{self, Incoming, Kind};
+use super::raw::RawObject;
 use crate::catalog::{Problem, SERVICE_NAME_LABEL};
 
 /// `(namespace, name)`.
@@ -88,8 +89,18 @@ impl Store {
         self.services.synced && self.slices.synced && self.nodes.synced
     }
 
-    /// Applies one watch event; true when something a sync reads changed.
+    /// Applies one watch event of `DynamicObject`s (what tests build); true
+    /// when something a sync reads changed.
     pub fn apply(&mut self, kind: Kind, event: Event<DynamicObject>) -> bool {
+        self.apply_event(kind, event)
+    }
+
+    /// Applies one event of the watches, objects still undecoded.
+    pub fn apply_raw(&mut self, kind: Kind, event: Event<RawObject>) -> bool {
+        self.apply_event(kind, event)
+    }
+
+    fn apply_event<O: Incoming>(&mut self, kind: Kind, event: Event<O>) -> bool {
         let changed = match kind {
             Kind::Service => self.apply_services(event),
             Kind::EndpointSlice => self.apply_slices(event),
@@ -101,7 +112,7 @@ impl Store {
     }
 
     /// True when a Service changed.
-    fn apply_services(&mut self, event: Event<DynamicObject>) -> bool {
+    fn apply_services<O: Incoming>(&mut self, event: Event<O>) -> bool {
         let touched = apply_generic(&mut self.services, &mut self.problems, Kind::Service, event);
         let changed = !touched.is_empty();
         self.dirty
@@ -111,7 +122,7 @@ impl Store {
     }
 
     /// True when a slice changed.
-    fn apply_slices(&mut self, event: Event<DynamicObject>) -> bool {
+    fn apply_slices<O: Incoming>(&mut self, event: Event<O>) -> bool {
         let watched = matches!(event, Event::Apply(_));
         let touched = apply_generic(
             &mut self.slices,
@@ -218,14 +229,15 @@ fn owner(slice: &EndpointSlice) -> Option<Key> {
 /// Applies an event to one kind's objects; returns the keys whose object
 /// changed (added, modified, deleted, or gone in a relist), each with the
 /// object it replaced.
-fn apply_generic<T>(
+fn apply_generic<T, O>(
     objects: &mut Objects<T>,
     problems: &mut Vec<Problem>,
     kind: Kind,
-    event: Event<DynamicObject>,
+    event: Event<O>,
 ) -> Vec<(Key, Option<T>)>
 where
     T: decode::Typed + PartialEq + Clone,
+    O: Incoming,
 {
     match event {
         Event::Init => {
@@ -233,8 +245,8 @@ where
             Vec::new()
         }
         Event::InitApply(obj) => {
-            let key = decode::key(&obj);
-            let decoded = decode::typed::<T>(kind, obj, problems);
+            let key = obj.key();
+            let decoded = obj.typed::<T>(kind, problems);
             // A bad object keeps its last good version, as a bad file edit
             // keeps the file's last good contents.
             let value = decoded.or_else(|| objects.live.get(&key).cloned());
@@ -279,8 +291,8 @@ where
             changed
         }
         Event::Apply(obj) => {
-            let key = decode::key(&obj);
-            match decode::typed::<T>(kind, obj, problems) {
+            let key = obj.key();
+            match obj.typed::<T>(kind, problems) {
                 Some(value) if objects.live.get(&key) != Some(&value) => {
                     let old = objects.live.insert(key.clone(), value);
                     vec![(key, old)]
@@ -289,7 +301,7 @@ where
             }
         }
         Event::Delete(obj) => {
-            let key = decode::key(&obj);
+            let key = obj.key();
             match objects.live.remove(&key) {
                 Some(old) => vec![(key, Some(old))],
                 None => Vec::new(),
