@@ -238,12 +238,16 @@ def main(argv: list[str]) -> int:
                     help="kernel TCP/IP counters per connection over this many seconds of "
                          "conn/s load (no strace)")
     ap.add_argument("--bin", type=Path)
+    ap.add_argument("--base-bin", type=Path,
+                    help="a second binary: the peers switchyard-uring-base, "
+                         "switchyard-epoll-base (before a change)")
     ap.add_argument("--policies", type=Path, default=REPO / "target" / "policies")
     args = ap.parse_args(argv)
     args.smoke = False
     os.sched_setaffinity(0, {topo.LOAD_CPU})
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    peers = [p for p in make_peers(pick_binary(args, "full"), args.policies)
+    base = args.base_bin.resolve() if args.base_bin else None
+    peers = [p for p in make_peers(pick_binary(args, "full"), args.policies, base)
              if p.name in args.peers]
     topo.sweep_leftovers()
     areas: dict[str, dict[str, tuple[int, float, Path, set[int]]]] = {"conn": {}, "ka": {}}
