@@ -54,7 +54,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--name", help="short name in the results file name")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument("--base-bin", type=Path,
-                    help="a second switchyard binary, run as the peer switchyard-kernel-base "
+                    help="a second switchyard binary, run as the peers switchyard-kernel-base, "
+                         "switchyard-uring-base and switchyard-epoll-base "
                          "(the kernel datapath before a change, in the same interleaved rounds)")
     ap.add_argument("--note", action="append", default=[],
                     help="a line for the results file (how the binary was built, ...)")
@@ -89,8 +90,15 @@ KERNEL_PATH_WORKLOADS = ("idlecpu", "bulk", "connrate", "keepalive", "latency", 
 
 
 def make_peers(binary: Path, policies: Path, base: Path | None = None) -> list[Peer]:
+    # The binary before a change, in the same interleaved rounds: the
+    # kernel datapath, and the ring and epoll proxies (their CPU per
+    # connection moves by less than a loaded machine's drift between runs).
     extra = [Switchyard(base, "uring", datapath="kernel", name="switchyard-kernel-base",
-                        workloads=KERNEL_PATH_WORKLOADS)] if base else []
+                        workloads=KERNEL_PATH_WORKLOADS),
+             Switchyard(base, "uring", name="switchyard-uring-base",
+                        workloads=("idlecpu", "connrate", "keepalive", "latency")),
+             Switchyard(base, "epoll", name="switchyard-epoll-base",
+                        workloads=("idlecpu", "connrate", "keepalive", "latency"))] if base else []
     return [
         Switchyard(binary, "uring"),
         Switchyard(binary, "epoll"),

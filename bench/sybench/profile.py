@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import backends, cpu, topo
+from . import backends, cpu, kareas, topo
 from .main import make_peers, pick_binary
 from .workloads import LUA, Settings
 from .backends import WEB
@@ -134,6 +134,26 @@ def perf_record(t: topo.Topology, peer, seconds: float, cpu_no: int, top: int = 
     return "\n".join(out)
 
 
+def record_areas(t: topo.Topology, peer, seconds: float, keepalive: bool,
+                 hz: int = 2999) -> tuple[int, float, Path, set[int]]:
+    """`perf record -e cpu-clock -g` of the proxy core under the conn/s (or
+    keep-alive) load: (connections or requests, sample rate, perf.data),
+    for `kareas.table`. cpu-clock samples by time, idle included, so a
+    count of samples is a share of the core's seconds."""
+    host, port = peer.target(WEB)
+    kind = "ka" if keepalive else "conn"
+    data = t.workdir / f"areas-{peer.name}-{kind}.data"
+    perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-C",
+                             str(topo.PROXY_CPU), "-F", str(hz), "-g", "-o", str(data),
+                             "--", "sleep", f"{seconds + 1:g}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    time.sleep(0.5)
+    units = connrate_load(t, host, port, seconds, keepalive)
+    perf.wait(timeout=seconds + 30)
+    tids = {int(t) for pid in peer.pids() for t in os.listdir(f"/proc/{pid}/task")}
+    return units, float(hz), data, tids
+
+
 def nstat_counters(ns: str) -> dict[str, int]:
     out = topo.run(["nstat", "-asz", "--json"], ns=ns).stdout.decode()
     return {k: int(v) for k, v in json.loads(out).get("kernel", {}).items()}
@@ -208,20 +228,29 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--record-cpu", type=int, default=topo.PROXY_CPU,
                     help="the core --record samples (default: the proxy's; the load "
                          "core shows what a peer costs the client and backends; -1: both)")
+    ap.add_argument("--areas", type=float, default=0,
+                    help="perf record the proxy core for this many seconds of conn/s load "
+                         "(and keep-alive with --keepalive) and split its time by kernel "
+                         "area per connection / request, peers side by side (kareas.py)")
     ap.add_argument("--keepalive", action="store_true",
                     help="--record under the keep-alive load instead of conn/s")
     ap.add_argument("--nstat", type=float, default=0,
                     help="kernel TCP/IP counters per connection over this many seconds of "
                          "conn/s load (no strace)")
     ap.add_argument("--bin", type=Path)
+    ap.add_argument("--base-bin", type=Path,
+                    help="a second binary: the peers switchyard-uring-base, "
+                         "switchyard-epoll-base (before a change)")
     ap.add_argument("--policies", type=Path, default=REPO / "target" / "policies")
     args = ap.parse_args(argv)
     args.smoke = False
     os.sched_setaffinity(0, {topo.LOAD_CPU})
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    peers = [p for p in make_peers(pick_binary(args, "full"), args.policies)
+    base = args.base_bin.resolve() if args.base_bin else None
+    peers = [p for p in make_peers(pick_binary(args, "full"), args.policies, base)
              if p.name in args.peers]
     topo.sweep_leftovers()
+    areas: dict[str, dict[str, tuple[int, float, Path, set[int]]]] = {"conn": {}, "ka": {}}
     with topo.Topology(Path(tempfile.mkdtemp(prefix="sybench-prof-"))) as t:
         cpu.register_namespaces(t.created)
         backends.write_manifests(t.workdir / "manifests")
@@ -234,6 +263,11 @@ def main(argv: list[str]) -> int:
                     continue
                 if args.nstat:
                     print(kernel_counters(t, peer, args.nstat))
+                    continue
+                if args.areas:
+                    areas["conn"][peer.name] = record_areas(t, peer, args.areas, False)
+                    if args.keepalive:
+                        areas["ka"][peer.name] = record_areas(t, peer, args.areas, True)
                     continue
                 if args.record:
                     print(perf_record(t, peer, args.record, args.record_cpu,
@@ -252,6 +286,11 @@ def main(argv: list[str]) -> int:
                     print(perf_stat(t, peer, args.perf))
             finally:
                 peer.stop()
+        for kind, runs in areas.items():
+            if runs:
+                what = "connection" if kind == "conn" else "keep-alive request"
+                print(f"\n## proxy core per {what}\n")
+                print(kareas.table(runs))
     return 0
 
 

@@ -136,6 +136,17 @@ impl Ring {
 
     /// A ring whose provided group has `count` buffers.
     pub fn with_buffers(entries: u32, count: u16) -> io::Result<Self> {
+        Self::build(entries, count, true)
+    }
+
+    /// A ring whose group is provided with IORING_OP_PROVIDE_BUFFERS, as
+    /// on kernels without mapped lists.
+    #[cfg(test)]
+    pub fn with_unmapped_buffers(entries: u32, count: u16) -> io::Result<Self> {
+        Self::build(entries, count, false)
+    }
+
+    fn build(entries: u32, count: u16, mapped: bool) -> io::Result<Self> {
         let deferred = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
@@ -153,7 +164,7 @@ impl Ring {
                 tracing::debug!(error = %e, "io_uring without cooperative task running");
                 IoUring::new(entries)
             })?;
-        let group = provide_all(&mut uring, count);
+        let group = provide_all(&mut uring, count, mapped);
         let skip_success = if uring.params().is_feature_skip_cqe_on_success() {
             squeue::Flags::SKIP_SUCCESS
         } else {
@@ -188,12 +199,29 @@ impl Ring {
         self.group.as_ref().map_or(0, |g| g.held())
     }
 
-    /// Provides the buffers dropped since the last submit again (one SQE
-    /// each, in this submit: no syscall of their own).
+    /// Whether the kernel picks provided buffers from the mapped list.
+    #[cfg(test)]
+    pub fn buffers_mapped(&self) -> bool {
+        self.group.as_ref().is_some_and(|g| g.mapped())
+    }
+
+    /// Provides the buffers dropped since the last submit again: into the
+    /// mapped list, or one SQE each in this submit (no syscall of their
+    /// own) where the kernel has no mapped lists.
     fn give_back(&self) {
         let Some(group) = &self.group else { return };
         let mut ids = std::mem::take(&mut *self.returned.borrow_mut());
         group.take_returned(&mut ids);
+        if group.mapped() {
+            if !ids.is_empty() {
+                for &bid in &ids {
+                    group.add(bid);
+                }
+                group.publish();
+            }
+            *self.returned.borrow_mut() = ids;
+            return;
+        }
         for &bid in &ids {
             let entry = opcode::ProvideBuffers::new(
                 group.ptr(bid),
@@ -571,10 +599,27 @@ impl Ring {
     }
 }
 
-/// Provides the whole group at once on the new ring, waiting for the
-/// answer; `None` (receives then use pool buffers) if the kernel refuses.
-fn provide_all(uring: &mut IoUring, count: u16) -> Option<Rc<provided::Group>> {
+/// Provides the whole group at once on the new ring: the mapped list, or
+/// one IORING_OP_PROVIDE_BUFFERS waited for; `None` (receives then use
+/// pool buffers) if the kernel refuses both.
+fn provide_all(uring: &mut IoUring, count: u16, mapped: bool) -> Option<Rc<provided::Group>> {
     let group = provided::Group::new(count)?;
+    if mapped {
+        let (addr, entries) = group.list();
+        // SAFETY: the list is page-aligned memory of `entries` entries,
+        // kept by the ring after the ring fd (invariant 8).
+        match unsafe {
+            uring
+                .submitter()
+                .register_buf_ring_with_flags(addr, entries, provided::GROUP, 0)
+        } {
+            Ok(()) => {
+                group.fill_list();
+                return Some(group);
+            }
+            Err(e) => tracing::debug!(error = %e, "io_uring: no mapped buffer list"),
+        }
+    }
     let entry = opcode::ProvideBuffers::new(
         group.base(),
         provided::SIZE as i32,

@@ -34,6 +34,12 @@ impl Runtime {
         Self::with_ring(Ring::with_buffers(ENTRIES, count)?)
     }
 
+    /// The same, provided with IORING_OP_PROVIDE_BUFFERS (older kernels).
+    #[cfg(test)]
+    pub fn with_unmapped_buffers(count: u16) -> io::Result<Rc<Self>> {
+        Self::with_ring(Ring::with_unmapped_buffers(ENTRIES, count)?)
+    }
+
     fn with_ring(ring: Ring) -> io::Result<Rc<Self>> {
         let exec = Executor::new()?;
         let ring = Rc::new(ring);

@@ -205,8 +205,13 @@ async fn pump(
         // would add the turn it saves.
         let nothing_waits =
             total > 0 && ring.nonempty_hint() && !io_uring::cqueue::sock_nonempty(flags);
-        if close_early && n < len {
-            if !nothing_waits {
+        // A short read is written at once with a plain send, both ways:
+        // through the ring, the send's inline completion would end the
+        // next wait and cost a turn (an `io_uring_enter` and a wake) before
+        // the next receive is armed, and on the way to the backend it
+        // would delay the request by that turn.
+        if n < len {
+            if close_early && !nothing_waits {
                 (n, then) = sockets::take_trailing(from, buf.as_mut_slice(), n);
             }
             match sockets::send_now(to, &buf.as_slice()[..n]) {
