@@ -18,9 +18,37 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (objects, problems) = manifest::parse(text, Path::new("fuzz.yaml"));
-    for p in &problems {
-        // Problems are rendered into logs and the `check` command.
-        let _ = p.to_string();
+    // The fast path (our block reader, then serde_norway's typed decode)
+    // must take what the general path takes, or give the file back: a value
+    // read differently would be served. Error texts may differ (the typed
+    // decode names other fields than the Value path) but not which
+    // documents have errors.
+    if let Some((fast, fast_problems)) = manifest::parse_direct(text, Path::new("fuzz.yaml")) {
+        let (slow, slow_problems) = manifest::parse_values(text, Path::new("fuzz.yaml"));
+        assert_eq!(
+            fast.services, slow.services,
+            "fast and general paths disagree on Services"
+        );
+        assert_eq!(
+            fast.slices, slow.slices,
+            "fast and general paths disagree on EndpointSlices"
+        );
+        assert_eq!(
+            fast.nodes, slow.nodes,
+            "fast and general paths disagree on Nodes"
+        );
+        let failed = |problems: &[manifest::ManifestProblem]| -> BTreeSet<usize> {
+            problems
+                .iter()
+                .filter(|p| p.severity == catalog::Severity::Error)
+                .map(|p| p.document)
+                .collect()
+        };
+        assert_eq!(
+            failed(&fast_problems),
+            failed(&slow_problems),
+            "fast and general paths disagree on which documents fail"
+        );
     }
     let node = NodeContext {
         node_name: Some("node-a".into()),

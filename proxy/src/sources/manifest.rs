@@ -80,9 +80,15 @@ pub fn parse(text: &str, file: &Path) -> (Manifests, Vec<ManifestProblem>) {
     direct::parse(text, file).unwrap_or_else(|| parse_values(text, file))
 }
 
+/// The fast path alone: `None` where `parse` falls back to `parse_values`.
+/// Public for the fuzz target, which checks it against the general path.
+pub fn parse_direct(text: &str, file: &Path) -> Option<(Manifests, Vec<ManifestProblem>)> {
+    direct::parse(text, file)
+}
+
 /// The general path: every document read as a `Value` first, so that any
-/// error names its object and field.
-fn parse_values(text: &str, file: &Path) -> (Manifests, Vec<ManifestProblem>) {
+/// error names its object and field. Public for the fuzz target.
+pub fn parse_values(text: &str, file: &Path) -> (Manifests, Vec<ManifestProblem>) {
     let mut out = Manifests::default();
     let mut problems = Vec::new();
     for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {

@@ -52,8 +52,10 @@ pub(super) fn parse(text: &str, file: &Path) -> Option<(Manifests, Vec<ManifestP
             (kind, _) => {
                 // Checked, not skipped: a YAML error or a `kind:` line that
                 // was not the key must reach the `Value` path.
-                let read: Header = serde_norway::from_str(document).ok()?;
-                if read.kind.as_deref() != Some(kind) {
+                // As a `Value`, as the general path reads it: a duplicate
+                // key is an error there too.
+                let read: serde_norway::Value = serde_norway::from_str(document).ok()?;
+                if read.get("kind").and_then(|k| k.as_str()) != Some(kind) {
                     return None;
                 }
                 tracing::debug!(kind, "ignoring object of another kind");
@@ -63,21 +65,27 @@ pub(super) fn parse(text: &str, file: &Path) -> Option<(Manifests, Vec<ManifestP
     Some((out, problems))
 }
 
-/// The block reader first; serde_norway for what it does not vouch for.
+/// The block reader only. serde_norway's typed decode is not a second tier:
+/// it takes what the `Value` path refuses (a duplicate key in a map it
+/// reads, or anywhere in what it ignores), so the two paths would disagree.
 fn decode<T: serde::de::DeserializeOwned>(document: &str) -> Option<T> {
-    block::from_str(document).or_else(|| serde_norway::from_str(document).ok())
-}
-
-/// The keys a document of another kind is checked against.
-#[derive(serde::Deserialize)]
-struct Header {
-    kind: Option<String>,
+    block::from_str(document)
 }
 
 /// The documents of a YAML stream, numbered as libyaml numbers them: text
 /// before the first `---` is a document only if it has content; every
 /// `---` starts one. `None` for what this plain split cannot vouch for.
 fn split(text: &str) -> Option<Vec<&str>> {
+    // libyaml also breaks lines at a lone CR, NEL, LS and PS, skips a
+    // byte-order mark and refuses control characters: this split knows LF
+    // and CRLF only, and printable text.
+    let lone_cr = text
+        .split('\r')
+        .skip(1)
+        .any(|after| !after.starts_with('\n'));
+    if lone_cr || !printable(text) {
+        return None;
+    }
     let mut documents = Vec::new();
     let mut start = 0;
     let mut first = true;
@@ -106,6 +114,23 @@ fn split(text: &str) -> Option<Vec<&str>> {
         documents.push(last);
     }
     Some(documents)
+}
+
+/// Only characters YAML allows anywhere (libyaml refuses the file
+/// otherwise, comments included), and none of its other line breaks
+/// (NEL, LS, PS) or a byte-order mark.
+fn printable(text: &str) -> bool {
+    let ascii = |b: u8| matches!(b, b'\t' | b'\n' | b'\r' | b' '..=b'~');
+    if text.is_ascii() {
+        return text.bytes().all(ascii);
+    }
+    text.chars().all(|c| match c {
+        '\0'..='\u{7f}' => ascii(c as u8),
+        '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' => {
+            !matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
+        }
+        c => c >= '\u{10000}',
+    })
 }
 
 fn has_content(document: &str) -> bool {

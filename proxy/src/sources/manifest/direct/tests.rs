@@ -71,6 +71,14 @@ fn leaves_what_it_cannot_vouch_for_to_the_value_path() {
         SVC.replace("apiVersion: v1", "apiVersion: v2"),
         format!("{SVC}---\n{}", SVC.replace("port: 80", "port: eighty")),
         format!("{OTHER}  bad: [\n"),
+        // Line breaks libyaml knows and a plain split does not (found by
+        // the fuzz target: a comment that a lone CR ends).
+        "# a comment\rkind: Service\n".to_owned(),
+        format!("{SVC}# a\u{2028}b\n"),
+        // Characters YAML does not allow, even in a comment.
+        format!("{SVC}# a\u{0}b\n"),
+        format!("{SVC}# a\u{7f}b\n"),
+        format!("{SVC}# a\u{9f}b\n"),
     ] {
         assert!(parse(&text, file).is_none(), "{text}");
     }
