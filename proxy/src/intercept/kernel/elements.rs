@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::rules::{SLOT_COUNTS, dnat_chain};
+use super::rules::{MAX_PERIOD, SLOT_COUNTS, dnat_chain};
 use crate::catalog::Protocol;
 use crate::policy::SlotTable;
 
@@ -42,6 +42,20 @@ impl KernelPort {
                 .slots
                 .iter()
                 .all(|&i| (i as usize) < self.endpoints.len())
+    }
+
+    /// The slots the kernel holds: the table's repeated prefix when the
+    /// rules have a chain for its period, else every slot. The same
+    /// decision: slot `s` of the table is slot `s mod p` of the prefix,
+    /// so every value of the slot expression `mod p` reaches the
+    /// endpoint the table gives it (see ARCHITECTURE.md, "Kernel
+    /// datapath").
+    pub fn installed_slots(&self) -> &[u32] {
+        let slots = &self.table.slots;
+        match self.table.period() {
+            p if p <= MAX_PERIOD => &slots[..p],
+            _ => slots,
+        }
     }
 }
 
@@ -102,7 +116,8 @@ pub fn elements(plan: &KernelPlan) -> KernelElements {
         }
         let v6 = ip.is_ipv6();
         let front = format!("{ip} . {} . {port}", proto.nft_name());
-        let chain = dnat_chain(false, v6, k.table.key, k.table.slots.len());
+        let slots = k.installed_slots();
+        let chain = dnat_chain(false, v6, k.table.key, slots.len());
         out.insert(super::gate::vip(ip, proto, port));
         out.insert(el(
             pick(v6, "kfront4", "kfront6"),
@@ -112,7 +127,7 @@ pub fn elements(plan: &KernelPlan) -> KernelElements {
         if k.masquerade {
             out.insert(el(pick(v6, "kmasq4", "kmasq6"), front.clone(), None));
         }
-        for (slot, &i) in k.table.slots.iter().enumerate() {
+        for (slot, &i) in slots.iter().enumerate() {
             let ep = k.endpoints[i as usize];
             out.insert(el(
                 pick(v6, "kslot4", "kslot6"),
@@ -128,7 +143,8 @@ pub fn elements(plan: &KernelPlan) -> KernelElements {
             continue;
         }
         let front = format!("{} . {port}", proto.nft_name());
-        let chain = dnat_chain(true, v6, k.table.key, k.table.slots.len());
+        let slots = k.installed_slots();
+        let chain = dnat_chain(true, v6, k.table.key, slots.len());
         out.insert(super::gate::node_port(v6, proto, port));
         out.insert(el(
             pick(v6, "knp4", "knp6"),
@@ -138,7 +154,7 @@ pub fn elements(plan: &KernelPlan) -> KernelElements {
         if k.masquerade {
             out.insert(el(pick(v6, "knpmasq4", "knpmasq6"), front.clone(), None));
         }
-        for (slot, &i) in k.table.slots.iter().enumerate() {
+        for (slot, &i) in slots.iter().enumerate() {
             let ep = k.endpoints[i as usize];
             out.insert(el(
                 pick(v6, "knpslot4", "knpslot6"),
@@ -265,18 +281,22 @@ mod tests {
         (ip.parse().expect("ip"), Protocol::Tcp, port)
     }
 
+    /// A table of two endpoints that repeats nothing (weighted 2:1 but
+    /// for one slot).
+    fn uneven(endpoints: &[&str], slots: usize) -> KernelPort {
+        let mut k = port(SlotKey::Sequence, endpoints, slots, false);
+        let t = Arc::make_mut(&mut k.table);
+        t.slots = (0..slots as u32).map(|s| u32::from(s % 3 == 2)).collect();
+        t.slots[0] = 1;
+        k
+    }
+
     #[test]
     fn a_frontend_is_a_verdict_element_and_one_map_element_per_slot() {
         let mut plan = KernelPlan::default();
-        plan.vips.insert(
-            vip("10.96.0.10", 80),
-            port(
-                SlotKey::Sequence,
-                &["10.244.1.2:8080", "10.244.1.3:8080"],
-                257,
-                false,
-            ),
-        );
+        let k = uneven(&["10.244.1.2:8080", "10.244.1.3:8080"], 257);
+        assert_eq!(k.installed_slots().len(), 257);
+        plan.vips.insert(vip("10.96.0.10", 80), k);
         let e = elements(&plan);
         let kfront: Vec<_> = e.elements.iter().filter(|e| e.set == "kfront4").collect();
         assert_eq!(kfront.len(), 1);
@@ -286,7 +306,7 @@ mod tests {
         assert_eq!(slots.len(), 257);
         assert!(e.elements.contains(&Element {
             set: "kslot4",
-            key: "10.96.0.10 . tcp . 80 . 1".into(),
+            key: "10.96.0.10 . tcp . 80 . 2".into(),
             data: Some("10.244.1.3 . 8080".into()),
         }));
         assert!(
@@ -295,6 +315,87 @@ mod tests {
                 .any(|e| e.set == "khairpin4" && e.key == "10.244.1.2 . 10.244.1.2")
         );
         assert!(!e.elements.iter().any(|e| e.set == "kmasq4"));
+    }
+
+    #[test]
+    fn a_repeating_table_is_installed_as_one_period() {
+        let mut plan = KernelPlan::default();
+        let eps = ["10.244.1.2:80", "10.244.1.3:80", "10.244.1.4:80"];
+        plan.vips.insert(
+            vip("10.96.0.10", 80),
+            port(SlotKey::Random, &eps, 67, false),
+        );
+        let e = elements(&plan);
+        assert!(e.elements.contains(&Element {
+            set: "kfront4",
+            key: "10.96.0.10 . tcp . 80".into(),
+            data: Some("goto kd4_rand_3".into()),
+        }));
+        let slots: Vec<_> = e
+            .elements
+            .iter()
+            .filter(|e| e.set == "kslot4")
+            .map(|e| (e.key.as_str(), e.data.as_deref()))
+            .collect();
+        assert_eq!(
+            slots,
+            [
+                ("10.96.0.10 . tcp . 80 . 0", Some("10.244.1.2 . 80")),
+                ("10.96.0.10 . tcp . 80 . 1", Some("10.244.1.3 . 80")),
+                ("10.96.0.10 . tcp . 80 . 2", Some("10.244.1.4 . 80")),
+            ]
+        );
+        // 65 endpoints in 521 slots: a period past the chains, every slot.
+        let many: Vec<String> = (0..65).map(|i| format!("10.244.2.{i}:80")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let k = port(SlotKey::Sequence, &many, 521, false);
+        assert_eq!(k.table.period(), 65);
+        assert_eq!(k.installed_slots().len(), 521);
+    }
+
+    #[test]
+    fn a_period_change_is_an_element_delta() {
+        let mut plan = KernelPlan::default();
+        let two = ["10.244.1.2:80", "10.244.1.3:80"];
+        plan.vips.insert(
+            vip("10.96.0.10", 80),
+            port(SlotKey::Sequence, &two, 67, false),
+        );
+        let before = elements(&plan);
+        // A third endpoint: period 2 → 3, same slot count.
+        let three = ["10.244.1.2:80", "10.244.1.3:80", "10.244.1.4:80"];
+        plan.vips.insert(
+            vip("10.96.0.10", 80),
+            port(SlotKey::Sequence, &three, 67, false),
+        );
+        let after = elements(&plan);
+        let batch = after.diff_commands(&before, "sy");
+        assert_eq!(
+            batch,
+            "delete element inet sy kfront4 { 10.96.0.10 . tcp . 80 }\n\
+             add element inet sy kep4 { 10.244.1.4 . tcp . 80 }\n\
+             add element inet sy kfront4 { 10.96.0.10 . tcp . 80 : goto kd4_seq_3 }\n\
+             add element inet sy khairpin4 { 10.244.1.4 . 10.244.1.4 }\n\
+             add element inet sy kslot4 { 10.96.0.10 . tcp . 80 . 2 : 10.244.1.4 . 80 }\n"
+        );
+        // One slot off the pattern: the whole table, in the same delta.
+        let mut k = port(SlotKey::Sequence, &three, 67, false);
+        Arc::make_mut(&mut k.table).slots[1] = 0;
+        plan.vips.insert(vip("10.96.0.10", 80), k);
+        let whole = elements(&plan);
+        let batch = whole.diff_commands(&after, "sy");
+        assert!(
+            batch.contains(
+                "add element inet sy kfront4 { 10.96.0.10 . tcp . 80 : goto kd4_seq_67 }"
+            )
+        );
+        assert_eq!(
+            whole.elements.iter().filter(|e| e.set == "kslot4").count(),
+            67
+        );
+        // Slots 0 and 2 stay; slot 1 moved to the first endpoint.
+        assert!(batch.contains("delete element inet sy kslot4 { 10.96.0.10 . tcp . 80 . 1 }\n"));
+        assert_eq!(batch.matches("delete element").count(), 2);
     }
 
     #[test]
@@ -308,17 +409,14 @@ mod tests {
         assert!(e.elements.contains(&Element {
             set: "knp6",
             key: "udp . 30053".into(),
-            data: Some("goto kn6_client_521".into()),
+            data: Some("goto kn6_client_1".into()),
         }));
         assert!(
             e.elements
                 .iter()
                 .any(|e| e.set == "knpmasq6" && e.key == "udp . 30053")
         );
-        assert_eq!(
-            e.elements.iter().filter(|e| e.set == "knpslot6").count(),
-            521
-        );
+        assert_eq!(e.elements.iter().filter(|e| e.set == "knpslot6").count(), 1);
         assert!(
             e.elements
                 .iter()
@@ -342,30 +440,18 @@ mod tests {
     #[test]
     fn an_endpoint_change_only_rewrites_the_slots_that_moved() {
         let mut plan = KernelPlan::default();
-        plan.vips.insert(
-            vip("10.96.0.10", 80),
-            port(
-                SlotKey::Random,
-                &["10.244.1.2:80", "10.244.1.3:80"],
-                257,
-                false,
-            ),
-        );
+        let eps = ["10.244.1.2:80", "10.244.1.3:80"];
+        plan.vips.insert(vip("10.96.0.10", 80), uneven(&eps, 257));
         let before = elements(&plan);
-        let mut k = port(
-            SlotKey::Random,
-            &["10.244.1.2:80", "10.244.1.3:80"],
-            257,
-            false,
-        );
-        Arc::make_mut(&mut k.table).slots[1] = 0;
+        let mut k = uneven(&eps, 257);
+        Arc::make_mut(&mut k.table).slots[1] = 1;
         plan.vips.insert(vip("10.96.0.10", 80), k);
         let after = elements(&plan);
         let batch = after.diff_commands(&before, "switchyard");
         assert_eq!(
             batch,
             "delete element inet switchyard kslot4 { 10.96.0.10 . tcp . 80 . 1 }\n\
-             add element inet switchyard kslot4 { 10.96.0.10 . tcp . 80 . 1 : 10.244.1.2 . 80 }\n"
+             add element inet switchyard kslot4 { 10.96.0.10 . tcp . 80 . 1 : 10.244.1.3 . 80 }\n"
         );
         assert_eq!(after.diff_commands(&after, "switchyard"), "");
         let gone = KernelElements::default().diff_commands(&after, "switchyard");
