@@ -103,74 +103,141 @@ fn el(set: &'static str, key: String, data: Option<String>) -> Element {
     Element { set, key, data }
 }
 
-/// The elements for `plan`, the raw chain's gate sets (`gate.rs`)
-/// included. Frontends whose table does not fit the rules are left out
-/// (the caller keeps them on the proxy: `KernelPort::fits`).
-pub fn elements(plan: &KernelPlan) -> KernelElements {
-    let mut out = BTreeSet::new();
-    let mut hairpin = BTreeSet::new();
-    let mut replies = BTreeSet::new();
-    for (&(ip, proto, port), k) in &plan.vips {
-        if !k.fits() {
-            continue;
-        }
-        let v6 = ip.is_ipv6();
-        let front = format!("{ip} . {} . {port}", proto.nft_name());
-        let slots = k.installed_slots();
+/// Which of a frontend's own elements: those that make it reachable (its
+/// verdict-map element and its gate element, filled last into a fresh
+/// table), or the rest (masquerade mark, slots).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Verdicts,
+    Slots,
+}
+
+/// A VIP frontend's own elements (not the shared hairpin and reply
+/// endpoints: [`shared_elements`]), of one part or both.
+fn vip_elements(
+    (ip, proto, port): (IpAddr, Protocol, u16),
+    k: &KernelPort,
+    part: Option<Part>,
+    out: &mut Vec<Element>,
+) {
+    let v6 = ip.is_ipv6();
+    let front = format!("{ip} . {} . {port}", proto.nft_name());
+    let slots = k.installed_slots();
+    if part != Some(Part::Slots) {
         let chain = dnat_chain(false, v6, k.table.key, slots.len());
-        out.insert(super::gate::vip(ip, proto, port));
-        out.insert(el(
+        out.push(super::gate::vip(ip, proto, port));
+        out.push(el(
             pick(v6, "kfront4", "kfront6"),
             front.clone(),
             Some(format!("goto {chain}")),
         ));
-        if k.masquerade {
-            out.insert(el(pick(v6, "kmasq4", "kmasq6"), front.clone(), None));
-        }
-        for (slot, &i) in slots.iter().enumerate() {
-            let ep = k.endpoints[i as usize];
-            out.insert(el(
-                pick(v6, "kslot4", "kslot6"),
-                format!("{front} . {slot}"),
-                Some(format!("{} . {}", ep.ip(), ep.port())),
-            ));
-        }
-        hairpin.extend(k.endpoints.iter().map(|e| e.ip()));
-        replies.extend(k.endpoints.iter().map(|&e| (e, proto)));
     }
-    for (&(v6, proto, port), k) in &plan.node_ports {
-        if !k.fits() {
-            continue;
-        }
-        let front = format!("{} . {port}", proto.nft_name());
-        let slots = k.installed_slots();
+    if part == Some(Part::Verdicts) {
+        return;
+    }
+    if k.masquerade {
+        out.push(el(pick(v6, "kmasq4", "kmasq6"), front.clone(), None));
+    }
+    for (slot, &i) in slots.iter().enumerate() {
+        let ep = k.endpoints[i as usize];
+        out.push(el(
+            pick(v6, "kslot4", "kslot6"),
+            format!("{front} . {slot}"),
+            Some(format!("{} . {}", ep.ip(), ep.port())),
+        ));
+    }
+}
+
+/// A NodePort frontend's own elements, as [`vip_elements`].
+fn node_port_elements(
+    (v6, proto, port): (bool, Protocol, u16),
+    k: &KernelPort,
+    part: Option<Part>,
+    out: &mut Vec<Element>,
+) {
+    let front = format!("{} . {port}", proto.nft_name());
+    let slots = k.installed_slots();
+    if part != Some(Part::Slots) {
         let chain = dnat_chain(true, v6, k.table.key, slots.len());
-        out.insert(super::gate::node_port(v6, proto, port));
-        out.insert(el(
+        out.push(super::gate::node_port(v6, proto, port));
+        out.push(el(
             pick(v6, "knp4", "knp6"),
             front.clone(),
             Some(format!("goto {chain}")),
         ));
-        if k.masquerade {
-            out.insert(el(pick(v6, "knpmasq4", "knpmasq6"), front.clone(), None));
-        }
-        for (slot, &i) in slots.iter().enumerate() {
-            let ep = k.endpoints[i as usize];
-            out.insert(el(
-                pick(v6, "knpslot4", "knpslot6"),
-                format!("{front} . {slot}"),
-                Some(format!("{} . {}", ep.ip(), ep.port())),
-            ));
-        }
+    }
+    if part == Some(Part::Verdicts) {
+        return;
+    }
+    if k.masquerade {
+        out.push(el(pick(v6, "knpmasq4", "knpmasq6"), front.clone(), None));
+    }
+    for (slot, &i) in slots.iter().enumerate() {
+        let ep = k.endpoints[i as usize];
+        out.push(el(
+            pick(v6, "knpslot4", "knpslot6"),
+            format!("{front} . {slot}"),
+            Some(format!("{} . {}", ep.ip(), ep.port())),
+        ));
+    }
+}
+
+/// The own elements of every frontend of `plan` whose table fits the
+/// rules, one frontend at a time (of one part, or both): a fill streams
+/// them instead of holding them all.
+pub fn frontend_elements(
+    plan: &KernelPlan,
+    part: Option<Part>,
+) -> impl Iterator<Item = Vec<Element>> + '_ {
+    let vips = plan
+        .vips
+        .iter()
+        .filter(|(_, k)| k.fits())
+        .map(move |(&key, k)| {
+            let mut out = Vec::new();
+            vip_elements(key, k, part, &mut out);
+            out
+        });
+    let node_ports = plan
+        .node_ports
+        .iter()
+        .filter(|(_, k)| k.fits())
+        .map(move |(&key, k)| {
+            let mut out = Vec::new();
+            node_port_elements(key, k, part, &mut out);
+            out
+        });
+    vips.chain(node_ports)
+}
+
+/// The elements several frontends of `plan` may share: the hairpin
+/// addresses and the gate's reply endpoints (`kep`).
+pub fn shared_elements(plan: &KernelPlan) -> impl Iterator<Item = Element> {
+    let mut hairpin = BTreeSet::new();
+    let mut replies = BTreeSet::new();
+    let fitting = plan
+        .vips
+        .iter()
+        .map(|(&(_, proto, _), k)| (proto, k))
+        .chain(plan.node_ports.iter().map(|(&(_, proto, _), k)| (proto, k)))
+        .filter(|(_, k)| k.fits());
+    for (proto, k) in fitting {
         hairpin.extend(k.endpoints.iter().map(|e| e.ip()));
         replies.extend(k.endpoints.iter().map(|&e| (e, proto)));
     }
-    out.extend(hairpin.into_iter().map(hairpin_element));
-    out.extend(
+    hairpin.into_iter().map(hairpin_element).chain(
         replies
             .into_iter()
             .map(|(ep, proto)| super::gate::endpoint(ep, proto)),
-    );
+    )
+}
+
+/// The elements for `plan`, the raw chain's gate sets (`gate.rs`)
+/// included. Frontends whose table does not fit the rules are left out
+/// (the caller keeps them on the proxy: `KernelPort::fits`).
+pub fn elements(plan: &KernelPlan) -> KernelElements {
+    let mut out: BTreeSet<Element> = frontend_elements(plan, None).flatten().collect();
+    out.extend(shared_elements(plan));
     KernelElements { elements: out }
 }
 

@@ -7,7 +7,9 @@
 
 use std::net::IpAddr;
 
-use super::elements::{Element, KernelElements};
+use super::elements::{
+    Element, KernelElements, KernelPlan, Part, frontend_elements, shared_elements,
+};
 use crate::catalog::Protocol;
 use crate::intercept::netlink::{self, Batch, Family, Verb, key};
 
@@ -92,33 +94,27 @@ impl KernelElements {
     }
 }
 
-/// Verdict elements: what makes a frontend reach its slots; and the gate
-/// elements, which send a frontend's packets to them past the proxy.
-fn verdict(e: &Element) -> bool {
-    e.set.starts_with("kfront")
-        || e.set == "knp4"
-        || e.set == "knp6"
-        || e.set.starts_with("kvip")
-        || e.set.starts_with("knode")
-}
-
-/// Every element of `want` as an addition to empty sets, in batches of at
-/// most `chunk` elements, so that a first sync at scale never holds the
-/// ~650k encoded changes at once. The verdict elements come last: a
-/// frontend is reachable only once its slots are in.
+/// Every element of `plan` as an addition to empty sets, in batches of at
+/// most `chunk` elements, made one frontend at a time, so that a first
+/// sync at scale never holds its elements (~160k at 10k frontends of ten
+/// endpoints) at once, as strings or encoded. The verdict elements come
+/// last: a frontend is reachable only once its slots are in.
 pub fn fill_batches<'a>(
-    want: &'a KernelElements,
+    plan: &'a KernelPlan,
     table: &'a str,
     chunk: usize,
 ) -> impl Iterator<Item = Result<Batch, EncodeError>> + 'a {
-    let first = want.elements.iter().filter(|e| !verdict(e));
-    let last = want.elements.iter().filter(|e| verdict(e));
-    let mut all = first.chain(last).peekable();
+    let slots = frontend_elements(plan, Some(Part::Slots)).flatten();
+    let verdicts = frontend_elements(plan, Some(Part::Verdicts)).flatten();
+    let mut all = slots
+        .chain(std::iter::once(()).flat_map(move |()| shared_elements(plan)))
+        .chain(verdicts)
+        .peekable();
     std::iter::from_fn(move || {
         all.peek()?;
         let mut out = Batch::default();
         for e in all.by_ref().take(chunk.max(1)) {
-            match encode(e, true) {
+            match encode(&e, true) {
                 Ok(n) => out.push(Verb::Add, Family::Inet, table, e.set, n),
                 Err(err) => return Some(Err(err)),
             }
@@ -172,7 +168,7 @@ mod tests {
 
     #[test]
     fn a_fill_adds_every_element_in_bounded_batches_verdicts_last() {
-        use crate::intercept::kernel::elements::{KernelPlan, KernelPort, elements};
+        use crate::intercept::kernel::elements::{KernelPort, elements};
         use crate::policy::{SlotKey, SlotTable};
         use std::sync::Arc;
         let mut plan = KernelPlan::default();
@@ -197,10 +193,11 @@ mod tests {
         let whole = want
             .diff_batch(&KernelElements::default(), "sy")
             .expect("encodes");
-        let batches: Vec<Batch> = fill_batches(&want, "sy", 100)
+        let batches: Vec<Batch> = fill_batches(&plan, "sy", 5)
             .collect::<Result<_, _>>()
             .expect("encodes");
-        assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 100));
+        assert!(batches.len() > 1);
+        assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 5));
         let filled: Vec<_> = batches.into_iter().flat_map(|b| b.changes).collect();
         assert_eq!(filled.len(), whole.len());
         for c in &whole.changes {
