@@ -35,9 +35,35 @@ use endpoint_counts::EndpointCounts;
 /// timeout is longer; a flow idle past this is reset when it speaks again).
 const KERNEL_DRAIN_SECONDS: u64 = 3600;
 
+/// How long a frontend that moved proxy → kernel keeps the socket rule
+/// before its kernel gate (`kmoved`): its proxied connections live on that
+/// long, as a kernel flow does after the opposite move (`kdrain`).
+const KERNEL_MOVED_SECONDS: u64 = 3600;
+
 /// Kernel elements per batch when a first sync fills a fresh table: a few
 /// MB of encoded changes at a time instead of ~650k at 10k frontends.
 const KERNEL_FILL_BATCH: usize = 32_768;
+
+/// The VIP frontends of `plan` the kernel executes (their tables fit).
+fn kernel_fitting_vips(
+    plan: &kernel::KernelPlan,
+) -> impl Iterator<Item = (std::net::IpAddr, crate::catalog::Protocol, u16)> + '_ {
+    plan.vips
+        .iter()
+        .filter(|(_, k)| k.fits())
+        .map(|(&key, _)| key)
+}
+
+/// The NodePorts of `plan` the kernel executes, of either family (once
+/// per family).
+fn kernel_fitting_node_ports(
+    plan: &kernel::KernelPlan,
+) -> impl Iterator<Item = (crate::catalog::Protocol, u16)> + '_ {
+    plan.node_ports
+        .iter()
+        .filter(|(_, k)| k.fits())
+        .map(|(&(_, proto, port), _)| (proto, port))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterceptError {
@@ -316,6 +342,25 @@ impl Interceptor {
                     left,
                     KERNEL_DRAIN_SECONDS,
                 ));
+                // Proxy frontends that went to the kernel keep their
+                // proxied connections (see ruleset.rs, kmoved).
+                let came: Vec<_> = kernel_fitting_vips(&self.kernel_plan)
+                    .filter(|k| have.vips.contains(k))
+                    .collect();
+                delta.extend(kernel::moved_batch(
+                    &self.cfg.table,
+                    came,
+                    KERNEL_MOVED_SECONDS,
+                ));
+                let came: std::collections::BTreeSet<_> =
+                    kernel_fitting_node_ports(&self.kernel_plan)
+                        .filter(|k| have.node_ports.contains(k))
+                        .collect();
+                delta.extend(kernel::moved_node_port_batch(
+                    &self.cfg.table,
+                    came,
+                    KERNEL_MOVED_SECONDS,
+                ));
                 fresh = Some(want);
                 delta.len()
             }
@@ -380,6 +425,37 @@ impl Interceptor {
                     &self.cfg.table,
                     left,
                     KERNEL_DRAIN_SECONDS,
+                ));
+                // Proxy frontends that went to the kernel keep their
+                // proxied connections (see ruleset.rs, kmoved).
+                let came: Vec<_> = keys
+                    .vips
+                    .iter()
+                    .filter(|key| self.kernel_plan.vips.get(*key).is_some_and(|k| k.fits()))
+                    .filter(|key| have.vips.contains(*key))
+                    .copied()
+                    .collect();
+                delta.extend(kernel::moved_batch(
+                    &self.cfg.table,
+                    came,
+                    KERNEL_MOVED_SECONDS,
+                ));
+                let came: std::collections::BTreeSet<_> = keys
+                    .node_ports
+                    .iter()
+                    .filter(|key| {
+                        self.kernel_plan
+                            .node_ports
+                            .get(*key)
+                            .is_some_and(|k| k.fits())
+                    })
+                    .map(|&(_, proto, port)| (proto, port))
+                    .filter(|key| have.node_ports.contains(key))
+                    .collect();
+                delta.extend(kernel::moved_node_port_batch(
+                    &self.cfg.table,
+                    came,
+                    KERNEL_MOVED_SECONDS,
                 ));
                 kernel_stepped = Some((k, shared));
                 step = Some(d);
@@ -553,22 +629,14 @@ impl Interceptor {
     fn kernel_installed_vips(
         &self,
     ) -> impl Iterator<Item = (std::net::IpAddr, crate::catalog::Protocol, u16)> + '_ {
-        self.kernel_plan_installed
-            .vips
-            .iter()
-            .filter(|(_, k)| k.fits())
-            .map(|(&key, _)| key)
+        kernel_fitting_vips(&self.kernel_plan_installed)
     }
 
     /// The NodePorts the kernel datapath serves now (of either family).
     fn kernel_installed_node_ports(
         &self,
     ) -> impl Iterator<Item = (crate::catalog::Protocol, u16)> + '_ {
-        self.kernel_plan_installed
-            .node_ports
-            .iter()
-            .filter(|(_, k)| k.fits())
-            .map(|(&(_, proto, port), _)| (proto, port))
+        kernel_fitting_node_ports(&self.kernel_plan_installed)
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
     }

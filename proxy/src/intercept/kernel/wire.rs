@@ -123,17 +123,17 @@ pub fn fill_batches<'a>(
     })
 }
 
-/// `kdrain4`/`kdrain6` elements for frontends that left the kernel path,
-/// with a timeout: `add` only (an expired element must never be deleted
-/// by name).
-pub fn drain_batch(
+/// Elements with a timeout in `set4`/`set6` (by the address's family):
+/// `add` only (an expired element must never be deleted by name).
+fn timed_vips(
     table: &str,
-    left: impl IntoIterator<Item = (IpAddr, Protocol, u16)>,
+    (set4, set6): (&'static str, &'static str),
+    frontends: impl IntoIterator<Item = (IpAddr, Protocol, u16)>,
     timeout_s: u64,
 ) -> Batch {
     let mut out = Batch::default();
-    for (ip, proto, port) in left {
-        let set = if ip.is_ipv6() { "kdrain6" } else { "kdrain4" };
+    for (ip, proto, port) in frontends {
+        let set = if ip.is_ipv6() { set6 } else { set4 };
         let el = netlink::Element::key(
             key::addr_proto_port(ip, proto, port),
             format!("{ip} . {} . {port} timeout {timeout_s}s", proto.nft_name()),
@@ -144,22 +144,61 @@ pub fn drain_batch(
     out
 }
 
+/// NodePort elements with a timeout in `set`, as [`timed_vips`].
+fn timed_node_ports(
+    table: &str,
+    set: &'static str,
+    node_ports: impl IntoIterator<Item = (Protocol, u16)>,
+    timeout_s: u64,
+) -> Batch {
+    let mut out = Batch::default();
+    for (proto, port) in node_ports {
+        let el = netlink::Element::key(
+            key::proto_port(proto, port),
+            format!("{} . {port} timeout {timeout_s}s", proto.nft_name()),
+        )
+        .with_timeout_ms(timeout_s.saturating_mul(1000));
+        out.push(Verb::Add, Family::Inet, table, set, el);
+    }
+    out
+}
+
+/// `kdrain4`/`kdrain6` elements for frontends that left the kernel path.
+pub fn drain_batch(
+    table: &str,
+    left: impl IntoIterator<Item = (IpAddr, Protocol, u16)>,
+    timeout_s: u64,
+) -> Batch {
+    timed_vips(table, ("kdrain4", "kdrain6"), left, timeout_s)
+}
+
 /// `kdrainnp` elements for NodePorts that left the kernel path.
 pub fn drain_node_port_batch(
     table: &str,
     left: impl IntoIterator<Item = (Protocol, u16)>,
     timeout_s: u64,
 ) -> Batch {
-    let mut out = Batch::default();
-    for (proto, port) in left {
-        let el = netlink::Element::key(
-            key::proto_port(proto, port),
-            format!("{} . {port} timeout {timeout_s}s", proto.nft_name()),
-        )
-        .with_timeout_ms(timeout_s.saturating_mul(1000));
-        out.push(Verb::Add, Family::Inet, table, "kdrainnp", el);
-    }
-    out
+    timed_node_ports(table, "kdrainnp", left, timeout_s)
+}
+
+/// `kmoved4`/`kmoved6` elements for frontends that came to the kernel path
+/// from the proxy's: their packets meet the socket rule first while the
+/// element lives (proxied connections from before the move).
+pub fn moved_batch(
+    table: &str,
+    came: impl IntoIterator<Item = (IpAddr, Protocol, u16)>,
+    timeout_s: u64,
+) -> Batch {
+    timed_vips(table, ("kmoved4", "kmoved6"), came, timeout_s)
+}
+
+/// `kmovednp` elements for NodePorts that came from the proxy path.
+pub fn moved_node_port_batch(
+    table: &str,
+    came: impl IntoIterator<Item = (Protocol, u16)>,
+    timeout_s: u64,
+) -> Batch {
+    timed_node_ports(table, "kmovednp", came, timeout_s)
 }
 
 #[cfg(test)]
