@@ -1,9 +1,10 @@
 """The kernel datapath: a Service whose policy gives a slot table is
 executed by nftables DNAT (conntrack keeps each flow), not by the proxy.
 Every frontend kind on both families, the client address the Pod sees,
-externalTrafficPolicy, no endpoints, a hot swap under load, and a Service
+externalTrafficPolicy, no endpoints, a hot swap under load, a Service
 moved kernel → proxy → kernel under load without a failed request or a
-broken established connection."""
+broken established connection, and proxied connections that outlive their
+Service's move to the kernel path."""
 
 from __future__ import annotations
 
@@ -263,6 +264,47 @@ def test_moving_between_datapaths_under_load_breaks_nothing(bare_cluster, tmp_pa
         assert len({pod for pod, _ in result["answers"]}) == 1, result
     assert load.failed == 0, load.errors[:3]
     assert load.ok >= 120
+
+
+def test_a_proxied_connection_outlives_its_frontends_move_to_the_kernel(bare_cluster, tmp_path):
+    """Connections the proxy carries when their Service moves to the kernel
+    path keep their socket (the kernel gate lets a frontend that came from
+    the proxy meet the socket rule first, `kmoved`), while new connections
+    take the kernel path."""
+    c = bare_cluster
+    start(c, tmp_path, [kernel_service(datapath="proxy")])
+    wait_datapath(c, "proxy")
+    flag = tmp_path / "go"
+    script = tmp_path / "keepalive.py"
+    script.write_text(KEEPALIVE)
+    holders = [
+        c.topo.spawn("proxied-vip", c.topo.client,
+                     [sys.executable, str(script), VIP4, "80", str(flag), "3"]),
+        c.topo.spawn("proxied-np", c.topo.ext,
+                     [sys.executable, str(script), NODE_UPLINK_V4, str(NODE_PORT), str(flag), "3"]),
+    ]
+    for holder in holders:
+        wait_until(lambda: '"round": 0' in holder.output(),
+                   f"{holder.name}'s first answer, through the proxy")
+    wait_until(lambda: proxied(c) >= 2, "the proxy counting the held connections")
+    carried = proxied(c)
+    c.write_services([kernel_service(datapath="kernel")])
+    wait_datapath(c, "kernel")
+    # New connections, both frontend kinds, go through the kernel: the proxy
+    # counts none of them.
+    assert len(answers(c, f"http://{VIP4}/", 10)) == 10
+    assert len(answers(c, f"http://{NODE_UPLINK_V4}:{NODE_PORT}/", 10, where="ext")) == 10
+    assert proxied(c) == carried
+    for step in (1, 2):
+        (tmp_path / f"go.{step}").write_text("")
+        for holder in holders:
+            wait_until(lambda: f'"round": {step}' in holder.output(),
+                       f"{holder.name}'s answer {step} after the move to the kernel")
+    for holder in holders:
+        wait_until(lambda: '"ok": true' in holder.output(), f"{holder.name}'s report")
+        result = json.loads(holder.output().strip().splitlines()[-1])
+        # One connection from start to end: one Pod, one upstream port.
+        assert len({(pod, port) for pod, port in result["answers"]}) == 1, result
 
 
 def test_hot_swap_under_load_fails_no_request(bare_cluster, tmp_path):

@@ -35,21 +35,34 @@ use endpoint_counts::EndpointCounts;
 /// timeout is longer; a flow idle past this is reset when it speaks again).
 const KERNEL_DRAIN_SECONDS: u64 = 3600;
 
+/// How long a frontend that moved proxy → kernel keeps the socket rule
+/// before its kernel gate (`kmoved`): its proxied connections live on that
+/// long, as a kernel flow does after the opposite move (`kdrain`).
+const KERNEL_MOVED_SECONDS: u64 = 3600;
+
 /// Kernel elements per batch when a first sync fills a fresh table: a few
 /// MB of encoded changes at a time instead of ~650k at 10k frontends.
 const KERNEL_FILL_BATCH: usize = 32_768;
 
-/// Parses an `addr . proto . port` element key back.
-fn parse_vip(key: &str) -> Option<(std::net::IpAddr, crate::catalog::Protocol, u16)> {
-    let mut parts = key.split(" . ");
-    let ip = parts.next()?.parse().ok()?;
-    let proto = match parts.next()? {
-        "tcp" => crate::catalog::Protocol::Tcp,
-        "udp" => crate::catalog::Protocol::Udp,
-        _ => return None,
-    };
-    let port = parts.next()?.parse().ok()?;
-    Some((ip, proto, port))
+/// The VIP frontends of `plan` the kernel executes (their tables fit).
+fn kernel_fitting_vips(
+    plan: &kernel::KernelPlan,
+) -> impl Iterator<Item = (std::net::IpAddr, crate::catalog::Protocol, u16)> + '_ {
+    plan.vips
+        .iter()
+        .filter(|(_, k)| k.fits())
+        .map(|(&key, _)| key)
+}
+
+/// The NodePorts of `plan` the kernel executes, of either family (once
+/// per family).
+fn kernel_fitting_node_ports(
+    plan: &kernel::KernelPlan,
+) -> impl Iterator<Item = (crate::catalog::Protocol, u16)> + '_ {
+    plan.node_ports
+        .iter()
+        .filter(|(_, k)| k.fits())
+        .map(|(&(_, proto, port), _)| (proto, port))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,12 +111,13 @@ pub struct Interceptor {
     /// A netlink batch may have applied in part: the next sync replaces
     /// the table whole.
     render_whole: bool,
-    /// The kernel datapath: what the next sync installs, what is installed.
+    /// The kernel datapath: what the next sync installs.
     kernel_plan: kernel::KernelPlan,
-    kernel_installed: kernel::KernelElements,
-    /// The plan `kernel_installed` was made of, the frontends the next
-    /// plan moved (`kernel_keys`), the shared-element counts of the installed
-    /// plan, and whether the last sync left all of it true.
+    /// The plan installed: its elements are `kernel::elements` of it,
+    /// made when a sync needs them (a whole diff), not held (~160k
+    /// strings at 10k frontends, most of the peak RSS); the frontends the
+    /// next plan moved (`kernel_keys`), the shared-element counts of the
+    /// installed plan, and whether the last sync left all of it true.
     kernel_plan_installed: kernel::KernelPlan,
     kernel_keys: Option<kernel::KernelKeys>,
     shared: kernel::Shared,
@@ -133,7 +147,6 @@ impl Interceptor {
             netlink: netlink::Writer::default(),
             render_whole: false,
             kernel_plan: kernel::KernelPlan::default(),
-            kernel_installed: kernel::KernelElements::default(),
             kernel_plan_installed: kernel::KernelPlan::default(),
             kernel_keys: None,
             shared: kernel::Shared::default(),
@@ -235,7 +248,7 @@ impl Interceptor {
         // process: still one netlink batch, no `nft`). Without kernel
         // frontends a sync takes the route delta, source ranges included.
         let kernel_keys = self.kernel_keys.take();
-        let kernel_any = !self.kernel_plan.is_empty() || !self.kernel_installed.is_empty();
+        let kernel_any = !self.kernel_plan.is_empty() || !self.kernel_plan_installed.is_empty();
         let kernel_step = kernel_any
             && self.kernel_in_step
             && kernel_keys.is_some()
@@ -245,11 +258,11 @@ impl Interceptor {
                 .installed_for
                 .as_ref()
                 .is_some_and(|base| table.changed_since(base).is_some());
-        let kernel_want = if kernel_step {
-            kernel::KernelElements::default()
-        } else {
-            kernel::elements(&self.kernel_plan)
-        };
+        // The kernel elements of a whole diff or render, new and
+        // installed (a first fill into a fresh table streams them from the
+        // plan instead, a step makes only the touched frontends').
+        let mut kernel_want: Option<kernel::KernelElements> = None;
+        let mut kernel_have: Option<kernel::KernelElements> = None;
         let whole_diff = kernel_any && !kernel_step;
         // The kernel part of a step, once the kernel accepted it.
         let mut kernel_stepped: Option<(kernel::Step, kernel::Shared)> = None;
@@ -273,9 +286,9 @@ impl Interceptor {
                 let want = full();
                 if self.table_exists(Family::Inet) {
                     text = ruleset::render(&self.cfg, self.listen_port, &want);
+                    let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
                     text.push_str(
-                        &kernel_want
-                            .diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
+                        &k.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
                     );
                 } else {
                     // Nothing of ours to replace: the skeleton by nft, the
@@ -292,8 +305,10 @@ impl Interceptor {
             (Some(_), _) if self.render_whole => {
                 let want = full();
                 text = ruleset::render(&self.cfg, self.listen_port, &want);
+                kernel_have = Some(kernel::elements(&self.kernel_plan_installed));
+                let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
                 text.push_str(
-                    &kernel_want.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
+                    &k.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
                 );
                 let n = want.len();
                 fresh = Some(want);
@@ -302,7 +317,11 @@ impl Interceptor {
             (Some(have), _) if whole_diff => {
                 let want = full();
                 delta = want.diff_batch(have, &self.cfg.table);
-                delta.extend(self.kernel_batch(&kernel_want, &self.kernel_installed)?);
+                let k_have = kernel::elements(&self.kernel_plan_installed);
+                let k_want = kernel::elements(&self.kernel_plan);
+                delta.extend(self.kernel_batch(&k_want, &k_have)?);
+                kernel_have = Some(k_have);
+                kernel_want = Some(k_want);
                 // Kernel frontends that went to the proxy keep their
                 // established flows (see ruleset.rs, kdrain).
                 let left: Vec<_> = self
@@ -322,6 +341,25 @@ impl Interceptor {
                     &self.cfg.table,
                     left,
                     KERNEL_DRAIN_SECONDS,
+                ));
+                // Proxy frontends that went to the kernel keep their
+                // proxied connections (see ruleset.rs, kmoved).
+                let came: Vec<_> = kernel_fitting_vips(&self.kernel_plan)
+                    .filter(|k| have.vips.contains(k))
+                    .collect();
+                delta.extend(kernel::moved_batch(
+                    &self.cfg.table,
+                    came,
+                    KERNEL_MOVED_SECONDS,
+                ));
+                let came: std::collections::BTreeSet<_> =
+                    kernel_fitting_node_ports(&self.kernel_plan)
+                        .filter(|k| have.node_ports.contains(k))
+                        .collect();
+                delta.extend(kernel::moved_node_port_batch(
+                    &self.cfg.table,
+                    came,
+                    KERNEL_MOVED_SECONDS,
                 ));
                 fresh = Some(want);
                 delta.len()
@@ -388,6 +426,37 @@ impl Interceptor {
                     left,
                     KERNEL_DRAIN_SECONDS,
                 ));
+                // Proxy frontends that went to the kernel keep their
+                // proxied connections (see ruleset.rs, kmoved).
+                let came: Vec<_> = keys
+                    .vips
+                    .iter()
+                    .filter(|key| self.kernel_plan.vips.get(*key).is_some_and(|k| k.fits()))
+                    .filter(|key| have.vips.contains(*key))
+                    .copied()
+                    .collect();
+                delta.extend(kernel::moved_batch(
+                    &self.cfg.table,
+                    came,
+                    KERNEL_MOVED_SECONDS,
+                ));
+                let came: std::collections::BTreeSet<_> = keys
+                    .node_ports
+                    .iter()
+                    .filter(|key| {
+                        self.kernel_plan
+                            .node_ports
+                            .get(*key)
+                            .is_some_and(|k| k.fits())
+                    })
+                    .map(|&(_, proto, port)| (proto, port))
+                    .filter(|key| have.node_ports.contains(key))
+                    .collect();
+                delta.extend(kernel::moved_node_port_batch(
+                    &self.cfg.table,
+                    came,
+                    KERNEL_MOVED_SECONDS,
+                ));
                 kernel_stepped = Some((k, shared));
                 step = Some(d);
                 delta.len()
@@ -415,7 +484,7 @@ impl Interceptor {
         let netlink_elements = delta.len();
         drop(delta);
         let applied = match applied {
-            Ok(()) if fill_kernel => self.fill_kernel(&kernel_want),
+            Ok(()) if fill_kernel => self.fill_kernel(),
             other => other,
         };
         tracing::debug!(
@@ -451,14 +520,13 @@ impl Interceptor {
             Some((k, shared)) => {
                 let stale = kernel::conntrack::removed_udp_endpoints(&k.have, &k.want);
                 kernel::conntrack::delete(&stale);
-                self.kernel_installed.apply(&k);
                 self.shared = shared;
             }
             None => {
-                let stale =
-                    kernel::conntrack::removed_udp_endpoints(&self.kernel_installed, &kernel_want);
-                kernel::conntrack::delete(&stale);
-                self.kernel_installed = kernel_want;
+                if let (Some(have), Some(want)) = (&kernel_have, &kernel_want) {
+                    let stale = kernel::conntrack::removed_udp_endpoints(have, want);
+                    kernel::conntrack::delete(&stale);
+                }
                 self.shared = kernel::Shared::of(&self.kernel_plan);
             }
         }
@@ -492,9 +560,11 @@ impl Interceptor {
     /// a bounded size (each atomic; the table is not serving yet, and a
     /// failure leaves `installed` unset, so the next sync replaces the
     /// table whole).
-    fn fill_kernel(&mut self, want: &kernel::KernelElements) -> Result<(), InterceptError> {
+    fn fill_kernel(&mut self) -> Result<(), InterceptError> {
         let table = self.cfg.table.clone();
-        for batch in kernel::fill_batches(want, &table, KERNEL_FILL_BATCH) {
+        // The plan is a persistent map: the copy shares its entries.
+        let plan = self.kernel_plan.clone();
+        for batch in kernel::fill_batches(&plan, &table, KERNEL_FILL_BATCH) {
             let batch = batch.map_err(|source| InterceptError::Encode {
                 table: table.clone(),
                 source,
@@ -559,30 +629,16 @@ impl Interceptor {
     fn kernel_installed_vips(
         &self,
     ) -> impl Iterator<Item = (std::net::IpAddr, crate::catalog::Protocol, u16)> + '_ {
-        self.kernel_installed
-            .elements
-            .iter()
-            .filter(|e| e.set.starts_with("kfront"))
-            .filter_map(|e| parse_vip(&e.key))
+        kernel_fitting_vips(&self.kernel_plan_installed)
     }
 
-    /// The NodePorts the kernel datapath serves now.
+    /// The NodePorts the kernel datapath serves now (of either family).
     fn kernel_installed_node_ports(
         &self,
     ) -> impl Iterator<Item = (crate::catalog::Protocol, u16)> + '_ {
-        self.kernel_installed
-            .elements
-            .iter()
-            .filter(|e| e.set == "knp4" || e.set == "knp6")
-            .filter_map(|e| {
-                let (proto, port) = e.key.split_once(" . ")?;
-                let proto = match proto {
-                    "tcp" => crate::catalog::Protocol::Tcp,
-                    "udp" => crate::catalog::Protocol::Udp,
-                    _ => return None,
-                };
-                Some((proto, port.parse().ok()?))
-            })
+        kernel_fitting_node_ports(&self.kernel_plan_installed)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
     }
 
     pub fn is_installed(&self) -> bool {
@@ -595,6 +651,10 @@ impl Interceptor {
         self.bridge.restore();
         self.installed = None;
         self.installed_for = None;
+        // Nothing of the kernel datapath is installed either.
+        self.kernel_plan_installed = kernel::KernelPlan::default();
+        self.shared = kernel::Shared::default();
+        self.kernel_in_step = false;
         if self.steer.take().is_some() {
             let _ = command::nft_batch(&steer::remove(&self.cfg.table));
         }

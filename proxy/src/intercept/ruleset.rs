@@ -191,12 +191,27 @@ fn prerouting_chains(
         // frontend, a DNS forwarder does).
         let kvip = format!("    {fam} daddr . meta l4proto . th dport @kvip{f} accept");
         let knode = format!("    {} accept", node_port(fam, &format!("@knode{f}")));
+        // The same, before the socket rule, for kernel frontends that did
+        // not come from the proxy path within the last hour (`kmoved`,
+        // elements with a timeout): only a frontend that moved proxy →
+        // kernel can have proxied connections, whose packets the socket
+        // rule must still give to our sockets. Every other packet to a
+        // kernel frontend skips the socket lookup.
+        let kvip_early = format!(
+            "    {fam} daddr . meta l4proto . th dport @kvip{f} {fam} daddr . meta l4proto . th dport != @kmoved{f} accept"
+        );
+        let knode_early = format!(
+            "    {} meta l4proto . th dport != @kmovednp accept",
+            node_port(fam, &format!("@knode{f}"))
+        );
         // TCP: a SYN skips the socket rule (TIME_WAIT, see above).
         lines.push(format!("  chain pre{f}_tcp {{"));
         lines.extend(lbsr.iter().cloned());
         lines.push(format!(
             "    tcp flags & (syn | ack) == syn goto pre{f}_syn"
         ));
+        lines.push(kvip_early.clone());
+        lines.push(knode_early.clone());
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
         lines.push(kvip.clone());
         lines.push(format!(
@@ -223,6 +238,8 @@ fn prerouting_chains(
         lines.push("  }".into());
         lines.push(format!("  chain pre{f}_udp {{"));
         lines.extend(lbsr.iter().cloned());
+        lines.push(kvip_early);
+        lines.push(knode_early);
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
         lines.push(kvip);
         lines.push(knode);
@@ -320,6 +337,10 @@ mod tests {
                     [
                         format!("{fam} daddr . meta l4proto . th dport").as_str(),
                         &format!("tcp flags & (syn | ack) == syn goto pre{f}_syn"),
+                        // Kernel frontends that did not come from the
+                        // proxy path: no socket lookup.
+                        &format!("{fam} daddr . meta l4proto . th dport"),
+                        &np,
                         "socket transparent 1",
                         // Kernel-path flows leave here: to a frontend, from
                         // an endpoint, to a NodePort.
@@ -332,14 +353,21 @@ mod tests {
                         &format!("goto pre{f}_front_tcp"),
                     ]
                 );
-                assert!(tcp[3].ends_with(&format!("@kvip{f} accept")));
-                assert!(tcp[4].ends_with(&format!("@kep{f} accept")));
-                assert!(tcp[5].contains(&format!("@knode{f} fib daddr type local")));
+                assert!(tcp[2].ends_with(&format!(
+                    "@kvip{f} {fam} daddr . meta l4proto . th dport != @kmoved{f} accept"
+                )));
+                assert!(tcp[3].contains(&format!("@knode{f} fib daddr type local")));
+                assert!(tcp[3].ends_with("meta l4proto . th dport != @kmovednp accept"));
+                assert!(tcp[5].ends_with(&format!("@kvip{f} accept")));
+                assert!(tcp[6].ends_with(&format!("@kep{f} accept")));
+                assert!(tcp[7].contains(&format!("@knode{f} fib daddr type local")));
                 let udp = chain(&text, &format!("pre{f}_udp"));
-                assert!(udp[1].starts_with("socket transparent 1"));
-                assert!(udp[2].ends_with(&format!("@kvip{f} accept")));
+                assert!(udp[1].ends_with(&format!("!= @kmoved{f} accept")));
+                assert!(udp[2].ends_with("!= @kmovednp accept"));
+                assert!(udp[3].starts_with("socket transparent 1"));
+                assert!(udp[4].ends_with(&format!("@kvip{f} accept")));
                 assert!(!udp.iter().any(|r| r.contains("@kep")));
-                assert_eq!(udp[4], format!("goto pre{f}_front_udp"));
+                assert_eq!(udp[6], format!("goto pre{f}_front_udp"));
             }
             let sockets = text.matches("socket transparent 1").count();
             // Base chain (other protocols) + per family: tcp, syn, udp.

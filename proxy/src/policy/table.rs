@@ -67,6 +67,31 @@ impl SlotTable {
         }
         out
     }
+
+    /// The smallest `p` with `slots[i] == slots[i mod p]` for every slot:
+    /// the table repeats its first `p` slots (round robin over `n`
+    /// endpoints: `p = n`; a table with no repetition: its length).
+    /// Linear (the failure function of the prefix matcher).
+    pub fn period(&self) -> usize {
+        let s = &self.slots;
+        if s.is_empty() {
+            return 0;
+        }
+        // border[i]: the longest proper prefix of s[..=i] that is also
+        // its suffix.
+        let mut border = vec![0usize; s.len()];
+        let mut k = 0;
+        for i in 1..s.len() {
+            while k > 0 && s[i] != s[k] {
+                k = border[k - 1];
+            }
+            if s[i] == s[k] {
+                k += 1;
+            }
+            border[i] = k;
+        }
+        s.len() - border[s.len() - 1]
+    }
 }
 
 /// Why a module's table was not used.
@@ -198,6 +223,33 @@ mod tests {
         );
         assert_eq!(decode(9, &raw(&[0]), 1), Err(TableFault::UnknownKey(9)));
         assert_eq!(decode(-1, &raw(&[0]), 1), Err(TableFault::UnknownKey(-1)));
+    }
+
+    fn table(slots: &[u32]) -> SlotTable {
+        SlotTable {
+            key: SlotKey::Random,
+            slots: slots.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_period_is_the_shortest_prefix_the_table_repeats() {
+        for n in 1..=40 {
+            let t = builtin_round_robin(n).expect("table");
+            assert_eq!(t.period(), n.min(t.slots.len()), "{n} endpoints");
+        }
+        assert_eq!(table(&[3, 3, 3]).period(), 1);
+        assert_eq!(table(&[0, 1, 0, 1, 0]).period(), 2);
+        // A partial last cycle still repeats the prefix.
+        assert_eq!(table(&[0, 1, 2, 0, 1]).period(), 3);
+        // One slot off: no repetition shorter than the table.
+        assert_eq!(table(&[0, 1, 0, 1, 1]).period(), 5);
+        assert_eq!(table(&[0, 0, 1]).period(), 3);
+        assert_eq!(table(&[]).period(), 0);
+        let mut weighted: Vec<u32> = (0..67).map(|s| s % 3).collect();
+        weighted[1] = 0;
+        // Its shortest repetition is nearly the whole table.
+        assert_eq!(table(&weighted).period(), 66);
     }
 
     #[test]

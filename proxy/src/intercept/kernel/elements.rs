@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::rules::{SLOT_COUNTS, dnat_chain};
+use super::rules::{MAX_PERIOD, SLOT_COUNTS, dnat_chain};
 use crate::catalog::Protocol;
 use crate::policy::SlotTable;
 
@@ -42,6 +42,20 @@ impl KernelPort {
                 .slots
                 .iter()
                 .all(|&i| (i as usize) < self.endpoints.len())
+    }
+
+    /// The slots the kernel holds: the table's repeated prefix when the
+    /// rules have a chain for its period, else every slot. The same
+    /// decision: slot `s` of the table is slot `s mod p` of the prefix,
+    /// so every value of the slot expression `mod p` reaches the
+    /// endpoint the table gives it (see ARCHITECTURE.md, "Kernel
+    /// datapath").
+    pub fn installed_slots(&self) -> &[u32] {
+        let slots = &self.table.slots;
+        match self.table.period() {
+            p if p <= MAX_PERIOD => &slots[..p],
+            _ => slots,
+        }
     }
 }
 
@@ -89,72 +103,141 @@ fn el(set: &'static str, key: String, data: Option<String>) -> Element {
     Element { set, key, data }
 }
 
-/// The elements for `plan`, the raw chain's gate sets (`gate.rs`)
-/// included. Frontends whose table does not fit the rules are left out
-/// (the caller keeps them on the proxy: `KernelPort::fits`).
-pub fn elements(plan: &KernelPlan) -> KernelElements {
-    let mut out = BTreeSet::new();
-    let mut hairpin = BTreeSet::new();
-    let mut replies = BTreeSet::new();
-    for (&(ip, proto, port), k) in &plan.vips {
-        if !k.fits() {
-            continue;
-        }
-        let v6 = ip.is_ipv6();
-        let front = format!("{ip} . {} . {port}", proto.nft_name());
-        let chain = dnat_chain(false, v6, k.table.key, k.table.slots.len());
-        out.insert(super::gate::vip(ip, proto, port));
-        out.insert(el(
+/// Which of a frontend's own elements: those that make it reachable (its
+/// verdict-map element and its gate element, filled last into a fresh
+/// table), or the rest (masquerade mark, slots).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Verdicts,
+    Slots,
+}
+
+/// A VIP frontend's own elements (not the shared hairpin and reply
+/// endpoints: [`shared_elements`]), of one part or both.
+fn vip_elements(
+    (ip, proto, port): (IpAddr, Protocol, u16),
+    k: &KernelPort,
+    part: Option<Part>,
+    out: &mut Vec<Element>,
+) {
+    let v6 = ip.is_ipv6();
+    let front = format!("{ip} . {} . {port}", proto.nft_name());
+    let slots = k.installed_slots();
+    if part != Some(Part::Slots) {
+        let chain = dnat_chain(false, v6, k.table.key, slots.len());
+        out.push(super::gate::vip(ip, proto, port));
+        out.push(el(
             pick(v6, "kfront4", "kfront6"),
             front.clone(),
             Some(format!("goto {chain}")),
         ));
-        if k.masquerade {
-            out.insert(el(pick(v6, "kmasq4", "kmasq6"), front.clone(), None));
-        }
-        for (slot, &i) in k.table.slots.iter().enumerate() {
-            let ep = k.endpoints[i as usize];
-            out.insert(el(
-                pick(v6, "kslot4", "kslot6"),
-                format!("{front} . {slot}"),
-                Some(format!("{} . {}", ep.ip(), ep.port())),
-            ));
-        }
-        hairpin.extend(k.endpoints.iter().map(|e| e.ip()));
-        replies.extend(k.endpoints.iter().map(|&e| (e, proto)));
     }
-    for (&(v6, proto, port), k) in &plan.node_ports {
-        if !k.fits() {
-            continue;
-        }
-        let front = format!("{} . {port}", proto.nft_name());
-        let chain = dnat_chain(true, v6, k.table.key, k.table.slots.len());
-        out.insert(super::gate::node_port(v6, proto, port));
-        out.insert(el(
+    if part == Some(Part::Verdicts) {
+        return;
+    }
+    if k.masquerade {
+        out.push(el(pick(v6, "kmasq4", "kmasq6"), front.clone(), None));
+    }
+    for (slot, &i) in slots.iter().enumerate() {
+        let ep = k.endpoints[i as usize];
+        out.push(el(
+            pick(v6, "kslot4", "kslot6"),
+            format!("{front} . {slot}"),
+            Some(format!("{} . {}", ep.ip(), ep.port())),
+        ));
+    }
+}
+
+/// A NodePort frontend's own elements, as [`vip_elements`].
+fn node_port_elements(
+    (v6, proto, port): (bool, Protocol, u16),
+    k: &KernelPort,
+    part: Option<Part>,
+    out: &mut Vec<Element>,
+) {
+    let front = format!("{} . {port}", proto.nft_name());
+    let slots = k.installed_slots();
+    if part != Some(Part::Slots) {
+        let chain = dnat_chain(true, v6, k.table.key, slots.len());
+        out.push(super::gate::node_port(v6, proto, port));
+        out.push(el(
             pick(v6, "knp4", "knp6"),
             front.clone(),
             Some(format!("goto {chain}")),
         ));
-        if k.masquerade {
-            out.insert(el(pick(v6, "knpmasq4", "knpmasq6"), front.clone(), None));
-        }
-        for (slot, &i) in k.table.slots.iter().enumerate() {
-            let ep = k.endpoints[i as usize];
-            out.insert(el(
-                pick(v6, "knpslot4", "knpslot6"),
-                format!("{front} . {slot}"),
-                Some(format!("{} . {}", ep.ip(), ep.port())),
-            ));
-        }
+    }
+    if part == Some(Part::Verdicts) {
+        return;
+    }
+    if k.masquerade {
+        out.push(el(pick(v6, "knpmasq4", "knpmasq6"), front.clone(), None));
+    }
+    for (slot, &i) in slots.iter().enumerate() {
+        let ep = k.endpoints[i as usize];
+        out.push(el(
+            pick(v6, "knpslot4", "knpslot6"),
+            format!("{front} . {slot}"),
+            Some(format!("{} . {}", ep.ip(), ep.port())),
+        ));
+    }
+}
+
+/// The own elements of every frontend of `plan` whose table fits the
+/// rules, one frontend at a time (of one part, or both): a fill streams
+/// them instead of holding them all.
+pub fn frontend_elements(
+    plan: &KernelPlan,
+    part: Option<Part>,
+) -> impl Iterator<Item = Vec<Element>> + '_ {
+    let vips = plan
+        .vips
+        .iter()
+        .filter(|(_, k)| k.fits())
+        .map(move |(&key, k)| {
+            let mut out = Vec::new();
+            vip_elements(key, k, part, &mut out);
+            out
+        });
+    let node_ports = plan
+        .node_ports
+        .iter()
+        .filter(|(_, k)| k.fits())
+        .map(move |(&key, k)| {
+            let mut out = Vec::new();
+            node_port_elements(key, k, part, &mut out);
+            out
+        });
+    vips.chain(node_ports)
+}
+
+/// The elements several frontends of `plan` may share: the hairpin
+/// addresses and the gate's reply endpoints (`kep`).
+pub fn shared_elements(plan: &KernelPlan) -> impl Iterator<Item = Element> {
+    let mut hairpin = BTreeSet::new();
+    let mut replies = BTreeSet::new();
+    let fitting = plan
+        .vips
+        .iter()
+        .map(|(&(_, proto, _), k)| (proto, k))
+        .chain(plan.node_ports.iter().map(|(&(_, proto, _), k)| (proto, k)))
+        .filter(|(_, k)| k.fits());
+    for (proto, k) in fitting {
         hairpin.extend(k.endpoints.iter().map(|e| e.ip()));
         replies.extend(k.endpoints.iter().map(|&e| (e, proto)));
     }
-    out.extend(hairpin.into_iter().map(hairpin_element));
-    out.extend(
+    hairpin.into_iter().map(hairpin_element).chain(
         replies
             .into_iter()
             .map(|(ep, proto)| super::gate::endpoint(ep, proto)),
-    );
+    )
+}
+
+/// The elements for `plan`, the raw chain's gate sets (`gate.rs`)
+/// included. Frontends whose table does not fit the rules are left out
+/// (the caller keeps them on the proxy: `KernelPort::fits`).
+pub fn elements(plan: &KernelPlan) -> KernelElements {
+    let mut out: BTreeSet<Element> = frontend_elements(plan, None).flatten().collect();
+    out.extend(shared_elements(plan));
     KernelElements { elements: out }
 }
 
@@ -265,18 +348,22 @@ mod tests {
         (ip.parse().expect("ip"), Protocol::Tcp, port)
     }
 
+    /// A table of two endpoints that repeats nothing (weighted 2:1 but
+    /// for one slot).
+    fn uneven(endpoints: &[&str], slots: usize) -> KernelPort {
+        let mut k = port(SlotKey::Sequence, endpoints, slots, false);
+        let t = Arc::make_mut(&mut k.table);
+        t.slots = (0..slots as u32).map(|s| u32::from(s % 3 == 2)).collect();
+        t.slots[0] = 1;
+        k
+    }
+
     #[test]
     fn a_frontend_is_a_verdict_element_and_one_map_element_per_slot() {
         let mut plan = KernelPlan::default();
-        plan.vips.insert(
-            vip("10.96.0.10", 80),
-            port(
-                SlotKey::Sequence,
-                &["10.244.1.2:8080", "10.244.1.3:8080"],
-                257,
-                false,
-            ),
-        );
+        let k = uneven(&["10.244.1.2:8080", "10.244.1.3:8080"], 257);
+        assert_eq!(k.installed_slots().len(), 257);
+        plan.vips.insert(vip("10.96.0.10", 80), k);
         let e = elements(&plan);
         let kfront: Vec<_> = e.elements.iter().filter(|e| e.set == "kfront4").collect();
         assert_eq!(kfront.len(), 1);
@@ -286,7 +373,7 @@ mod tests {
         assert_eq!(slots.len(), 257);
         assert!(e.elements.contains(&Element {
             set: "kslot4",
-            key: "10.96.0.10 . tcp . 80 . 1".into(),
+            key: "10.96.0.10 . tcp . 80 . 2".into(),
             data: Some("10.244.1.3 . 8080".into()),
         }));
         assert!(
@@ -295,6 +382,87 @@ mod tests {
                 .any(|e| e.set == "khairpin4" && e.key == "10.244.1.2 . 10.244.1.2")
         );
         assert!(!e.elements.iter().any(|e| e.set == "kmasq4"));
+    }
+
+    #[test]
+    fn a_repeating_table_is_installed_as_one_period() {
+        let mut plan = KernelPlan::default();
+        let eps = ["10.244.1.2:80", "10.244.1.3:80", "10.244.1.4:80"];
+        plan.vips.insert(
+            vip("10.96.0.10", 80),
+            port(SlotKey::Random, &eps, 67, false),
+        );
+        let e = elements(&plan);
+        assert!(e.elements.contains(&Element {
+            set: "kfront4",
+            key: "10.96.0.10 . tcp . 80".into(),
+            data: Some("goto kd4_rand_3".into()),
+        }));
+        let slots: Vec<_> = e
+            .elements
+            .iter()
+            .filter(|e| e.set == "kslot4")
+            .map(|e| (e.key.as_str(), e.data.as_deref()))
+            .collect();
+        assert_eq!(
+            slots,
+            [
+                ("10.96.0.10 . tcp . 80 . 0", Some("10.244.1.2 . 80")),
+                ("10.96.0.10 . tcp . 80 . 1", Some("10.244.1.3 . 80")),
+                ("10.96.0.10 . tcp . 80 . 2", Some("10.244.1.4 . 80")),
+            ]
+        );
+        // 65 endpoints in 521 slots: a period past the chains, every slot.
+        let many: Vec<String> = (0..65).map(|i| format!("10.244.2.{i}:80")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let k = port(SlotKey::Sequence, &many, 521, false);
+        assert_eq!(k.table.period(), 65);
+        assert_eq!(k.installed_slots().len(), 521);
+    }
+
+    #[test]
+    fn a_period_change_is_an_element_delta() {
+        let mut plan = KernelPlan::default();
+        let two = ["10.244.1.2:80", "10.244.1.3:80"];
+        plan.vips.insert(
+            vip("10.96.0.10", 80),
+            port(SlotKey::Sequence, &two, 67, false),
+        );
+        let before = elements(&plan);
+        // A third endpoint: period 2 → 3, same slot count.
+        let three = ["10.244.1.2:80", "10.244.1.3:80", "10.244.1.4:80"];
+        plan.vips.insert(
+            vip("10.96.0.10", 80),
+            port(SlotKey::Sequence, &three, 67, false),
+        );
+        let after = elements(&plan);
+        let batch = after.diff_commands(&before, "sy");
+        assert_eq!(
+            batch,
+            "delete element inet sy kfront4 { 10.96.0.10 . tcp . 80 }\n\
+             add element inet sy kep4 { 10.244.1.4 . tcp . 80 }\n\
+             add element inet sy kfront4 { 10.96.0.10 . tcp . 80 : goto kd4_seq_3 }\n\
+             add element inet sy khairpin4 { 10.244.1.4 . 10.244.1.4 }\n\
+             add element inet sy kslot4 { 10.96.0.10 . tcp . 80 . 2 : 10.244.1.4 . 80 }\n"
+        );
+        // One slot off the pattern: the whole table, in the same delta.
+        let mut k = port(SlotKey::Sequence, &three, 67, false);
+        Arc::make_mut(&mut k.table).slots[1] = 0;
+        plan.vips.insert(vip("10.96.0.10", 80), k);
+        let whole = elements(&plan);
+        let batch = whole.diff_commands(&after, "sy");
+        assert!(
+            batch.contains(
+                "add element inet sy kfront4 { 10.96.0.10 . tcp . 80 : goto kd4_seq_67 }"
+            )
+        );
+        assert_eq!(
+            whole.elements.iter().filter(|e| e.set == "kslot4").count(),
+            67
+        );
+        // Slots 0 and 2 stay; slot 1 moved to the first endpoint.
+        assert!(batch.contains("delete element inet sy kslot4 { 10.96.0.10 . tcp . 80 . 1 }\n"));
+        assert_eq!(batch.matches("delete element").count(), 2);
     }
 
     #[test]
@@ -308,17 +476,14 @@ mod tests {
         assert!(e.elements.contains(&Element {
             set: "knp6",
             key: "udp . 30053".into(),
-            data: Some("goto kn6_client_521".into()),
+            data: Some("goto kn6_client_1".into()),
         }));
         assert!(
             e.elements
                 .iter()
                 .any(|e| e.set == "knpmasq6" && e.key == "udp . 30053")
         );
-        assert_eq!(
-            e.elements.iter().filter(|e| e.set == "knpslot6").count(),
-            521
-        );
+        assert_eq!(e.elements.iter().filter(|e| e.set == "knpslot6").count(), 1);
         assert!(
             e.elements
                 .iter()
@@ -342,30 +507,18 @@ mod tests {
     #[test]
     fn an_endpoint_change_only_rewrites_the_slots_that_moved() {
         let mut plan = KernelPlan::default();
-        plan.vips.insert(
-            vip("10.96.0.10", 80),
-            port(
-                SlotKey::Random,
-                &["10.244.1.2:80", "10.244.1.3:80"],
-                257,
-                false,
-            ),
-        );
+        let eps = ["10.244.1.2:80", "10.244.1.3:80"];
+        plan.vips.insert(vip("10.96.0.10", 80), uneven(&eps, 257));
         let before = elements(&plan);
-        let mut k = port(
-            SlotKey::Random,
-            &["10.244.1.2:80", "10.244.1.3:80"],
-            257,
-            false,
-        );
-        Arc::make_mut(&mut k.table).slots[1] = 0;
+        let mut k = uneven(&eps, 257);
+        Arc::make_mut(&mut k.table).slots[1] = 1;
         plan.vips.insert(vip("10.96.0.10", 80), k);
         let after = elements(&plan);
         let batch = after.diff_commands(&before, "switchyard");
         assert_eq!(
             batch,
             "delete element inet switchyard kslot4 { 10.96.0.10 . tcp . 80 . 1 }\n\
-             add element inet switchyard kslot4 { 10.96.0.10 . tcp . 80 . 1 : 10.244.1.2 . 80 }\n"
+             add element inet switchyard kslot4 { 10.96.0.10 . tcp . 80 . 1 : 10.244.1.3 . 80 }\n"
         );
         assert_eq!(after.diff_commands(&after, "switchyard"), "");
         let gone = KernelElements::default().diff_commands(&after, "switchyard");

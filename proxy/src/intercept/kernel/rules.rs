@@ -16,6 +16,20 @@ use crate::policy::SlotKey;
 /// for up to 1024 endpoints); a table of another size stays on the proxy.
 pub const SLOT_COUNTS: [usize; 7] = [67, 131, 257, 521, 1031, 2053, 4099];
 
+/// Periods the kernel datapath has chains for: a table that repeats its
+/// first `p ≤ MAX_PERIOD` slots (round robin and random over up to 64
+/// endpoints) is installed as those `p` slots, picked `mod p`
+/// (`elements.rs`), not as one element per slot. 256 more one-rule chains
+/// per family cost `nft -f` ~30 ms once at start; they save ~57 of 67
+/// elements per frontend of ten endpoints.
+pub const MAX_PERIOD: usize = 64;
+
+/// Every slot-map size a chain exists for: the periods, then the table
+/// sizes.
+pub fn chain_sizes() -> impl Iterator<Item = usize> {
+    (1..=MAX_PERIOD).chain(SLOT_COUNTS)
+}
+
 /// The packet-mark bit that asks postrouting to masquerade (kube-proxy's).
 pub const MASQUERADE_MARK: u32 = 0x4000;
 
@@ -89,14 +103,24 @@ pub fn render(cfg: &InterceptConfig, node_port: &dyn Fn(&str, &str) -> String) -
         lines.push(format!(
             "  set kdrain{f} {{\n    type {addr} . inet_proto . inet_service\n    flags timeout\n  }}"
         ));
+        // Frontends that came from the proxy path: their proxied
+        // connections still need the socket rule (see ruleset.rs). Same
+        // rule for elements: they expire, and are never deleted.
+        lines.push(format!(
+            "  set kmoved{f} {{\n    type {addr} . inet_proto . inet_service\n    flags timeout\n  }}"
+        ));
         if !v6 {
             lines.push(
                 "  set kdrainnp {\n    type inet_proto . inet_service\n    flags timeout\n  }"
                     .into(),
             );
+            lines.push(
+                "  set kmovednp {\n    type inet_proto . inet_service\n    flags timeout\n  }"
+                    .into(),
+            );
         }
         for key in KEYS {
-            for slots in SLOT_COUNTS {
+            for slots in chain_sizes() {
                 let pick = slot_expr(key, fam, slots);
                 lines.push(format!(
                     "  chain {} {{\n    dnat {fam} to {fam} daddr . meta l4proto . th dport . {pick} map @kslot{f}\n  }}",
@@ -157,7 +181,7 @@ mod tests {
         })
         .join("\n");
         for key in KEYS {
-            for slots in SLOT_COUNTS {
+            for slots in chain_sizes() {
                 for v6 in [false, true] {
                     for np in [false, true] {
                         assert!(
@@ -173,6 +197,16 @@ mod tests {
         assert!(text.contains(
             "dnat ip6 to meta l4proto . th dport . jhash ip6 saddr mod 4099 map @knpslot6"
         ));
+        assert!(text.contains(
+            "dnat ip to ip daddr . meta l4proto . th dport . numgen inc mod 3 map @kslot4"
+        ));
+        assert!(text.contains(
+            "dnat ip6 to ip6 daddr . meta l4proto . th dport . jhash ip6 saddr . th sport mod 64 map @kslot6"
+        ));
+        assert!(
+            text.contains("dnat ip to meta l4proto . th dport . numgen random mod 1 map @knpslot4")
+        );
+        assert!(!text.contains("mod 65 "));
         assert!(text.contains("type nat hook prerouting priority dstnat"));
         assert!(text.contains(
             "meta nfproto ip meta l4proto . th dport @knp4 fib daddr type local meta l4proto . th dport vmap @knp4"

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use super::elements::{Element, KernelElements, KernelPlan, KernelPort, elements, hairpin_element};
+use super::elements::{Element, KernelElements, KernelPlan, KernelPort, hairpin_element};
 use crate::catalog::Protocol;
 
 /// The plan keys one planner update touched.
@@ -131,10 +131,11 @@ fn sub(plan: &KernelPlan, keys: &KernelKeys) -> KernelPlan {
 
 /// Everything but the shared elements, which are counted.
 fn frontend_elements(plan: &KernelPlan) -> KernelElements {
-    let mut out = elements(plan);
-    out.elements
-        .retain(|e| !e.set.starts_with("khairpin") && !e.set.starts_with("kep"));
-    out
+    KernelElements {
+        elements: super::elements::frontend_elements(plan, None)
+            .flatten()
+            .collect(),
+    }
 }
 
 /// From `old` (installed) to `new` for the frontends `keys` names; moves
@@ -154,8 +155,12 @@ pub fn step(old: &KernelPlan, new: &KernelPlan, keys: &KernelKeys, shared: &mut 
     out
 }
 
+#[cfg(test)]
 impl KernelElements {
-    /// Records a step the kernel accepted.
+    /// Applies a step to elements held whole: what the kernel holds after
+    /// it. The interceptor keeps only the plan (the elements are
+    /// `elements` of it); the property test (`incremental_tests.rs`)
+    /// checks that stepping and planning whole agree.
     pub fn apply(&mut self, step: &Step) {
         for e in step.have.elements.difference(&step.want.elements) {
             self.elements.remove(e);

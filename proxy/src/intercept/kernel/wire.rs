@@ -7,7 +7,9 @@
 
 use std::net::IpAddr;
 
-use super::elements::{Element, KernelElements};
+use super::elements::{
+    Element, KernelElements, KernelPlan, Part, frontend_elements, shared_elements,
+};
 use crate::catalog::Protocol;
 use crate::intercept::netlink::{self, Batch, Family, Verb, key};
 
@@ -92,33 +94,27 @@ impl KernelElements {
     }
 }
 
-/// Verdict elements: what makes a frontend reach its slots; and the gate
-/// elements, which send a frontend's packets to them past the proxy.
-fn verdict(e: &Element) -> bool {
-    e.set.starts_with("kfront")
-        || e.set == "knp4"
-        || e.set == "knp6"
-        || e.set.starts_with("kvip")
-        || e.set.starts_with("knode")
-}
-
-/// Every element of `want` as an addition to empty sets, in batches of at
-/// most `chunk` elements, so that a first sync at scale never holds the
-/// ~650k encoded changes at once. The verdict elements come last: a
-/// frontend is reachable only once its slots are in.
+/// Every element of `plan` as an addition to empty sets, in batches of at
+/// most `chunk` elements, made one frontend at a time, so that a first
+/// sync at scale never holds its elements (~160k at 10k frontends of ten
+/// endpoints) at once, as strings or encoded. The verdict elements come
+/// last: a frontend is reachable only once its slots are in.
 pub fn fill_batches<'a>(
-    want: &'a KernelElements,
+    plan: &'a KernelPlan,
     table: &'a str,
     chunk: usize,
 ) -> impl Iterator<Item = Result<Batch, EncodeError>> + 'a {
-    let first = want.elements.iter().filter(|e| !verdict(e));
-    let last = want.elements.iter().filter(|e| verdict(e));
-    let mut all = first.chain(last).peekable();
+    let slots = frontend_elements(plan, Some(Part::Slots)).flatten();
+    let verdicts = frontend_elements(plan, Some(Part::Verdicts)).flatten();
+    let mut all = slots
+        .chain(std::iter::once(()).flat_map(move |()| shared_elements(plan)))
+        .chain(verdicts)
+        .peekable();
     std::iter::from_fn(move || {
         all.peek()?;
         let mut out = Batch::default();
         for e in all.by_ref().take(chunk.max(1)) {
-            match encode(e, true) {
+            match encode(&e, true) {
                 Ok(n) => out.push(Verb::Add, Family::Inet, table, e.set, n),
                 Err(err) => return Some(Err(err)),
             }
@@ -127,17 +123,17 @@ pub fn fill_batches<'a>(
     })
 }
 
-/// `kdrain4`/`kdrain6` elements for frontends that left the kernel path,
-/// with a timeout: `add` only (an expired element must never be deleted
-/// by name).
-pub fn drain_batch(
+/// Elements with a timeout in `set4`/`set6` (by the address's family):
+/// `add` only (an expired element must never be deleted by name).
+fn timed_vips(
     table: &str,
-    left: impl IntoIterator<Item = (IpAddr, Protocol, u16)>,
+    (set4, set6): (&'static str, &'static str),
+    frontends: impl IntoIterator<Item = (IpAddr, Protocol, u16)>,
     timeout_s: u64,
 ) -> Batch {
     let mut out = Batch::default();
-    for (ip, proto, port) in left {
-        let set = if ip.is_ipv6() { "kdrain6" } else { "kdrain4" };
+    for (ip, proto, port) in frontends {
+        let set = if ip.is_ipv6() { set6 } else { set4 };
         let el = netlink::Element::key(
             key::addr_proto_port(ip, proto, port),
             format!("{ip} . {} . {port} timeout {timeout_s}s", proto.nft_name()),
@@ -148,22 +144,61 @@ pub fn drain_batch(
     out
 }
 
+/// NodePort elements with a timeout in `set`, as [`timed_vips`].
+fn timed_node_ports(
+    table: &str,
+    set: &'static str,
+    node_ports: impl IntoIterator<Item = (Protocol, u16)>,
+    timeout_s: u64,
+) -> Batch {
+    let mut out = Batch::default();
+    for (proto, port) in node_ports {
+        let el = netlink::Element::key(
+            key::proto_port(proto, port),
+            format!("{} . {port} timeout {timeout_s}s", proto.nft_name()),
+        )
+        .with_timeout_ms(timeout_s.saturating_mul(1000));
+        out.push(Verb::Add, Family::Inet, table, set, el);
+    }
+    out
+}
+
+/// `kdrain4`/`kdrain6` elements for frontends that left the kernel path.
+pub fn drain_batch(
+    table: &str,
+    left: impl IntoIterator<Item = (IpAddr, Protocol, u16)>,
+    timeout_s: u64,
+) -> Batch {
+    timed_vips(table, ("kdrain4", "kdrain6"), left, timeout_s)
+}
+
 /// `kdrainnp` elements for NodePorts that left the kernel path.
 pub fn drain_node_port_batch(
     table: &str,
     left: impl IntoIterator<Item = (Protocol, u16)>,
     timeout_s: u64,
 ) -> Batch {
-    let mut out = Batch::default();
-    for (proto, port) in left {
-        let el = netlink::Element::key(
-            key::proto_port(proto, port),
-            format!("{} . {port} timeout {timeout_s}s", proto.nft_name()),
-        )
-        .with_timeout_ms(timeout_s.saturating_mul(1000));
-        out.push(Verb::Add, Family::Inet, table, "kdrainnp", el);
-    }
-    out
+    timed_node_ports(table, "kdrainnp", left, timeout_s)
+}
+
+/// `kmoved4`/`kmoved6` elements for frontends that came to the kernel path
+/// from the proxy's: their packets meet the socket rule first while the
+/// element lives (proxied connections from before the move).
+pub fn moved_batch(
+    table: &str,
+    came: impl IntoIterator<Item = (IpAddr, Protocol, u16)>,
+    timeout_s: u64,
+) -> Batch {
+    timed_vips(table, ("kmoved4", "kmoved6"), came, timeout_s)
+}
+
+/// `kmovednp` elements for NodePorts that came from the proxy path.
+pub fn moved_node_port_batch(
+    table: &str,
+    came: impl IntoIterator<Item = (Protocol, u16)>,
+    timeout_s: u64,
+) -> Batch {
+    timed_node_ports(table, "kmovednp", came, timeout_s)
 }
 
 #[cfg(test)]
@@ -172,7 +207,7 @@ mod tests {
 
     #[test]
     fn a_fill_adds_every_element_in_bounded_batches_verdicts_last() {
-        use crate::intercept::kernel::elements::{KernelPlan, KernelPort, elements};
+        use crate::intercept::kernel::elements::{KernelPort, elements};
         use crate::policy::{SlotKey, SlotTable};
         use std::sync::Arc;
         let mut plan = KernelPlan::default();
@@ -197,10 +232,11 @@ mod tests {
         let whole = want
             .diff_batch(&KernelElements::default(), "sy")
             .expect("encodes");
-        let batches: Vec<Batch> = fill_batches(&want, "sy", 100)
+        let batches: Vec<Batch> = fill_batches(&plan, "sy", 5)
             .collect::<Result<_, _>>()
             .expect("encodes");
-        assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 100));
+        assert!(batches.len() > 1);
+        assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 5));
         let filled: Vec<_> = batches.into_iter().flat_map(|b| b.changes).collect();
         assert_eq!(filled.len(), whole.len());
         for c in &whole.changes {
