@@ -117,10 +117,11 @@ fn split(text: &str) -> Option<Vec<&str>> {
 }
 
 /// Only characters YAML allows anywhere (libyaml refuses the file
-/// otherwise, comments included), and none of its other line breaks
-/// (NEL, LS, PS) or a byte-order mark.
+/// otherwise, comments included), none of its other line breaks (NEL, LS,
+/// PS) or a byte-order mark, and no tab (where a tab may stand, and what a
+/// line of blanks and tabs is, is for libyaml to say).
 fn printable(text: &str) -> bool {
-    let ascii = |b: u8| matches!(b, b'\t' | b'\n' | b'\r' | b' '..=b'~');
+    let ascii = |b: u8| matches!(b, b'\n' | b'\r' | b' '..=b'~');
     if text.is_ascii() {
         return text.bytes().all(ascii);
     }
