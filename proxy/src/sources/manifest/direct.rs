@@ -134,9 +134,12 @@ fn printable(text: &str) -> bool {
     })
 }
 
+/// Whether a document has more than blank lines and comments. Blank is a
+/// space only: YAML's white space is space and tab (tabs are refused
+/// before), so a no-break space is content, a plain scalar.
 fn has_content(document: &str) -> bool {
     document.lines().any(|l| {
-        let l = l.trim_start();
+        let l = l.trim_start_matches(' ');
         !l.is_empty() && !l.starts_with('#')
     })
 }

@@ -80,6 +80,7 @@ fn leaves_what_it_cannot_vouch_for_to_the_value_path() {
         format!("{SVC}# a\u{7f}b\n"),
         format!("{SVC}# a\u{9f}b\n"),
         " \t\t".to_owned(),
+        "\n\u{a0}".to_owned(),
     ] {
         assert!(parse(&text, file).is_none(), "{text}");
     }
