@@ -18,11 +18,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (objects, problems) = manifest::parse(text, Path::new("fuzz.yaml"));
-    // The fast path (our block reader, then serde_norway's typed decode)
-    // must take what the general path takes, or give the file back: a value
-    // read differently would be served. Error texts may differ (the typed
-    // decode names other fields than the Value path) but not which
-    // documents have errors.
+    // The fast path (our block reader, else that document as a Value) must
+    // take what the general path takes, or give the file back: a value read
+    // differently would be served. Error texts may differ (a file the
+    // general path stops reading at a YAML error) but not which documents
+    // have errors.
     if let Some((fast, fast_problems)) = manifest::parse_direct(text, Path::new("fuzz.yaml")) {
         let (slow, slow_problems) = manifest::parse_values(text, Path::new("fuzz.yaml"));
         assert_eq!(

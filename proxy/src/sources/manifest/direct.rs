@@ -2,20 +2,21 @@
 //! text into the typed object, with no intermediate `Value` tree (building
 //! and freeing that tree was about a third of the parse at 10,000 Services).
 //!
-//! It only takes files it can read without doubt: documents split by lines
+//! It only takes files it can split without doubt: documents split by lines
 //! that are exactly `---`, each a block mapping whose `kind:` and
 //! `apiVersion:` keys sit at column 0. Anything else (directives, `...`,
-//! flow documents, Lists, unknown versions of our kinds) and every decode
-//! error sends the whole file back to the `Value` path, which names the
-//! object and field exactly as before: errors cost a second parse, valid
-//! files only one.
+//! characters or line breaks only libyaml knows) and every YAML error sends
+//! the whole file back to the `Value` path, which reports it as before. A
+//! document the block reader refuses (a List, another kind, a flow or
+//! multi-line value, a decode error) is read by the `Value` path's reader,
+//! that document only: the same objects, problems named as before.
 
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::{ManifestProblem, Manifests, accept, block};
+use super::{ManifestProblem, Manifests, accept, add_object, block};
 use crate::catalog::{self, Severity};
 
 /// The objects and problems of `text`, or `None` when the `Value` path must
@@ -35,41 +36,45 @@ pub(super) fn parse(text: &str, file: &Path) -> Option<(Manifests, Vec<ManifestP
         let Some(header) = header(document)? else {
             continue;
         };
-        match header {
-            ("Service", "v1") => {
-                let svc: Service = decode(document)?;
+        // What the block reader does not vouch for (and any other kind)
+        // is read as the general path reads it, a `Value`, this document
+        // only: the same objects and the same problems.
+        let read = match header {
+            ("Service", "v1") => block::from_str(document).map(|svc: Service| {
                 let issues = catalog::validate_service(&svc);
                 accept(svc, issues, &mut out.services, &mut problems, &problem);
-            }
+            }),
             ("EndpointSlice", "discovery.k8s.io/v1") => {
-                let slice: EndpointSlice = decode(document)?;
-                let issues = catalog::validate_endpoint_slice(&slice);
-                accept(slice, issues, &mut out.slices, &mut problems, &problem);
+                block::from_str(document).map(|slice: EndpointSlice| {
+                    let issues = catalog::validate_endpoint_slice(&slice);
+                    accept(slice, issues, &mut out.slices, &mut problems, &problem);
+                })
             }
-            ("Node", "v1") => out.nodes.push(decode(document)?),
-            // Lists and unsupported versions of our kinds: the `Value` path.
-            ("Service" | "EndpointSlice" | "List", _) => return None,
-            (kind, _) => {
-                // Checked, not skipped: a YAML error or a `kind:` line that
-                // was not the key must reach the `Value` path.
-                // As a `Value`, as the general path reads it: a duplicate
-                // key is an error there too.
-                let read: serde_norway::Value = serde_norway::from_str(document).ok()?;
-                if read.get("kind").and_then(|k| k.as_str()) != Some(kind) {
-                    return None;
-                }
-                tracing::debug!(kind, "ignoring object of another kind");
-            }
+            ("Node", "v1") => block::from_str(document).map(|node| out.nodes.push(node)),
+            _ => None,
+        };
+        if read.is_none() {
+            by_value(document, &mut out, &mut problems, &problem)?;
         }
     }
     Some((out, problems))
 }
 
-/// The block reader only. serde_norway's typed decode is not a second tier:
-/// it takes what the `Value` path refuses (a duplicate key in a map it
-/// reads, or anywhere in what it ignores), so the two paths would disagree.
-fn decode<T: serde::de::DeserializeOwned>(document: &str) -> Option<T> {
-    block::from_str(document)
+/// One document through the general path's reader. serde_norway's own
+/// typed decode would be quicker but is not the same reader: it takes
+/// duplicate keys that the `Value` path refuses. A YAML error gives the
+/// file back, so that the general path reports it as it always has.
+fn by_value(
+    document: &str,
+    out: &mut Manifests,
+    problems: &mut Vec<ManifestProblem>,
+    problem: &dyn Fn(&str, String) -> ManifestProblem,
+) -> Option<()> {
+    match serde_norway::from_str(document).ok()? {
+        serde_norway::Value::Null => {}
+        value => add_object(value, out, problems, problem),
+    }
+    Some(())
 }
 
 /// The documents of a YAML stream, numbered as libyaml numbers them: text

@@ -61,16 +61,17 @@ fn leaves_what_it_cannot_vouch_for_to_the_value_path() {
         format!("%YAML 1.2\n---\n{SVC}"),
         format!("{SVC}...\n"),
         format!("--- # first\n{SVC}"),
-        // A List, a flow document, no kind at column 0, two kinds.
-        "apiVersion: v1\nkind: List\nitems: []\n".to_owned(),
+        // A flow document, no kind at column 0, two kinds.
         "{\"apiVersion\": \"v1\", \"kind\": \"Service\"}\n".to_owned(),
         "apiVersion: v1\nmetadata: {}\n".to_owned(),
         format!("{SVC}kind: Service\n"),
-        // An unsupported version, a decode error, a syntax error in a
-        // document of another kind.
-        SVC.replace("apiVersion: v1", "apiVersion: v2"),
-        format!("{SVC}---\n{}", SVC.replace("port: 80", "port: eighty")),
+        // A syntax error in a document of another kind; a duplicate key,
+        // an error of the whole stream to the general path.
         format!("{OTHER}  bad: [\n"),
+        SVC.replace(
+            "  name: web\n",
+            "  name: web\n  labels:\n    a: b\n    a: c\n",
+        ),
         // Line breaks libyaml knows and a plain split does not (found by
         // the fuzz target: a comment that a lone CR ends).
         "# a comment\rkind: Service\n".to_owned(),
@@ -83,6 +84,27 @@ fn leaves_what_it_cannot_vouch_for_to_the_value_path() {
         "\n\u{a0}".to_owned(),
     ] {
         assert!(parse(&text, file).is_none(), "{text}");
+    }
+}
+
+#[test]
+fn reads_what_the_block_reader_refuses_as_the_value_path_does() {
+    // A List, an unsupported version, a decode error, a flow value, a
+    // multi-line scalar: each that document only.
+    for other in [
+        "apiVersion: v1\nkind: List\nitems: []\n".to_owned(),
+        SVC.replace("apiVersion: v1", "apiVersion: v2"),
+        SVC.replace("port: 80", "port: eighty"),
+        SVC.replace(
+            "  clusterIP: 10.96.0.10\n",
+            "  clusterIP: 10.96.0.10\n  selector: {app: web}\n",
+        ),
+        SVC.replace(
+            "  name: web\n",
+            "  name: web\n  annotations:\n    note: |\n      two\n      lines\n",
+        ),
+    ] {
+        same_as_values(&format!("{SLICE}---\n{other}---\n{NODE}"));
     }
 }
 
