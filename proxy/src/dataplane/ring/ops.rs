@@ -134,16 +134,20 @@ impl Ring {
         Self::with_buffers(entries, provided::COUNT)
     }
 
-    /// A ring whose provided group has `count` buffers.
+    /// A ring whose provided group has `count` buffers, given with
+    /// IORING_OP_PROVIDE_BUFFERS. The registered buffer ring saved ~1 µs
+    /// of io_uring work per keep-alive request, but with it 9,000 idle
+    /// connections held 39.3 MiB instead of 29.9 (~1 KiB more each, as if
+    /// idle directions held pool buffers; not explained yet), and total
+    /// CPU did not show the saving (bench/results/2026-12-06-s6-goals.md).
     pub fn with_buffers(entries: u32, count: u16) -> io::Result<Self> {
-        Self::build(entries, count, true)
+        Self::build(entries, count, false)
     }
 
-    /// A ring whose group is provided with IORING_OP_PROVIDE_BUFFERS, as
-    /// on kernels without mapped lists.
+    /// A ring whose group is a registered buffer ring (the mapped list).
     #[cfg(test)]
-    pub fn with_unmapped_buffers(entries: u32, count: u16) -> io::Result<Self> {
-        Self::build(entries, count, false)
+    pub fn with_mapped_buffers(entries: u32, count: u16) -> io::Result<Self> {
+        Self::build(entries, count, true)
     }
 
     fn build(entries: u32, count: u16, mapped: bool) -> io::Result<Self> {

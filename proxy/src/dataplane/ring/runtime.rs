@@ -34,10 +34,11 @@ impl Runtime {
         Self::with_ring(Ring::with_buffers(ENTRIES, count)?)
     }
 
-    /// The same, provided with IORING_OP_PROVIDE_BUFFERS (older kernels).
+    /// The same with a registered buffer ring (not the default: see
+    /// `Ring::with_buffers`).
     #[cfg(test)]
-    pub fn with_unmapped_buffers(count: u16) -> io::Result<Rc<Self>> {
-        Self::with_ring(Ring::with_unmapped_buffers(ENTRIES, count)?)
+    pub fn with_mapped_buffers(count: u16) -> io::Result<Rc<Self>> {
+        Self::with_ring(Ring::with_mapped_buffers(ENTRIES, count)?)
     }
 
     fn with_ring(ring: Ring) -> io::Result<Rc<Self>> {
