@@ -64,6 +64,20 @@ pub struct ManifestProblem {
     pub severity: Severity,
 }
 
+impl ManifestProblem {
+    /// An error in document `document` of `file`, its object not yet known.
+    fn error(file: &Path, document: usize, field: &str, message: String) -> Self {
+        Self {
+            file: file.to_owned(),
+            document,
+            object: None,
+            field: field.to_owned(),
+            message,
+            severity: Severity::Error,
+        }
+    }
+}
+
 impl fmt::Display for ManifestProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} document {}", self.file.display(), self.document)?;
@@ -92,14 +106,8 @@ pub fn parse_values(text: &str, file: &Path) -> (Manifests, Vec<ManifestProblem>
     let mut out = Manifests::default();
     let mut problems = Vec::new();
     for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let problem = |field: &str, message: String| ManifestProblem {
-            file: file.to_owned(),
-            document: index,
-            object: None,
-            field: field.to_owned(),
-            message,
-            severity: Severity::Error,
-        };
+        let problem =
+            |field: &str, message: String| ManifestProblem::error(file, index, field, message);
         match serde_norway::Value::deserialize(document) {
             Ok(serde_norway::Value::Null) => {}
             Ok(value) => add_object(value, &mut out, &mut problems, &problem),

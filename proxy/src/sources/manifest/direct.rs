@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::{ManifestProblem, Manifests, accept, add_object, block};
-use crate::catalog::{self, Severity};
+use crate::catalog;
 
 /// The objects and problems of `text`, or `None` when the `Value` path must
 /// read it.
@@ -25,14 +25,8 @@ pub(super) fn parse(text: &str, file: &Path) -> Option<(Manifests, Vec<ManifestP
     let mut out = Manifests::default();
     let mut problems = Vec::new();
     for (index, document) in split(text)?.into_iter().enumerate() {
-        let problem = |field: &str, message: String| ManifestProblem {
-            file: file.to_owned(),
-            document: index,
-            object: None,
-            field: field.to_owned(),
-            message,
-            severity: Severity::Error,
-        };
+        let problem =
+            |field: &str, message: String| ManifestProblem::error(file, index, field, message);
         let Some(header) = header(document)? else {
             continue;
         };
