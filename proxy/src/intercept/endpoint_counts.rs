@@ -2,8 +2,16 @@
 //! the Services that changed between two tables instead of recomputed: at
 //! 100,000 endpoints, collecting and diffing the whole set took longer than
 //! the rest of a one-endpoint change together.
+//!
+//! Only endpoints on the steered bridges' subnets are counted (`set_nets`):
+//! an endpoint elsewhere (another node's Pod, the usual case at scale)
+//! does not share a link with a client on the bridge, so it answers it
+//! through its gateway, the node, whose IP layer hands the reply to our
+//! socket without steering. At 10k Services / 100k endpoints the first
+//! sync counted and sent 100k keys for the few the node's bridge holds.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::steer::EndpointKey;
@@ -13,6 +21,8 @@ use crate::catalog::{Scope, ServicePort, ServiceTable, Services};
 #[derive(Debug, Default)]
 pub struct EndpointCounts {
     counts: HashMap<EndpointKey, u32>,
+    /// The subnets whose endpoints are counted (None: every endpoint).
+    nets: Option<Vec<(IpAddr, u8)>>,
 }
 
 /// Keys that appeared and keys that went, in one update.
@@ -23,6 +33,18 @@ pub struct Change {
 }
 
 impl EndpointCounts {
+    /// Counts only endpoints inside `nets` from now on. Returns whether
+    /// that changed what is counted: the counts are then empty, and the
+    /// next `update` must start from nothing (`old` = None).
+    pub fn set_nets(&mut self, nets: Vec<(IpAddr, u8)>) -> bool {
+        if self.nets.as_ref() == Some(&nets) {
+            return false;
+        }
+        self.nets = Some(nets);
+        self.counts.clear();
+        true
+    }
+
     /// Moves from `old` (nothing, the first time) to `new`, looking only at
     /// the Services `new`'s change record names when it was patched from
     /// `old`, else at those whose ports are not the very same `Arc`s in
@@ -68,8 +90,12 @@ impl EndpointCounts {
 
     fn count(&mut self, came: &[&Arc<ServicePort>], went: &[&Arc<ServicePort>]) -> Change {
         let mut change = Change::default();
+        if self.nets.as_ref().is_some_and(|n| n.is_empty()) {
+            return change;
+        }
+        let nets = self.nets.as_deref();
         for port in came {
-            for k in keys(port) {
+            for k in keys(port, nets) {
                 let n = self.counts.entry(k).or_insert(0);
                 if *n == 0 {
                     change.added.push(k);
@@ -80,7 +106,7 @@ impl EndpointCounts {
         // Removals after additions: a key that only moved between Services
         // never drops to zero, so it is neither deleted nor added.
         for port in went {
-            for k in keys(port) {
+            for k in keys(port, nets) {
                 if let Some(n) = self.counts.get_mut(&k) {
                     *n -= 1;
                     if *n == 0 {
@@ -103,13 +129,32 @@ fn same(a: &[Arc<ServicePort>], b: &[Arc<ServicePort>]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
-/// One port's endpoint keys, each once (a Pod can be in both scopes).
-fn keys(port: &ServicePort) -> BTreeSet<EndpointKey> {
+/// One port's endpoint keys inside `nets` (None: all), each once (a Pod
+/// can be in both scopes).
+fn keys(port: &ServicePort, nets: Option<&[(IpAddr, u8)]>) -> BTreeSet<EndpointKey> {
     [Scope::Internal, Scope::External]
         .iter()
         .flat_map(|&scope| port.endpoints(scope).iter())
         .map(|e| (e.addr.ip(), port.protocol, e.addr.port()))
+        .filter(|k| nets.is_none_or(|nets| nets.iter().any(|&(net, len)| within(k.0, net, len))))
         .collect()
+}
+
+/// Whether `ip` is in `net/len` (of the same family).
+fn within(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let shift = 32u32.saturating_sub(u32::from(len));
+            u32::from(ip).checked_shr(shift).unwrap_or(0)
+                == u32::from(net).checked_shr(shift).unwrap_or(0)
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let shift = 128u32.saturating_sub(u32::from(len));
+            u128::from(ip).checked_shr(shift).unwrap_or(0)
+                == u128::from(net).checked_shr(shift).unwrap_or(0)
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -168,5 +213,48 @@ mod tests {
         assert!(change.added.is_empty(), "{change:?}");
         assert_eq!(ips(&change.removed), ["10.244.1.1", "10.244.1.2"]);
         assert_eq!(counts.keys().len(), 1);
+    }
+
+    #[test]
+    fn only_endpoints_on_the_bridges_subnets_are_counted() {
+        let mut counts = EndpointCounts::default();
+        let net = ("10.244.1.0".parse().expect("ip"), 24);
+        assert!(counts.set_nets(vec![net]));
+        assert!(!counts.set_nets(vec![net]));
+        let a = service(
+            "a",
+            "10.96.0.1",
+            &["10.244.1.1", "10.244.2.1", "10.100.0.1"],
+        );
+        let first = table(&a);
+        let change = counts.update(None, &first);
+        assert_eq!(ips(&change.added), ["10.244.1.1"]);
+
+        // An endpoint off the subnet comes and goes: nothing to send.
+        let second = table(&service("a", "10.96.0.1", &["10.244.1.1"]));
+        let change = counts.update(Some(&first), &second);
+        assert_eq!(change, Change::default());
+
+        // Another bridge: counting starts again from nothing.
+        assert!(counts.set_nets(vec![net, ("10.100.0.0".parse().expect("ip"), 16)]));
+        assert!(counts.keys().is_empty());
+        let change = counts.update(None, &first);
+        assert_eq!(ips(&change.added), ["10.100.0.1", "10.244.1.1"]);
+
+        // No bridge: nothing is counted.
+        assert!(counts.set_nets(Vec::new()));
+        assert_eq!(counts.update(None, &first), Change::default());
+        assert!(counts.keys().is_empty());
+    }
+
+    #[test]
+    fn within_compares_the_prefix_only() {
+        let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+        assert!(within(ip("10.244.1.77"), ip("10.244.1.0"), 24));
+        assert!(!within(ip("10.244.2.1"), ip("10.244.1.0"), 24));
+        assert!(within(ip("1.2.3.4"), ip("0.0.0.0"), 0));
+        assert!(within(ip("fd00::1:5"), ip("fd00::1:0"), 112));
+        assert!(!within(ip("fd00::2:5"), ip("fd00::1:0"), 112));
+        assert!(!within(ip("10.244.1.1"), ip("fd00::"), 0));
     }
 }

@@ -197,7 +197,18 @@ impl Interceptor {
             return (String::new(), Batch::default(), None);
         }
         let bridges = self.bridges.get();
-        let change = self.endpoints.update(self.last.as_deref(), table);
+        // Only the bridges' own subnets' endpoints are steered (see
+        // endpoint_counts.rs); other bridges mean counting again, and a
+        // render of the table whole (they differ from those installed).
+        let nets: Vec<_> = bridges
+            .iter()
+            .flat_map(|b| b.nets.iter().copied())
+            .collect();
+        let old = match self.endpoints.set_nets(nets) {
+            true => None,
+            false => self.last.as_deref(),
+        };
+        let change = self.endpoints.update(old, table);
         let unchanged = self.steer.as_ref() == Some(&bridges);
         let fresh = !unchanged && !self.table_exists(Family::Bridge);
         let name = &self.cfg.table;

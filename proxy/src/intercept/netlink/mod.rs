@@ -162,6 +162,20 @@ impl Batch {
     }
 }
 
+/// One element message of a transaction: its sequence number and the
+/// changes it holds.
+#[derive(Debug, Clone, Copy)]
+struct Message {
+    seq: u32,
+    first: usize,
+    count: usize,
+}
+
+/// Whether two changes can share one element message.
+fn same_set(a: &Change, b: &Change) -> bool {
+    a.verb == b.verb && a.family == b.family && a.set == b.set && a.table == b.table
+}
+
 fn share(last: &Arc<str>, name: &str) -> Arc<str> {
     if **last == *name {
         last.clone()
@@ -279,26 +293,19 @@ impl Writer {
         let mut sent = 0;
         let mut transactions = 0;
         while sent < batch.changes.len() {
-            let mut buf = Vec::new();
-            let begin = self.next_seq();
-            wire::batch_begin(&mut buf, begin);
             let first = sent;
-            let mut seqs = Vec::new();
-            while sent < batch.changes.len() {
-                let mark = buf.len();
-                let seq = self.next_seq();
-                wire::set_element(&mut buf, seq, &batch.changes[sent]);
-                // 20 bytes of BATCH_END must still fit.
-                if buf.len() + 20 > max && sent > first {
-                    buf.truncate(mark);
-                    break;
-                }
-                seqs.push(seq);
-                sent += 1;
+            let (buf, messages, next) = self.encode(&batch.changes[first..], max, true);
+            sent = first + next;
+            let changes = &batch.changes[first..sent];
+            let mut failure = self.transact(&buf, &messages, changes);
+            if let Err(NetlinkError::Element { .. } | NetlinkError::Batch(_)) = &failure
+                && messages.iter().any(|m| m.count > 1)
+            {
+                // Nothing of it applied (the kernel aborts the whole
+                // transaction): the same changes one per message name the
+                // refused element (or apply, if the refusal was passing).
+                failure = self.apply_unpacked(changes, max);
             }
-            let end = self.next_seq();
-            wire::batch_end(&mut buf, end);
-            let failure = self.transact(&buf, &seqs, &batch.changes[first..sent]);
             if let Err(e) = failure {
                 return Err(if transactions > 0 && !e.state_unknown() {
                     NetlinkError::Unknown(io::Error::other(format!(
@@ -313,13 +320,98 @@ impl Writer {
         Ok(transactions)
     }
 
+    /// `changes` one element per message, in as many transactions as the
+    /// send limit needs (after a packed transaction was refused).
+    fn apply_unpacked(&mut self, changes: &[Change], max: usize) -> Result<(), NetlinkError> {
+        let mut sent = 0;
+        let mut transactions = 0;
+        while sent < changes.len() {
+            let (buf, messages, next) = self.encode(&changes[sent..], max, false);
+            let part = &changes[sent..sent + next];
+            if let Err(e) = self.transact(&buf, &messages, part) {
+                return Err(if transactions > 0 && !e.state_unknown() {
+                    NetlinkError::Unknown(io::Error::other(format!(
+                        "{transactions} part(s) of a split batch applied, then: {e}"
+                    )))
+                } else {
+                    e
+                });
+            }
+            sent += next;
+            transactions += 1;
+        }
+        Ok(())
+    }
+
+    /// One transaction of the leading changes that fit in `max` bytes:
+    /// its bytes, its messages and how many changes it holds. `packed`:
+    /// consecutive changes of one verb and set share a message (the kernel
+    /// looks the table and set up, and parses a header, once per message:
+    /// 110k one-element messages were most of a first sync's apply).
+    fn encode(
+        &mut self,
+        changes: &[Change],
+        max: usize,
+        packed: bool,
+    ) -> (Vec<u8>, Vec<Message>, usize) {
+        let mut buf = Vec::with_capacity(max.min(changes.len().saturating_mul(96) + 64));
+        let begin = self.next_seq();
+        wire::batch_begin(&mut buf, begin);
+        let mut messages: Vec<Message> = Vec::new();
+        let mut open: Option<wire::Open> = None;
+        let mut n = 0;
+        while n < changes.len() {
+            let change = &changes[n];
+            let mark = buf.len();
+            let joins = packed
+                && n > 0
+                && open.is_some_and(|o| o.list_len(&buf) < wire::MAX_LIST)
+                && same_set(&changes[n - 1], change);
+            let before = open;
+            if !joins {
+                if let Some(o) = open.take() {
+                    wire::close_elements(&mut buf, o);
+                }
+                let seq = self.next_seq();
+                open = Some(wire::open_elements(&mut buf, seq, change));
+                messages.push(Message {
+                    seq,
+                    first: n,
+                    count: 0,
+                });
+            }
+            wire::element(&mut buf, &change.element);
+            // 20 bytes of BATCH_END (and the message's close) must still fit.
+            if buf.len() + 20 > max && n > 0 {
+                // Closing only patched lengths in place: the previous
+                // message stays whole, and is closed again (the same) below.
+                buf.truncate(mark);
+                if !joins {
+                    messages.pop();
+                }
+                open = before;
+                break;
+            }
+            if let Some(m) = messages.last_mut() {
+                m.count += 1;
+            }
+            n += 1;
+        }
+        if let Some(o) = open {
+            wire::close_elements(&mut buf, o);
+        }
+        let end = self.next_seq();
+        wire::batch_end(&mut buf, end);
+        (buf, messages, n)
+    }
+
     /// Sends one batch and reads every reply up to the ACK of a GETGEN sent
     /// after it (the kernel handles a batch within our send, so its errors
     /// are queued before that ACK).
     fn transact(
         &mut self,
         buf: &[u8],
-        seqs: &[u32],
+        messages: &[Message],
         changes: &[Change],
     ) -> Result<(), NetlinkError> {
         let fence = self.next_seq();
@@ -347,9 +439,17 @@ impl Writer {
                     continue;
                 }
                 let source = io::Error::from_raw_os_error(-errno);
-                first_error = Some(match seqs.iter().position(|&s| s == reply.seq) {
-                    Some(i) => NetlinkError::Element {
-                        change: changes[i].to_string(),
+                first_error = Some(match messages.iter().find(|m| m.seq == reply.seq) {
+                    Some(m) if m.count == 1 => NetlinkError::Element {
+                        change: changes[m.first].to_string(),
+                        source,
+                    },
+                    Some(m) => NetlinkError::Element {
+                        change: format!(
+                            "{} (or one of the {} elements after it in its message)",
+                            changes[m.first],
+                            m.count - 1
+                        ),
                         source,
                     },
                     // BATCH_BEGIN's or the commit's: the batch as a whole.

@@ -286,6 +286,39 @@ fn a_refused_element_is_named_and_nothing_of_its_batch_applies() {
 }
 
 #[test]
+fn a_refused_element_among_many_of_one_set_is_named_and_nothing_applies() {
+    let ns = Netns::new();
+    ns.nft(SKELETON);
+    let ips: Vec<String> = (1..=50).map(|i| format!("10.96.1.{i}")).collect();
+    let mut fill = Batch::default();
+    for ip in &ips {
+        fill.changes.push(vip(Verb::Add, ip, 80));
+    }
+    // The deletions share one message; one of them is not there.
+    let mut empty = Batch::default();
+    for ip in &ips[..25] {
+        empty.changes.push(vip(Verb::Delete, ip, 80));
+    }
+    empty.changes.push(vip(Verb::Delete, "10.96.1.99", 80));
+    for ip in &ips[25..] {
+        empty.changes.push(vip(Verb::Delete, ip, 80));
+    }
+    let (filled, emptied) = ns.within(|| {
+        let mut w = Writer::default();
+        (w.apply(&fill), w.apply(&empty))
+    });
+    assert_eq!(filled.expect("the fill applies"), 1);
+    let err = emptied.expect_err("deleting a missing element fails");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("`delete element inet synltest vip4 { 10.96.1.99 . tcp . 80 }`"),
+        "{text}"
+    );
+    assert!(!err.state_unknown(), "{err:?}");
+    assert_eq!(ns.elements()["vip4"].len(), 50);
+}
+
+#[test]
 fn a_batch_larger_than_one_send_is_split_and_all_of_it_applies() {
     let ns = Netns::new();
     ns.nft(SKELETON);

@@ -2,7 +2,7 @@
 //! nf_tables.h, nfnetlink.h): netlink header, `nfgenmsg`, attributes. Only
 //! what element deltas need, so no netlink crate is pulled in for it.
 
-use super::{Change, Verb};
+use super::{Change, Element, Verb};
 
 const NLMSG_HDRLEN: usize = 16;
 pub const NLMSG_ERROR: u16 = 2;
@@ -43,6 +43,19 @@ fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
+/// The netlink header (its length patched by the caller) and `nfgenmsg`.
+fn header(buf: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) {
+    buf.extend_from_slice(&[0; 4]); // length, patched by the caller
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
+    // nfgenmsg: family, version NFNETLINK_V0, resource id (big endian).
+    buf.push(family);
+    buf.push(0);
+    buf.extend_from_slice(&res_id.to_be_bytes());
+}
+
 /// Appends one netlink message; `body` writes its attributes.
 fn message(
     buf: &mut Vec<u8>,
@@ -54,15 +67,7 @@ fn message(
     body: impl FnOnce(&mut Vec<u8>),
 ) {
     let start = buf.len();
-    buf.extend_from_slice(&[0; 4]); // length, patched below
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
-    // nfgenmsg: family, version NFNETLINK_V0, resource id (big endian).
-    buf.push(family);
-    buf.push(0);
-    buf.extend_from_slice(&res_id.to_be_bytes());
+    header(buf, ty, flags, seq, family, res_id);
     body(buf);
     let len = (buf.len() - start) as u32;
     buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
@@ -84,10 +89,19 @@ fn attr_str(buf: &mut Vec<u8>, ty: u16, s: &str) {
 }
 
 fn nest(buf: &mut Vec<u8>, ty: u16, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = open_nest(buf, ty);
+    body(buf);
+    close_nest(buf, start);
+}
+
+fn open_nest(buf: &mut Vec<u8>, ty: u16) -> usize {
     let start = buf.len();
     buf.extend_from_slice(&[0; 2]);
     buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-    body(buf);
+    start
+}
+
+fn close_nest(buf: &mut [u8], start: usize) {
     let len = (buf.len() - start) as u16;
     buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
 }
@@ -120,10 +134,11 @@ pub fn batch_end(buf: &mut Vec<u8>, seq: u32) {
     );
 }
 
-/// One element per message, so that an error's sequence number names the
-/// element. No ACK is asked for: a batch of 100k successes would otherwise
-/// flood the receive buffer; errors are reported regardless.
-pub fn set_element(buf: &mut Vec<u8>, seq: u32, change: &Change) {
+/// Starts one element message of `change`'s verb, set and table; its
+/// elements follow (`element`), then `close_elements`. No ACK is asked
+/// for: a batch of 100k successes would otherwise flood the receive
+/// buffer; errors are reported regardless.
+pub fn open_elements(buf: &mut Vec<u8>, seq: u32, change: &Change) -> Open {
     let (ty, flags) = match change.verb {
         // `add element`, not `create element`: an element already there is
         // no error.
@@ -131,40 +146,77 @@ pub fn set_element(buf: &mut Vec<u8>, seq: u32, change: &Change) {
         Verb::Delete => (NFT_MSG_DELSETELEM, NLM_F_REQUEST),
     };
     let ty = (NFNL_SUBSYS_NFTABLES << 8) | ty;
-    message(buf, ty, flags, seq, change.family as u8, 0, |b| {
-        attr_str(b, NFTA_SET_ELEM_LIST_TABLE, &change.table);
-        attr_str(b, NFTA_SET_ELEM_LIST_SET, &change.set);
-        nest(b, NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
-            nest(b, NFTA_LIST_ELEM, |b| {
-                let e = &change.element;
-                data(b, NFTA_SET_ELEM_KEY, &e.key);
-                if let Some(end) = &e.key_end {
-                    data(b, NFTA_SET_ELEM_KEY_END, end);
-                }
-                if let Some(value) = &e.data {
-                    data(b, NFTA_SET_ELEM_DATA, value);
-                }
-                if let Some(chain) = &e.goto {
-                    nest(b, NFTA_SET_ELEM_DATA, |b| {
-                        nest(b, NFTA_DATA_VERDICT, |b| {
-                            attr(b, NFTA_VERDICT_CODE, &NFT_GOTO.to_be_bytes());
-                            attr_str(b, NFTA_VERDICT_CHAIN, chain);
-                        });
-                    });
-                }
-                if let Some(ms) = e.timeout_ms {
-                    attr(b, NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
-                }
-                if e.interval_end {
-                    attr(
-                        b,
-                        NFTA_SET_ELEM_FLAGS,
-                        &NFT_SET_ELEM_INTERVAL_END.to_be_bytes(),
-                    );
-                }
+    let message = buf.len();
+    header(buf, ty, flags, seq, change.family as u8, 0);
+    attr_str(buf, NFTA_SET_ELEM_LIST_TABLE, &change.table);
+    attr_str(buf, NFTA_SET_ELEM_LIST_SET, &change.set);
+    let list = open_nest(buf, NFTA_SET_ELEM_LIST_ELEMENTS);
+    Open { message, list }
+}
+
+/// An element message being written: where it and its element list start.
+#[derive(Debug, Clone, Copy)]
+pub struct Open {
+    message: usize,
+    list: usize,
+}
+
+impl Open {
+    /// Bytes of the element list so far: a nested attribute's length is 16
+    /// bits, so a message takes elements while this stays below
+    /// `MAX_LIST`.
+    pub fn list_len(&self, buf: &[u8]) -> usize {
+        buf.len() - self.list
+    }
+}
+
+/// The most an element list may hold before its message is closed (its
+/// length is a u16; an element is well under 1 KiB).
+pub const MAX_LIST: usize = 60 * 1024;
+
+pub fn close_elements(buf: &mut [u8], open: Open) {
+    close_nest(buf, open.list);
+    let len = (buf.len() - open.message) as u32;
+    buf[open.message..open.message + 4].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// One element of the open message.
+pub fn element(buf: &mut Vec<u8>, e: &Element) {
+    nest(buf, NFTA_LIST_ELEM, |b| {
+        data(b, NFTA_SET_ELEM_KEY, &e.key);
+        if let Some(end) = &e.key_end {
+            data(b, NFTA_SET_ELEM_KEY_END, end);
+        }
+        if let Some(value) = &e.data {
+            data(b, NFTA_SET_ELEM_DATA, value);
+        }
+        if let Some(chain) = &e.goto {
+            nest(b, NFTA_SET_ELEM_DATA, |b| {
+                nest(b, NFTA_DATA_VERDICT, |b| {
+                    attr(b, NFTA_VERDICT_CODE, &NFT_GOTO.to_be_bytes());
+                    attr_str(b, NFTA_VERDICT_CHAIN, chain);
+                });
             });
-        });
+        }
+        if let Some(ms) = e.timeout_ms {
+            attr(b, NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+        }
+        if e.interval_end {
+            attr(
+                b,
+                NFTA_SET_ELEM_FLAGS,
+                &NFT_SET_ELEM_INTERVAL_END.to_be_bytes(),
+            );
+        }
     });
+}
+
+/// One element in a message of its own.
+#[cfg(test)]
+pub fn set_element(buf: &mut Vec<u8>, seq: u32, change: &Change) {
+    let open = open_elements(buf, seq, change);
+    element(buf, &change.element);
+    close_elements(buf, open);
 }
 
 /// A request the kernel answers after everything sent before it: its ACK
