@@ -494,14 +494,18 @@ impl Interceptor {
         let applied = self.apply(&text, &delta);
         let netlink_elements = delta.len();
         drop(delta);
+        let nft_took = applied.as_ref().map_or(Duration::ZERO, |&d| d);
+        let filled = Instant::now();
         let applied = match applied {
-            Ok(()) if fill_kernel => self.fill_kernel(),
-            other => other,
+            Ok(_) if fill_kernel => self.fill_kernel(),
+            other => other.map(|_| ()),
         };
         tracing::debug!(
             diffed_us = diffed.as_micros() as u64,
             steered_us = steered.as_micros() as u64,
             apply_us = (start.elapsed() - steered).as_micros() as u64,
+            nft_us = nft_took.as_micros() as u64,
+            kernel_fill_us = fill_kernel.then(|| filled.elapsed().as_micros() as u64),
             nft_bytes = text.len(),
             netlink_elements,
             "nftables sync timings"
@@ -586,9 +590,10 @@ impl Interceptor {
     }
 
     /// `nft -f` for a full render, then the netlink batch of element
-    /// changes.
-    fn apply(&mut self, text: &str, delta: &Batch) -> Result<(), InterceptError> {
+    /// changes. Returns how long `nft` took (the sync's timings).
+    fn apply(&mut self, text: &str, delta: &Batch) -> Result<Duration, InterceptError> {
         let table = &self.cfg.table;
+        let nft_start = Instant::now();
         if !text.is_empty() {
             command::nft_batch(text).map_err(|source| match self.installed {
                 None => InterceptError::Install {
@@ -601,8 +606,9 @@ impl Interceptor {
                 },
             })?;
         }
+        let nft_took = nft_start.elapsed();
         self.apply_elements(delta)?;
-        Ok(())
+        Ok(nft_took)
     }
 
     /// Moves every frontend to the reject sets: while the process drains

@@ -29,51 +29,73 @@ fn bad(set: &str, text: &str) -> EncodeError {
     }
 }
 
-/// One field: an address, a protocol or a port.
-fn field(text: &str) -> Option<Vec<u8>> {
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Some(key::ip(ip));
-    }
+/// One field (an address, a protocol or a port) appended to `out`, then
+/// padded to 4 bytes as in a concatenation. No allocation: a first fill
+/// at 10k frontends encodes ~650k elements.
+fn push_field(out: &mut Vec<u8>, text: &str) -> Option<()> {
     match text {
-        "tcp" => return Some(vec![key::proto(Protocol::Tcp)]),
-        "udp" => return Some(vec![key::proto(Protocol::Udp)]),
-        _ => {}
+        "tcp" => out.push(key::proto(Protocol::Tcp)),
+        "udp" => out.push(key::proto(Protocol::Udp)),
+        // Digits only: a port (no address is written so).
+        _ if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            out.extend_from_slice(&text.parse::<u16>().ok()?.to_be_bytes());
+        }
+        _ => match text.parse::<IpAddr>().ok()? {
+            IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
+        },
     }
-    text.parse::<u16>().ok().map(|p| p.to_be_bytes().to_vec())
+    out.resize(out.len().next_multiple_of(4), 0);
+    Some(())
 }
 
 /// A concatenation; in the slot maps the last key field is the slot
 /// number (`numgen`/`jhash`: host-order u32), not a port.
 fn concat(text: &str, last_is_slot: bool) -> Option<Vec<u8>> {
-    let parts: Vec<&str> = text.split(" . ").collect();
-    let mut fields = Vec::with_capacity(parts.len());
-    for (i, part) in parts.iter().enumerate() {
-        if last_is_slot && i + 1 == parts.len() {
-            fields.push(key::slot(part.parse().ok()?));
+    let mut out = Vec::with_capacity(24);
+    let mut parts = text.split(" . ").peekable();
+    while let Some(part) = parts.next() {
+        if last_is_slot && parts.peek().is_none() {
+            out.extend_from_slice(&key::slot(part.parse().ok()?));
         } else {
-            fields.push(field(part)?);
+            push_field(&mut out, part)?;
         }
     }
-    let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
-    Some(key::concat(&refs))
+    Some(out)
 }
 
 /// The element `e` as it goes over netlink.
 pub fn encode(e: &Element, with_data: bool) -> Result<netlink::Element, EncodeError> {
-    let slot_map = e.set.starts_with("kslot") || e.set.starts_with("knpslot");
-    let k = concat(&e.key, slot_map).ok_or_else(|| bad(e.set, &e.key))?;
-    let label = match &e.data {
-        Some(d) if with_data => format!("{} : {d}", e.key),
-        _ => e.key.clone(),
-    };
-    let mut out = netlink::Element::key(k, label);
-    if let (Some(d), true) = (&e.data, with_data) {
-        out = match d.strip_prefix("goto ") {
-            Some(chain) => out.with_goto(chain),
-            None => out.with_data(concat(d, false).ok_or_else(|| bad(e.set, d))?),
-        };
+    let data = e.data.as_deref().filter(|_| with_data);
+    encode_key(e.set, e.key.clone(), data)
+}
+
+/// `encode`, taking the element: its key text becomes the label.
+fn encode_owned(e: Element, with_data: bool) -> Result<netlink::Element, EncodeError> {
+    let data = e.data.as_deref().filter(|_| with_data);
+    encode_key(e.set, e.key, data)
+}
+
+fn encode_key(
+    set: &'static str,
+    key: String,
+    data: Option<&str>,
+) -> Result<netlink::Element, EncodeError> {
+    let slot_map = set.starts_with("kslot") || set.starts_with("knpslot");
+    let k = concat(&key, slot_map).ok_or_else(|| bad(set, &key))?;
+    let mut label = key;
+    if let Some(d) = data {
+        label.push_str(" : ");
+        label.push_str(d);
     }
-    Ok(out)
+    let out = netlink::Element::key(k, label);
+    Ok(match data {
+        Some(d) => match d.strip_prefix("goto ") {
+            Some(chain) => out.with_goto(chain),
+            None => out.with_data(concat(d, false).ok_or_else(|| bad(set, d))?),
+        },
+        None => out,
+    })
 }
 
 impl KernelElements {
@@ -114,8 +136,9 @@ pub fn fill_batches<'a>(
         all.peek()?;
         let mut out = Batch::default();
         for e in all.by_ref().take(chunk.max(1)) {
-            match encode(&e, true) {
-                Ok(n) => out.push(Verb::Add, Family::Inet, table, e.set, n),
+            let set = e.set;
+            match encode_owned(e, true) {
+                Ok(n) => out.push(Verb::Add, Family::Inet, table, set, n),
                 Err(err) => return Some(Err(err)),
             }
         }
