@@ -116,12 +116,21 @@ fn plain_strings_are_only_what_yaml_reads_as_strings() {
         "fd00::1",
         "svc0",
         "2024-06-11T09:00:00Z",
+        "0bf1dc7d-35a2-49d0-8d1f-a5d1f516c8db",
+        "0b110100-35a2-49d0-8d1f-a5d1f516c8db",
+        "0x1fz",
+        "0o19",
+        "-0b12",
     ] {
         assert!(is_plain_string(word), "{word}");
+        // The general path's reader agrees.
+        let value: serde_norway::Value = serde_norway::from_str(word).expect("yaml");
+        assert!(value.is_string(), "{word}: {value:?}");
     }
     for word in [
         "null", "Null", "~", "", "true", "False", "yes", "No", "on", "Off", "y", "n", "inf", "NaN",
         "infinity", ".inf", "1", "-1", "0123", "1e3", "1.5", "0x1F", "0o17", "+1", "1_000",
+        "0b101", "-0b101", "-0o17", "-0x1f", "0x", "0b1_0", "0x+1", "0o-7",
     ] {
         assert!(!is_plain_string(word), "{word}");
     }
