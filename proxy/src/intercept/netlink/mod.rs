@@ -345,9 +345,10 @@ impl Writer {
 
     /// One transaction of the leading changes that fit in `max` bytes:
     /// its bytes, its messages and how many changes it holds. `packed`:
-    /// consecutive changes of one verb and set share a message (the kernel
-    /// looks the table and set up, and parses a header, once per message:
-    /// 110k one-element messages were most of a first sync's apply).
+    /// consecutive changes of one verb and set share a message (one header,
+    /// one table and set name, one lookup of them in the kernel: at 100k
+    /// elements about a third of the bytes, a fifth of our user time; the
+    /// kernel's insert itself costs the same).
     fn encode(
         &mut self,
         changes: &[Change],
