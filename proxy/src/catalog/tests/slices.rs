@@ -86,8 +86,7 @@ ports:
 
 #[test]
 fn an_invalid_endpoint_address_drops_only_that_endpoint() {
-    let out = with_service(
-        r#"
+    let yaml = r#"
 addressType: IPv4
 apiVersion: discovery.k8s.io/v1
 endpoints:
@@ -113,8 +112,10 @@ ports:
 - name: http
   port: 8080
   protocol: TCP
-"#,
-    );
+"#;
+    let out = with_service(yaml);
+    // Checking alone (as the sources do on reading) finds the same.
+    assert_eq!(validate_endpoint_slice(&slice(yaml)), out.problems);
     let fields: Vec<_> = summary(&out.problems)
         .into_iter()
         .map(|p| (p.0, p.2))
