@@ -122,6 +122,10 @@ pub struct Interceptor {
     kernel_keys: Option<kernel::KernelKeys>,
     shared: kernel::Shared,
     kernel_in_step: bool,
+    /// The TCP endpoints the installed proxy sets route to, counted per
+    /// frontend: what keeps an endpoint out of the reply gate `kepx`
+    /// (`kernel/replies.rs`).
+    proxy_endpoints: kernel::replies::ProxyEndpoints,
 }
 
 /// What one sync did, for logs and metrics.
@@ -151,6 +155,7 @@ impl Interceptor {
             kernel_keys: None,
             shared: kernel::Shared::default(),
             kernel_in_step: false,
+            proxy_endpoints: kernel::replies::ProxyEndpoints::default(),
         }
     }
 
@@ -274,6 +279,10 @@ impl Interceptor {
         // On success: the whole new contents, or a delta to the installed.
         let mut fresh: Option<Elements> = None;
         let mut step: Option<Delta> = None;
+        // The proxy path's endpoints and the kernel's shared counts after
+        // this sync (a whole one's), kept once the kernel took the batch.
+        let proxy_next: Option<kernel::replies::ProxyEndpoints>;
+        let mut shared_next: Option<kernel::Shared> = None;
         let changed = match (&self.installed, &self.installed_for) {
             (None, _) => {
                 if self.cfg.disable_bridge_netfilter {
@@ -284,9 +293,13 @@ impl Interceptor {
                     source,
                 })?;
                 let want = full();
+                let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
+                let shared = kernel::Shared::of(&self.kernel_plan);
+                let replies = kernel::replies::exclusive_elements(&shared, &proxy);
                 if self.table_exists(Family::Inet) {
                     text = ruleset::render(&self.cfg, self.listen_port, &want);
                     let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
+                    k.elements.extend(replies);
                     text.push_str(
                         &k.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
                     );
@@ -296,8 +309,12 @@ impl Interceptor {
                     // most of the first sync at scale).
                     text = ruleset::render(&self.cfg, self.listen_port, &Elements::default());
                     delta = want.diff_batch(&Elements::default(), &self.cfg.table);
+                    let replies = kernel::KernelElements { elements: replies };
+                    delta.extend(self.kernel_batch(&replies, &kernel::KernelElements::default())?);
                     fill_kernel = true;
                 }
+                proxy_next = Some(proxy);
+                shared_next = Some(shared);
                 let n = want.len();
                 fresh = Some(want);
                 n
@@ -306,7 +323,13 @@ impl Interceptor {
                 let want = full();
                 text = ruleset::render(&self.cfg, self.listen_port, &want);
                 kernel_have = Some(kernel::elements(&self.kernel_plan_installed));
+                let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
+                let shared = kernel::Shared::of(&self.kernel_plan);
                 let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
+                k.elements
+                    .extend(kernel::replies::exclusive_elements(&shared, &proxy));
+                proxy_next = Some(proxy);
+                shared_next = Some(shared);
                 text.push_str(
                     &k.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
                 );
@@ -317,9 +340,27 @@ impl Interceptor {
             (Some(have), _) if whole_diff => {
                 let want = full();
                 delta = want.diff_batch(have, &self.cfg.table);
-                let k_have = kernel::elements(&self.kernel_plan_installed);
-                let k_want = kernel::elements(&self.kernel_plan);
+                let mut k_have = kernel::elements(&self.kernel_plan_installed);
+                let mut k_want = kernel::elements(&self.kernel_plan);
+                let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
+                let shared = kernel::Shared::of(&self.kernel_plan);
+                k_have.elements.extend(kernel::replies::exclusive_elements(
+                    &self.shared,
+                    &self.proxy_endpoints,
+                ));
+                k_want
+                    .elements
+                    .extend(kernel::replies::exclusive_elements(&shared, &proxy));
                 delta.extend(self.kernel_batch(&k_want, &k_have)?);
+                // Endpoints the proxy path left keep the socket rule for
+                // their proxied connections (see kernel/replies.rs).
+                delta.extend(kernel::replies::moved_batch(
+                    &self.cfg.table,
+                    self.proxy_endpoints.left(&proxy),
+                    KERNEL_MOVED_SECONDS,
+                ));
+                proxy_next = Some(proxy);
+                shared_next = Some(shared);
                 kernel_have = Some(k_have);
                 kernel_want = Some(k_want);
                 // Kernel frontends that went to the proxy keep their
@@ -373,15 +414,41 @@ impl Interceptor {
                 );
                 let mut shared = self.shared.clone();
                 let keys = kernel_keys.unwrap_or_default();
-                let k = kernel::step(
+                let mut k = kernel::step(
                     &self.kernel_plan_installed,
                     &self.kernel_plan,
                     &keys,
                     &mut shared,
                 );
+                // The reply gate of the endpoints this step touched, on
+                // either path (see kernel/replies.rs).
+                let (proxy, left) = self.step_proxy_endpoints(base, table, have, &d);
+                let candidates = left
+                    .iter()
+                    .copied()
+                    .chain(kernel::replies::kernel_endpoints(
+                        &self.kernel_plan_installed,
+                        &keys,
+                    ))
+                    .chain(kernel::replies::kernel_endpoints(&self.kernel_plan, &keys));
+                kernel::replies::exclusive_step(
+                    candidates,
+                    (&self.shared, &self.proxy_endpoints),
+                    (&shared, &proxy),
+                    &mut k.have.elements,
+                    &mut k.want.elements,
+                );
+                let gone: Vec<_> = left
+                    .into_iter()
+                    .filter(|ep| self.proxy_endpoints.contains(ep) && !proxy.contains(ep))
+                    .collect();
                 let kernel_batch = self.kernel_batch(&k.want, &k.have)?;
+                let moved_endpoints =
+                    kernel::replies::moved_batch(&self.cfg.table, gone, KERNEL_MOVED_SECONDS);
+                proxy_next = Some(proxy);
                 delta = d.batch(&self.cfg.table);
                 delta.extend(kernel_batch);
+                delta.extend(moved_endpoints);
                 // Kernel frontends that went to the proxy keep their
                 // established flows (see ruleset.rs, kdrain).
                 let diverted = |key: &(std::net::IpAddr, crate::catalog::Protocol, u16)| {
@@ -464,12 +531,31 @@ impl Interceptor {
             (Some(have), Some(base)) => {
                 let d = have.delta(base, table, &self.cfg.node_port_addresses, None);
                 delta = d.batch(&self.cfg.table);
+                // No kernel frontends, so no reply gate; the proxy path's
+                // endpoints are still counted for when there are.
+                let (proxy, left) = self.step_proxy_endpoints(base, table, have, &d);
+                let gone = left
+                    .into_iter()
+                    .filter(|ep| self.proxy_endpoints.contains(ep) && !proxy.contains(ep));
+                delta.extend(kernel::replies::moved_batch(
+                    &self.cfg.table,
+                    gone,
+                    KERNEL_MOVED_SECONDS,
+                ));
+                proxy_next = Some(proxy);
                 step = Some(d);
                 delta.len()
             }
             (Some(have), None) => {
                 let want = full();
                 delta = want.diff_batch(have, &self.cfg.table);
+                let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
+                delta.extend(kernel::replies::moved_batch(
+                    &self.cfg.table,
+                    self.proxy_endpoints.left(&proxy),
+                    KERNEL_MOVED_SECONDS,
+                ));
+                proxy_next = Some(proxy);
                 fresh = Some(want);
                 delta.len()
             }
@@ -493,6 +579,8 @@ impl Interceptor {
             apply_us = (start.elapsed() - steered).as_micros() as u64,
             nft_bytes = text.len(),
             netlink_elements,
+            kernel_step,
+            proxy_endpoints = proxy_next.as_ref().map_or(0, |p| p.len()),
             "nftables sync timings"
         );
         if let Err(e) = applied {
@@ -527,8 +615,11 @@ impl Interceptor {
                     let stale = kernel::conntrack::removed_udp_endpoints(have, want);
                     kernel::conntrack::delete(&stale);
                 }
-                self.shared = kernel::Shared::of(&self.kernel_plan);
+                self.shared = shared_next.unwrap_or_else(|| kernel::Shared::of(&self.kernel_plan));
             }
+        }
+        if let Some(proxy) = proxy_next {
+            self.proxy_endpoints = proxy;
         }
         self.kernel_plan_installed = self.kernel_plan.clone();
         self.kernel_in_step = true;
@@ -541,6 +632,28 @@ impl Interceptor {
             changed_elements: changed,
             took: start.elapsed(),
         })
+    }
+
+    /// The proxy path's endpoint counts after the step `d` from `base`
+    /// (installed as `have`) to `table`, and the endpoints it touched
+    /// (all of them when `table` was not patched from `base`).
+    fn step_proxy_endpoints(
+        &self,
+        base: &ServiceTable,
+        table: &ServiceTable,
+        have: &Elements,
+        d: &Delta,
+    ) -> (kernel::replies::ProxyEndpoints, Vec<std::net::SocketAddr>) {
+        match table.changed_since(base) {
+            Some(change) => self.proxy_endpoints.step(base, table, change, have, d),
+            None => {
+                let mut after = have.clone();
+                after.apply(d);
+                let proxy = kernel::replies::ProxyEndpoints::of(table, &after);
+                let left = self.proxy_endpoints.left(&proxy).collect();
+                (proxy, left)
+            }
+        }
     }
 
     /// The kernel datapath's element changes from `have` to `want`.
@@ -655,6 +768,7 @@ impl Interceptor {
         self.kernel_plan_installed = kernel::KernelPlan::default();
         self.shared = kernel::Shared::default();
         self.kernel_in_step = false;
+        self.proxy_endpoints = kernel::replies::ProxyEndpoints::default();
         if self.steer.take().is_some() {
             let _ = command::nft_batch(&steer::remove(&self.cfg.table));
         }

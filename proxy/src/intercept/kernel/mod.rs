@@ -7,6 +7,7 @@ pub mod conntrack;
 pub mod elements;
 pub mod gate;
 pub mod plan;
+pub mod replies;
 pub mod rules;
 pub mod step;
 pub mod wire;

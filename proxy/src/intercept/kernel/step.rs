@@ -82,6 +82,19 @@ impl Shared {
         out
     }
 
+    /// Whether a kernel frontend (that fits) routes to `ep` by `proto`.
+    pub fn serves(&self, ep: SocketAddr, proto: Protocol) -> bool {
+        self.replies.contains_key(&(ep, proto))
+    }
+
+    /// The endpoints kernel frontends route to by `proto`.
+    pub fn endpoints(&self, proto: Protocol) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.replies
+            .keys()
+            .filter(move |(_, p)| *p == proto)
+            .map(|&(ep, _)| ep)
+    }
+
     fn add(&mut self, proto: Protocol, k: &KernelPort, new: &mut BTreeSet<Element>) {
         let (ips, replies) = shared_keys(proto, k);
         count(&mut self.hairpin, ips, true, hairpin_element, new);
