@@ -126,6 +126,9 @@ pub struct Interceptor {
     /// frontend: what keeps an endpoint out of the reply gate `kepx`
     /// (`kernel/replies.rs`).
     proxy_endpoints: kernel::replies::ProxyEndpoints,
+    /// The verdict-map elements installed, kept while their frontend is
+    /// in the table (`kernel/verdicts.rs`).
+    verdicts: kernel::verdicts::Verdicts,
 }
 
 /// What one sync did, for logs and metrics.
@@ -156,6 +159,7 @@ impl Interceptor {
             shared: kernel::Shared::default(),
             kernel_in_step: false,
             proxy_endpoints: kernel::replies::ProxyEndpoints::default(),
+            verdicts: kernel::verdicts::Verdicts::default(),
         }
     }
 
@@ -240,6 +244,24 @@ impl Interceptor {
     /// element changes, as one netlink batch: no process starts on the
     /// change path.
     pub fn sync(&mut self, table: &Arc<ServiceTable>) -> Result<SyncStats, InterceptError> {
+        let out = self.sync_inner(table);
+        if out.is_err() {
+            self.recount();
+        }
+        out
+    }
+
+    /// After a failed sync: the counts a step moved in place, again from
+    /// what is installed (O(n), failures only).
+    fn recount(&mut self) {
+        self.shared = kernel::Shared::of(&self.kernel_plan_installed);
+        self.proxy_endpoints = match (&self.installed_for, &self.installed) {
+            (Some(table), Some(have)) => kernel::replies::ProxyEndpoints::of(table, have),
+            _ => kernel::replies::ProxyEndpoints::default(),
+        };
+    }
+
+    fn sync_inner(&mut self, table: &Arc<ServiceTable>) -> Result<SyncStats, InterceptError> {
         let start = Instant::now();
         let full = || {
             Elements::from_table(table)
@@ -253,7 +275,9 @@ impl Interceptor {
         // process: still one netlink batch, no `nft`). Without kernel
         // frontends a sync takes the route delta, source ranges included.
         let kernel_keys = self.kernel_keys.take();
-        let kernel_any = !self.kernel_plan.is_empty() || !self.kernel_plan_installed.is_empty();
+        let kernel_any = !self.kernel_plan.is_empty()
+            || !self.kernel_plan_installed.is_empty()
+            || !self.verdicts.is_empty();
         let kernel_step = kernel_any
             && self.kernel_in_step
             && kernel_keys.is_some()
@@ -270,7 +294,7 @@ impl Interceptor {
         let mut kernel_have: Option<kernel::KernelElements> = None;
         let whole_diff = kernel_any && !kernel_step;
         // The kernel part of a step, once the kernel accepted it.
-        let mut kernel_stepped: Option<(kernel::Step, kernel::Shared)> = None;
+        let mut kernel_stepped: Option<kernel::Step> = None;
         // A first install into a fresh table sends the kernel elements
         // after the rest, in bounded batches (`fill_kernel`).
         let mut fill_kernel = false;
@@ -281,8 +305,10 @@ impl Interceptor {
         let mut step: Option<Delta> = None;
         // The proxy path's endpoints and the kernel's shared counts after
         // this sync (a whole one's), kept once the kernel took the batch.
-        let proxy_next: Option<kernel::replies::ProxyEndpoints>;
+        // (A step moves both in place.)
+        let mut proxy_next: Option<kernel::replies::ProxyEndpoints> = None;
         let mut shared_next: Option<kernel::Shared> = None;
+        let mut verdicts_next: Option<kernel::verdicts::Verdicts> = None;
         let changed = match (&self.installed, &self.installed_for) {
             (None, _) => {
                 if self.cfg.disable_bridge_netfilter {
@@ -315,6 +341,7 @@ impl Interceptor {
                 }
                 proxy_next = Some(proxy);
                 shared_next = Some(shared);
+                verdicts_next = Some(kernel::verdicts::Verdicts::of(&self.kernel_plan));
                 let n = want.len();
                 fresh = Some(want);
                 n
@@ -330,6 +357,7 @@ impl Interceptor {
                     .extend(kernel::replies::exclusive_elements(&shared, &proxy));
                 proxy_next = Some(proxy);
                 shared_next = Some(shared);
+                verdicts_next = Some(kernel::verdicts::Verdicts::of(&self.kernel_plan));
                 text.push_str(
                     &k.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
                 );
@@ -351,6 +379,12 @@ impl Interceptor {
                 k_want
                     .elements
                     .extend(kernel::replies::exclusive_elements(&shared, &proxy));
+                verdicts_next = Some(self.verdicts.whole(
+                    &self.kernel_plan,
+                    table,
+                    &mut k_have.elements,
+                    &mut k_want.elements,
+                ));
                 delta.extend(self.kernel_batch(&k_want, &k_have)?);
                 // Endpoints the proxy path left keep the socket rule for
                 // their proxied connections (see kernel/replies.rs).
@@ -412,40 +446,28 @@ impl Interceptor {
                     &self.cfg.node_port_addresses,
                     Some(&self.kernel_plan),
                 );
-                let mut shared = self.shared.clone();
                 let keys = kernel_keys.unwrap_or_default();
-                let mut k = kernel::step(
-                    &self.kernel_plan_installed,
+                // The reply gate moves with the kernel step (see
+                // kernel/replies.rs); `kernel_step` holds a change record.
+                let none = crate::catalog::TableChange::default();
+                let change = table.changed_since(base).unwrap_or(&none);
+                let (mut k, gone) = kernel::replies::gate_step(
+                    &mut self.proxy_endpoints,
+                    &mut self.shared,
+                    (base, table, change),
+                    (have, &d),
+                    (&self.kernel_plan_installed, &self.kernel_plan, &keys),
+                );
+                verdicts_next = Some(self.verdicts.step(
                     &self.kernel_plan,
                     &keys,
-                    &mut shared,
-                );
-                // The reply gate of the endpoints this step touched, on
-                // either path (see kernel/replies.rs).
-                let (proxy, left) = self.step_proxy_endpoints(base, table, have, &d);
-                let candidates = left
-                    .iter()
-                    .copied()
-                    .chain(kernel::replies::kernel_endpoints(
-                        &self.kernel_plan_installed,
-                        &keys,
-                    ))
-                    .chain(kernel::replies::kernel_endpoints(&self.kernel_plan, &keys));
-                kernel::replies::exclusive_step(
-                    candidates,
-                    (&self.shared, &self.proxy_endpoints),
-                    (&shared, &proxy),
+                    table,
                     &mut k.have.elements,
                     &mut k.want.elements,
-                );
-                let gone: Vec<_> = left
-                    .into_iter()
-                    .filter(|ep| self.proxy_endpoints.contains(ep) && !proxy.contains(ep))
-                    .collect();
+                ));
                 let kernel_batch = self.kernel_batch(&k.want, &k.have)?;
                 let moved_endpoints =
                     kernel::replies::moved_batch(&self.cfg.table, gone, KERNEL_MOVED_SECONDS);
-                proxy_next = Some(proxy);
                 delta = d.batch(&self.cfg.table);
                 delta.extend(kernel_batch);
                 delta.extend(moved_endpoints);
@@ -524,7 +546,7 @@ impl Interceptor {
                     came,
                     KERNEL_MOVED_SECONDS,
                 ));
-                kernel_stepped = Some((k, shared));
+                kernel_stepped = Some(k);
                 step = Some(d);
                 delta.len()
             }
@@ -533,16 +555,13 @@ impl Interceptor {
                 delta = d.batch(&self.cfg.table);
                 // No kernel frontends, so no reply gate; the proxy path's
                 // endpoints are still counted for when there are.
-                let (proxy, left) = self.step_proxy_endpoints(base, table, have, &d);
-                let gone = left
-                    .into_iter()
-                    .filter(|ep| self.proxy_endpoints.contains(ep) && !proxy.contains(ep));
+                let (_, gone) =
+                    step_proxy_endpoints(&mut self.proxy_endpoints, base, table, have, &d);
                 delta.extend(kernel::replies::moved_batch(
                     &self.cfg.table,
                     gone,
                     KERNEL_MOVED_SECONDS,
                 ));
-                proxy_next = Some(proxy);
                 step = Some(d);
                 delta.len()
             }
@@ -580,7 +599,9 @@ impl Interceptor {
             nft_bytes = text.len(),
             netlink_elements,
             kernel_step,
-            proxy_endpoints = proxy_next.as_ref().map_or(0, |p| p.len()),
+            proxy_endpoints = proxy_next
+                .as_ref()
+                .map_or(self.proxy_endpoints.len(), |p| p.len()),
             "nftables sync timings"
         );
         if let Err(e) = applied {
@@ -605,10 +626,9 @@ impl Interceptor {
             _ => {}
         }
         match kernel_stepped {
-            Some((k, shared)) => {
+            Some(k) => {
                 let stale = kernel::conntrack::removed_udp_endpoints(&k.have, &k.want);
                 kernel::conntrack::delete(&stale);
-                self.shared = shared;
             }
             None => {
                 if let (Some(have), Some(want)) = (&kernel_have, &kernel_want) {
@@ -621,6 +641,9 @@ impl Interceptor {
         if let Some(proxy) = proxy_next {
             self.proxy_endpoints = proxy;
         }
+        if let Some(verdicts) = verdicts_next {
+            self.verdicts = verdicts;
+        }
         self.kernel_plan_installed = self.kernel_plan.clone();
         self.kernel_in_step = true;
         // The installed sets are those of this table and plan, whichever
@@ -632,28 +655,6 @@ impl Interceptor {
             changed_elements: changed,
             took: start.elapsed(),
         })
-    }
-
-    /// The proxy path's endpoint counts after the step `d` from `base`
-    /// (installed as `have`) to `table`, and the endpoints it touched
-    /// (all of them when `table` was not patched from `base`).
-    fn step_proxy_endpoints(
-        &self,
-        base: &ServiceTable,
-        table: &ServiceTable,
-        have: &Elements,
-        d: &Delta,
-    ) -> (kernel::replies::ProxyEndpoints, Vec<std::net::SocketAddr>) {
-        match table.changed_since(base) {
-            Some(change) => self.proxy_endpoints.step(base, table, change, have, d),
-            None => {
-                let mut after = have.clone();
-                after.apply(d);
-                let proxy = kernel::replies::ProxyEndpoints::of(table, &after);
-                let left = self.proxy_endpoints.left(&proxy).collect();
-                (proxy, left)
-            }
-        }
     }
 
     /// The kernel datapath's element changes from `have` to `want`.
@@ -769,6 +770,7 @@ impl Interceptor {
         self.shared = kernel::Shared::default();
         self.kernel_in_step = false;
         self.proxy_endpoints = kernel::replies::ProxyEndpoints::default();
+        self.verdicts = kernel::verdicts::Verdicts::default();
         if self.steer.take().is_some() {
             let _ = command::nft_batch(&steer::remove(&self.cfg.table));
         }
@@ -780,5 +782,29 @@ impl Interceptor {
             table: self.cfg.table.clone(),
             source,
         })
+    }
+}
+
+/// Steps the proxy path's endpoint counts by `d` from `base` (installed
+/// as `have`) to `table`: the endpoints touched and those no longer
+/// counted (all of them counted again when `table` was not patched from
+/// `base`).
+fn step_proxy_endpoints(
+    counts: &mut kernel::replies::ProxyEndpoints,
+    base: &ServiceTable,
+    table: &ServiceTable,
+    have: &Elements,
+    d: &Delta,
+) -> (Vec<std::net::SocketAddr>, Vec<std::net::SocketAddr>) {
+    match table.changed_since(base) {
+        Some(change) => counts.step(base, table, change, have, d),
+        None => {
+            let mut after = have.clone();
+            after.apply(d);
+            let next = kernel::replies::ProxyEndpoints::of(table, &after);
+            let gone: Vec<_> = counts.left(&next).collect();
+            *counts = next;
+            (gone.clone(), gone)
+        }
     }
 }

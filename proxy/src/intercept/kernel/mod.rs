@@ -10,6 +10,9 @@ pub mod plan;
 pub mod replies;
 pub mod rules;
 pub mod step;
+#[cfg(test)]
+mod sync_tests;
+pub mod verdicts;
 pub mod wire;
 
 pub use elements::{

@@ -12,15 +12,16 @@
 //! moved proxy → kernel, it left a proxied Service, the Service went);
 //! the proxied connections of the hour before keep the socket rule.
 //!
-//! The proxy path's endpoints are counted per frontend (a persistent map:
-//! a sync steps a copy and keeps it once the kernel took the batch), so a
-//! sync touches only the changed frontends' endpoints.
+//! The proxy path's endpoints are counted per frontend, stepped in place
+//! with the touched frontends (the interceptor counts again from what is
+//! installed when a sync fails), so a sync touches only the changed
+//! frontends' endpoints.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use super::elements::{Element, KernelPlan};
-use super::step::{KernelKeys, Shared};
+use super::step::{KernelKeys, Shared, Step, step};
 use crate::catalog::{Protocol, Route, ServiceTable, TableChange};
 use crate::intercept::elements::{Delta, Elements};
 use crate::intercept::netlink::{self, Batch, Family, Verb, key};
@@ -28,7 +29,7 @@ use crate::intercept::netlink::{self, Batch, Family, Verb, key};
 /// How many proxy-path frontends route to each TCP endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProxyEndpoints {
-    counts: imbl::HashMap<SocketAddr, u32>,
+    counts: HashMap<SocketAddr, u32>,
 }
 
 /// The `kepx` element of an endpoint.
@@ -81,6 +82,30 @@ impl ProxyEndpoints {
         self.counts.keys().copied()
     }
 
+    /// Every endpoint a route of `change` names, in `base` or `table`.
+    pub fn named_by(
+        base: &ServiceTable,
+        table: &ServiceTable,
+        change: &TableChange,
+    ) -> BTreeSet<SocketAddr> {
+        let mut out = BTreeSet::new();
+        for f in change
+            .frontends
+            .iter()
+            .filter(|f| f.protocol == Protocol::Tcp)
+        {
+            for t in [base, table] {
+                out.extend(t.frontends.get(f).into_iter().flat_map(endpoints));
+            }
+        }
+        for key in change.node_ports.iter().filter(|k| k.0 == Protocol::Tcp) {
+            for t in [base, table] {
+                out.extend(t.node_ports.get(key).into_iter().flat_map(endpoints));
+            }
+        }
+        out
+    }
+
     /// Counts one frontend's route in or out; every endpoint it names
     /// goes to `touched`.
     fn count(&mut self, route: &Route, add: bool, touched: &mut Vec<SocketAddr>) {
@@ -97,18 +122,21 @@ impl ProxyEndpoints {
         }
     }
 
-    /// The counts after a step from `base` (whose proxy sets are `have`)
-    /// to `table` by `d`, touching the frontends of `change` only; and the
-    /// endpoints it counted in or out.
+    /// Steps the counts from `base` (whose proxy sets are `have`) to
+    /// `table` by `d`, touching the frontends of `change` only. Returns the
+    /// endpoints it may have counted in or out, and those it no longer
+    /// counts at all (`gone`).
     pub fn step(
-        &self,
+        &mut self,
         base: &ServiceTable,
         table: &ServiceTable,
         change: &TableChange,
         have: &Elements,
         d: &Delta,
-    ) -> (Self, Vec<SocketAddr>) {
-        let mut out = self.clone();
+    ) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        let named = Self::named_by(base, table, change);
+        let before: Vec<bool> = named.iter().map(|ep| self.contains(ep)).collect();
+        let out = self;
         let mut touched = Vec::new();
         for f in change
             .frontends
@@ -136,7 +164,14 @@ impl ProxyEndpoints {
                 out.count(route, true, &mut touched);
             }
         }
-        (out, touched)
+        let gone = named
+            .into_iter()
+            .zip(before)
+            .filter(|(ep, was)| *was && !out.contains(ep))
+            .map(|(ep, _)| ep)
+            .collect();
+        let touched: BTreeSet<SocketAddr> = touched.into_iter().collect();
+        (touched.into_iter().collect(), gone)
     }
 
     /// The endpoints of `self` that `new` no longer counts: their
@@ -181,23 +216,18 @@ pub fn kernel_endpoints<'a>(
         .flat_map(|k| k.endpoints.iter().copied())
 }
 
-/// The `kepx` elements of `candidates` before (into `have`) and after
-/// (into `want`) a step: the batch's diff then adds and deletes only
-/// those whose membership changed.
-pub fn exclusive_step(
-    candidates: impl IntoIterator<Item = SocketAddr>,
-    (old_shared, old_proxy): (&Shared, &ProxyEndpoints),
-    (new_shared, new_proxy): (&Shared, &ProxyEndpoints),
-    have: &mut BTreeSet<Element>,
-    want: &mut BTreeSet<Element>,
+/// The `kepx` elements of `candidates` by `shared` and `proxy`: taken
+/// before a step (into its `have`) and after (into its `want`), the
+/// batch's diff adds and deletes only those whose membership changed.
+pub fn exclusive_of<'a>(
+    candidates: impl IntoIterator<Item = &'a SocketAddr>,
+    shared: &Shared,
+    proxy: &ProxyEndpoints,
+    out: &mut BTreeSet<Element>,
 ) {
-    let candidates: BTreeSet<SocketAddr> = candidates.into_iter().collect();
-    for ep in candidates {
-        if exclusive(ep, old_shared, old_proxy) {
-            have.insert(exclusive_element(ep));
-        }
-        if exclusive(ep, new_shared, new_proxy) {
-            want.insert(exclusive_element(ep));
+    for &ep in candidates {
+        if exclusive(ep, shared, proxy) {
+            out.insert(exclusive_element(ep));
         }
     }
 }
@@ -241,225 +271,29 @@ pub fn set_definitions() -> Vec<String> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::catalog::datapath::DatapathMode;
-    use crate::catalog::{Assembly, NodeContext, Replaced, TranslatedService};
-    use crate::intercept::kernel::{Planner, step};
-    use crate::policy::Bindings;
-    use crate::policy::kernel_tables::TableCache;
-
-    /// A ClusterIP Service `name` on 10.96.0.`ip`:80 → 10.0.0.`ep`:8080.
-    fn service(name: &str, ip: u8, datapath: &str, ep: u8) -> TranslatedService {
-        let text = format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: demo\n  \
-             annotations: {{switchyard.dev/datapath: {datapath}}}\n\
-             spec:\n  clusterIP: 10.96.0.{ip}\n  ports:\n  - {{port: 80}}\n\
-             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
-             metadata:\n  name: {name}-1\n  namespace: demo\n  labels: {{kubernetes.io/service-name: {name}}}\n\
-             endpoints:\n- addresses: [\"10.0.0.{ep}\"]\n  conditions: {{ready: true}}\n\
-             ports: [{{port: 8080}}]\n"
-        );
-        let (m, problems) = crate::sources::manifest::parse(&text, Path::new("t.yaml"));
-        assert!(problems.is_empty(), "{problems:?}");
-        let slices: Vec<_> = m.slices.iter().collect();
-        crate::catalog::translate_service(&m.services[0], &slices, &NodeContext::default())
-            .service
-            .expect("proxied")
-    }
-
-    /// The interceptor's state, stepped as `sync` steps it.
-    struct Node {
-        assembly: Assembly,
-        table: Arc<ServiceTable>,
-        planner: Planner,
-        cache: TableCache,
-        proxy: Elements,
-        plan: KernelPlan,
-        shared: Shared,
-        endpoints: ProxyEndpoints,
-        /// The Services by name.
-        services: std::collections::BTreeMap<String, TranslatedService>,
-    }
-
-    /// A step's reply gate: `kepx` deleted and added, `kepmoved` added.
-    type Gate = (Vec<String>, Vec<String>, Vec<String>);
-
-    impl Node {
-        fn new(list: &[(&str, TranslatedService)]) -> Self {
-            let services: std::collections::BTreeMap<_, _> = list
-                .iter()
-                .map(|(n, s)| (n.to_string(), s.clone()))
-                .collect();
-            let mut assembly = Assembly::new(1);
-            assembly.whole(services.values());
-            let table = Arc::new(assembly.table().clone());
-            let mut planner = Planner::default();
-            let mut cache = TableCache::new(None, Default::default());
-            let bindings = Bindings::new();
-            planner.update(&table, &bindings, true, &mut cache, DatapathMode::Auto);
-            let plan = planner.plan().clone();
-            let proxy = Elements::from_table(&table).without_kernel(&plan);
-            let shared = Shared::of(&plan);
-            let endpoints = ProxyEndpoints::of(&table, &proxy);
-            Node {
-                assembly,
-                table,
-                planner,
-                cache,
-                proxy,
-                plan,
-                shared,
-                endpoints,
-                services,
-            }
-        }
-
-        fn gate(&self) -> BTreeSet<Element> {
-            exclusive_elements(&self.shared, &self.endpoints)
-        }
-
-        /// Replaces Service `name` by `new`.
-        fn change(&mut self, name: &str, new: &TranslatedService) -> Gate {
-            let old = self.services.insert(name.to_owned(), new.clone());
-            let changes: Vec<Replaced<'_>> = vec![(old.as_ref(), Some(new))];
-            let services = &self.services;
-            self.assembly
-                .update(&changes, || services.values().collect());
-            let table = Arc::new(self.assembly.table().clone());
-            let bindings = Bindings::new();
-            self.planner.update(
-                &table,
-                &bindings,
-                false,
-                &mut self.cache,
-                DatapathMode::Auto,
-            );
-            let keys = self.planner.keys().expect("stepped").clone();
-            let plan = self.planner.plan().clone();
-            let change = table.changed_since(&self.table).expect("patched");
-            let d = self.proxy.delta(&self.table, &table, &[], Some(&plan));
-            let (endpoints, touched) =
-                self.endpoints
-                    .step(&self.table, &table, change, &self.proxy, &d);
-            let mut shared = self.shared.clone();
-            let mut k = step(&self.plan, &plan, &keys, &mut shared);
-            let candidates = touched
-                .iter()
-                .copied()
-                .chain(kernel_endpoints(&self.plan, &keys))
-                .chain(kernel_endpoints(&plan, &keys));
-            exclusive_step(
-                candidates,
-                (&self.shared, &self.endpoints),
-                (&shared, &endpoints),
-                &mut k.have.elements,
-                &mut k.want.elements,
-            );
-            let gone = touched
-                .into_iter()
-                .filter(|ep| self.endpoints.contains(ep) && !endpoints.contains(ep));
-            let moved: Vec<String> = moved_batch("sy", gone, 3600)
-                .changes
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            let batch = k.want.diff_batch(&k.have, "sy").expect("encodes");
-            let named = |verb: Verb| -> Vec<String> {
-                batch
-                    .changes
-                    .iter()
-                    .filter(|c| c.verb == verb && c.set.starts_with("kepx"))
-                    .map(ToString::to_string)
-                    .collect()
-            };
-            let gate = (named(Verb::Delete), named(Verb::Add), moved);
-            self.proxy.apply(&d);
-            self.table = table;
-            self.plan = plan;
-            self.shared = shared;
-            self.endpoints = endpoints;
-            assert_eq!(self.endpoints, ProxyEndpoints::of(&self.table, &self.proxy));
-            assert_eq!(
-                self.gate(),
-                exclusive_elements(&Shared::of(&self.plan), &self.endpoints)
-            );
-            gate
-        }
-    }
-
-    const EP: &str = "10.0.0.1 . tcp . 8080";
-
-    #[test]
-    fn an_endpoint_a_proxied_service_shares_stays_behind_the_socket_rule() {
-        let kernel = service("a", 1, "kernel", 1);
-        let proxied = service("b", 2, "proxy", 1);
-        let mut node = Node::new(&[("a", kernel), ("b", proxied.clone())]);
-        assert_eq!(node.plan.vips.len(), 1, "a is on the kernel path");
-        assert!(
-            node.shared
-                .serves("10.0.0.1:8080".parse().expect("ep"), Protocol::Tcp)
-        );
-        assert!(
-            node.gate().is_empty(),
-            "b's upstream replies need our socket"
-        );
-
-        // b's endpoint moves away: a's replies skip the socket lookup,
-        // but only after b's proxied connections had an hour.
-        let elsewhere = service("b", 2, "proxy", 2);
-        let (deleted, added, moved) = node.change("b", &elsewhere);
-        assert!(deleted.is_empty());
-        assert_eq!(added, [format!("add element inet sy kepx4 {{ {EP} }}")]);
-        assert_eq!(
-            moved,
-            [format!(
-                "add element inet sy kepmoved4 {{ {EP} timeout 3600s }}"
-            )]
-        );
-
-        // And back: out of the gate again; the endpoint b leaves now
-        // (no kernel frontend's) is timed all the same.
-        let (deleted, added, moved) = node.change("b", &proxied);
-        assert_eq!(
-            deleted,
-            [format!("delete element inet sy kepx4 {{ {EP} }}")]
-        );
-        assert!(added.is_empty());
-        assert_eq!(
-            moved,
-            ["add element inet sy kepmoved4 { 10.0.0.2 . tcp . 8080 timeout 3600s }"]
-        );
-    }
-
-    #[test]
-    fn a_frontend_moving_proxy_to_kernel_puts_its_endpoints_in_the_gate_after_an_hour() {
-        let proxied = service("b", 2, "proxy", 1);
-        let mut node = Node::new(&[("b", proxied.clone())]);
-        assert!(node.plan.is_empty() && node.gate().is_empty());
-        // An annotation edit moves b to the kernel path.
-        let moved_to_kernel = service("b", 2, "kernel", 1);
-        let (deleted, added, moved) = node.change("b", &moved_to_kernel);
-        assert!(deleted.is_empty());
-        assert_eq!(added, [format!("add element inet sy kepx4 {{ {EP} }}")]);
-        // The proxied connections from before the move keep the socket
-        // rule (`kepmoved`), as the frontend's requests do (`kmoved`).
-        assert_eq!(
-            moved,
-            [format!(
-                "add element inet sy kepmoved4 {{ {EP} timeout 3600s }}"
-            )]
-        );
-        // Kernel → proxy: the endpoint leaves the gate at once.
-        let (deleted, added, moved) = node.change("b", &proxied);
-        assert_eq!(
-            deleted,
-            [format!("delete element inet sy kepx4 {{ {EP} }}")]
-        );
-        assert!(added.is_empty() && moved.is_empty());
-    }
+/// A kernel step with its reply gate: steps the proxy path's endpoint
+/// counts (`proxy`, from `base` installed as `have` to `table` by `d`) and
+/// the kernel's shared counts (`shared`, the frontends `keys` names from
+/// `old` to `new`) in place, and returns the kernel elements to change,
+/// `kepx` included, and the endpoints the proxy path no longer routes to
+/// (for `kepmoved`).
+pub fn gate_step(
+    proxy: &mut ProxyEndpoints,
+    shared: &mut Shared,
+    (base, table, change): (&ServiceTable, &ServiceTable, &TableChange),
+    (have, d): (&Elements, &Delta),
+    (old, new, keys): (&KernelPlan, &KernelPlan, &KernelKeys),
+) -> (Step, Vec<SocketAddr>) {
+    let mut candidates: BTreeSet<SocketAddr> = kernel_endpoints(old, keys)
+        .chain(kernel_endpoints(new, keys))
+        .chain(ProxyEndpoints::named_by(base, table, change))
+        .collect();
+    let mut gate_have = BTreeSet::new();
+    exclusive_of(&candidates, shared, proxy, &mut gate_have);
+    let (touched, gone) = proxy.step(base, table, change, have, d);
+    candidates.extend(touched);
+    let mut k = step(old, new, keys, shared);
+    k.have.elements.extend(gate_have);
+    exclusive_of(&candidates, shared, proxy, &mut k.want.elements);
+    (k, gone)
 }

@@ -20,7 +20,11 @@ pub struct KernelKeys {
 
 /// How many kernel frontends (that fit) reach each endpoint address (the
 /// hairpin set holds the addresses counted here) and each endpoint of a
-/// protocol (the gate's `kep` sets).
+/// protocol (the gate's `kep` sets). A sync steps them in place (copying
+/// maps of ~100k entries each at 10k frontends was most of an endpoint
+/// change's in-process time; persistent maps cost ~40 MiB more there);
+/// the interceptor counts again from the installed plan when a sync
+/// fails.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Shared {
     hairpin: HashMap<IpAddr, u32>,
