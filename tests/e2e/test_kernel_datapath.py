@@ -307,6 +307,76 @@ def test_a_proxied_connection_outlives_its_frontends_move_to_the_kernel(bare_clu
         assert len({(pod, port) for pod, port in result["answers"]}) == 1, result
 
 
+def gate_keys(c, set_name: str) -> set[str]:
+    """The elements of one of our table's sets, as `addr . proto . port`."""
+    out = c.run_in("node", ["nft", "-j", "list", "set", "inet", "switchyard", set_name])
+    doc = json.loads(out.stdout)
+    keys = set()
+    for item in doc["nftables"]:
+        for elem in item.get("set", {}).get("elem", []):
+            val = elem["elem"]["val"] if isinstance(elem, dict) and "elem" in elem else elem
+            keys.add(" . ".join(str(v) for v in val["concat"]))
+    return keys
+
+
+def test_an_endpoint_of_a_kernel_and_a_proxied_service_serves_both(bare_cluster, tmp_path):
+    """The same Pods behind a kernel-path and a proxy-path Service: the
+    proxied Service's upstream replies (transparent: from the Pod's port
+    to the client's address) must reach our sockets, so the Pods stay out
+    of the reply gate (`kepx`) that skips the socket rule; once no
+    proxy-path frontend routes to them they go in, with the socket rule
+    kept for an hour (`kepmoved`)."""
+    c = bare_cluster
+    # Only these two Services: the standard ones route to the same Pods.
+    for standard in c.manifests.glob("*.yaml"):
+        standard.unlink()
+    prox_vips = ("10.96.0.91", "fd00:10:96::91")
+    prox = kernel_service("prox", vips=prox_vips, datapath="proxy", node_port=None,
+                          external_ips=())
+    start(c, tmp_path, [kernel_service(), prox])
+    wait_datapath(c, "kernel")
+    wait_datapath(c, "proxy", "e2e/prox")
+    assert gate_keys(c, "kepx4") == set() and gate_keys(c, "kepx6") == set()
+    flag = tmp_path / "go"
+    script = tmp_path / "keepalive.py"
+    script.write_text(KEEPALIVE)
+    holders = [
+        c.topo.spawn(f"held-{name}", c.topo.client,
+                     [sys.executable, str(script), vip, "80", str(flag), "3"])
+        for name, vip in (("kern", VIP4), ("prox", prox_vips[0]))
+    ]
+    for holder in holders:
+        wait_until(lambda: '"round": 0' in holder.output(), f"{holder.name}'s first answer")
+    carried = proxied(c, "e2e/prox")
+    for url in (f"http://{VIP4}/", f"http://[{VIP6}]/", f"http://{prox_vips[0]}/",
+                f"http://[{prox_vips[1]}]/"):
+        got = answers(c, url, 6)
+        assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, (url, got)
+        # Both paths keep the client's address.
+        assert {g["peer"] for g in got} <= {CLIENT.ipv4, CLIENT.ipv6}, (url, got)
+    # Only the proxied Service's connections went through the proxy.
+    assert proxied(c, "e2e/prox") == carried + 12
+    assert proxied(c) == 0
+    for step in (1, 2):
+        (tmp_path / f"go.{step}").write_text("")
+        for holder in holders:
+            wait_until(lambda: f'"round": {step}' in holder.output(),
+                       f"{holder.name}'s answer {step}")
+    for holder in holders:
+        wait_until(lambda: '"ok": true' in holder.output(), f"{holder.name}'s report")
+        result = json.loads(holder.output().strip().splitlines()[-1])
+        assert len({(pod, port) for pod, port in result["answers"]}) == 1, result
+
+    # The proxied Service goes: its Pods join the gate, behind the hour of
+    # `kepmoved` its connections may still need.
+    (c.manifests / "prox.yaml").unlink()
+    pods = {f"{e.ip} . tcp . {mf.HTTP_PORT}" for e in mf.backends()}
+    wait_until(lambda: gate_keys(c, "kepx4") == pods, "the Pods in the reply gate")
+    assert pods <= gate_keys(c, "kepmoved4")
+    got = answers(c, f"http://{VIP4}/", 6)
+    assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, got
+
+
 def test_hot_swap_under_load_fails_no_request(bare_cluster, tmp_path):
     c = bare_cluster
     directory = start(c, tmp_path, [kernel_service(policy="rr")], modules=())

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::elements::Elements;
 use super::endpoint_counts::EndpointCounts;
+use super::kernel::replies::{ProxyEndpoints, exclusive_elements, gate_step};
 use super::kernel::{self, Choices, Planner, Shared, plan};
 use crate::catalog::datapath::DatapathMode;
 use crate::catalog::{Assembly, NodeContext, Replaced, ServiceTable, TranslatedService};
@@ -65,6 +66,9 @@ fn random_service(rng: &mut fastrand::Rng, name: &str) -> TranslatedService {
 fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
     let bindings = Bindings::new();
     let (mut patched, mut on_kernel, mut restricted, mut stepped) = (0, 0, 0, 0);
+    // Steps where the reply gate and the proxy path's endpoints were both
+    // non-empty.
+    let mut gated = 0;
     for seed in 0..25 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut assembly = Assembly::new(1);
@@ -82,6 +86,8 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
         let mut k_elements = kernel::elements(planner.plan());
         let mut k_plan = planner.plan().clone();
         let mut shared = Shared::of(&k_plan);
+        let mut proxy_eps = ProxyEndpoints::of(&previous, &k_installed);
+        let mut gate = exclusive_elements(&shared, &proxy_eps);
         for step in 0..120 {
             let names: std::collections::BTreeSet<String> = (0..rng.usize(1..3))
                 .map(|_| format!("s{}", rng.u8(0..10)))
@@ -140,17 +146,52 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
             // table was patched; otherwise the sets are computed whole.
             let plan_now = planner.plan();
             match (planner.keys(), table.changed_since(&previous)) {
-                (Some(keys), Some(_)) => {
+                (Some(keys), Some(change)) => {
                     let d = k_installed.delta(&previous, &table, &[], Some(plan_now));
+                    // The reply gate, as the interceptor steps it.
+                    let (s, _) = gate_step(
+                        &mut proxy_eps,
+                        &mut shared,
+                        (&previous, &table, change),
+                        (&k_installed, &d),
+                        (&k_plan, plan_now, keys),
+                    );
                     k_installed.apply(&d);
-                    let s = kernel::step(&k_plan, plan_now, keys, &mut shared);
+                    // The gate's elements apart: `k_elements` are the
+                    // plan's.
+                    let mut s = s;
+                    let gated = |e: &kernel::Element| e.set.starts_with("kepx");
+                    let have: std::collections::BTreeSet<_> = s
+                        .have
+                        .elements
+                        .iter()
+                        .filter(|e| gated(e))
+                        .cloned()
+                        .collect();
+                    let want: std::collections::BTreeSet<_> = s
+                        .want
+                        .elements
+                        .iter()
+                        .filter(|e| gated(e))
+                        .cloned()
+                        .collect();
+                    s.have.elements.retain(|e| !gated(e));
+                    s.want.elements.retain(|e| !gated(e));
                     k_elements.apply(&s);
+                    for e in have.difference(&want) {
+                        assert!(gate.remove(e), "{at}: {e:?} deleted but not there");
+                    }
+                    for e in want.difference(&have) {
+                        assert!(gate.insert(e.clone()), "{at}: {e:?} added twice");
+                    }
                     stepped += 1;
                 }
                 _ => {
                     k_installed = Elements::from_table(&table).without_kernel(plan_now);
                     k_elements = kernel::elements(plan_now);
                     shared = Shared::of(plan_now);
+                    proxy_eps = ProxyEndpoints::of(&table, &k_installed);
+                    gate = exclusive_elements(&shared, &proxy_eps);
                 }
             }
             k_plan = plan_now.clone();
@@ -161,12 +202,16 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
             );
             assert_eq!(k_elements, kernel::elements(plan_now), "{at}");
             assert_eq!(shared, Shared::of(plan_now), "{at}");
+            let whole_eps = ProxyEndpoints::of(&table, &k_installed);
+            assert_eq!(proxy_eps, whole_eps, "{at}");
+            assert_eq!(gate, exclusive_elements(&shared, &whole_eps), "{at}");
+            gated += usize::from(!gate.is_empty() && !proxy_eps.is_empty());
             previous = table;
         }
     }
     assert!(
-        patched > 100 && on_kernel > 0 && restricted > 0 && stepped > 100,
-        "{patched} {on_kernel} {restricted} {stepped}"
+        patched > 100 && on_kernel > 0 && restricted > 0 && stepped > 100 && gated > 0,
+        "{patched} {on_kernel} {restricted} {stepped} {gated}"
     );
 }
 

@@ -122,6 +122,13 @@ pub struct Interceptor {
     kernel_keys: Option<kernel::KernelKeys>,
     shared: kernel::Shared,
     kernel_in_step: bool,
+    /// The TCP endpoints the installed proxy sets route to, counted per
+    /// frontend: what keeps an endpoint out of the reply gate `kepx`
+    /// (`kernel/replies.rs`).
+    proxy_endpoints: kernel::replies::ProxyEndpoints,
+    /// The verdict-map elements installed, kept while their frontend is
+    /// in the table (`kernel/verdicts.rs`).
+    verdicts: kernel::verdicts::Verdicts,
 }
 
 /// What one sync did, for logs and metrics.
@@ -151,6 +158,8 @@ impl Interceptor {
             kernel_keys: None,
             shared: kernel::Shared::default(),
             kernel_in_step: false,
+            proxy_endpoints: kernel::replies::ProxyEndpoints::default(),
+            verdicts: kernel::verdicts::Verdicts::default(),
         }
     }
 
@@ -246,6 +255,24 @@ impl Interceptor {
     /// element changes, as one netlink batch: no process starts on the
     /// change path.
     pub fn sync(&mut self, table: &Arc<ServiceTable>) -> Result<SyncStats, InterceptError> {
+        let out = self.sync_inner(table);
+        if out.is_err() {
+            self.recount();
+        }
+        out
+    }
+
+    /// After a failed sync: the counts a step moved in place, again from
+    /// what is installed (O(n), failures only).
+    fn recount(&mut self) {
+        self.shared = kernel::Shared::of(&self.kernel_plan_installed);
+        self.proxy_endpoints = match (&self.installed_for, &self.installed) {
+            (Some(table), Some(have)) => kernel::replies::ProxyEndpoints::of(table, have),
+            _ => kernel::replies::ProxyEndpoints::default(),
+        };
+    }
+
+    fn sync_inner(&mut self, table: &Arc<ServiceTable>) -> Result<SyncStats, InterceptError> {
         let start = Instant::now();
         let full = || {
             Elements::from_table(table)
@@ -259,7 +286,9 @@ impl Interceptor {
         // process: still one netlink batch, no `nft`). Without kernel
         // frontends a sync takes the route delta, source ranges included.
         let kernel_keys = self.kernel_keys.take();
-        let kernel_any = !self.kernel_plan.is_empty() || !self.kernel_plan_installed.is_empty();
+        let kernel_any = !self.kernel_plan.is_empty()
+            || !self.kernel_plan_installed.is_empty()
+            || !self.verdicts.is_empty();
         let kernel_step = kernel_any
             && self.kernel_in_step
             && kernel_keys.is_some()
@@ -276,7 +305,7 @@ impl Interceptor {
         let mut kernel_have: Option<kernel::KernelElements> = None;
         let whole_diff = kernel_any && !kernel_step;
         // The kernel part of a step, once the kernel accepted it.
-        let mut kernel_stepped: Option<(kernel::Step, kernel::Shared)> = None;
+        let mut kernel_stepped: Option<kernel::Step> = None;
         // A first install into a fresh table sends the kernel elements
         // after the rest, in bounded batches (`fill_kernel`).
         let mut fill_kernel = false;
@@ -285,6 +314,12 @@ impl Interceptor {
         // On success: the whole new contents, or a delta to the installed.
         let mut fresh: Option<Elements> = None;
         let mut step: Option<Delta> = None;
+        // The proxy path's endpoints and the kernel's shared counts after
+        // this sync (a whole one's), kept once the kernel took the batch.
+        // (A step moves both in place.)
+        let mut proxy_next: Option<kernel::replies::ProxyEndpoints> = None;
+        let mut shared_next: Option<kernel::Shared> = None;
+        let mut verdicts_next: Option<kernel::verdicts::Verdicts> = None;
         let changed = match (&self.installed, &self.installed_for) {
             (None, _) => {
                 if self.cfg.disable_bridge_netfilter {
@@ -295,9 +330,13 @@ impl Interceptor {
                     source,
                 })?;
                 let want = full();
+                let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
+                let shared = kernel::Shared::of(&self.kernel_plan);
+                let replies = kernel::replies::exclusive_elements(&shared, &proxy);
                 if self.table_exists(Family::Inet) {
                     text = ruleset::render(&self.cfg, self.listen_port, &want);
                     let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
+                    k.elements.extend(replies);
                     text.push_str(
                         &k.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
                     );
@@ -307,8 +346,13 @@ impl Interceptor {
                     // most of the first sync at scale).
                     text = ruleset::render(&self.cfg, self.listen_port, &Elements::default());
                     delta = want.diff_batch(&Elements::default(), &self.cfg.table);
+                    let replies = kernel::KernelElements { elements: replies };
+                    delta.extend(self.kernel_batch(&replies, &kernel::KernelElements::default())?);
                     fill_kernel = true;
                 }
+                proxy_next = Some(proxy);
+                shared_next = Some(shared);
+                verdicts_next = Some(kernel::verdicts::Verdicts::of(&self.kernel_plan));
                 let n = want.len();
                 fresh = Some(want);
                 n
@@ -317,7 +361,14 @@ impl Interceptor {
                 let want = full();
                 text = ruleset::render(&self.cfg, self.listen_port, &want);
                 kernel_have = Some(kernel::elements(&self.kernel_plan_installed));
+                let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
+                let shared = kernel::Shared::of(&self.kernel_plan);
                 let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
+                k.elements
+                    .extend(kernel::replies::exclusive_elements(&shared, &proxy));
+                proxy_next = Some(proxy);
+                shared_next = Some(shared);
+                verdicts_next = Some(kernel::verdicts::Verdicts::of(&self.kernel_plan));
                 text.push_str(
                     &k.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
                 );
@@ -328,9 +379,33 @@ impl Interceptor {
             (Some(have), _) if whole_diff => {
                 let want = full();
                 delta = want.diff_batch(have, &self.cfg.table);
-                let k_have = kernel::elements(&self.kernel_plan_installed);
-                let k_want = kernel::elements(&self.kernel_plan);
+                let mut k_have = kernel::elements(&self.kernel_plan_installed);
+                let mut k_want = kernel::elements(&self.kernel_plan);
+                let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
+                let shared = kernel::Shared::of(&self.kernel_plan);
+                k_have.elements.extend(kernel::replies::exclusive_elements(
+                    &self.shared,
+                    &self.proxy_endpoints,
+                ));
+                k_want
+                    .elements
+                    .extend(kernel::replies::exclusive_elements(&shared, &proxy));
+                verdicts_next = Some(self.verdicts.whole(
+                    &self.kernel_plan,
+                    table,
+                    &mut k_have.elements,
+                    &mut k_want.elements,
+                ));
                 delta.extend(self.kernel_batch(&k_want, &k_have)?);
+                // Endpoints the proxy path left keep the socket rule for
+                // their proxied connections (see kernel/replies.rs).
+                delta.extend(kernel::replies::moved_batch(
+                    &self.cfg.table,
+                    self.proxy_endpoints.left(&proxy),
+                    KERNEL_MOVED_SECONDS,
+                ));
+                proxy_next = Some(proxy);
+                shared_next = Some(shared);
                 kernel_have = Some(k_have);
                 kernel_want = Some(k_want);
                 // Kernel frontends that went to the proxy keep their
@@ -382,17 +457,31 @@ impl Interceptor {
                     &self.cfg.node_port_addresses,
                     Some(&self.kernel_plan),
                 );
-                let mut shared = self.shared.clone();
                 let keys = kernel_keys.unwrap_or_default();
-                let k = kernel::step(
-                    &self.kernel_plan_installed,
+                // The reply gate moves with the kernel step (see
+                // kernel/replies.rs); `kernel_step` holds a change record.
+                let none = crate::catalog::TableChange::default();
+                let change = table.changed_since(base).unwrap_or(&none);
+                let (mut k, gone) = kernel::replies::gate_step(
+                    &mut self.proxy_endpoints,
+                    &mut self.shared,
+                    (base, table, change),
+                    (have, &d),
+                    (&self.kernel_plan_installed, &self.kernel_plan, &keys),
+                );
+                verdicts_next = Some(self.verdicts.step(
                     &self.kernel_plan,
                     &keys,
-                    &mut shared,
-                );
+                    table,
+                    &mut k.have.elements,
+                    &mut k.want.elements,
+                ));
                 let kernel_batch = self.kernel_batch(&k.want, &k.have)?;
+                let moved_endpoints =
+                    kernel::replies::moved_batch(&self.cfg.table, gone, KERNEL_MOVED_SECONDS);
                 delta = d.batch(&self.cfg.table);
                 delta.extend(kernel_batch);
+                delta.extend(moved_endpoints);
                 // Kernel frontends that went to the proxy keep their
                 // established flows (see ruleset.rs, kdrain).
                 let diverted = |key: &(std::net::IpAddr, crate::catalog::Protocol, u16)| {
@@ -468,19 +557,35 @@ impl Interceptor {
                     came,
                     KERNEL_MOVED_SECONDS,
                 ));
-                kernel_stepped = Some((k, shared));
+                kernel_stepped = Some(k);
                 step = Some(d);
                 delta.len()
             }
             (Some(have), Some(base)) => {
                 let d = have.delta(base, table, &self.cfg.node_port_addresses, None);
                 delta = d.batch(&self.cfg.table);
+                // No kernel frontends, so no reply gate; the proxy path's
+                // endpoints are still counted for when there are.
+                let (_, gone) =
+                    step_proxy_endpoints(&mut self.proxy_endpoints, base, table, have, &d);
+                delta.extend(kernel::replies::moved_batch(
+                    &self.cfg.table,
+                    gone,
+                    KERNEL_MOVED_SECONDS,
+                ));
                 step = Some(d);
                 delta.len()
             }
             (Some(have), None) => {
                 let want = full();
                 delta = want.diff_batch(have, &self.cfg.table);
+                let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
+                delta.extend(kernel::replies::moved_batch(
+                    &self.cfg.table,
+                    self.proxy_endpoints.left(&proxy),
+                    KERNEL_MOVED_SECONDS,
+                ));
+                proxy_next = Some(proxy);
                 fresh = Some(want);
                 delta.len()
             }
@@ -508,6 +613,10 @@ impl Interceptor {
             kernel_fill_us = fill_kernel.then(|| filled.elapsed().as_micros() as u64),
             nft_bytes = text.len(),
             netlink_elements,
+            kernel_step,
+            proxy_endpoints = proxy_next
+                .as_ref()
+                .map_or(self.proxy_endpoints.len(), |p| p.len()),
             "nftables sync timings"
         );
         if let Err(e) = applied {
@@ -532,18 +641,23 @@ impl Interceptor {
             _ => {}
         }
         match kernel_stepped {
-            Some((k, shared)) => {
+            Some(k) => {
                 let stale = kernel::conntrack::removed_udp_endpoints(&k.have, &k.want);
                 kernel::conntrack::delete(&stale);
-                self.shared = shared;
             }
             None => {
                 if let (Some(have), Some(want)) = (&kernel_have, &kernel_want) {
                     let stale = kernel::conntrack::removed_udp_endpoints(have, want);
                     kernel::conntrack::delete(&stale);
                 }
-                self.shared = kernel::Shared::of(&self.kernel_plan);
+                self.shared = shared_next.unwrap_or_else(|| kernel::Shared::of(&self.kernel_plan));
             }
+        }
+        if let Some(proxy) = proxy_next {
+            self.proxy_endpoints = proxy;
+        }
+        if let Some(verdicts) = verdicts_next {
+            self.verdicts = verdicts;
         }
         self.kernel_plan_installed = self.kernel_plan.clone();
         self.kernel_in_step = true;
@@ -672,6 +786,8 @@ impl Interceptor {
         self.kernel_plan_installed = kernel::KernelPlan::default();
         self.shared = kernel::Shared::default();
         self.kernel_in_step = false;
+        self.proxy_endpoints = kernel::replies::ProxyEndpoints::default();
+        self.verdicts = kernel::verdicts::Verdicts::default();
         if self.steer.take().is_some() {
             let _ = command::nft_batch(&steer::remove(&self.cfg.table));
         }
@@ -683,5 +799,29 @@ impl Interceptor {
             table: self.cfg.table.clone(),
             source,
         })
+    }
+}
+
+/// Steps the proxy path's endpoint counts by `d` from `base` (installed
+/// as `have`) to `table`: the endpoints touched and those no longer
+/// counted (all of them counted again when `table` was not patched from
+/// `base`).
+fn step_proxy_endpoints(
+    counts: &mut kernel::replies::ProxyEndpoints,
+    base: &ServiceTable,
+    table: &ServiceTable,
+    have: &Elements,
+    d: &Delta,
+) -> (Vec<std::net::SocketAddr>, Vec<std::net::SocketAddr>) {
+    match table.changed_since(base) {
+        Some(change) => counts.step(base, table, change, have, d),
+        None => {
+            let mut after = have.clone();
+            after.apply(d);
+            let next = kernel::replies::ProxyEndpoints::of(table, &after);
+            let gone: Vec<_> = counts.left(&next).collect();
+            *counts = next;
+            (gone.clone(), gone)
+        }
     }
 }

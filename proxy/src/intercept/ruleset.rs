@@ -212,6 +212,13 @@ fn prerouting_chains(
         ));
         lines.push(kvip_early.clone());
         lines.push(knode_early.clone());
+        // A reply from a kernel endpoint that no proxied connection can be
+        // talking to (`kepx`: no proxy-path frontend routes to it, and
+        // none did within the last hour, `kepmoved`; see
+        // kernel/replies.rs): no socket lookup either.
+        lines.push(format!(
+            "    {fam} saddr . meta l4proto . th sport @kepx{f} {fam} saddr . meta l4proto . th sport != @kepmoved{f} accept"
+        ));
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
         lines.push(kvip.clone());
         lines.push(format!(
@@ -341,6 +348,9 @@ mod tests {
                         // proxy path: no socket lookup.
                         &format!("{fam} daddr . meta l4proto . th dport"),
                         &np,
+                        // Replies from kernel endpoints no proxied
+                        // connection can be talking to: no socket lookup.
+                        &format!("{fam} saddr . meta l4proto . th sport"),
                         "socket transparent 1",
                         // Kernel-path flows leave here: to a frontend, from
                         // an endpoint, to a NodePort.
@@ -358,9 +368,12 @@ mod tests {
                 )));
                 assert!(tcp[3].contains(&format!("@knode{f} fib daddr type local")));
                 assert!(tcp[3].ends_with("meta l4proto . th dport != @kmovednp accept"));
-                assert!(tcp[5].ends_with(&format!("@kvip{f} accept")));
-                assert!(tcp[6].ends_with(&format!("@kep{f} accept")));
-                assert!(tcp[7].contains(&format!("@knode{f} fib daddr type local")));
+                assert!(tcp[4].ends_with(&format!(
+                    "@kepx{f} {fam} saddr . meta l4proto . th sport != @kepmoved{f} accept"
+                )));
+                assert!(tcp[6].ends_with(&format!("@kvip{f} accept")));
+                assert!(tcp[7].ends_with(&format!("@kep{f} accept")));
+                assert!(tcp[8].contains(&format!("@knode{f} fib daddr type local")));
                 let udp = chain(&text, &format!("pre{f}_udp"));
                 assert!(udp[1].ends_with(&format!("!= @kmoved{f} accept")));
                 assert!(udp[2].ends_with("!= @kmovednp accept"));

@@ -4,6 +4,8 @@
 //! `saddr . l4proto . sport` of the replies). A packet that no socket of
 //! ours took and that belongs to one leaves the chain there, instead of
 //! walking the proxy's drain, reject and TPROXY rules (see `ruleset.rs`).
+//! The replies of endpoints no proxied connection can be talking to leave
+//! before the socket rule (`replies.rs`).
 //! The verdict maps `kfront`/`knp` cannot serve: the kernel refuses a
 //! lookup from a filter chain in a map whose elements jump to DNAT chains.
 //!

@@ -7,8 +7,12 @@ pub mod conntrack;
 pub mod elements;
 pub mod gate;
 pub mod plan;
+pub mod replies;
 pub mod rules;
 pub mod step;
+#[cfg(test)]
+mod sync_tests;
+pub mod verdicts;
 pub mod wire;
 
 pub use elements::{

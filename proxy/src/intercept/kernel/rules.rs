@@ -134,6 +134,7 @@ pub fn render(cfg: &InterceptConfig, node_port: &dyn Fn(&str, &str) -> String) -
         }
     }
     lines.extend(super::gate::set_definitions());
+    lines.extend(super::replies::set_definitions());
     // New flows only: the NAT hooks see the first packet of a connection.
     let masq = format!("meta mark set meta mark | 0x{MASQUERADE_MARK:x}");
     lines.push("  chain kernel_dnat {".into());
@@ -141,8 +142,11 @@ pub fn render(cfg: &InterceptConfig, node_port: &dyn Fn(&str, &str) -> String) -
         lines.push(format!(
             "    {fam} daddr . meta l4proto . th dport @kmasq{f} {masq}"
         ));
+        // Only a kernel frontend (`kvip`): the verdict maps keep the
+        // elements of frontends that left the kernel path
+        // (`verdicts.rs`).
         lines.push(format!(
-            "    {fam} daddr . meta l4proto . th dport vmap @kfront{f}"
+            "    {fam} daddr . meta l4proto . th dport @kvip{f} {fam} daddr . meta l4proto . th dport vmap @kfront{f}"
         ));
         // The map doubles as a set: only a new flow to a NodePort pays
         // the `fib` lookup.
@@ -152,7 +156,7 @@ pub fn render(cfg: &InterceptConfig, node_port: &dyn Fn(&str, &str) -> String) -
         ));
         lines.push(format!(
             "    {} meta l4proto . th dport vmap @knp{f}",
-            node_port(fam, &format!("@knp{f}"))
+            node_port(fam, &format!("@knode{f}"))
         ));
     }
     lines.push("  }".into());
@@ -209,8 +213,11 @@ mod tests {
         assert!(!text.contains("mod 65 "));
         assert!(text.contains("type nat hook prerouting priority dstnat"));
         assert!(text.contains(
-            "meta nfproto ip meta l4proto . th dport @knp4 fib daddr type local meta l4proto . th dport vmap @knp4"
+            "meta nfproto ip meta l4proto . th dport @knode4 fib daddr type local meta l4proto . th dport vmap @knp4"
         ));
         assert!(text.contains("ct status dnat ip saddr . ip daddr @khairpin4 masquerade"));
+        assert!(text.contains(
+            "ip6 daddr . meta l4proto . th dport @kvip6 ip6 daddr . meta l4proto . th dport vmap @kfront6"
+        ));
     }
 }

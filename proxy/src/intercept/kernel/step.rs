@@ -20,7 +20,11 @@ pub struct KernelKeys {
 
 /// How many kernel frontends (that fit) reach each endpoint address (the
 /// hairpin set holds the addresses counted here) and each endpoint of a
-/// protocol (the gate's `kep` sets).
+/// protocol (the gate's `kep` sets). A sync steps them in place (copying
+/// maps of ~100k entries each at 10k frontends was most of an endpoint
+/// change's in-process time; persistent maps cost ~40 MiB more there);
+/// the interceptor counts again from the installed plan when a sync
+/// fails.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Shared {
     hairpin: HashMap<IpAddr, u32>,
@@ -80,6 +84,19 @@ impl Shared {
             out.add(proto, k, &mut ignored);
         }
         out
+    }
+
+    /// Whether a kernel frontend (that fits) routes to `ep` by `proto`.
+    pub fn serves(&self, ep: SocketAddr, proto: Protocol) -> bool {
+        self.replies.contains_key(&(ep, proto))
+    }
+
+    /// The endpoints kernel frontends route to by `proto`.
+    pub fn endpoints(&self, proto: Protocol) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.replies
+            .keys()
+            .filter(move |(_, p)| *p == proto)
+            .map(|&(ep, _)| ep)
     }
 
     fn add(&mut self, proto: Protocol, k: &KernelPort, new: &mut BTreeSet<Element>) {
