@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::super::admission;
+use super::super::bufpool;
 use super::super::session::{self, Stop};
 use super::super::sockets::{self, After};
 use super::super::worker::{SelfTimed, Worker};
@@ -174,11 +175,16 @@ async fn pump(
     let select = ring.has_buffers();
     // A pool buffer while data streams; `None` while waiting (with a group).
     let mut held = (!select).then(|| worker.pool.take_small());
+    // While data streams, the next receive, armed before the send of the
+    // last one's data.
+    let mut ahead: Option<ops::WithFlags> = None;
     let mut total = 0u64;
     let failed = loop {
-        let (res, flags, mut buf) = match held.take() {
-            Some(buf) => ring.recv(from.as_raw_fd(), buf).with_flags().await,
-            None => recv_any(ring, worker, from).await,
+        // `held` is `None` while a receive is ahead.
+        let (res, flags, mut buf) = match (ahead.take(), held.take()) {
+            (Some(op), _) => op.await,
+            (None, Some(buf)) => ring.recv(from.as_raw_fd(), buf).with_flags().await,
+            (None, None) => recv_any(ring, worker, from).await,
         };
         let mut n = match ops::result(res) {
             Ok(0) => {
@@ -194,6 +200,21 @@ async fn pump(
         let mut then = After::More;
         let mut start = 0;
         let len = buf.as_slice().len();
+        // A streaming read (a 64 KiB or larger pool buffer, more than a
+        // small one's worth): the next receive goes into a second buffer
+        // now, in flight with this data's send, instead of after it, so
+        // both sockets work at once. The copy was serial before (receive,
+        // send, receive) and one stream topped at 0.82x direct with the
+        // proxy core idle a quarter of the time
+        // (bench/results/2026-12-06-ring-s7.md). Its FIN, when it comes,
+        // is passed on as soon as the data before it is sent.
+        if let Owned::Buf(b) = &buf
+            && n >= bufpool::SMALL
+            && !worker.pool.is_small(b)
+        {
+            let spare = worker.pool.take_next(b, n);
+            ahead = Some(ring.recv(from.as_raw_fd(), spare).with_flags());
+        }
         // Without SOCK_NONEMPTY the socket held neither data nor a FIN when
         // the receive completed (DEFER_TASKRUN kernels, where the flag is
         // reliable). That is stale by the time this runs: a FIN sent right
@@ -211,7 +232,9 @@ async fn pump(
         // the next receive is armed, and on the way to the backend it
         // would delay the request by that turn.
         if n < len {
-            if close_early && !nothing_waits {
+            // Not with a receive ahead: it will see the FIN, and this
+            // `recv` would race it for the data.
+            if close_early && !nothing_waits && ahead.is_none() {
                 (n, then) = sockets::take_trailing(from, buf.as_mut_slice(), n);
             }
             match sockets::send_now(to, &buf.as_slice()[..n]) {
@@ -234,7 +257,13 @@ async fn pump(
                 }
             }
         }
-        held = next_buffer(worker, buf, n, select);
+        held = if ahead.is_some() {
+            // The receive ahead has the next buffer.
+            give(worker, buf);
+            None
+        } else {
+            next_buffer(worker, buf, n, select)
+        };
         if !written {
             break true;
         }
@@ -248,6 +277,8 @@ async fn pump(
     if let Some(buf) = held {
         worker.pool.give(buf);
     }
+    // Only after a failed send (every other exit took it): cancelled.
+    drop(ahead);
     // Plain syscalls, not IORING_OP_SHUTDOWN: the kernel always runs that
     // one on an io-wq thread (a thread hop per direction), where it ran
     // after the ring close queued behind it and shut down the next
