@@ -1,5 +1,5 @@
 //! TCP on the ring engine: a multishot accept per listener, the upstream
-//! connect with a linked timeout, and the copy loop of the tokio-uring
+//! connect (its deadline checked by the sweep), and the copy loop of the tokio-uring
 //! back end (same buffers, same close order) on ring receives and sends;
 //! the closes go on the ring too, where they join the turn's one
 //! `io_uring_enter`.
@@ -116,8 +116,8 @@ fn hand_over(worker: &Worker, client: &TcpStream, accepted: session::Accepted) {
 }
 
 /// Connects a socket made by `sockets::upstream_tcp` (mark, transparent
-/// source) on the ring, within `timeout` (a linked timeout: its expiry
-/// cancels the connect).
+/// source) on the ring, within `timeout` (give or take the sweep's tick:
+/// `Ring::connect`).
 async fn connect(
     ring: Rc<Ring>,
     addr: SocketAddr,
@@ -179,13 +179,23 @@ async fn pump(
     // last one's data.
     let mut ahead: Option<ops::WithFlags> = None;
     let mut total = 0u64;
+    // Whether the next receive will likely wait for its data (ops'
+    // POLL_FIRST): the backend's first answer is not there before the
+    // request has gone out; later, the last completion said the socket
+    // was empty.
+    let mut wait = close_early;
     let failed = loop {
         // `held` is `None` while a receive is ahead.
         let (res, flags, mut buf) = match (ahead.take(), held.take()) {
             (Some(op), _) => op.await,
-            (None, Some(buf)) => ring.recv(from.as_raw_fd(), buf).with_flags().await,
-            (None, None) => recv_any(ring, worker, from).await,
+            (None, Some(buf)) => {
+                ring.recv_into(from.as_raw_fd(), buf, wait)
+                    .with_flags()
+                    .await
+            }
+            (None, None) => recv_any(ring, worker, from, wait).await,
         };
+        wait = ring.nonempty_hint() && !io_uring::cqueue::sock_nonempty(flags);
         let mut n = match ops::result(res) {
             Ok(0) => {
                 give(worker, buf);
@@ -213,7 +223,7 @@ async fn pump(
             && !worker.pool.is_small(b)
         {
             let spare = worker.pool.take_next(b, n);
-            ahead = Some(ring.recv(from.as_raw_fd(), spare).with_flags());
+            ahead = Some(ring.recv_into(from.as_raw_fd(), spare, wait).with_flags());
         }
         // Without SOCK_NONEMPTY the socket held neither data nor a FIN when
         // the receive completed (DEFER_TASKRUN kernels, where the flag is
@@ -224,8 +234,7 @@ async fn pump(
         // before (a keep-alive connection's later responses), where it
         // almost always returns EAGAIN. The direct send stays: a ring send
         // would add the turn it saves.
-        let nothing_waits =
-            total > 0 && ring.nonempty_hint() && !io_uring::cqueue::sock_nonempty(flags);
+        let nothing_waits = total > 0 && wait;
         // A short read is written at once with a plain send, both ways:
         // through the ring, the send's inline completion would end the
         // next wait and cost a turn (an `io_uring_enter` and a wake) before
@@ -289,9 +298,14 @@ async fn pump(
 
 /// A receive into a provided buffer, or into a small pool buffer when the
 /// group is all held (ENOBUFS).
-async fn recv_any(ring: &Rc<Ring>, worker: &Worker, from: &TcpStream) -> (i32, u32, Owned) {
+async fn recv_any(
+    ring: &Rc<Ring>,
+    worker: &Worker,
+    from: &TcpStream,
+    wait: bool,
+) -> (i32, u32, Owned) {
     let fd = from.as_raw_fd();
-    if let Some(op) = ring.recv_select(fd) {
+    if let Some(op) = ring.recv_select(fd, wait) {
         let got = op.with_flags().await;
         if got.0 != -libc::ENOBUFS {
             return got;
