@@ -574,7 +574,15 @@ impl Ring {
         let entry = opcode::Connect::new(types::Fd(fd), (&raw const addr.0).cast(), len).build();
         // SAFETY: the entry points into `addr`, owned by the slot.
         let op = unsafe { self.submit(entry, Owned::Addr(addr)) };
-        self.connects.borrow_mut().push((deadline, op.user_data));
+        let mut connects = self.connects.borrow_mut();
+        // Bounded by the connects in flight, not by those made since the
+        // last tick (9,000 idle connections opened at once would otherwise
+        // keep a list of 9,000 until the tick, and its capacity after).
+        if connects.len() == connects.capacity() {
+            connects.retain(|&(_, user_data)| self.waited_for(user_data));
+        }
+        connects.push((deadline, op.user_data));
+        drop(connects);
         op
     }
 
@@ -592,6 +600,11 @@ impl Ring {
                 true
             }
         });
+        let mut connects = self.connects.borrow_mut();
+        if connects.len() < connects.capacity() / 4 {
+            connects.shrink_to_fit();
+        }
+        drop(connects);
         for &user_data in &expired {
             self.cancel(user_data);
         }

@@ -247,6 +247,38 @@ fn a_refused_connect_fails_at_once() {
     assert_eq!(rt.ring.connects_tracked(), 0);
 }
 
+#[test]
+fn ended_connects_are_not_tracked_until_the_tick() {
+    let rt = Runtime::new().expect("ring");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let done = Rc::new(Cell::new(0usize));
+    {
+        let (ring, done) = (rt.ring.clone(), done.clone());
+        rt.spawn(async move {
+            for _ in 0..200 {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                        .expect("socket");
+                let (res, _) = ring
+                    .connect(socket.as_raw_fd(), port, Duration::from_secs(5))
+                    .await;
+                assert_eq!(res, -libc::ECONNREFUSED);
+                done.set(done.get() + 1);
+            }
+        });
+    }
+    run_until(&rt, || done.get() == 200);
+    // One in flight at a time: the list is pruned whenever it is full.
+    assert!(
+        rt.ring.connects_tracked() <= 8,
+        "{} connects tracked",
+        rt.ring.connects_tracked()
+    );
+}
+
 const BUFFERS: u16 = 8;
 
 /// Invariants 6-9 with the buffers provided by IORING_OP_PROVIDE_BUFFERS
