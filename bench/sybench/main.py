@@ -96,7 +96,8 @@ def make_peers(binary: Path, policies: Path, base: Path | None = None) -> list[P
     extra = [Switchyard(base, "uring", datapath="kernel", name="switchyard-kernel-base",
                         workloads=KERNEL_PATH_WORKLOADS),
              Switchyard(base, "uring", name="switchyard-uring-base",
-                        workloads=("idlecpu", "connrate", "keepalive", "latency")),
+                        workloads=("idlecpu", "bulk", "connrate", "keepalive", "latency",
+                                   "idle")),
              Switchyard(base, "epoll", name="switchyard-epoll-base",
                         workloads=("idlecpu", "connrate", "keepalive", "latency"))] if base else []
     return [
