@@ -64,7 +64,7 @@ fn parse(document: &str) -> Option<Node<'_>> {
 }
 
 fn is_item(text: &str) -> bool {
-    text == "-" || text.starts_with("- ")
+    text == "-" || text::starts_with_dash(text)
 }
 
 /// Deeper than any object we read; serde_norway takes the rest (and its
@@ -202,15 +202,15 @@ fn key_value(line: &str) -> Option<(&str, &str)> {
 }
 
 /// A one-line scalar (or `{}` / `[]`), its trailing comment dropped.
-fn scalar(text: &str) -> Option<Node<'_>> {
-    let (node, tail) = if let Some(body) = text.strip_prefix('"') {
+fn scalar(line: &str) -> Option<Node<'_>> {
+    let (node, tail) = if let Some(body) = line.strip_prefix('"') {
         double_quoted(body)?
-    } else if let Some(body) = text.strip_prefix('\'') {
+    } else if let Some(body) = line.strip_prefix('\'') {
         single_quoted(body)?
     } else {
-        let value = match text.find(" #") {
-            Some(i) => text[..i].trim_end_matches(' '),
-            None => text,
+        let value = match text::find_pair(line, b" #") {
+            Some(i) => line[..i].trim_end_matches(' '),
+            None => line,
         };
         if value == "{}" {
             return Some(Node::Map(Vec::new()));
@@ -237,8 +237,9 @@ fn scalar(text: &str) -> Option<Node<'_>> {
                 | b'"'
                 | b'\''
         );
-        let dash = value == "-" || value.starts_with("- ");
-        if indicator || dash || first == b':' || value.contains(": ") || value.ends_with(':') {
+        let dash = value == "-" || text::starts_with_dash(value);
+        let colon = text::find_pair(value, b": ").is_some() || value.ends_with(':');
+        if indicator || dash || first == b':' || colon {
             return None;
         }
         return Some(Node::Plain(value));

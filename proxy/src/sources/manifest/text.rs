@@ -53,6 +53,17 @@ pub(super) fn starts_with_byte(s: &str, b: u8) -> bool {
     s.as_bytes().first() == Some(&b)
 }
 
+/// `s.find(pair)` for a two-byte ASCII `pair` (std builds a two-way
+/// searcher for each call).
+pub(super) fn find_pair(s: &str, pair: &[u8; 2]) -> Option<usize> {
+    s.as_bytes().windows(2).position(|w| w == pair)
+}
+
+/// `s.starts_with("- ")`, the sequence item's dash.
+pub(super) fn starts_with_dash(s: &str) -> bool {
+    matches!(s.as_bytes(), [b'-', b' ', ..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +81,7 @@ mod tests {
         "  x: 1 \r\n\ty\n  \n# c\r\nlast  ",
         "é: ü\n  — \r\n😀 \r",
         "a\n\nb\r\n\r\nc\r",
+        "k: v # c\n- x\n-\n- \n#\n #\nv: é #ü: \nurl: http://a:1/ # #\n",
     ];
 
     #[test]
@@ -85,6 +97,11 @@ mod tests {
                 for b in [b'#', b' ', b'\t', b'a'] {
                     assert_eq!(starts_with_byte(line, b), line.starts_with(b as char));
                 }
+                for pair in [b" #", b": "] {
+                    let want = line.find(std::str::from_utf8(pair).unwrap_or_default());
+                    assert_eq!(find_pair(line, pair), want, "{line:?}");
+                }
+                assert_eq!(starts_with_dash(line), line.starts_with("- "));
             }
         }
     }
