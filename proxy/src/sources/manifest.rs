@@ -14,6 +14,7 @@ use crate::catalog::{self, Severity};
 
 mod block;
 mod direct;
+mod text;
 
 /// The objects one file contributes.
 #[derive(Debug, Clone, Default)]

@@ -13,6 +13,8 @@
 
 use std::borrow::Cow;
 
+use super::text;
+
 mod de;
 
 pub use de::from_str;
@@ -38,14 +40,14 @@ struct Line<'a> {
 fn parse(document: &str) -> Option<Node<'_>> {
     // Sized once: growing it line by line was a tenth of the parse.
     let mut lines = Vec::with_capacity(document.bytes().filter(|&b| b == b'\n').count() + 1);
-    for raw in document.lines() {
-        let content = raw.trim_start_matches(' ');
+    for raw in text::lines(document) {
+        let content = text::trim_start_spaces(raw);
         let indent = raw.len() - content.len();
-        let content = content.trim_end_matches([' ', '\r']);
-        if content.starts_with('\t') || content.contains('\t') {
+        let content = text::trim_end_blanks(content);
+        if content.as_bytes().contains(&b'\t') {
             return None;
         }
-        if content.is_empty() || content.starts_with('#') {
+        if content.is_empty() || text::starts_with_byte(content, b'#') {
             continue;
         }
         lines.push(Line {
@@ -62,7 +64,7 @@ fn parse(document: &str) -> Option<Node<'_>> {
 }
 
 fn is_item(text: &str) -> bool {
-    text == "-" || text.starts_with("- ")
+    text == "-" || text::starts_with_dash(text)
 }
 
 /// Deeper than any object we read; serde_norway takes the rest (and its
@@ -138,8 +140,8 @@ fn sequence<'a>(
             }
             break;
         }
-        let rest = line.text[1..].trim_start_matches(' ');
-        if rest.is_empty() || rest.starts_with('#') {
+        let rest = text::trim_start_spaces(&line.text[1..]);
+        if rest.is_empty() || text::starts_with_byte(rest, b'#') {
             *at += 1;
             items.push(match lines.get(*at) {
                 Some(next) if next.indent > indent => block(lines, at, next.indent, depth + 1)?,
@@ -176,11 +178,11 @@ fn continuation(lines: &[Line<'_>], at: usize, indent: usize) -> Option<()> {
 
 /// `key: rest` with a simple key; `rest` empty when the value is on the
 /// next lines.
-fn key_value(text: &str) -> Option<(&str, &str)> {
-    let colon = text.find(':')?;
-    let key = &text[..colon];
-    let after = &text[colon + 1..];
-    if !(after.is_empty() || after.starts_with(' ')) {
+fn key_value(line: &str) -> Option<(&str, &str)> {
+    let colon = line.bytes().position(|b| b == b':')?;
+    let key = &line[..colon];
+    let after = &line[colon + 1..];
+    if !(after.is_empty() || text::starts_with_byte(after, b' ')) {
         return None;
     }
     let simple = !key.is_empty()
@@ -190,21 +192,25 @@ fn key_value(text: &str) -> Option<(&str, &str)> {
     if !simple || !de::is_plain_string(key) {
         return None;
     }
-    let rest = after.trim_start_matches(' ');
-    let rest = if rest.starts_with('#') { "" } else { rest };
+    let rest = text::trim_start_spaces(after);
+    let rest = if text::starts_with_byte(rest, b'#') {
+        ""
+    } else {
+        rest
+    };
     Some((key, rest))
 }
 
 /// A one-line scalar (or `{}` / `[]`), its trailing comment dropped.
-fn scalar(text: &str) -> Option<Node<'_>> {
-    let (node, tail) = if let Some(body) = text.strip_prefix('"') {
+fn scalar(line: &str) -> Option<Node<'_>> {
+    let (node, tail) = if let Some(body) = line.strip_prefix('"') {
         double_quoted(body)?
-    } else if let Some(body) = text.strip_prefix('\'') {
+    } else if let Some(body) = line.strip_prefix('\'') {
         single_quoted(body)?
     } else {
-        let value = match text.find(" #") {
-            Some(i) => text[..i].trim_end_matches(' '),
-            None => text,
+        let value = match text::find_pair(line, b" #") {
+            Some(i) => line[..i].trim_end_matches(' '),
+            None => line,
         };
         if value == "{}" {
             return Some(Node::Map(Vec::new()));
@@ -231,8 +237,9 @@ fn scalar(text: &str) -> Option<Node<'_>> {
                 | b'"'
                 | b'\''
         );
-        let dash = value == "-" || value.starts_with("- ");
-        if indicator || dash || first == b':' || value.contains(": ") || value.ends_with(':') {
+        let dash = value == "-" || text::starts_with_dash(value);
+        let colon = text::find_pair(value, b": ").is_some() || value.ends_with(':');
+        if indicator || dash || first == b':' || colon {
             return None;
         }
         return Some(Node::Plain(value));

@@ -16,7 +16,7 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::{ManifestProblem, Manifests, accept, add_object, block};
+use super::{ManifestProblem, Manifests, accept, add_object, block, text};
 use crate::catalog;
 
 /// The objects and problems of `text`, or `None` when the `Value` path must
@@ -89,7 +89,7 @@ fn split(text: &str) -> Option<Vec<&str>> {
     let mut start = 0;
     let mut first = true;
     let mut at = 0;
-    for line in text.split_inclusive('\n') {
+    for line in super::text::split_inclusive_lines(text) {
         let body = line.trim_end_matches(['\n', '\r']);
         if body.starts_with("...") || body.starts_with('%') {
             return None;
@@ -137,9 +137,9 @@ fn printable(text: &str) -> bool {
 /// space only: YAML's white space is space and tab (tabs are refused
 /// before), so a no-break space is content, a plain scalar.
 fn has_content(document: &str) -> bool {
-    document.lines().any(|l| {
-        let l = l.trim_start_matches(' ');
-        !l.is_empty() && !l.starts_with('#')
+    text::lines(document).any(|l| {
+        let l = text::trim_start_spaces(l);
+        !l.is_empty() && !text::starts_with_byte(l, b'#')
     })
 }
 
@@ -151,7 +151,7 @@ fn header(document: &str) -> Option<Option<(&str, &str)>> {
     }
     let mut kind = None;
     let mut api_version = None;
-    for line in document.lines() {
+    for line in text::lines(document) {
         let (slot, value) = if let Some(v) = line.strip_prefix("kind:") {
             (&mut kind, v)
         } else if let Some(v) = line.strip_prefix("apiVersion:") {
