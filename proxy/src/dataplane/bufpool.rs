@@ -107,23 +107,6 @@ impl BufPool {
         }
     }
 
-    /// A second buffer of the size `next` would give after a read of `n`
-    /// bytes into `buf`, taken while `buf` is still in use (its data being
-    /// sent while the next read goes into this one).
-    pub fn take_next(&self, buf: &[u8], n: usize) -> Vec<u8> {
-        let tier = self.tier_of(buf);
-        if n == buf.len() {
-            let up = (tier + 1..self.tiers.len())
-                .find(|&t| self.tiers[t].len > self.tiers[tier].len)
-                .unwrap_or(tier);
-            self.tiers[up].take()
-        } else if tier > 0 && n < SMALL {
-            self.take_small()
-        } else {
-            self.tiers[tier].take()
-        }
-    }
-
     pub fn give(&self, mut buf: Vec<u8>) {
         let tier = &self.tiers[self.tier_of(&buf)];
         let mut free = tier.free.borrow_mut();
@@ -168,25 +151,6 @@ mod tests {
         pool.give(buf);
         let idle: Vec<usize> = pool.tiers.iter().map(|t| t.free.borrow().len()).collect();
         assert_eq!(idle, [1, 1, 1]);
-    }
-
-    #[test]
-    fn the_second_buffer_has_the_size_next_would_give() {
-        let pool = BufPool::new(256 * 1024, 4);
-        for (len, n) in [
-            (MIDDLE, MIDDLE),
-            (MIDDLE, 4000),
-            (MIDDLE, 10),
-            (256 * 1024, 256 * 1024),
-            (256 * 1024, 70_000),
-            (SMALL, SMALL),
-        ] {
-            let buf = vec![0; len];
-            let second = pool.take_next(&buf, n);
-            let next = pool.next(buf, n);
-            assert_eq!(second.len(), next.len(), "a {len}-byte buffer, {n} read");
-            assert!(!std::ptr::eq(second.as_ptr(), next.as_ptr()));
-        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
@@ -49,16 +49,6 @@ const ENTER_GETEVENTS: u32 = 1;
 
 /// Bytes per provided buffer.
 pub const PROVIDED_SIZE: usize = provided::SIZE;
-
-/// `IORING_RECVSEND_POLL_FIRST` (5.19+; the crate keeps its `sys` module
-/// private): the receive arms its poll at once instead of first trying
-/// the socket, which for a receive made while nothing waits fails
-/// (`tcp_recvmsg` under the socket lock for `EAGAIN`), and with a provided
-/// buffer also takes one from the group and puts it back. For receives
-/// the copy loop expects to wait: a direction's first on the backend side
-/// (the request is still on its way), and any after a completion without
-/// `IORING_CQE_F_SOCK_NONEMPTY`. Kernels before 5.19 ignore it.
-const POLL_FIRST: u16 = 1;
 
 /// `user_data` of entries whose completion nobody waits for.
 pub const IGNORE: u64 = u64::MAX;
@@ -131,8 +121,6 @@ pub struct Ring {
     /// DEFER_TASKRUN (6.1+) rings only: a receive's completion then says
     /// reliably whether more data or a FIN waits (IORING_CQE_F_SOCK_NONEMPTY).
     nonempty_hint: bool,
-    /// Connects in flight and their deadlines (`expire_connects`).
-    connects: RefCell<Vec<(Instant, u64)>>,
     /// `IOSQE_CQE_SKIP_SUCCESS` (5.17+) for the entries nobody waits for:
     /// their completion would otherwise end the turn's wait for nothing.
     skip_success: squeue::Flags,
@@ -195,7 +183,6 @@ impl Ring {
             group,
             returned: RefCell::default(),
             nonempty_hint,
-            connects: RefCell::default(),
             skip_success,
         })
     }
@@ -495,17 +482,9 @@ impl Ring {
     }
 
     /// A receive into `buf` (all of it).
-    pub fn recv(self: &Rc<Self>, fd: RawFd, buf: Vec<u8>) -> Op {
-        self.recv_into(fd, buf, false)
-    }
-
-    /// A receive into `buf`; with `poll_first`, one expected to wait for
-    /// its data (see [`POLL_FIRST`]).
-    pub fn recv_into(self: &Rc<Self>, fd: RawFd, mut buf: Vec<u8>, poll_first: bool) -> Op {
+    pub fn recv(self: &Rc<Self>, fd: RawFd, mut buf: Vec<u8>) -> Op {
         let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        let entry = opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), len)
-            .ioprio(if poll_first { POLL_FIRST } else { 0 })
-            .build();
+        let entry = opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), len).build();
         // SAFETY: the entry points into `buf`, owned by the slot.
         unsafe { self.submit(entry, Owned::Buf(buf)) }
     }
@@ -513,12 +492,10 @@ impl Ring {
     /// A receive into a buffer of the provided group, which the kernel
     /// picks only once data (or the FIN) is there; `None` without a group.
     /// Fails with `ENOBUFS` when every buffer is held.
-    /// With `poll_first`, one expected to wait (see [`POLL_FIRST`]).
-    pub fn recv_select(self: &Rc<Self>, fd: RawFd, poll_first: bool) -> Option<Op> {
+    pub fn recv_select(self: &Rc<Self>, fd: RawFd) -> Option<Op> {
         self.group.as_ref()?;
         let entry = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), provided::SIZE as u32)
             .buf_group(provided::GROUP)
-            .ioprio(if poll_first { POLL_FIRST } else { 0 })
             .build()
             .flags(squeue::Flags::BUFFER_SELECT);
         // SAFETY: no pointer of ours; the buffer comes from the group
@@ -546,18 +523,9 @@ impl Ring {
         unsafe { self.submit(entry, buf) }
     }
 
-    /// A connect of `fd` to `to`, cancelled once `timeout` has passed at
-    /// the next [`Ring::expire_connects`] (the op then fails with
-    /// `ECANCELED`).
-    ///
-    /// Not a linked `IORING_OP_LINK_TIMEOUT`: that was the hottest io_uring
-    /// function of a connection (`io_queue_linked_timeout`), a second SQE
-    /// and CQE and an hrtimer armed and cancelled per connect, for a
-    /// timeout that almost never fires (bench/results/2026-12-06-ring-s7.md).
-    /// The worker's sweep tick checks the deadlines instead, so a connect
-    /// times out up to one tick late.
+    /// A connect of `fd` to `to`, cancelled after `timeout` by a linked
+    /// timeout (the op then fails with `ECANCELED`).
     pub fn connect(self: &Rc<Self>, fd: RawFd, to: SocketAddr, timeout: Duration) -> Op {
-        let deadline = Instant::now() + timeout;
         let addr = socket2::SockAddr::from(to);
         // SAFETY: an all-zero sockaddr_storage is valid.
         let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -571,61 +539,25 @@ impl Ring {
             );
         }
         let addr = Box::new((storage, len));
-        let entry = opcode::Connect::new(types::Fd(fd), (&raw const addr.0).cast(), len).build();
-        // SAFETY: the entry points into `addr`, owned by the slot.
-        let op = unsafe { self.submit(entry, Owned::Addr(addr)) };
-        let mut connects = self.connects.borrow_mut();
-        // Bounded by the connects in flight, not by those made since the
-        // last tick (9,000 idle connections opened at once would otherwise
-        // keep a list of 9,000 until the tick, and its capacity after).
-        if connects.len() == connects.capacity() {
-            connects.retain(|&(_, user_data)| self.waited_for(user_data));
+        let time = Box::new(
+            types::Timespec::new()
+                .sec(timeout.as_secs())
+                .nsec(timeout.subsec_nanos()),
+        );
+        let connect = opcode::Connect::new(types::Fd(fd), (&raw const addr.0).cast(), len)
+            .build()
+            .flags(squeue::Flags::IO_LINK);
+        let link = opcode::LinkTimeout::new(&raw const *time).build();
+        let connect_data = self.alloc(Owned::Addr(addr), false);
+        let link_data = self.alloc(Owned::Time(time), false);
+        self.detach(link_data);
+        self.push(&[connect.user_data(connect_data), link.user_data(link_data)]);
+        Op {
+            ring: self.clone(),
+            user_data: connect_data,
+            taken: false,
+            flags: 0,
         }
-        connects.push((deadline, op.user_data));
-        drop(connects);
-        op
-    }
-
-    /// Cancels the connects in flight whose deadline is past `now`, and
-    /// forgets those that ended; returns how many were cancelled.
-    pub fn expire_connects(&self, now: Instant) -> usize {
-        let mut expired = Vec::new();
-        self.connects.borrow_mut().retain(|&(deadline, user_data)| {
-            if !self.waited_for(user_data) {
-                false
-            } else if deadline <= now {
-                expired.push(user_data);
-                false
-            } else {
-                true
-            }
-        });
-        let mut connects = self.connects.borrow_mut();
-        if connects.len() < connects.capacity() / 4 {
-            connects.shrink_to_fit();
-        }
-        drop(connects);
-        for &user_data in &expired {
-            self.cancel(user_data);
-        }
-        expired.len()
-    }
-
-    /// Connects whose deadline is still tracked.
-    #[cfg(test)]
-    pub fn connects_tracked(&self) -> usize {
-        self.connects.borrow().len()
-    }
-
-    /// Whether the op of `user_data` is in flight with a future waiting
-    /// for it (not completed, not detached, its slot not reused).
-    fn waited_for(&self, user_data: u64) -> bool {
-        let index = (user_data & 0xffff_ffff) as usize;
-        let generation = (user_data >> 32) as u32;
-        matches!(
-            self.slots.borrow().get(index),
-            Some(Some(Slot { generation: g, state: State::Waiting(_), .. })) if *g == generation
-        )
     }
 
     /// Resolves after `after`.

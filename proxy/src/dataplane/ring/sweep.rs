@@ -1,8 +1,7 @@
-//! The sweep (endpoint drain, local addresses, the end of a stop, the
-//! upstream connects' deadlines) on a ring timeout instead of a tokio timer.
+//! The sweep (endpoint drain, local addresses, the end of a stop) on a
+//! ring timeout instead of a tokio timer.
 
 use std::rc::Rc;
-use std::time::Instant;
 
 use super::super::session::{self, Stop};
 use super::super::worker::Worker;
@@ -17,7 +16,6 @@ pub async fn sweep(ring: Rc<Ring>, worker: Rc<Worker>, mut stop: Stop) {
             () = session::stopped(&mut stop), if !state.stopping() => state.stop_seen(),
             _ = ring.sleep(SWEEP_EVERY) => {}
         }
-        ring.expire_connects(Instant::now());
         if !state.tick(&worker) {
             return;
         }

@@ -1,5 +1,5 @@
 //! TCP on the ring engine: a multishot accept per listener, the upstream
-//! connect (its deadline checked by the sweep), and the copy loop of the tokio-uring
+//! connect with a linked timeout, and the copy loop of the tokio-uring
 //! back end (same buffers, same close order) on ring receives and sends;
 //! the closes go on the ring too, where they join the turn's one
 //! `io_uring_enter`.
@@ -11,7 +11,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::super::admission;
-use super::super::bufpool;
 use super::super::session::{self, Stop};
 use super::super::sockets::{self, After};
 use super::super::worker::{SelfTimed, Worker};
@@ -116,8 +115,8 @@ fn hand_over(worker: &Worker, client: &TcpStream, accepted: session::Accepted) {
 }
 
 /// Connects a socket made by `sockets::upstream_tcp` (mark, transparent
-/// source) on the ring, within `timeout` (give or take the sweep's tick:
-/// `Ring::connect`).
+/// source) on the ring, within `timeout` (a linked timeout: its expiry
+/// cancels the connect).
 async fn connect(
     ring: Rc<Ring>,
     addr: SocketAddr,
@@ -175,29 +174,12 @@ async fn pump(
     let select = ring.has_buffers();
     // A pool buffer while data streams; `None` while waiting (with a group).
     let mut held = (!select).then(|| worker.pool.take_small());
-    // While data streams, the next receive, armed before the send of the
-    // last one's data. Boxed: it is in every state of this future, which
-    // every connection holds two of while idle (64 bytes more a
-    // connection unboxed; `a_connection_task_stays_under_a_kib`).
-    let mut ahead: Option<Box<ops::WithFlags>> = None;
     let mut total = 0u64;
-    // Whether the next receive will likely wait for its data (ops'
-    // POLL_FIRST): the backend's first answer is not there before the
-    // request has gone out; later, the last completion said the socket
-    // was empty.
-    let mut wait = close_early;
     let failed = loop {
-        // `held` is `None` while a receive is ahead.
-        let (res, flags, mut buf) = match (ahead.take(), held.take()) {
-            (Some(op), _) => op.await,
-            (None, Some(buf)) => {
-                ring.recv_into(from.as_raw_fd(), buf, wait)
-                    .with_flags()
-                    .await
-            }
-            (None, None) => recv_any(ring, worker, from, wait).await,
+        let (res, flags, mut buf) = match held.take() {
+            Some(buf) => ring.recv(from.as_raw_fd(), buf).with_flags().await,
+            None => recv_any(ring, worker, from).await,
         };
-        wait = ring.nonempty_hint() && !io_uring::cqueue::sock_nonempty(flags);
         let mut n = match ops::result(res) {
             Ok(0) => {
                 give(worker, buf);
@@ -212,23 +194,6 @@ async fn pump(
         let mut then = After::More;
         let mut start = 0;
         let len = buf.as_slice().len();
-        // A streaming read (a 64 KiB or larger pool buffer, more than a
-        // small one's worth): the next receive goes into a second buffer
-        // now, in flight with this data's send, instead of after it, so
-        // both sockets work at once. The copy was serial before (receive,
-        // send, receive) and one stream topped at 0.82x direct with the
-        // proxy core idle a quarter of the time
-        // (bench/results/2026-12-06-ring-s7.md). Its FIN, when it comes,
-        // is passed on as soon as the data before it is sent.
-        if let Owned::Buf(b) = &buf
-            && n >= bufpool::SMALL
-            && !worker.pool.is_small(b)
-        {
-            let spare = worker.pool.take_next(b, n);
-            ahead = Some(Box::new(
-                ring.recv_into(from.as_raw_fd(), spare, wait).with_flags(),
-            ));
-        }
         // Without SOCK_NONEMPTY the socket held neither data nor a FIN when
         // the receive completed (DEFER_TASKRUN kernels, where the flag is
         // reliable). That is stale by the time this runs: a FIN sent right
@@ -238,16 +203,15 @@ async fn pump(
         // before (a keep-alive connection's later responses), where it
         // almost always returns EAGAIN. The direct send stays: a ring send
         // would add the turn it saves.
-        let nothing_waits = total > 0 && wait;
+        let nothing_waits =
+            total > 0 && ring.nonempty_hint() && !io_uring::cqueue::sock_nonempty(flags);
         // A short read is written at once with a plain send, both ways:
         // through the ring, the send's inline completion would end the
         // next wait and cost a turn (an `io_uring_enter` and a wake) before
         // the next receive is armed, and on the way to the backend it
         // would delay the request by that turn.
         if n < len {
-            // Not with a receive ahead: it will see the FIN, and this
-            // `recv` would race it for the data.
-            if close_early && !nothing_waits && ahead.is_none() {
+            if close_early && !nothing_waits {
                 (n, then) = sockets::take_trailing(from, buf.as_mut_slice(), n);
             }
             match sockets::send_now(to, &buf.as_slice()[..n]) {
@@ -270,13 +234,7 @@ async fn pump(
                 }
             }
         }
-        held = if ahead.is_some() {
-            // The receive ahead has the next buffer.
-            give(worker, buf);
-            None
-        } else {
-            next_buffer(worker, buf, n, select)
-        };
+        held = next_buffer(worker, buf, n, select);
         if !written {
             break true;
         }
@@ -290,8 +248,6 @@ async fn pump(
     if let Some(buf) = held {
         worker.pool.give(buf);
     }
-    // Only after a failed send (every other exit took it): cancelled.
-    drop(ahead);
     // Plain syscalls, not IORING_OP_SHUTDOWN: the kernel always runs that
     // one on an io-wq thread (a thread hop per direction), where it ran
     // after the ring close queued behind it and shut down the next
@@ -302,14 +258,9 @@ async fn pump(
 
 /// A receive into a provided buffer, or into a small pool buffer when the
 /// group is all held (ENOBUFS).
-async fn recv_any(
-    ring: &Rc<Ring>,
-    worker: &Worker,
-    from: &TcpStream,
-    wait: bool,
-) -> (i32, u32, Owned) {
+async fn recv_any(ring: &Rc<Ring>, worker: &Worker, from: &TcpStream) -> (i32, u32, Owned) {
     let fd = from.as_raw_fd();
-    if let Some(op) = ring.recv_select(fd, wait) {
+    if let Some(op) = ring.recv_select(fd) {
         let got = op.with_flags().await;
         if got.0 != -libc::ENOBUFS {
             return got;
@@ -352,19 +303,6 @@ fn give(worker: &Worker, buf: Owned) {
 #[cfg(test)]
 mod tests {
     use std::net::TcpListener;
-
-    /// Every idle connection holds its task, this future (boxed by the
-    /// executor): a byte here is ~9 KiB at the idle-memory bench's 9,000
-    /// connections. 784 bytes before the receive ahead, 896 with it
-    /// unboxed, 832 boxed (debug build).
-    #[test]
-    fn a_connection_task_stays_under_a_kib() {
-        fn size<A, B, C, D, F: std::future::Future>(_: fn(A, B, C, D) -> F) -> usize {
-            std::mem::size_of::<F>()
-        }
-        let bytes = size(super::handle);
-        assert!(bytes <= 1024, "a connection's task is {bytes} bytes");
-    }
 
     /// What `serve` relies on to skip a setsockopt per connection: Linux
     /// copies TCP_NODELAY from the listener to the sockets it accepts.

@@ -61,7 +61,7 @@ fn stress() {
             // A receiver, dropped mid-flight in every third pair.
             rt.spawn(async move {
                 let fd = pairs[i].1.as_raw_fd();
-                let recv = ring.recv_into(fd, vec![0u8; 64], i % 2 == 1);
+                let recv = ring.recv(fd, vec![0u8; 64]);
                 if (i as u64 + round).is_multiple_of(3) {
                     tokio::select! {
                         biased;
@@ -161,7 +161,7 @@ fn a_dropped_multishot_accept_closes_what_it_had_not_handed_out() {
 }
 
 #[test]
-fn a_connect_past_its_deadline_is_cancelled_by_the_sweep() {
+fn a_connect_is_cancelled_by_its_linked_timeout() {
     let rt = Runtime::new().expect("ring");
     // A loopback listener that never accepts, its queue full: the kernel
     // drops further SYNs, and a connect waits for a SYN-ACK that never comes.
@@ -201,19 +201,8 @@ fn a_connect_past_its_deadline_is_cancelled_by_the_sweep() {
             done.set(Some(res));
         });
     }
-    {
-        // The sweep's part, at a shorter tick.
-        let (ring, done) = (rt.ring.clone(), done.clone());
-        rt.spawn(async move {
-            while done.get().is_none() {
-                let _ = ring.sleep(Duration::from_millis(50)).await;
-                ring.expire_connects(std::time::Instant::now());
-            }
-        });
-    }
     run_until(&rt, || done.get().is_some());
     assert_eq!(done.get(), Some(-libc::ECANCELED));
-    assert_eq!(rt.ring.connects_tracked(), 0);
 }
 
 #[test]
@@ -237,46 +226,6 @@ fn a_refused_connect_fails_at_once() {
     }
     run_until(&rt, || done.get().is_some());
     assert_eq!(done.get(), Some(-libc::ECONNREFUSED));
-    // An ended connect is forgotten at the next check, not cancelled.
-    assert_eq!(rt.ring.connects_tracked(), 1);
-    assert_eq!(
-        rt.ring
-            .expire_connects(std::time::Instant::now() + Duration::from_secs(60)),
-        0
-    );
-    assert_eq!(rt.ring.connects_tracked(), 0);
-}
-
-#[test]
-fn ended_connects_are_not_tracked_until_the_tick() {
-    let rt = Runtime::new().expect("ring");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
-    let done = Rc::new(Cell::new(0usize));
-    {
-        let (ring, done) = (rt.ring.clone(), done.clone());
-        rt.spawn(async move {
-            for _ in 0..200 {
-                let socket =
-                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                        .expect("socket");
-                let (res, _) = ring
-                    .connect(socket.as_raw_fd(), port, Duration::from_secs(5))
-                    .await;
-                assert_eq!(res, -libc::ECONNREFUSED);
-                done.set(done.get() + 1);
-            }
-        });
-    }
-    run_until(&rt, || done.get() == 200);
-    // One in flight at a time: the list is pruned whenever it is full.
-    assert!(
-        rt.ring.connects_tracked() <= 8,
-        "{} connects tracked",
-        rt.ring.connects_tracked()
-    );
 }
 
 const BUFFERS: u16 = 8;
@@ -332,7 +281,7 @@ fn buffers_all_come_back(rt: &Rc<Runtime>) {
             );
             rt.spawn(async move {
                 let fd = pairs[i].1.as_raw_fd();
-                let op = ring.recv_select(fd, i % 2 == 0).expect("a group");
+                let op = ring.recv_select(fd).expect("a group");
                 if i % 3 == 0 {
                     // Dropped before its completion: detached, its buffer
                     // (if it got one) must still come back.
