@@ -34,31 +34,26 @@ pub fn is_verdict(e: &Element) -> bool {
     matches!(e.set, "kfront4" | "kfront6" | "knp4" | "knp6")
 }
 
-/// The verdict element of a plan entry (`None`: its table does not fit).
-fn verdict_of(els: Vec<Element>) -> Option<Element> {
-    els.into_iter().find(is_verdict)
+/// The verdict element of a one-frontend plan (`None`: its table does
+/// not fit).
+fn verdict_of(one: &KernelPlan) -> Option<Element> {
+    frontend_elements(one, Some(Part::Verdicts))
+        .flatten()
+        .find(is_verdict)
 }
 
 fn vip_verdict(plan: &KernelPlan, key: &(IpAddr, Protocol, u16)) -> Option<Element> {
     let k = plan.vips.get(key)?;
     let mut one = KernelPlan::default();
     one.vips.insert(*key, k.clone());
-    verdict_of(
-        frontend_elements(&one, Some(Part::Verdicts))
-            .flatten()
-            .collect(),
-    )
+    verdict_of(&one)
 }
 
 fn node_port_verdict(plan: &KernelPlan, key: &(bool, Protocol, u16)) -> Option<Element> {
     let k = plan.node_ports.get(key)?;
     let mut one = KernelPlan::default();
     one.node_ports.insert(*key, k.clone());
-    verdict_of(
-        frontend_elements(&one, Some(Part::Verdicts))
-            .flatten()
-            .collect(),
-    )
+    verdict_of(&one)
 }
 
 fn in_table_vip(table: &ServiceTable, &(ip, protocol, port): &(IpAddr, Protocol, u16)) -> bool {
