@@ -242,6 +242,125 @@ def vm(pid: int, key: str) -> int:
     return 0
 
 
+def control_thread(pid: int) -> Path | None:
+    """The control plane's thread: the main one (daemon::run blocks on its
+    current-thread runtime there). Its schedstat says whether a slow change
+    ran long or waited for the CPU."""
+    task = Path(f"/proc/{pid}/task/{pid}")
+    return task if task.exists() else None
+
+
+def schedstat(task: Path) -> tuple[int, int]:
+    """A task's time on CPU and waiting on a run queue, ns."""
+    try:
+        run_ns, wait_ns = (int(x) for x in (task / "schedstat").read_text().split()[:2])
+        return run_ns, wait_ns
+    except (OSError, ValueError):
+        return 0, 0
+
+
+def probe_point(pid: int, task: Path | None, probe_pid: int | None) -> dict:
+    """Counters read around each change: the control thread's time on CPU
+    and waiting on a run queue (schedstat, ns), the same summed over
+    Switchyard's other threads and over the probe's, the process's minor
+    page faults, and its RSS and peak RSS (KiB)."""
+    run_ns, wait_ns = schedstat(task) if task is not None else (0, 0)
+    others = [schedstat(t) for t in Path(f"/proc/{pid}/task").iterdir() if t != task]
+    probe = ([schedstat(t) for t in Path(f"/proc/{probe_pid}/task").iterdir()]
+             if probe_pid else [])
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    threads: dict[str, list[int]] = {}
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm = (t / "comm").read_text().strip()
+            flt = int((t / "stat").read_text().rpartition(")")[2].split()[7])
+        except (OSError, ValueError, IndexError):
+            continue
+        r, w = schedstat(t)
+        acc = threads.setdefault("main" if t == task else comm, [0, 0, 0])
+        acc[0] += r
+        acc[1] += w
+        acc[2] += flt
+    busy = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        head = line.split()
+        if head[0].startswith("cpu") and head[0] != "cpu":
+            # user nice system idle iowait irq softirq steal (USER_HZ)
+            busy[head[0]] = sum(int(x) for i, x in enumerate(head[1:9]) if i not in (3, 4))
+    return {"run_ns": run_ns, "wait_ns": wait_ns, "threads": threads, "cpu_busy": busy,
+            "others_run_ns": sum(r for r, _ in others), "others_wait_ns": sum(w for _, w in others),
+            "probe_run_ns": sum(r for r, _ in probe), "probe_wait_ns": sum(w for _, w in probe),
+            "minflt": int(fields[7]), "rss_kib": vm(pid, "VmRSS"), "hwm_kib": vm(pid, "VmHWM"),
+            "wall": time.time()}
+
+
+def smaps(pid: int) -> dict[str, int]:
+    """Rss (KiB) per mapping of the process, anonymous ones by address."""
+    out, name = {}, None
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            name = f"{head[0]} {head[5] if len(head) > 5 else '[anon]'}"
+        elif head and head[0] == "Rss:" and name:
+            out[name] = int(head[1])
+    return out
+
+
+def smaps_growth(before: dict[str, int], after: dict[str, int]) -> list[dict]:
+    """The mappings whose Rss grew most between two smaps reads."""
+    grew = [{"mapping": k, "before_kib": before.get(k, 0), "after_kib": v,
+             "grew_kib": v - before.get(k, 0)} for k, v in after.items()]
+    return sorted(grew, key=lambda g: -g["grew_kib"])[:8]
+
+
+def sync_timings(log: str) -> list[dict]:
+    """The `sync timings` debug lines of Switchyard's log (with
+    --log-level warn,switchyard::daemon=debug): per sync, microseconds from
+    its start to the end of each phase."""
+    out = []
+    for line in log.splitlines():
+        what = next((w for m, w in (("nftables sync timings", "intercept"),
+                                    ("nftables in step", "nft"), ("sync timings", "sync"),
+                                    ("file source read", "read"),
+                                    ("re-translated changed", "build")) if m in line), None)
+        if what is None:
+            continue
+        rec = {"what": what}
+        stamp = line.split(" ", 1)[0]
+        try:
+            rec["at"] = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+        for word in line.split():
+            key, eq, val = word.partition("=")
+            if eq and val.isdigit():
+                rec[key] = int(val)
+        out.append(rec)
+    return out
+
+
+def attribute(per_change: list[dict], timings: list[dict]) -> None:
+    """Splits each change's latency by Switchyard's own log (needs
+    switchyard::daemon=debug): from the write to the start of the sync that
+    took it (wake), the sync itself, and from the sync's end to the probe's
+    flip (seen). Wall clocks of one machine; the log's stamp is the sync's
+    end."""
+    syncs = [t for t in timings if t["what"] == "sync" and "at" in t and "done_us" in t]
+    for c in per_change:
+        s = next((t for t in syncs if t["at"] >= c["wrote_wall"]), None)
+        if s is None:
+            continue
+        start = s["at"] - s["done_us"] / 1e6
+        c["wake_ms"] = (start - c["wrote_wall"]) * 1e3
+        c["sync_ms"] = s["done_us"] / 1e3
+        c["seen_ms"] = c["ms"] - c["wake_ms"] - c["sync_ms"]
+        c["sync"] = s
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
@@ -320,15 +439,41 @@ def main(argv: list[str]) -> int:
             print(f"ready {to_ready:.3f}s, first proxied answer {to_serving:.3f}s, "
                   f"VmHWM {hwm_start / 1024:.0f} MiB", flush=True)
             lat = {"remove": [], "add": []}
+            per_change = []
+            task = control_thread(proc.pid)
+            maps_start = smaps(proc.pid)
+            point_start = probe_point(proc.pid, task, probe.pid)
             on, timeouts = True, 0
             for i in range(args.changes):
                 time.sleep(0.3 + (i % 7) * 0.05)  # not in step with any poll period
                 on = not on
+                before = probe_point(proc.pid, task, probe.pid)
                 wrote = source.toggle(on)
+                wrote_wall = time.time()
                 ev = json.loads(probe.stdout.readline())
+                after = probe_point(proc.pid, task, probe.pid)
                 if ev["ok"] != on:
                     raise SetupError(f"probe flipped the wrong way: {ev}")
-                lat["add" if on else "remove"].append((ev["t"] - wrote) * 1e3)
+                ms = (ev["t"] - wrote) * 1e3
+                lat["add" if on else "remove"].append(ms)
+                per_change.append({
+                    "kind": "add" if on else "remove", "ms": ms,
+                    "control_run_ms": (after["run_ns"] - before["run_ns"]) / 1e6,
+                    "control_wait_ms": (after["wait_ns"] - before["wait_ns"]) / 1e6,
+                    "others_run_ms": (after["others_run_ns"] - before["others_run_ns"]) / 1e6,
+                    "others_wait_ms": (after["others_wait_ns"] - before["others_wait_ns"]) / 1e6,
+                    "probe_run_ms": (after["probe_run_ns"] - before["probe_run_ns"]) / 1e6,
+                    "probe_wait_ms": (after["probe_wait_ns"] - before["probe_wait_ns"]) / 1e6,
+                    "wrote_wall": wrote_wall,
+                    "threads": {k: {"run_ms": (v[0] - before["threads"].get(k, [0, 0, 0])[0]) / 1e6,
+                                    "wait_ms": (v[1] - before["threads"].get(k, [0, 0, 0])[1]) / 1e6,
+                                    "minflt": v[2] - before["threads"].get(k, [0, 0, 0])[2]}
+                                for k, v in after["threads"].items()},
+                    "cpu_busy_ms": {k: (v - before["cpu_busy"].get(k, 0)) * 1e3
+                                    / os.sysconf("SC_CLK_TCK")
+                                    for k, v in after["cpu_busy"].items()},
+                    "minflt": after["minflt"] - before["minflt"],
+                    "rss_mib": after["rss_kib"] / 1024, "hwm_mib": after["hwm_kib"] / 1024})
                 timeouts = ev["timeouts"]
         finally:
             probe.kill()
@@ -337,13 +482,20 @@ def main(argv: list[str]) -> int:
                 if args.rate and isinstance(source, KubeSource) else None)
         if rate:
             print(f"sustained: {rate}", flush=True)
+        maps_growth = smaps_growth(maps_start, smaps(proc.pid))
+        point_end = probe_point(proc.pid, task, None)
+        faults_by_thread = {k: v[2] - point_start["threads"].get(k, [0, 0, 0])[2]
+                            for k, v in point_end["threads"].items()}
         hwm_end = vm(proc.pid, "VmHWM")
         rss = vm(proc.pid, "VmRSS")
         rc = proc.stop()
         source.close()
+        log_text = proc.output(tail=1 << 30)
         if args.log_level != "warn":
-            print(proc.output(tail=20000))
+            print(log_text[-20000:])
     both = lat["add"] + lat["remove"]
+    timings = sync_timings(log_text)
+    attribute(per_change, timings)
     rec = {
         "date": started.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
         "versions": versions(binary), "services": args.services,
@@ -356,6 +508,8 @@ def main(argv: list[str]) -> int:
                       for k, v in (("add", lat["add"]), ("remove", lat["remove"]),
                                    ("all", both))},
         "raw_ms": lat, "probe_timeouts": timeouts, "sustained": rate,
+        "per_change": per_change, "sync_timings": timings,
+        "smaps_growth": maps_growth, "faults_by_thread": faults_by_thread,
         "command": " ".join(["taskset", "-c", str(PROXY_CPU), *argv_sy]),
         "user_notes": args.note,
     }
@@ -392,6 +546,7 @@ def markdown(r: dict) -> str:
                    if r.get("source", "file") == "file" else
                    "served by the emulated API server (tests/e2e/apiserver.py) through a "
                    "kubeconfig")
+    diag = diagnostics(r)
     return f"""# Switchyard control-plane scale — {r['date']}
 
 Machine: {m['cpu_model']}, {m['cores']} cores, {m['mem_gib']:.1f} GiB, kernel {m['kernel']}.
@@ -417,6 +572,61 @@ once a millisecond, which bounds the resolution; connection attempts that timed 
 | change | n | p50 | p90 | p99 | max |
 |---|---|---|---|---|---|
 {rows}{sustained_text}
+{diag}"""
+
+
+def diagnostics(r: dict) -> str:
+    """The slowest changes split by where their time went, and RSS over the
+    changes: what tells the machine's stalls from ours."""
+    pc = r.get("per_change") or []
+    if not pc:
+        return ""
+    f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    slow = sorted(range(len(pc)), key=lambda i: -pc[i]["ms"])[:10]
+    rows = "\n".join(
+        f"| {i} | {pc[i]['kind']} | {pc[i]['ms']:.2f} | {f(pc[i].get('wake_ms'))} | "
+        f"{f(pc[i].get('sync_ms'))} | {f(pc[i].get('seen_ms'))} | {pc[i]['control_run_ms']:.2f} | "
+        f"{pc[i]['control_wait_ms']:.2f} | {pc[i]['others_wait_ms']:.2f} | "
+        f"{pc[i]['probe_wait_ms']:.2f} | {pc[i]['minflt']} |" for i in slow)
+    steps = sorted({0, 1, 2, 5, 10, 20, 40, 80, 120, 160, len(pc) - 1} & set(range(len(pc))))
+    rss = ", ".join(f"{i}: {pc[i]['rss_mib']:.1f}" for i in steps)
+    maps = "\n".join(f"| `{g['mapping']}` | {g['before_kib'] / 1024:.1f} | {g['after_kib'] / 1024:.1f} |"
+                     for g in r.get("smaps_growth") or [] if g["grew_kib"] > 256)
+    faults = ", ".join(f"{k}: {v}" for k, v in sorted((r.get("faults_by_thread") or {}).items(),
+                                                         key=lambda kv: -kv[1]) if v)
+    worst = "\n".join(
+        f"| {i} | " + ", ".join(f"{k} run {v['run_ms']:.2f} wait {v['wait_ms']:.2f}"
+                                + (f" flt {v['minflt']}" if v["minflt"] else "")
+                                for k, v in sorted(pc[i].get("threads", {}).items())
+                                if v["run_ms"] + v["wait_ms"] > 0.05)
+        + " | " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(pc[i].get("cpu_busy_ms", {}).items()))
+        + " |" for i in slow[:5])
+    return f"""
+The slowest changes, split (ms). wake: from the write to the start of the
+sync that took it; sync: that sync; seen: from its end to the probe's flip
+(Switchyard's debug log, wall clock). Then, over the change's window, the
+control thread's time on CPU and on a run queue, the run-queue wait of
+Switchyard's other threads and of the probe, and Switchyard's minor faults.
+
+| # | change | ms | wake | sync | seen | control run | control wait | others wait | probe wait | minflt |
+|---|---|---|---|---|---|---|---|---|---|---|
+{rows}
+
+The five slowest by thread of Switchyard (ms on CPU, on a run queue, minor
+faults) and each CPU's busy time over the window (all processes, ms):
+
+| # | Switchyard's threads | CPU busy |
+|---|---|---|
+{worst}
+
+Minor faults by thread from after start to the end: {faults or "none"}.
+
+RSS (MiB) after change #: {rss}. Mappings whose RSS grew by more than
+256 KiB from after start to the end (MiB):
+
+| mapping | after start | end |
+|---|---|---|
+{maps}
 """
 
 
