@@ -79,3 +79,50 @@ def test_bad_manifest_replacing_good_keeps_old_state(cluster):
     _log_mentions(cluster, mark, "web.yaml")
     pods, err = cluster.get_many(WEB, N)
     assert_all_answered(pods, N, err)
+
+
+def test_manifest_files_removed_renamed_and_swapped_behind_a_symlink_live(cluster):
+    """A rescan after one event looks at the files the event names; a file
+    removed or renamed away must still leave, and a ConfigMap volume's swap
+    (every manifest behind the hidden `..data` symlink changes at once, the
+    event names only `..data`) must still be read whole."""
+    cluster.start_http()
+    gone = mf.ServiceDef("gone", ["10.96.0.79"], [mf.http_port()], [mf.backends(["web-a"])])
+    moved = mf.ServiceDef("moved", ["10.96.0.80"], [mf.http_port()], [mf.backends(["web-b"])])
+    cluster.write_services([gone, moved])
+
+    def serves(vip: str, pod: str) -> bool:
+        seen, _ = cluster.get_many(f"http://{vip}/", 3)
+        return seen == [pod] * 3
+
+    def refuses(vip: str) -> bool:
+        seen, _ = cluster.get_many(f"http://{vip}/", 1)
+        return seen == []
+
+    wait_until(lambda: serves("10.96.0.79", "web-a") and serves("10.96.0.80", "web-b"),
+               "the two new Services to serve", timeout=20, interval=0.5)
+
+    (cluster.manifests / "moved.yaml").rename(cluster.manifests / "renamed.yaml")
+    (cluster.manifests / "gone.yaml").unlink()
+    wait_until(lambda: refuses("10.96.0.79"), "the removed file's Service to leave",
+               timeout=20, interval=0.5)
+    assert serves("10.96.0.80", "web-b"), "the renamed file's Service stays"
+
+    # The kubelet's ConfigMap volume: <key> -> ..data/<key>, ..data -> ..<version>.
+    v1 = cluster.manifests / "..v1"
+    v1.mkdir()
+    (v1 / "cm.yaml").write_text(moved.yaml())
+    (cluster.manifests / "..data").symlink_to("..v1")
+    (cluster.manifests / "renamed.yaml").unlink()
+    (cluster.manifests / "cm.yaml").symlink_to("..data/cm.yaml")
+    wait_until(lambda: serves("10.96.0.80", "web-b"), "the ConfigMap volume's Service to serve",
+               timeout=20, interval=0.5)
+    moved.slices = [mf.backends(["web-c"])]
+    v2 = cluster.manifests / "..v2"
+    v2.mkdir()
+    (v2 / "cm.yaml").write_text(moved.yaml())
+    (cluster.manifests / "..data_tmp").symlink_to("..v2")
+    (cluster.manifests / "..data_tmp").rename(cluster.manifests / "..data")
+    wait_until(lambda: serves("10.96.0.80", "web-c"), "the swapped volume's endpoints to serve",
+               timeout=20, interval=0.5)
+    assert cluster.proxy.alive()

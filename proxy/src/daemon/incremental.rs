@@ -123,13 +123,9 @@ impl Translations {
         dirty: &Dirty,
         node: &NodeContext,
     ) -> BuildOutput {
+        let start = std::time::Instant::now();
         let (mut problems, before) = self.refresh(objects, dirty, node);
-        tracing::debug!(
-            all = dirty.all,
-            services = dirty.services.len(),
-            proxied = self.len(),
-            "re-translated changed Services"
-        );
+        let translated = start.elapsed();
         let by_service = &self.by_service;
         let conflicts = if dirty.all {
             self.assembly.whole(by_service.values())
@@ -144,6 +140,14 @@ impl Translations {
         problems.extend(conflicts);
         let mut table = self.assembly.table().clone();
         table.node_addresses = node.addresses.clone();
+        tracing::debug!(
+            all = dirty.all,
+            services = dirty.services.len(),
+            proxied = self.len(),
+            translated_us = translated.as_micros() as u64,
+            assembled_us = (start.elapsed() - translated).as_micros() as u64,
+            "re-translated changed Services"
+        );
         BuildOutput { table, problems }
     }
 

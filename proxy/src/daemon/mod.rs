@@ -236,6 +236,7 @@ async fn control(
             files.dir(),
             wake_tx.clone(),
             MANIFEST_POLL,
+            Some(files.changes()),
         )?),
         Source::Kube(_) => None,
     };
@@ -244,7 +245,9 @@ async fn control(
         .policies
         .as_ref()
         .filter(|r| r.dir().is_dir())
-        .and_then(|r| crate::sources::file::watch(r.dir(), wake_tx.clone(), MANIFEST_POLL).ok());
+        .and_then(|r| {
+            crate::sources::file::watch(r.dir(), wake_tx.clone(), MANIFEST_POLL, None).ok()
+        });
     let _config_watch = config_source
         .path
         .as_ref()
@@ -256,7 +259,7 @@ async fn control(
                 dir
             }
         })
-        .and_then(|dir| crate::sources::file::watch(dir, wake_tx, MANIFEST_POLL).ok());
+        .and_then(|dir| crate::sources::file::watch(dir, wake_tx, MANIFEST_POLL, None).ok());
     if let Err(e) = sync.run(true) {
         sync.cleanup(config.intercept.keep_table_on_exit, &config.intercept.table);
         return Err(e);

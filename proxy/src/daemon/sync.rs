@@ -236,10 +236,24 @@ impl Sync {
                 }
             }
         }
+        let rescanned = Instant::now();
         let policies_changed = self.rescan_policies(report);
+        let policies_us = rescanned.elapsed().as_micros() as u64;
         if !scan.changed && !policies_changed && !force {
             return Ok(None);
         }
+        // A change's read, phase by phase (each its own duration): what a
+        // slow change spent its time on.
+        let t = scan.timings;
+        tracing::debug!(
+            files = t.files_read,
+            listed_us = t.listed.as_micros() as u64,
+            parsed_us = t.parsed.as_micros() as u64,
+            indexed_us = t.indexed.as_micros() as u64,
+            policies_us,
+            touched = scan.touched.len(),
+            "file source read"
+        );
         let Source::File(files) = &self.source else {
             return Ok(None);
         };

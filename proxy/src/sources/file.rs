@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
+use super::file_changes::{FileChanges, Pending};
 use super::file_index::{FileIndex, Key};
 use super::manifest::{self, ManifestProblem, Manifests};
 use crate::catalog::Severity;
@@ -27,6 +28,10 @@ pub enum SourceError {
     #[error("{dir}: cannot watch manifest directory: {source}")]
     Watch { dir: PathBuf, source: notify::Error },
 }
+
+/// Manifest files present with their stamps, and files read before that
+/// are gone.
+type Listing = (Vec<(PathBuf, Stamp)>, Vec<PathBuf>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
@@ -52,6 +57,21 @@ pub struct Scan {
     pub too_large: usize,
     /// Services whose definition or EndpointSlices changed.
     pub touched: std::collections::BTreeSet<Key>,
+    /// Where the rescan's time went (the sync logs it at debug level).
+    pub timings: ScanTimings,
+}
+
+/// One rescan's phases, each its own duration.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ScanTimings {
+    /// Listing the directory and the stat of every file.
+    pub listed: Duration,
+    /// Reading and parsing the changed files.
+    pub parsed: Duration,
+    /// Bringing the index of Services and slices in step with them.
+    pub indexed: Duration,
+    /// Files read and parsed.
+    pub files_read: usize,
 }
 
 /// The manifests in force, per file.
@@ -61,12 +81,16 @@ pub struct FileSource {
     files: BTreeMap<PathBuf, FileEntry>,
     max_bytes: u64,
     index: FileIndex,
+    /// What the watcher saw change since the last rescan.
+    changes: Arc<FileChanges>,
 }
 
 impl FileSource {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
         Self {
-            dir: dir.into(),
+            changes: Arc::new(FileChanges::new(dir.clone())),
+            dir,
             files: BTreeMap::new(),
             max_bytes: MAX_MANIFEST_BYTES,
             index: FileIndex::default(),
@@ -83,20 +107,21 @@ impl FileSource {
         &self.dir
     }
 
+    /// Where a watcher reports the files it saw change (see [`watch`]).
+    pub fn changes(&self) -> Arc<FileChanges> {
+        self.changes.clone()
+    }
+
     /// Re-reads the files whose size or mtime changed, and drops files that
-    /// were removed.
+    /// were removed: of the whole directory, or only of the files the
+    /// watcher named since the last rescan when it could name them.
     pub fn rescan(&mut self) -> Result<Scan, SourceError> {
         let mut scan = Scan::default();
-        let present = list_manifest_files(&self.dir)?;
-        // A set, so that a rescan of many files is linear in them.
-        let listed: std::collections::HashSet<&PathBuf> = present.iter().map(|(p, _)| p).collect();
-        let gone: Vec<PathBuf> = self
-            .files
-            .keys()
-            .filter(|path| !listed.contains(path))
-            .cloned()
-            .collect();
-        drop(listed);
+        let start = Instant::now();
+        let (present, gone) = match self.changes.take() {
+            Pending::All => self.list_all()?,
+            Pending::Files(paths) => self.stat_named(paths),
+        };
         for path in gone {
             if let Some(entry) = self.files.remove(&path) {
                 let touched = self.index.replace(&path, entry.good.as_ref(), None);
@@ -108,7 +133,10 @@ impl FileSource {
             .into_iter()
             .filter(|(path, stamp)| self.files.get(path).is_none_or(|e| e.stamp != *stamp))
             .collect();
+        scan.timings.listed = start.elapsed();
+        scan.timings.files_read = changed.len();
         let parsed = read_all(&changed, self.max_bytes);
+        scan.timings.parsed = start.elapsed() - scan.timings.listed;
         for ((path, stamp), (parsed, problems)) in changed.into_iter().zip(parsed) {
             scan.too_large += usize::from(stamp.len > self.max_bytes);
             let ok = !problems.iter().any(|p| p.severity == Severity::Error);
@@ -126,12 +154,47 @@ impl FileSource {
                 scan.changed = true;
             }
         }
+        scan.timings.indexed = start.elapsed() - scan.timings.listed - scan.timings.parsed;
         Ok(scan)
+    }
+
+    /// Every manifest file of the directory, and the files read before
+    /// that are no longer there.
+    fn list_all(&self) -> Result<Listing, SourceError> {
+        let present = list_manifest_files(&self.dir)?;
+        // A set, so that a rescan of many files is linear in them.
+        let listed: std::collections::HashSet<&PathBuf> = present.iter().map(|(p, _)| p).collect();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|path| !listed.contains(path))
+            .cloned()
+            .collect();
+        drop(listed);
+        Ok((present, gone))
+    }
+
+    /// The named files that are manifest files now, and those named that
+    /// were read before and are no longer there (removed, renamed away,
+    /// replaced by something that is not a file).
+    fn stat_named(&self, paths: std::collections::BTreeSet<PathBuf>) -> Listing {
+        let mut present = Vec::new();
+        let mut gone = Vec::new();
+        for name in paths.iter().filter_map(|p| p.file_name()) {
+            let path = self.dir.join(name);
+            match manifest_stamp(&path) {
+                Some(stamp) => present.push((path, stamp)),
+                None if self.files.contains_key(&path) => gone.push(path),
+                None => {}
+            }
+        }
+        (present, gone)
     }
 
     /// Makes the next rescan re-read every file (a forced reload). The
     /// contents in force stay until then.
     pub fn invalidate(&mut self) {
+        self.changes.everything();
         for entry in self.files.values_mut() {
             entry.stamp = Stamp {
                 modified: None,
@@ -177,10 +240,16 @@ impl FileSource {
 /// most of a cold start, so several files are parsed on as many threads as
 /// the CPUs we may run on (none extra when pinned to one).
 fn read_all(files: &[(PathBuf, Stamp)], max_bytes: u64) -> Vec<(Manifests, Vec<ManifestProblem>)> {
+    let one = |(path, stamp): &(PathBuf, Stamp)| read_manifest(path, stamp.len, max_bytes);
+    // std reads the affinity mask and the cgroup's CPU quota (several
+    // /proc and /sys files, ~0.1 ms) to answer: not for a single file,
+    // the usual change.
+    if files.len() <= 1 {
+        return files.iter().map(one).collect();
+    }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(files.len());
-    let one = |(path, stamp): &(PathBuf, Stamp)| read_manifest(path, stamp.len, max_bytes);
     if threads <= 1 {
         return files.iter().map(one).collect();
     }
@@ -265,26 +334,7 @@ fn list_manifest_files(dir: &Path) -> Result<Vec<(PathBuf, Stamp)>, SourceError>
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(dir_err)? {
         let path = entry.map_err(dir_err)?.path();
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_none_or(|n| n.starts_with('.'));
-        let manifest_ext = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        );
-        if hidden || !manifest_ext {
-            continue;
-        }
-        // A file removed between listing and stat is simply not there.
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue;
-        };
-        if meta.is_file() {
-            let stamp = Stamp {
-                modified: meta.modified().ok(),
-                len: meta.len(),
-            };
+        if let Some(stamp) = manifest_stamp(&path) {
             out.push((path, stamp));
         }
     }
@@ -292,21 +342,61 @@ fn list_manifest_files(dir: &Path) -> Result<Vec<(PathBuf, Stamp)>, SourceError>
     Ok(out)
 }
 
+/// The stamp of `path` if it is a manifest file: `*.yaml`, `*.yml` or
+/// `*.json`, not hidden (a ConfigMap volume's `..data` machinery), a file
+/// or a symlink to one. A file removed before the stat is simply not there.
+fn manifest_stamp(path: &Path) -> Option<Stamp> {
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    let manifest_ext = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    );
+    if hidden || !manifest_ext {
+        return None;
+    }
+    let meta = std::fs::metadata(path).ok()?;
+    meta.is_file().then(|| Stamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    })
+}
+
 /// Wakes `tx` when the directory may have changed: inotify events, plus a
 /// slow poll that catches what inotify cannot see (a directory replaced
 /// under its mount point, edits within the same mtime granularity).
-pub fn watch(dir: &Path, tx: mpsc::Sender<()>, poll: Duration) -> Result<WatchGuard, SourceError> {
+/// With `changes`, each event also names its files there (an error or the
+/// poll asks for a whole rescan).
+pub fn watch(
+    dir: &Path,
+    tx: mpsc::Sender<()>,
+    poll: Duration,
+    changes: Option<Arc<FileChanges>>,
+) -> Result<WatchGuard, SourceError> {
     use notify::Watcher;
     let notify_tx = tx.clone();
+    let seen = changes.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reading the directory (our own rescan) raises access events on
         // it; waking on those would make every rescan trigger the next and
         // spin the control thread. Only changes matter.
-        let change = event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_)));
-        if change {
-            // A full channel already holds a wake-up; dropping this is fine.
-            let _ = notify_tx.try_send(());
+        let change = match &event {
+            Ok(e) => !matches!(e.kind, notify::EventKind::Access(_)),
+            Err(_) => true,
+        };
+        if !change {
+            return;
         }
+        if let Some(seen) = &seen {
+            match &event {
+                Ok(e) => seen.event(&e.paths, e.need_rescan()),
+                Err(_) => seen.everything(),
+            }
+        }
+        // A full channel already holds a wake-up; dropping this is fine.
+        let _ = notify_tx.try_send(());
     })
     .map_err(|source| SourceError::Watch {
         dir: dir.to_owned(),
@@ -318,10 +408,16 @@ pub fn watch(dir: &Path, tx: mpsc::Sender<()>, poll: Duration) -> Result<WatchGu
             dir: dir.to_owned(),
             source,
         })?;
+    if let Some(changes) = &changes {
+        changes.watching();
+    }
     let poller = tokio::spawn(async move {
         let mut tick = tokio::time::interval(poll);
         loop {
             tick.tick().await;
+            if let Some(changes) = &changes {
+                changes.everything();
+            }
             if tx.send(()).await.is_err() {
                 return;
             }
@@ -424,6 +520,62 @@ mod tests {
                 "web0", "web1", "web2", "web3", "web5", "web6", "web7", "web8"
             ]
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn watched_rescan_reads_the_named_files_only() {
+        let dir = tempdir("named");
+        std::fs::write(dir.join("a.yaml"), SVC).expect("write");
+        let mut source = FileSource::new(&dir);
+        let changes = source.changes();
+        changes.watching();
+        assert_eq!(source.rescan().expect("scan").timings.files_read, 1);
+
+        // b.yaml appears unnamed: a rescan of what was named does not
+        // list the directory, so it is not seen yet.
+        let b = SVC
+            .replace("name: web", "name: b")
+            .replace("10.96.0.10", "10.96.0.11");
+        std::fs::write(dir.join("b.yaml"), &b).expect("write");
+        let scan = source.rescan().expect("scan");
+        assert!(!scan.changed);
+        assert_eq!(source.manifests().services.len(), 1);
+
+        // Named, it is read, and it alone.
+        changes.event(&[dir.join("b.yaml")], false);
+        let scan = source.rescan().expect("scan");
+        assert!(scan.changed);
+        assert_eq!(scan.timings.files_read, 1);
+        assert_eq!(source.manifests().services.len(), 2);
+
+        // A named file that is gone leaves; one named but unchanged is not
+        // read again.
+        std::fs::remove_file(dir.join("b.yaml")).expect("rm");
+        changes.event(&[dir.join("b.yaml"), dir.join("a.yaml")], false);
+        let scan = source.rescan().expect("scan");
+        assert!(scan.changed);
+        assert_eq!(scan.timings.files_read, 0);
+        assert_eq!(source.manifests().services.len(), 1);
+
+        // The poll (or anything the names cannot stand for) lists whole.
+        std::fs::write(dir.join("c.yaml"), &b).expect("write");
+        changes.everything();
+        assert!(source.rescan().expect("scan").changed);
+        assert_eq!(source.manifests().services.len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_forced_reload_lists_the_directory_again() {
+        let dir = tempdir("forced");
+        let mut source = FileSource::new(&dir);
+        source.changes().watching();
+        source.rescan().expect("scan");
+        std::fs::write(dir.join("a.yaml"), SVC).expect("write");
+        source.invalidate();
+        assert!(source.rescan().expect("scan").changed);
+        assert_eq!(source.manifests().services.len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

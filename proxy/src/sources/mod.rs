@@ -2,6 +2,7 @@
 //! same typed objects to the one catalog translation.
 
 pub mod file;
+pub mod file_changes;
 pub mod file_index;
 pub mod kube;
 pub mod manifest;
