@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
-
 use super::file_changes::{FileChanges, Pending};
 use super::file_index::{FileIndex, Key};
+pub use super::file_watch::{WatchGuard, watch};
 use super::manifest::{self, ManifestProblem, Manifests};
 use crate::catalog::Severity;
 
@@ -25,8 +24,11 @@ pub enum SourceError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("{dir}: cannot watch manifest directory: {source}")]
-    Watch { dir: PathBuf, source: notify::Error },
+    #[error("{dir}: cannot watch directory: {source}")]
+    Watch {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Manifest files present with their stamps, and files read before that
@@ -362,83 +364,6 @@ fn manifest_stamp(path: &Path) -> Option<Stamp> {
         modified: meta.modified().ok(),
         len: meta.len(),
     })
-}
-
-/// Wakes `tx` when the directory may have changed: inotify events, plus a
-/// slow poll that catches what inotify cannot see (a directory replaced
-/// under its mount point, edits within the same mtime granularity).
-/// With `changes`, each event also names its files there (an error or the
-/// poll asks for a whole rescan).
-pub fn watch(
-    dir: &Path,
-    tx: mpsc::Sender<()>,
-    poll: Duration,
-    changes: Option<Arc<FileChanges>>,
-) -> Result<WatchGuard, SourceError> {
-    use notify::Watcher;
-    let notify_tx = tx.clone();
-    let seen = changes.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reading the directory (our own rescan) raises access events on
-        // it; waking on those would make every rescan trigger the next and
-        // spin the control thread. Only changes matter.
-        let change = match &event {
-            Ok(e) => !matches!(e.kind, notify::EventKind::Access(_)),
-            Err(_) => true,
-        };
-        if !change {
-            return;
-        }
-        if let Some(seen) = &seen {
-            match &event {
-                Ok(e) => seen.event(&e.paths, e.need_rescan()),
-                Err(_) => seen.everything(),
-            }
-        }
-        // A full channel already holds a wake-up; dropping this is fine.
-        let _ = notify_tx.try_send(());
-    })
-    .map_err(|source| SourceError::Watch {
-        dir: dir.to_owned(),
-        source,
-    })?;
-    watcher
-        .watch(dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|source| SourceError::Watch {
-            dir: dir.to_owned(),
-            source,
-        })?;
-    if let Some(changes) = &changes {
-        changes.watching();
-    }
-    let poller = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(poll);
-        loop {
-            tick.tick().await;
-            if let Some(changes) = &changes {
-                changes.everything();
-            }
-            if tx.send(()).await.is_err() {
-                return;
-            }
-        }
-    });
-    Ok(WatchGuard {
-        _watcher: watcher,
-        poller,
-    })
-}
-
-/// Stops watching when dropped.
-pub struct WatchGuard {
-    _watcher: notify::RecommendedWatcher,
-    poller: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WatchGuard {
-    fn drop(&mut self) {
-        self.poller.abort();
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod file;
 pub mod file_changes;
 pub mod file_index;
+mod file_watch;
 pub mod kube;
 pub mod manifest;
 
