@@ -449,7 +449,9 @@ def main(argv: list[str]) -> int:
                 on = not on
                 before = probe_point(proc.pid, task, probe.pid)
                 wrote = source.toggle(on)
-                wrote_wall = time.time()
+                # The wall clock of the same moment (Switchyard's log is
+                # in wall time), however long this process took to get here.
+                wrote_wall = time.time() - (time.monotonic() - wrote)
                 ev = json.loads(probe.stdout.readline())
                 after = probe_point(proc.pid, task, probe.pid)
                 if ev["ok"] != on:
