@@ -358,7 +358,6 @@ def attribute(per_change: list[dict], timings: list[dict]) -> None:
         c["wake_ms"] = (start - c["wrote_wall"]) * 1e3
         c["sync_ms"] = s["done_us"] / 1e3
         c["seen_ms"] = c["ms"] - c["wake_ms"] - c["sync_ms"]
-        c["sync"] = s
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -517,11 +516,24 @@ def main(argv: list[str]) -> int:
     }
     stem = f"{started.strftime('%Y-%m-%d')}-{args.name}"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(rec, indent=1, default=str) + "\n")
+    (args.out / f"{stem}.json").write_text(dump(rec))
     (args.out / f"{stem}.md").write_text(markdown(rec))
     print(markdown(rec))
     subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
     return 0
+
+
+def dump(rec: dict) -> str:
+    """The record as JSON, indented, with one line per change and per sync
+    timing (hundreds of them: indented field by field they were most of
+    the file)."""
+    rows = ("per_change", "sync_timings")
+    text = json.dumps({k: ("@" + k if k in rows else v) for k, v in rec.items()},
+                      indent=1, default=str)
+    for k in rows:
+        lines = ",\n  ".join(json.dumps(x, default=str) for x in rec.get(k) or [])
+        text = text.replace(json.dumps("@" + k), f"[\n  {lines}\n ]" if lines else "[]")
+    return text + "\n"
 
 
 def markdown(r: dict) -> str:
