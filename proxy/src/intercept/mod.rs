@@ -270,9 +270,6 @@ impl Interceptor {
 
     fn sync_inner(&mut self, table: &Arc<ServiceTable>) -> Result<SyncStats, InterceptError> {
         let start = Instant::now();
-        // Only transparent upstream sockets get replies addressed to
-        // someone else: without them, no endpoint is ours (`pep`).
-        let pep = self.transparent;
         let full = || {
             Elements::from_table(table)
                 .with_node_addresses(&self.cfg.node_port_addresses, table)
@@ -333,9 +330,7 @@ impl Interceptor {
                 let shared = kernel::Shared::of(&self.kernel_plan);
                 if self.table_exists(Family::Inet) {
                     text = ruleset::render(&self.cfg, self.listen_port, &want);
-                    if pep {
-                        text.push_str(&ours::add_commands(&self.cfg.table, proxy.ours()));
-                    }
+                    text.push_str(&ours::add_commands(&self.cfg.table, proxy.ours()));
                     let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
                     text.push_str(
                         &k.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
@@ -346,14 +341,12 @@ impl Interceptor {
                     // most of the first sync at scale).
                     text = ruleset::render(&self.cfg, self.listen_port, &Elements::default());
                     delta = want.fill_batch(&self.cfg.table);
-                    if pep {
-                        delta.extend(kernel::replies::ours_batch(
-                            &self.cfg.table,
-                            &Default::default(),
-                            &proxy,
-                            true,
-                        ));
-                    }
+                    delta.extend(kernel::replies::ours_batch(
+                        &self.cfg.table,
+                        &Default::default(),
+                        &proxy,
+                        true,
+                    ));
                     fill_kernel = true;
                 }
                 proxy_next = Some(proxy);
@@ -368,9 +361,7 @@ impl Interceptor {
                 text = ruleset::render(&self.cfg, self.listen_port, &want);
                 kernel_have = Some(kernel::elements(&self.kernel_plan_installed));
                 let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
-                if pep {
-                    text.push_str(&ours::add_commands(&self.cfg.table, proxy.ours()));
-                }
+                text.push_str(&ours::add_commands(&self.cfg.table, proxy.ours()));
                 let shared = kernel::Shared::of(&self.kernel_plan);
                 let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
                 proxy_next = Some(proxy);
@@ -399,14 +390,12 @@ impl Interceptor {
                 delta.extend(self.kernel_batch(&k_want, &k_have)?);
                 // Endpoints the proxy path left keep the socket rule for
                 // their proxied connections (see ours.rs).
-                if pep {
-                    delta.extend(kernel::replies::ours_batch(
-                        &self.cfg.table,
-                        &self.proxy_endpoints,
-                        &proxy,
-                        false,
-                    ));
-                }
+                delta.extend(kernel::replies::ours_batch(
+                    &self.cfg.table,
+                    &self.proxy_endpoints,
+                    &proxy,
+                    false,
+                ));
                 proxy_next = Some(proxy);
                 shared_next = Some(shared);
                 kernel_have = Some(k_have);
@@ -462,10 +451,7 @@ impl Interceptor {
                     &mut k.want.elements,
                 ));
                 let kernel_batch = self.kernel_batch(&k.want, &k.have)?;
-                let moved_endpoints = match pep {
-                    true => kernel::replies::batch(&self.cfg.table, came, gone, false),
-                    false => Batch::default(),
-                };
+                let moved_endpoints = kernel::replies::batch(&self.cfg.table, came, gone, false);
                 delta = d.batch(&self.cfg.table);
                 delta.extend(kernel_batch);
                 delta.extend(moved_endpoints);
@@ -524,9 +510,7 @@ impl Interceptor {
                 // `pep` (see ours.rs).
                 let (came, gone) =
                     step_proxy_endpoints(&mut self.proxy_endpoints, base, table, have, &d);
-                if pep {
-                    delta.extend(kernel::replies::batch(&self.cfg.table, came, gone, false));
-                }
+                delta.extend(kernel::replies::batch(&self.cfg.table, came, gone, false));
                 step = Some(d);
                 delta.len()
             }
@@ -534,14 +518,12 @@ impl Interceptor {
                 let want = full();
                 delta = want.diff_batch(have, &self.cfg.table);
                 let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
-                if pep {
-                    delta.extend(kernel::replies::ours_batch(
-                        &self.cfg.table,
-                        &self.proxy_endpoints,
-                        &proxy,
-                        false,
-                    ));
-                }
+                delta.extend(kernel::replies::ours_batch(
+                    &self.cfg.table,
+                    &self.proxy_endpoints,
+                    &proxy,
+                    false,
+                ));
                 proxy_next = Some(proxy);
                 fresh = Some(want);
                 delta.len()

@@ -9,9 +9,7 @@
 //!   (`nodeport`, `nodeport_noep`);
 //! - `pep4/6` (`saddr . l4proto . sport`): the endpoints its frontends
 //!   route to, whose replies to our transparent upstream sockets only the
-//!   socket rule delivers (`kernel/replies.rs` counts them; empty with
-//!   `dataplane.transparent` off, when those sockets have the node's
-//!   address and their replies are delivered like any other).
+//!   socket rule delivers (`kernel/replies.rs` counts them).
 //!
 //! A key that leaves one of these stays `DRAIN_SECONDS` as an element with
 //! a timeout: the proxied connections of a frontend that moved to the

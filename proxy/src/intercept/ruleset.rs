@@ -224,16 +224,12 @@ fn prerouting_chains(
         let knode = format!("    {} accept", node_port(fam, &format!("@knode{f}")));
         for proto in ["tcp", "udp"] {
             lines.push(format!("  chain pre{f}_{proto} {{"));
+            lines.extend(lbsr.iter().cloned());
             lines.extend(ours(proto));
             lines.push("  }".into());
         }
-        // `loadBalancerSourceRanges` first, for what may be ours (a
-        // restricted frontend of the proxy path is in `pfront`); the kernel
-        // path's are checked in `kernel_dnat`, for new flows, as
-        // kube-proxy does (`kernel/rules.rs`).
         // TCP: a SYN skips the socket rule (TIME_WAIT, see above).
         lines.push(format!("  chain pre{f}_ours_tcp {{"));
-        lines.extend(lbsr.iter().cloned());
         lines.push(format!(
             "    tcp flags & (syn | ack) == syn goto pre{f}_syn"
         ));
@@ -263,7 +259,6 @@ fn prerouting_chains(
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
         lines.push("  }".into());
         lines.push(format!("  chain pre{f}_ours_udp {{"));
-        lines.extend(lbsr.iter().cloned());
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
         lines.push(kvip);
         lines.push(knode);
@@ -331,9 +326,8 @@ mod tests {
 
     /// A packet that is none of ours (a kernel-path flow in either
     /// direction, unrelated traffic) meets one dispatch and its family and
-    /// protocol's chain: three lookups that miss, accept. No source-range
-    /// rule (the kernel path's are checked for new flows, in
-    /// `kernel_dnat`), no socket lookup, no route lookup.
+    /// protocol's chain: the source-range rule, three lookups that miss,
+    /// accept. No socket lookup, no route lookup.
     #[test]
     fn packets_not_ours_meet_three_lookups_and_no_socket_lookup() {
         for cfg in [
@@ -350,15 +344,16 @@ mod tests {
             for (f, fam) in [(4, "ip"), (6, "ip6")] {
                 for proto in ["tcp", "udp"] {
                     let rules = chain(&text, &format!("pre{f}_{proto}"));
-                    assert_eq!(rules.len(), 4, "{rules:?}");
+                    assert_eq!(rules.len(), 5, "{rules:?}");
+                    assert!(rules[0].contains(&format!("@lbsr{f}")));
                     assert_eq!(
-                        rules[0],
+                        rules[1],
                         format!(
                             "{fam} daddr . meta l4proto . th dport @pfront{f} goto pre{f}_ours_{proto}"
                         )
                     );
                     assert_eq!(
-                        rules[1],
+                        rules[2],
                         format!(
                             "{fam} saddr . meta l4proto . th sport @pep{f} goto pre{f}_ours_{proto}"
                         )
@@ -366,21 +361,16 @@ mod tests {
                     // The port lookup first: only a packet to a NodePort
                     // of ours pays the route lookup.
                     assert!(
-                        rules[2].starts_with("meta l4proto . th dport @pnp fib daddr type local"),
+                        rules[3].starts_with("meta l4proto . th dport @pnp fib daddr type local"),
                         "{}",
-                        rules[2]
+                        rules[3]
                     );
-                    assert!(rules[2].ends_with(&format!("goto pre{f}_ours_{proto}")));
-                    assert_eq!(rules[3], "accept");
+                    assert!(rules[3].ends_with(&format!("goto pre{f}_ours_{proto}")));
+                    assert_eq!(rules[4], "accept");
                 }
                 // What may be ours meets the rules of before: a SYN
                 // skips the socket rule; kernel-path flows leave after it.
-                let mut tcp = chain(&text, &format!("pre{f}_ours_tcp"));
-                // Source ranges first, for a restricted proxy frontend.
-                assert!(
-                    tcp.remove(0)
-                        .starts_with(&format!("{fam} daddr . meta l4proto . th dport @lbsr{f} "))
-                );
+                let tcp = chain(&text, &format!("pre{f}_ours_tcp"));
                 assert_eq!(
                     tcp[0],
                     format!("tcp flags & (syn | ack) == syn goto pre{f}_syn")
@@ -392,8 +382,7 @@ mod tests {
                 assert!(tcp[5].ends_with(&format!("@kdrain{f} accept")));
                 assert!(tcp[6].contains("@kdrainnp fib daddr type local"));
                 assert_eq!(tcp[7], format!("goto pre{f}_front_tcp"));
-                let mut udp = chain(&text, &format!("pre{f}_ours_udp"));
-                assert!(udp.remove(0).contains(&format!("@lbsr{f} ")));
+                let udp = chain(&text, &format!("pre{f}_ours_udp"));
                 assert!(udp[0].starts_with("socket transparent 1"));
                 assert!(udp[1].ends_with(&format!("@kvip{f} accept")));
                 assert!(!udp.iter().any(|r| r.contains("@kep")));

@@ -127,13 +127,6 @@ pub fn render(cfg: &InterceptConfig, node_port: &dyn Fn(&str, &str) -> String) -
     // New flows only: the NAT hooks see the first packet of a connection.
     let masq = format!("meta mark set meta mark | 0x{MASQUERADE_MARK:x}");
     lines.push("  chain kernel_dnat {".into());
-    // `loadBalancerSourceRanges` of kernel frontends: checked for new
-    // flows, as kube-proxy does (its firewall check runs for `ct state
-    // new`); raw prerouting checks only what may be the proxy's
-    // (`ruleset.rs`), so a kernel-path packet meets one rule fewer there.
-    // A packet of no flow that conntrack picks up mid-stream is a new
-    // flow here too.
-    lines.extend(crate::intercept::source_ranges::prerouting_rules());
     for (f, fam) in [(4, "ip"), (6, "ip6")] {
         lines.push(format!(
             "    {fam} daddr . meta l4proto . th dport @kmasq{f} {masq}"
@@ -212,12 +205,6 @@ mod tests {
             "meta nfproto ip meta l4proto . th dport @knode4 fib daddr type local meta l4proto . th dport vmap @knp4"
         ));
         assert!(text.contains("ct status dnat ip saddr . ip daddr @khairpin4 masquerade"));
-        // Source ranges of kernel frontends: new flows, before the DNAT.
-        let dnat = &text[text.find("chain kernel_dnat {").expect("kernel_dnat")..];
-        let first: Vec<&str> = dnat.lines().skip(1).take(2).map(str::trim).collect();
-        assert!(first[0].starts_with("ip daddr . meta l4proto . th dport @lbsr4 "));
-        assert!(first[0].ends_with("!= @lbsr_allow4 drop"));
-        assert!(first[1].contains("@lbsr6 "));
         assert!(text.contains(
             "ip6 daddr . meta l4proto . th dport @kvip6 ip6 daddr . meta l4proto . th dport vmap @kfront6"
         ));
