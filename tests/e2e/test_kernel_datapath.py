@@ -307,17 +307,13 @@ def test_a_proxied_connection_outlives_its_frontends_move_to_the_kernel(bare_clu
         assert len({(pod, port) for pod, port in result["answers"]}) == 1, result
 
 
-def gate_keys(c, set_name: str, timed: bool | None = None) -> set[str]:
-    """The elements of one of our table's sets, as `addr . proto . port`;
-    only those with a timeout (`timed`), or only those without."""
+def gate_keys(c, set_name: str) -> set[str]:
+    """The elements of one of our table's sets, as `addr . proto . port`."""
     out = c.run_in("node", ["nft", "-j", "list", "set", "inet", "switchyard", set_name])
     doc = json.loads(out.stdout)
     keys = set()
     for item in doc["nftables"]:
         for elem in item.get("set", {}).get("elem", []):
-            has_timeout = isinstance(elem, dict) and "elem" in elem and "timeout" in elem["elem"]
-            if timed is not None and has_timeout != timed:
-                continue
             val = elem["elem"]["val"] if isinstance(elem, dict) and "elem" in elem else elem
             keys.add(" . ".join(str(v) for v in val["concat"]))
     return keys
@@ -326,11 +322,10 @@ def gate_keys(c, set_name: str, timed: bool | None = None) -> set[str]:
 def test_an_endpoint_of_a_kernel_and_a_proxied_service_serves_both(bare_cluster, tmp_path):
     """The same Pods behind a kernel-path and a proxy-path Service: the
     proxied Service's upstream replies (transparent: from the Pod's port
-    to the client's address) must reach our sockets, so the Pods are in
-    the proxy path's endpoints (`pep`) that send a packet to the socket
-    rule; once no proxy-path frontend routes to them they stay there for
-    the hour its connections may still need (an element with a
-    timeout)."""
+    to the client's address) must reach our sockets, so the Pods stay out
+    of the reply gate (`kepx`) that skips the socket rule; once no
+    proxy-path frontend routes to them they go in, with the socket rule
+    kept for an hour (`kepmoved`)."""
     c = bare_cluster
     # Only these two Services: the standard ones route to the same Pods.
     for standard in c.manifests.glob("*.yaml"):
@@ -341,10 +336,7 @@ def test_an_endpoint_of_a_kernel_and_a_proxied_service_serves_both(bare_cluster,
     start(c, tmp_path, [kernel_service(), prox])
     wait_datapath(c, "kernel")
     wait_datapath(c, "proxy", "e2e/prox")
-    pods = {f"{e.ip} . tcp . {mf.HTTP_PORT}" for e in mf.backends()}
-    assert gate_keys(c, "pep4", timed=False) == pods
-    # The kernel Service's frontends are not ours, the proxied one's are.
-    assert gate_keys(c, "pfront4") == {f"{prox_vips[0]} . tcp . 80"}
+    assert gate_keys(c, "kepx4") == set() and gate_keys(c, "kepx6") == set()
     flag = tmp_path / "go"
     script = tmp_path / "keepalive.py"
     script.write_text(KEEPALIVE)
@@ -375,58 +367,12 @@ def test_an_endpoint_of_a_kernel_and_a_proxied_service_serves_both(bare_cluster,
         result = json.loads(holder.output().strip().splitlines()[-1])
         assert len({(pod, port) for pod, port in result["answers"]}) == 1, result
 
-    # The proxied Service goes: its Pods and its frontend stay ours for
-    # the hour its connections may still need, then the kernel Service's
-    # replies skip the socket rule.
+    # The proxied Service goes: its Pods join the gate, behind the hour of
+    # `kepmoved` its connections may still need.
     (c.manifests / "prox.yaml").unlink()
-    wait_until(lambda: gate_keys(c, "pep4", timed=True) == pods, "the Pods draining")
-    assert gate_keys(c, "pep4", timed=False) == set()
-    assert gate_keys(c, "pfront4", timed=True) == {f"{prox_vips[0]} . tcp . 80"}
-    got = answers(c, f"http://{VIP4}/", 6)
-    assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, got
-
-
-def test_a_proxied_connection_outlives_its_services_removal(bare_cluster, tmp_path):
-    """Only packets that may be ours meet the socket rule: a Service that
-    goes leaves its frontend and its endpoints ours for the drain time
-    (elements with a timeout), so the connections the proxy carries for it
-    keep their sockets both ways; a kernel Service next to it is untouched."""
-    c = bare_cluster
-    for standard in c.manifests.glob("*.yaml"):
-        standard.unlink()
-    prox_vips = ("10.96.0.91", "fd00:10:96::91")
-    prox = kernel_service("prox", vips=prox_vips, datapath="proxy", node_port=None,
-                          external_ips=())
-    start(c, tmp_path, [kernel_service(), prox])
-    wait_datapath(c, "proxy", "e2e/prox")
-    flag = tmp_path / "go"
-    script = tmp_path / "keepalive.py"
-    script.write_text(KEEPALIVE)
-    holders = [
-        c.topo.spawn(f"held-{fam}", c.topo.client,
-                     [sys.executable, str(script), vip, "80", str(flag), "3"])
-        for fam, vip in (("v4", prox_vips[0]), ("v6", prox_vips[1]))
-    ]
-    for holder in holders:
-        wait_until(lambda: '"round": 0' in holder.output(), f"{holder.name}'s first answer")
-    wait_until(lambda: proxied(c, "e2e/prox") >= 2, "the proxy counting the held connections")
-    (c.manifests / "prox.yaml").unlink()
-    frontends = {f"{prox_vips[0]} . tcp . 80"}
-    wait_until(lambda: gate_keys(c, "pfront4", timed=True) == frontends,
-               "the removed frontend draining")
-    assert gate_keys(c, "pfront4", timed=False) == set()
-    # New connections to the removed VIP find no Service.
-    assert c.run_in("client", ["curl", "-sS", "-m", "2", f"http://{prox_vips[0]}/"]
-                    ).returncode != 0
-    for step in (1, 2):
-        (tmp_path / f"go.{step}").write_text("")
-        for holder in holders:
-            wait_until(lambda: f'"round": {step}' in holder.output(),
-                       f"{holder.name}'s answer {step} after its Service went")
-    for holder in holders:
-        wait_until(lambda: '"ok": true' in holder.output(), f"{holder.name}'s report")
-        result = json.loads(holder.output().strip().splitlines()[-1])
-        assert len({(pod, port) for pod, port in result["answers"]}) == 1, result
+    pods = {f"{e.ip} . tcp . {mf.HTTP_PORT}" for e in mf.backends()}
+    wait_until(lambda: gate_keys(c, "kepx4") == pods, "the Pods in the reply gate")
+    assert pods <= gate_keys(c, "kepmoved4")
     got = answers(c, f"http://{VIP4}/", 6)
     assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, got
 

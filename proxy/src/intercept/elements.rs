@@ -162,16 +162,6 @@ impl Elements {
 
     /// The same changes as `diff_commands`, as netlink element changes.
     pub fn diff_batch(&self, old: &Elements, table: &str) -> Batch {
-        self.diff_batch_into(old, table, false)
-    }
-
-    /// Every element, into a table just created (its sets are empty: the
-    /// sets of what may be ours hold no drain element to destroy first).
-    pub fn fill_batch(&self, table: &str) -> Batch {
-        self.diff_batch_into(&Elements::default(), table, true)
-    }
-
-    fn diff_batch_into(&self, old: &Elements, table: &str, fresh: bool) -> Batch {
         let minus = |a: &Elements, b: &Elements| Elements {
             vips: a.vips.difference(&b.vips).copied().collect(),
             vips_no_endpoints: a
@@ -201,24 +191,13 @@ impl Elements {
                 removed: minus(old, self),
                 added: minus(self, old),
             }
-            .batch_into(table, fresh),
+            .batch(table),
         );
         out.extend(
             self.source_ranges
                 .additions_batch(&old.source_ranges, table),
         );
         out
-    }
-
-    /// Its frontends and NodePorts, with or without endpoints, as keys of
-    /// the sets that send a packet to the socket and TPROXY rules
-    /// (`ours.rs`).
-    pub fn ours(&self) -> impl Iterator<Item = super::ours::Key> + '_ {
-        use super::ours::Key;
-        let vips = self.vips.iter().chain(&self.vips_no_endpoints);
-        let ports = self.node_ports.iter().chain(&self.node_ports_no_endpoints);
-        vips.map(|&(ip, proto, port)| Key::Frontend(ip, proto, port))
-            .chain(ports.map(|&(proto, port)| Key::NodePort(proto, port)))
     }
 
     pub fn len(&self) -> usize {
@@ -290,23 +269,6 @@ impl Delta {
     /// Source ranges as in `diff_batch`: theirs before, their additions
     /// after the rest.
     pub fn batch(&self, table: &str) -> Batch {
-        self.batch_into(table, false)
-    }
-
-    /// The frontends and NodePorts that came to the proxy sets and those
-    /// that left them (`ours.rs`): a key that only moved between a set
-    /// and its reject twin is neither.
-    pub fn ours(&self) -> (Vec<super::ours::Key>, Vec<super::ours::Key>) {
-        let keys = |e: &Elements| -> BTreeSet<super::ours::Key> { e.ours().collect() };
-        let (added, removed) = (keys(&self.added), keys(&self.removed));
-        (
-            added.difference(&removed).copied().collect(),
-            removed.difference(&added).copied().collect(),
-        )
-    }
-
-    /// `batch`, into a table whose sets are empty when `fresh`.
-    fn batch_into(&self, table: &str, fresh: bool) -> Batch {
         let (gone, new) = (&self.removed.source_ranges, &self.added.source_ranges);
         let mut out = new.deletions_batch(gone, table);
         for (verb, els) in [(Verb::Delete, &self.removed), (Verb::Add, &self.added)] {
@@ -341,8 +303,6 @@ impl Delta {
             }
         }
         out.extend(new.additions_batch(gone, table));
-        let (came, left) = self.ours();
-        out.extend(super::ours::batch(table, came, left, fresh));
         out
     }
 }
@@ -489,50 +449,6 @@ mod tests {
                 .with_node_addresses(&[], &table)
                 .node_addresses
                 .is_empty()
-        );
-    }
-
-    /// The sets of what may be ours follow the union of a set and its
-    /// reject twin: a move between them changes nothing, a frontend that
-    /// leaves both drains, one that comes is added for good (after a
-    /// destroy, unless the table is new).
-    #[test]
-    fn what_may_be_ours_follows_the_proxy_sets_union() {
-        let mut old = Elements::default();
-        old.vips.insert(vip("10.96.0.10", 80));
-        old.vips.insert(vip("10.96.0.11", 80));
-        old.node_ports.insert((Protocol::Tcp, 30080));
-        let mut new = Elements::default();
-        new.vips_no_endpoints.insert(vip("10.96.0.10", 80));
-        new.vips.insert(vip("fd00::12", 443));
-        new.node_ports_no_endpoints.insert((Protocol::Tcp, 30080));
-        let shown: Vec<String> = new
-            .diff_batch(&old, "sy")
-            .changes
-            .iter()
-            .filter(|c| c.set.starts_with('p'))
-            .map(|c| c.to_string())
-            .collect();
-        assert_eq!(
-            shown,
-            [
-                "destroy element inet sy pfront6 { fd00::12 . tcp . 443 }",
-                "destroy element inet sy pfront4 { 10.96.0.11 . tcp . 80 }",
-                "add element inet sy pfront6 { fd00::12 . tcp . 443 }",
-                "add element inet sy pfront4 { 10.96.0.11 . tcp . 80 timeout 3600s }",
-            ]
-        );
-        // Into a new table: adds only, none with a timeout.
-        let fill = new.fill_batch("sy");
-        let ours: Vec<_> = fill
-            .changes
-            .iter()
-            .filter(|c| c.set.starts_with('p'))
-            .collect();
-        assert_eq!(ours.len(), 3);
-        assert!(
-            ours.iter()
-                .all(|c| c.verb == Verb::Add && c.element.timeout_ms.is_none())
         );
     }
 }

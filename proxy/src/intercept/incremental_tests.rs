@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::elements::Elements;
 use super::endpoint_counts::EndpointCounts;
-use super::kernel::replies::{ProxyEndpoints, gate_step};
+use super::kernel::replies::{ProxyEndpoints, exclusive_elements, gate_step};
 use super::kernel::{self, Choices, Planner, Shared, plan};
 use crate::catalog::datapath::DatapathMode;
 use crate::catalog::{Assembly, NodeContext, Replaced, ServiceTable, TranslatedService};
@@ -66,8 +66,8 @@ fn random_service(rng: &mut fastrand::Rng, name: &str) -> TranslatedService {
 fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
     let bindings = Bindings::new();
     let (mut patched, mut on_kernel, mut restricted, mut stepped) = (0, 0, 0, 0);
-    // Steps where the kernel path and the proxy path's endpoints were
-    // both non-empty.
+    // Steps where the reply gate and the proxy path's endpoints were both
+    // non-empty.
     let mut gated = 0;
     for seed in 0..25 {
         let mut rng = fastrand::Rng::with_seed(seed);
@@ -87,8 +87,7 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
         let mut k_plan = planner.plan().clone();
         let mut shared = Shared::of(&k_plan);
         let mut proxy_eps = ProxyEndpoints::of(&previous, &k_installed);
-        // The proxy path's endpoints in `pep`, as the steps change it.
-        let mut pep: std::collections::BTreeSet<_> = proxy_eps.keys().collect();
+        let mut gate = exclusive_elements(&shared, &proxy_eps);
         for step in 0..120 {
             let names: std::collections::BTreeSet<String> = (0..rng.usize(1..3))
                 .map(|_| format!("s{}", rng.u8(0..10)))
@@ -149,9 +148,8 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
             match (planner.keys(), table.changed_since(&previous)) {
                 (Some(keys), Some(change)) => {
                     let d = k_installed.delta(&previous, &table, &[], Some(plan_now));
-                    // The proxy path's endpoints, as the interceptor steps
-                    // them.
-                    let (s, came, gone) = gate_step(
+                    // The reply gate, as the interceptor steps it.
+                    let (s, _) = gate_step(
                         &mut proxy_eps,
                         &mut shared,
                         (&previous, &table, change),
@@ -159,12 +157,32 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
                         (&k_plan, plan_now, keys),
                     );
                     k_installed.apply(&d);
+                    // The gate's elements apart: `k_elements` are the
+                    // plan's.
+                    let mut s = s;
+                    let gated = |e: &kernel::Element| e.set.starts_with("kepx");
+                    let have: std::collections::BTreeSet<_> = s
+                        .have
+                        .elements
+                        .iter()
+                        .filter(|e| gated(e))
+                        .cloned()
+                        .collect();
+                    let want: std::collections::BTreeSet<_> = s
+                        .want
+                        .elements
+                        .iter()
+                        .filter(|e| gated(e))
+                        .cloned()
+                        .collect();
+                    s.have.elements.retain(|e| !gated(e));
+                    s.want.elements.retain(|e| !gated(e));
                     k_elements.apply(&s);
-                    for e in gone {
-                        assert!(pep.remove(&e), "{at}: {e:?} gone but not there");
+                    for e in have.difference(&want) {
+                        assert!(gate.remove(e), "{at}: {e:?} deleted but not there");
                     }
-                    for e in came {
-                        assert!(pep.insert(e), "{at}: {e:?} came twice");
+                    for e in want.difference(&have) {
+                        assert!(gate.insert(e.clone()), "{at}: {e:?} added twice");
                     }
                     stepped += 1;
                 }
@@ -173,7 +191,7 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
                     k_elements = kernel::elements(plan_now);
                     shared = Shared::of(plan_now);
                     proxy_eps = ProxyEndpoints::of(&table, &k_installed);
-                    pep = proxy_eps.keys().collect();
+                    gate = exclusive_elements(&shared, &proxy_eps);
                 }
             }
             k_plan = plan_now.clone();
@@ -186,8 +204,8 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
             assert_eq!(shared, Shared::of(plan_now), "{at}");
             let whole_eps = ProxyEndpoints::of(&table, &k_installed);
             assert_eq!(proxy_eps, whole_eps, "{at}");
-            assert_eq!(pep, whole_eps.keys().collect(), "{at}");
-            gated += usize::from(!plan_now.is_empty() && !proxy_eps.is_empty());
+            assert_eq!(gate, exclusive_elements(&shared, &whole_eps), "{at}");
+            gated += usize::from(!gate.is_empty() && !proxy_eps.is_empty());
             previous = table;
         }
     }

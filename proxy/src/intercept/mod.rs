@@ -12,7 +12,6 @@ mod endpoint_counts;
 mod incremental_tests;
 pub mod kernel;
 pub mod netlink;
-mod ours;
 mod routing;
 mod ruleset;
 mod source_ranges;
@@ -35,6 +34,11 @@ use endpoint_counts::EndpointCounts;
 /// flows out of the proxy's TPROXY rule (conntrack's TCP established
 /// timeout is longer; a flow idle past this is reset when it speaks again).
 const KERNEL_DRAIN_SECONDS: u64 = 3600;
+
+/// How long a frontend that moved proxy → kernel keeps the socket rule
+/// before its kernel gate (`kmoved`): its proxied connections live on that
+/// long, as a kernel flow does after the opposite move (`kdrain`).
+const KERNEL_MOVED_SECONDS: u64 = 3600;
 
 /// Kernel elements per batch when a first sync fills a fresh table: a few
 /// MB of encoded changes at a time instead of ~650k at 10k frontends.
@@ -118,9 +122,9 @@ pub struct Interceptor {
     kernel_keys: Option<kernel::KernelKeys>,
     shared: kernel::Shared,
     kernel_in_step: bool,
-    /// The endpoints the installed proxy sets route to, counted per
-    /// frontend: what puts an endpoint in `pep` (`ours.rs`,
-    /// `kernel/replies.rs`).
+    /// The TCP endpoints the installed proxy sets route to, counted per
+    /// frontend: what keeps an endpoint out of the reply gate `kepx`
+    /// (`kernel/replies.rs`).
     proxy_endpoints: kernel::replies::ProxyEndpoints,
     /// The verdict-map elements installed, kept while their frontend is
     /// in the table (`kernel/verdicts.rs`).
@@ -328,10 +332,11 @@ impl Interceptor {
                 let want = full();
                 let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
                 let shared = kernel::Shared::of(&self.kernel_plan);
+                let replies = kernel::replies::exclusive_elements(&shared, &proxy);
                 if self.table_exists(Family::Inet) {
                     text = ruleset::render(&self.cfg, self.listen_port, &want);
-                    text.push_str(&ours::add_commands(&self.cfg.table, proxy.ours()));
                     let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
+                    k.elements.extend(replies);
                     text.push_str(
                         &k.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
                     );
@@ -340,13 +345,9 @@ impl Interceptor {
                     // elements over netlink (nft parsing 10k elements was
                     // most of the first sync at scale).
                     text = ruleset::render(&self.cfg, self.listen_port, &Elements::default());
-                    delta = want.fill_batch(&self.cfg.table);
-                    delta.extend(kernel::replies::ours_batch(
-                        &self.cfg.table,
-                        &Default::default(),
-                        &proxy,
-                        true,
-                    ));
+                    delta = want.diff_batch(&Elements::default(), &self.cfg.table);
+                    let replies = kernel::KernelElements { elements: replies };
+                    delta.extend(self.kernel_batch(&replies, &kernel::KernelElements::default())?);
                     fill_kernel = true;
                 }
                 proxy_next = Some(proxy);
@@ -361,9 +362,10 @@ impl Interceptor {
                 text = ruleset::render(&self.cfg, self.listen_port, &want);
                 kernel_have = Some(kernel::elements(&self.kernel_plan_installed));
                 let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
-                text.push_str(&ours::add_commands(&self.cfg.table, proxy.ours()));
                 let shared = kernel::Shared::of(&self.kernel_plan);
                 let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
+                k.elements
+                    .extend(kernel::replies::exclusive_elements(&shared, &proxy));
                 proxy_next = Some(proxy);
                 shared_next = Some(shared);
                 verdicts_next = Some(kernel::verdicts::Verdicts::of(&self.kernel_plan));
@@ -381,6 +383,13 @@ impl Interceptor {
                 let mut k_want = kernel::elements(&self.kernel_plan);
                 let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
                 let shared = kernel::Shared::of(&self.kernel_plan);
+                k_have.elements.extend(kernel::replies::exclusive_elements(
+                    &self.shared,
+                    &self.proxy_endpoints,
+                ));
+                k_want
+                    .elements
+                    .extend(kernel::replies::exclusive_elements(&shared, &proxy));
                 verdicts_next = Some(self.verdicts.whole(
                     &self.kernel_plan,
                     table,
@@ -389,12 +398,11 @@ impl Interceptor {
                 ));
                 delta.extend(self.kernel_batch(&k_want, &k_have)?);
                 // Endpoints the proxy path left keep the socket rule for
-                // their proxied connections (see ours.rs).
-                delta.extend(kernel::replies::ours_batch(
+                // their proxied connections (see kernel/replies.rs).
+                delta.extend(kernel::replies::moved_batch(
                     &self.cfg.table,
-                    &self.proxy_endpoints,
-                    &proxy,
-                    false,
+                    self.proxy_endpoints.left(&proxy),
+                    KERNEL_MOVED_SECONDS,
                 ));
                 proxy_next = Some(proxy);
                 shared_next = Some(shared);
@@ -420,6 +428,25 @@ impl Interceptor {
                     left,
                     KERNEL_DRAIN_SECONDS,
                 ));
+                // Proxy frontends that went to the kernel keep their
+                // proxied connections (see ruleset.rs, kmoved).
+                let came: Vec<_> = kernel_fitting_vips(&self.kernel_plan)
+                    .filter(|k| have.vips.contains(k))
+                    .collect();
+                delta.extend(kernel::moved_batch(
+                    &self.cfg.table,
+                    came,
+                    KERNEL_MOVED_SECONDS,
+                ));
+                let came: std::collections::BTreeSet<_> =
+                    kernel_fitting_node_ports(&self.kernel_plan)
+                        .filter(|k| have.node_ports.contains(k))
+                        .collect();
+                delta.extend(kernel::moved_node_port_batch(
+                    &self.cfg.table,
+                    came,
+                    KERNEL_MOVED_SECONDS,
+                ));
                 fresh = Some(want);
                 delta.len()
             }
@@ -431,12 +458,11 @@ impl Interceptor {
                     Some(&self.kernel_plan),
                 );
                 let keys = kernel_keys.unwrap_or_default();
-                // The proxy path's endpoints move with the kernel step
-                // (see kernel/replies.rs); `kernel_step` holds a change
-                // record.
+                // The reply gate moves with the kernel step (see
+                // kernel/replies.rs); `kernel_step` holds a change record.
                 let none = crate::catalog::TableChange::default();
                 let change = table.changed_since(base).unwrap_or(&none);
-                let (mut k, came, gone) = kernel::replies::gate_step(
+                let (mut k, gone) = kernel::replies::gate_step(
                     &mut self.proxy_endpoints,
                     &mut self.shared,
                     (base, table, change),
@@ -451,7 +477,8 @@ impl Interceptor {
                     &mut k.want.elements,
                 ));
                 let kernel_batch = self.kernel_batch(&k.want, &k.have)?;
-                let moved_endpoints = kernel::replies::batch(&self.cfg.table, came, gone, false);
+                let moved_endpoints =
+                    kernel::replies::moved_batch(&self.cfg.table, gone, KERNEL_MOVED_SECONDS);
                 delta = d.batch(&self.cfg.table);
                 delta.extend(kernel_batch);
                 delta.extend(moved_endpoints);
@@ -499,6 +526,37 @@ impl Interceptor {
                     left,
                     KERNEL_DRAIN_SECONDS,
                 ));
+                // Proxy frontends that went to the kernel keep their
+                // proxied connections (see ruleset.rs, kmoved).
+                let came: Vec<_> = keys
+                    .vips
+                    .iter()
+                    .filter(|key| self.kernel_plan.vips.get(*key).is_some_and(|k| k.fits()))
+                    .filter(|key| have.vips.contains(*key))
+                    .copied()
+                    .collect();
+                delta.extend(kernel::moved_batch(
+                    &self.cfg.table,
+                    came,
+                    KERNEL_MOVED_SECONDS,
+                ));
+                let came: std::collections::BTreeSet<_> = keys
+                    .node_ports
+                    .iter()
+                    .filter(|key| {
+                        self.kernel_plan
+                            .node_ports
+                            .get(*key)
+                            .is_some_and(|k| k.fits())
+                    })
+                    .map(|&(_, proto, port)| (proto, port))
+                    .filter(|key| have.node_ports.contains(key))
+                    .collect();
+                delta.extend(kernel::moved_node_port_batch(
+                    &self.cfg.table,
+                    came,
+                    KERNEL_MOVED_SECONDS,
+                ));
                 kernel_stepped = Some(k);
                 step = Some(d);
                 delta.len()
@@ -506,11 +564,15 @@ impl Interceptor {
             (Some(have), Some(base)) => {
                 let d = have.delta(base, table, &self.cfg.node_port_addresses, None);
                 delta = d.batch(&self.cfg.table);
-                // No kernel frontends; the proxy path's endpoints, for
-                // `pep` (see ours.rs).
-                let (came, gone) =
+                // No kernel frontends, so no reply gate; the proxy path's
+                // endpoints are still counted for when there are.
+                let (_, gone) =
                     step_proxy_endpoints(&mut self.proxy_endpoints, base, table, have, &d);
-                delta.extend(kernel::replies::batch(&self.cfg.table, came, gone, false));
+                delta.extend(kernel::replies::moved_batch(
+                    &self.cfg.table,
+                    gone,
+                    KERNEL_MOVED_SECONDS,
+                ));
                 step = Some(d);
                 delta.len()
             }
@@ -518,11 +580,10 @@ impl Interceptor {
                 let want = full();
                 delta = want.diff_batch(have, &self.cfg.table);
                 let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
-                delta.extend(kernel::replies::ours_batch(
+                delta.extend(kernel::replies::moved_batch(
                     &self.cfg.table,
-                    &self.proxy_endpoints,
-                    &proxy,
-                    false,
+                    self.proxy_endpoints.left(&proxy),
+                    KERNEL_MOVED_SECONDS,
                 ));
                 proxy_next = Some(proxy);
                 fresh = Some(want);
@@ -742,29 +803,25 @@ impl Interceptor {
 }
 
 /// Steps the proxy path's endpoint counts by `d` from `base` (installed
-/// as `have`) to `table`: the endpoints counted now and not before, and
-/// those no longer counted (all of them counted again when `table` was
-/// not patched from `base`).
+/// as `have`) to `table`: the endpoints touched and those no longer
+/// counted (all of them counted again when `table` was not patched from
+/// `base`).
 fn step_proxy_endpoints(
     counts: &mut kernel::replies::ProxyEndpoints,
     base: &ServiceTable,
     table: &ServiceTable,
     have: &Elements,
     d: &Delta,
-) -> (
-    Vec<kernel::replies::Endpoint>,
-    Vec<kernel::replies::Endpoint>,
-) {
+) -> (Vec<std::net::SocketAddr>, Vec<std::net::SocketAddr>) {
     match table.changed_since(base) {
         Some(change) => counts.step(base, table, change, have, d),
         None => {
             let mut after = have.clone();
             after.apply(d);
             let next = kernel::replies::ProxyEndpoints::of(table, &after);
-            let came: Vec<_> = next.left(counts).collect();
             let gone: Vec<_> = counts.left(&next).collect();
             *counts = next;
-            (came, gone)
+            (gone.clone(), gone)
         }
     }
 }

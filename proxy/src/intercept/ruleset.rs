@@ -32,7 +32,6 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
         ));
     }
     lines.extend(super::source_ranges::set_definitions());
-    lines.extend(super::ours::set_definitions());
     // A NodePort is a local destination, restricted to the configured
     // addresses (kube-proxy's --nodeport-addresses) when there are any.
     // nft evaluates a rule's expressions left to right and stops at the
@@ -95,9 +94,8 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     //
     // Every packet that crosses the node meets this chain, a kernel-path
     // flow's too (both directions), and nft's cost is per rule evaluated:
-    // one dispatch by family and protocol, then that pair's chain, where
-    // only a packet that may be ours (`ours.rs`) goes on to the rules
-    // above (`prerouting_chains`).
+    // one dispatch by family and protocol, then only that pair's rules
+    // (`prerouting_chains`), in the order above.
     lines.push("  chain prerouting {".into());
     lines.push("    type filter hook prerouting priority raw; policy accept;".into());
     lines.push(
@@ -149,7 +147,6 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     let mut out = lines.join("\n");
     out.push('\n');
     out.push_str(&elements.diff_commands(&Elements::default(), t));
-    out.push_str(&super::ours::add_commands(t, elements.ours()));
     out
 }
 
@@ -186,52 +183,41 @@ fn prerouting_chains(
             ));
             lines.push("  }".into());
         }
-        // Only a packet that may be ours goes on (`ours.rs`): to a
-        // proxy-path frontend or NodePort (with or without endpoints, or
-        // one that left the proxy path within the drain time: a move to
-        // the kernel path, a Service gone), or from an endpoint of one (a
-        // reply to a transparent upstream socket). Everything else, a
-        // kernel-path flow in either direction included, is accepted after
-        // three lookups that miss, with no socket lookup.
-        let ours = |proto: &str| {
-            vec![
-                format!(
-                    "    {fam} daddr . meta l4proto . th dport @pfront{f} goto pre{f}_ours_{proto}"
-                ),
-                format!(
-                    "    {fam} saddr . meta l4proto . th sport @pep{f} goto pre{f}_ours_{proto}"
-                ),
-                // The family is the chain's already.
-                format!(
-                    "    {} goto pre{f}_ours_{proto}",
-                    node_port(fam, "@pnp").replacen(
-                        &format!("meta nfproto {} ", nfproto(fam)),
-                        "",
-                        1
-                    )
-                ),
-                "    accept".to_string(),
-            ]
-        };
         // A kernel-path flow that no socket of ours took (the socket rule
-        // catches a proxied connection from before its frontend moved to
-        // the kernel path, or to an endpoint the kernel path shares) leaves
-        // for conntrack and the NAT chains: to a kernel frontend, or a
-        // reply from a kernel endpoint (TCP only: a UDP endpoint may send
-        // from its service port to a proxied frontend, a DNS forwarder
-        // does).
+        // still catches a proxied connection from before its frontend moved
+        // to the kernel path) leaves for conntrack and the NAT chains: to a
+        // kernel frontend, or a reply from a kernel endpoint (TCP only: a
+        // UDP endpoint may send from its service port to a proxied
+        // frontend, a DNS forwarder does).
         let kvip = format!("    {fam} daddr . meta l4proto . th dport @kvip{f} accept");
         let knode = format!("    {} accept", node_port(fam, &format!("@knode{f}")));
-        for proto in ["tcp", "udp"] {
-            lines.push(format!("  chain pre{f}_{proto} {{"));
-            lines.extend(lbsr.iter().cloned());
-            lines.extend(ours(proto));
-            lines.push("  }".into());
-        }
+        // The same, before the socket rule, for kernel frontends that did
+        // not come from the proxy path within the last hour (`kmoved`,
+        // elements with a timeout): only a frontend that moved proxy →
+        // kernel can have proxied connections, whose packets the socket
+        // rule must still give to our sockets. Every other packet to a
+        // kernel frontend skips the socket lookup.
+        let kvip_early = format!(
+            "    {fam} daddr . meta l4proto . th dport @kvip{f} {fam} daddr . meta l4proto . th dport != @kmoved{f} accept"
+        );
+        let knode_early = format!(
+            "    {} meta l4proto . th dport != @kmovednp accept",
+            node_port(fam, &format!("@knode{f}"))
+        );
         // TCP: a SYN skips the socket rule (TIME_WAIT, see above).
-        lines.push(format!("  chain pre{f}_ours_tcp {{"));
+        lines.push(format!("  chain pre{f}_tcp {{"));
+        lines.extend(lbsr.iter().cloned());
         lines.push(format!(
             "    tcp flags & (syn | ack) == syn goto pre{f}_syn"
+        ));
+        lines.push(kvip_early.clone());
+        lines.push(knode_early.clone());
+        // A reply from a kernel endpoint that no proxied connection can be
+        // talking to (`kepx`: no proxy-path frontend routes to it, and
+        // none did within the last hour, `kepmoved`; see
+        // kernel/replies.rs): no socket lookup either.
+        lines.push(format!(
+            "    {fam} saddr . meta l4proto . th sport @kepx{f} {fam} saddr . meta l4proto . th sport != @kepmoved{f} accept"
         ));
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
         lines.push(kvip.clone());
@@ -248,17 +234,19 @@ fn prerouting_chains(
         lines.push(format!("    goto pre{f}_front_tcp"));
         lines.push("  }".into());
         // A SYN to a kernel frontend is a new kernel-path flow (DNAT), even
-        // if a proxied connection of the same addresses left a TIME_WAIT
-        // (the frontend came from the proxy path within the drain time). A
-        // SYN for a socket of ours to a frontend that went away within the
-        // drain time: deliver it rather than let it be routed out.
+        // if a proxied connection of the same addresses left a TIME_WAIT. A
+        // SYN for a socket of ours to an address that is no frontend (any
+        // more): deliver it rather than let it be routed out.
         lines.push(format!("  chain pre{f}_syn {{"));
         lines.push(kvip.clone());
         lines.push(knode.clone());
         lines.push(format!("    jump pre{f}_front_tcp"));
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
         lines.push("  }".into());
-        lines.push(format!("  chain pre{f}_ours_udp {{"));
+        lines.push(format!("  chain pre{f}_udp {{"));
+        lines.extend(lbsr.iter().cloned());
+        lines.push(kvip_early);
+        lines.push(knode_early);
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
         lines.push(kvip);
         lines.push(knode);
@@ -288,10 +276,7 @@ mod tests {
         assert!(text.starts_with("table inet switchyard {}\ndelete table inet switchyard\n"));
         assert!(text.contains("tproxy ip to :15001"));
         assert!(text.contains("tproxy ip6 to :15001"));
-        assert!(text.ends_with(
-            "add element inet switchyard vip4 { 10.96.0.10 . tcp . 80 }\n\
-             add element inet switchyard pfront4 { 10.96.0.10 . tcp . 80 }\n"
-        ));
+        assert!(text.ends_with("add element inet switchyard vip4 { 10.96.0.10 . tcp . 80 }\n"));
         assert!(text.contains(
             "meta nfproto ipv4 meta l4proto . th dport @nodeport fib daddr type local meta mark"
         ));
@@ -324,12 +309,11 @@ mod tests {
             .collect()
     }
 
-    /// A packet that is none of ours (a kernel-path flow in either
-    /// direction, unrelated traffic) meets one dispatch and its family and
-    /// protocol's chain: the source-range rule, three lookups that miss,
-    /// accept. No socket lookup, no route lookup.
+    /// A packet that is none of ours (a kernel-path flow, unrelated
+    /// traffic) meets one dispatch and its family and protocol's rules: one
+    /// socket lookup, and a route lookup only if its port is a NodePort.
     #[test]
-    fn packets_not_ours_meet_three_lookups_and_no_socket_lookup() {
+    fn packets_not_ours_meet_their_own_rules_and_one_socket_lookup() {
         for cfg in [
             InterceptConfig::default(),
             InterceptConfig {
@@ -342,51 +326,61 @@ mod tests {
             assert_eq!(base.len(), 3, "{base:?}");
             assert!(base[1].starts_with("meta nfproto . meta l4proto vmap {"));
             for (f, fam) in [(4, "ip"), (6, "ip6")] {
-                for proto in ["tcp", "udp"] {
-                    let rules = chain(&text, &format!("pre{f}_{proto}"));
-                    assert_eq!(rules.len(), 5, "{rules:?}");
-                    assert!(rules[0].contains(&format!("@lbsr{f}")));
-                    assert_eq!(
-                        rules[1],
-                        format!(
-                            "{fam} daddr . meta l4proto . th dport @pfront{f} goto pre{f}_ours_{proto}"
-                        )
-                    );
-                    assert_eq!(
-                        rules[2],
-                        format!(
-                            "{fam} saddr . meta l4proto . th sport @pep{f} goto pre{f}_ours_{proto}"
-                        )
-                    );
-                    // The port lookup first: only a packet to a NodePort
-                    // of ours pays the route lookup.
-                    assert!(
-                        rules[3].starts_with("meta l4proto . th dport @pnp fib daddr type local"),
-                        "{}",
-                        rules[3]
-                    );
-                    assert!(rules[3].ends_with(&format!("goto pre{f}_ours_{proto}")));
-                    assert_eq!(rules[4], "accept");
-                }
-                // What may be ours meets the rules of before: a SYN
-                // skips the socket rule; kernel-path flows leave after it.
-                let tcp = chain(&text, &format!("pre{f}_ours_tcp"));
+                let tcp = chain(&text, &format!("pre{f}_tcp"));
+                let shape: Vec<&str> = tcp
+                    .iter()
+                    .map(|r| {
+                        r.split(" @")
+                            .next()
+                            .unwrap_or_default()
+                            .split(" meta mark")
+                            .next()
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let np = format!("meta nfproto {} meta l4proto . th dport", nfproto(fam));
                 assert_eq!(
-                    tcp[0],
-                    format!("tcp flags & (syn | ack) == syn goto pre{f}_syn")
+                    shape,
+                    [
+                        format!("{fam} daddr . meta l4proto . th dport").as_str(),
+                        &format!("tcp flags & (syn | ack) == syn goto pre{f}_syn"),
+                        // Kernel frontends that did not come from the
+                        // proxy path: no socket lookup.
+                        &format!("{fam} daddr . meta l4proto . th dport"),
+                        &np,
+                        // Replies from kernel endpoints no proxied
+                        // connection can be talking to: no socket lookup.
+                        &format!("{fam} saddr . meta l4proto . th sport"),
+                        "socket transparent 1",
+                        // Kernel-path flows leave here: to a frontend, from
+                        // an endpoint, to a NodePort.
+                        &format!("{fam} daddr . meta l4proto . th dport"),
+                        &format!("{fam} saddr . meta l4proto . th sport"),
+                        &np,
+                        // The proxy's drains, then its frontends.
+                        &format!("{fam} daddr . meta l4proto . th dport"),
+                        &np,
+                        &format!("goto pre{f}_front_tcp"),
+                    ]
                 );
-                assert!(tcp[1].starts_with("socket transparent 1"));
-                assert!(tcp[2].ends_with(&format!("@kvip{f} accept")));
-                assert!(tcp[3].ends_with(&format!("@kep{f} accept")));
-                assert!(tcp[4].contains(&format!("@knode{f} fib daddr type local")));
-                assert!(tcp[5].ends_with(&format!("@kdrain{f} accept")));
-                assert!(tcp[6].contains("@kdrainnp fib daddr type local"));
-                assert_eq!(tcp[7], format!("goto pre{f}_front_tcp"));
-                let udp = chain(&text, &format!("pre{f}_ours_udp"));
-                assert!(udp[0].starts_with("socket transparent 1"));
-                assert!(udp[1].ends_with(&format!("@kvip{f} accept")));
+                assert!(tcp[2].ends_with(&format!(
+                    "@kvip{f} {fam} daddr . meta l4proto . th dport != @kmoved{f} accept"
+                )));
+                assert!(tcp[3].contains(&format!("@knode{f} fib daddr type local")));
+                assert!(tcp[3].ends_with("meta l4proto . th dport != @kmovednp accept"));
+                assert!(tcp[4].ends_with(&format!(
+                    "@kepx{f} {fam} saddr . meta l4proto . th sport != @kepmoved{f} accept"
+                )));
+                assert!(tcp[6].ends_with(&format!("@kvip{f} accept")));
+                assert!(tcp[7].ends_with(&format!("@kep{f} accept")));
+                assert!(tcp[8].contains(&format!("@knode{f} fib daddr type local")));
+                let udp = chain(&text, &format!("pre{f}_udp"));
+                assert!(udp[1].ends_with(&format!("!= @kmoved{f} accept")));
+                assert!(udp[2].ends_with("!= @kmovednp accept"));
+                assert!(udp[3].starts_with("socket transparent 1"));
+                assert!(udp[4].ends_with(&format!("@kvip{f} accept")));
                 assert!(!udp.iter().any(|r| r.contains("@kep")));
-                assert_eq!(udp[3], format!("goto pre{f}_front_udp"));
+                assert_eq!(udp[6], format!("goto pre{f}_front_udp"));
             }
             let sockets = text.matches("socket transparent 1").count();
             // Base chain (other protocols) + per family: tcp, syn, udp.

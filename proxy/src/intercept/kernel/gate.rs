@@ -1,12 +1,11 @@
-//! The raw prerouting chain's exit for kernel-path flows that may be ours
-//! (a frontend that came from the proxy path within the hour, an endpoint
-//! a proxied Service shares): plain sets of the kernel frontends (`kvip4/6`:
-//! `daddr . l4proto . dport`; `knode4/6`: NodePorts, `l4proto . dport`) and
-//! of their endpoints (`kep4/6`: `saddr . l4proto . sport` of the
-//! replies). A packet that no socket of ours took and that belongs to one
-//! leaves the chain there, instead of walking the proxy's drain, reject and
-//! TPROXY rules (see `ruleset.rs`). `kvip`/`knode` also say which frontends
-//! `kernel_dnat` looks up in the verdict maps.
+//! The raw prerouting chain's early exit for kernel-path flows: plain sets
+//! of the kernel frontends (`kvip4/6`: `daddr . l4proto . dport`; `knode4/6`:
+//! NodePorts, `l4proto . dport`) and of their endpoints (`kep4/6`:
+//! `saddr . l4proto . sport` of the replies). A packet that no socket of
+//! ours took and that belongs to one leaves the chain there, instead of
+//! walking the proxy's drain, reject and TPROXY rules (see `ruleset.rs`).
+//! The replies of endpoints no proxied connection can be talking to leave
+//! before the socket rule (`replies.rs`).
 //! The verdict maps `kfront`/`knp` cannot serve: the kernel refuses a
 //! lookup from a filter chain in a map whose elements jump to DNAT chains.
 //!

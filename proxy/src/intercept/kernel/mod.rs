@@ -21,4 +21,7 @@ pub use elements::{
 };
 pub use plan::{Choices, Planner, plan};
 pub use step::{KernelKeys, Shared, Step, step};
-pub use wire::{EncodeError, drain_batch, drain_node_port_batch, fill_batches};
+pub use wire::{
+    EncodeError, drain_batch, drain_node_port_batch, fill_batches, moved_batch,
+    moved_node_port_batch,
+};

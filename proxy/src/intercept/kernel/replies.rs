@@ -1,75 +1,50 @@
-//! The proxy path's endpoints: the replies of a Pod port behind a
-//! proxy-path frontend to our transparent upstream sockets (they come from
-//! its own address and port, to the client's) reach them only through the
-//! socket rule, so raw prerouting sends a packet from one of them there
-//! (`pep4/6`, `ours.rs`); a reply from an endpoint only the kernel path
-//! uses is accepted without a socket lookup.
+//! The reply gate: TCP replies from kernel-path endpoints accepted before
+//! the socket rule (`kepx4/6`), for the endpoints no proxied connection
+//! can be talking to.
 //!
-//! An endpoint is counted per proxy-path frontend (a frontend in the
-//! proxy's `vip`/`noep`/`nodeport`/`nodeport_noep` sets) that routes to
-//! it, of either protocol, stepped in place with the touched frontends
-//! (the interceptor counts again from what is installed when a sync
-//! fails), so a sync touches only the changed frontends' endpoints. One
-//! that is no longer counted stays in `pep` for the drain time, for the
-//! proxied connections of before.
+//! The proxy's upstream sockets are transparent: a Pod port behind a
+//! proxy-path frontend answers them from its own address and port, and
+//! only the socket rule hands those replies to our socket. So an
+//! endpoint goes in `kepx` only while no proxy-path frontend (a frontend
+//! in the proxy's `vip`/`nodeport` sets) routes to it, and not while it
+//! is in `kepmoved` (elements with a timeout, added when an endpoint
+//! stops being routed to by the proxy path for any reason: its frontend
+//! moved proxy → kernel, it left a proxied Service, the Service went);
+//! the proxied connections of the hour before keep the socket rule.
+//!
+//! The proxy path's endpoints are counted per frontend, stepped in place
+//! with the touched frontends (the interceptor counts again from what is
+//! installed when a sync fails), so a sync touches only the changed
+//! frontends' endpoints.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
-use super::elements::KernelPlan;
+use super::elements::{Element, KernelPlan};
 use super::step::{KernelKeys, Shared, Step, step};
 use crate::catalog::{Protocol, Route, ServiceTable, TableChange};
 use crate::intercept::elements::{Delta, Elements};
-use crate::intercept::ours;
+use crate::intercept::netlink::{self, Batch, Family, Verb, key};
 
-/// An endpoint and the protocol of the frontends routing to it.
-pub type Endpoint = (SocketAddr, Protocol);
-
-/// How many proxy-path frontends route to each endpoint.
+/// How many proxy-path frontends route to each TCP endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProxyEndpoints {
-    counts: HashMap<Endpoint, u32>,
+    counts: HashMap<SocketAddr, u32>,
+}
+
+/// The `kepx` element of an endpoint.
+pub fn exclusive_element(ep: SocketAddr) -> Element {
+    Element {
+        set: if ep.is_ipv6() { "kepx6" } else { "kepx4" },
+        key: format!("{} . tcp . {}", ep.ip(), ep.port()),
+        data: None,
+    }
 }
 
 /// Every endpoint a proxied connection through `route` may reach (all of
-/// the port's scope: a superset only sends a reply to the socket rule).
-fn endpoints(route: &Route) -> impl Iterator<Item = Endpoint> + '_ {
-    let proto = route.port.protocol;
-    route.endpoints().iter().map(move |e| (e.addr, proto))
-}
-
-/// Whether `key` is in the proxy path's sets `have`, or will be after `d`.
-fn proxied_vip(
-    key: &(std::net::IpAddr, Protocol, u16),
-    have: &Elements,
-    d: Option<&Delta>,
-) -> bool {
-    let was = have.vips.contains(key) || have.vips_no_endpoints.contains(key);
-    match d {
-        None => was,
-        Some(d) => {
-            d.added.vips.contains(key)
-                || d.added.vips_no_endpoints.contains(key)
-                || (was
-                    && !d.removed.vips.contains(key)
-                    && !d.removed.vips_no_endpoints.contains(key))
-        }
-    }
-}
-
-/// `proxied_vip` for a NodePort.
-fn proxied_node_port(key: &(Protocol, u16), have: &Elements, d: Option<&Delta>) -> bool {
-    let was = have.node_ports.contains(key) || have.node_ports_no_endpoints.contains(key);
-    match d {
-        None => was,
-        Some(d) => {
-            d.added.node_ports.contains(key)
-                || d.added.node_ports_no_endpoints.contains(key)
-                || (was
-                    && !d.removed.node_ports.contains(key)
-                    && !d.removed.node_ports_no_endpoints.contains(key))
-        }
-    }
+/// the port's scope: a superset only keeps a reply on the slow path).
+fn endpoints(route: &Route) -> impl Iterator<Item = SocketAddr> + '_ {
+    route.endpoints().iter().map(|e| e.addr)
 }
 
 impl ProxyEndpoints {
@@ -78,20 +53,20 @@ impl ProxyEndpoints {
         let mut out = ProxyEndpoints::default();
         let mut ignored = Vec::new();
         for (f, route) in &table.frontends {
-            if proxied_vip(&(f.ip, f.protocol, f.port), proxy, None) {
+            if f.protocol == Protocol::Tcp && proxy.vips.contains(&(f.ip, f.protocol, f.port)) {
                 out.count(route, true, &mut ignored);
             }
         }
-        for (key, route) in &table.node_ports {
-            if proxied_node_port(key, proxy, None) {
+        for (&(proto, port), route) in &table.node_ports {
+            if proto == Protocol::Tcp && proxy.node_ports.contains(&(proto, port)) {
                 out.count(route, true, &mut ignored);
             }
         }
         out
     }
 
-    /// Whether a proxy-path frontend routes to `ep`.
-    pub fn contains(&self, ep: &Endpoint) -> bool {
+    /// Whether a proxy-path frontend routes to `ep` (TCP).
+    pub fn contains(&self, ep: &SocketAddr) -> bool {
         self.counts.contains_key(ep)
     }
 
@@ -103,13 +78,7 @@ impl ProxyEndpoints {
         self.counts.is_empty()
     }
 
-    /// Its endpoints, as `pep` keys (`ours.rs`).
-    pub fn ours(&self) -> impl Iterator<Item = ours::Key> + '_ {
-        self.keys()
-            .map(|(ep, proto)| ours::Key::Endpoint(ep, proto))
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = Endpoint> + '_ {
+    fn keys(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.counts.keys().copied()
     }
 
@@ -118,14 +87,18 @@ impl ProxyEndpoints {
         base: &ServiceTable,
         table: &ServiceTable,
         change: &TableChange,
-    ) -> BTreeSet<Endpoint> {
+    ) -> BTreeSet<SocketAddr> {
         let mut out = BTreeSet::new();
-        for f in &change.frontends {
+        for f in change
+            .frontends
+            .iter()
+            .filter(|f| f.protocol == Protocol::Tcp)
+        {
             for t in [base, table] {
                 out.extend(t.frontends.get(f).into_iter().flat_map(endpoints));
             }
         }
-        for key in &change.node_ports {
+        for key in change.node_ports.iter().filter(|k| k.0 == Protocol::Tcp) {
             for t in [base, table] {
                 out.extend(t.node_ports.get(key).into_iter().flat_map(endpoints));
             }
@@ -135,7 +108,7 @@ impl ProxyEndpoints {
 
     /// Counts one frontend's route in or out; every endpoint it names
     /// goes to `touched`.
-    fn count(&mut self, route: &Route, add: bool, touched: &mut Vec<Endpoint>) {
+    fn count(&mut self, route: &Route, add: bool, touched: &mut Vec<SocketAddr>) {
         for ep in endpoints(route) {
             touched.push(ep);
             if add {
@@ -151,8 +124,8 @@ impl ProxyEndpoints {
 
     /// Steps the counts from `base` (whose proxy sets are `have`) to
     /// `table` by `d`, touching the frontends of `change` only. Returns the
-    /// endpoints it counts now and did not before (`came`), and those it
-    /// no longer counts at all (`gone`).
+    /// endpoints it may have counted in or out, and those it no longer
+    /// counts at all (`gone`).
     pub fn step(
         &mut self,
         base: &ServiceTable,
@@ -160,15 +133,19 @@ impl ProxyEndpoints {
         change: &TableChange,
         have: &Elements,
         d: &Delta,
-    ) -> (Vec<Endpoint>, Vec<Endpoint>) {
+    ) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
         let named = Self::named_by(base, table, change);
         let before: Vec<bool> = named.iter().map(|ep| self.contains(ep)).collect();
         let out = self;
         let mut touched = Vec::new();
-        for f in &change.frontends {
+        for f in change
+            .frontends
+            .iter()
+            .filter(|f| f.protocol == Protocol::Tcp)
+        {
             let key = (f.ip, f.protocol, f.port);
-            let was = proxied_vip(&key, have, None);
-            let is = proxied_vip(&key, have, Some(d));
+            let was = have.vips.contains(&key);
+            let is = d.added.vips.contains(&key) || (was && !d.removed.vips.contains(&key));
             if let (true, Some(route)) = (was, base.frontends.get(f)) {
                 out.count(route, false, &mut touched);
             }
@@ -176,9 +153,10 @@ impl ProxyEndpoints {
                 out.count(route, true, &mut touched);
             }
         }
-        for key in &change.node_ports {
-            let was = proxied_node_port(key, have, None);
-            let is = proxied_node_port(key, have, Some(d));
+        for key in change.node_ports.iter().filter(|k| k.0 == Protocol::Tcp) {
+            let was = have.node_ports.contains(key);
+            let is =
+                d.added.node_ports.contains(key) || (was && !d.removed.node_ports.contains(key));
             if let (true, Some(route)) = (was, base.node_ports.get(key)) {
                 out.count(route, false, &mut touched);
             }
@@ -186,64 +164,136 @@ impl ProxyEndpoints {
                 out.count(route, true, &mut touched);
             }
         }
-        let mut came = Vec::new();
-        let mut gone = Vec::new();
-        for (ep, was) in named.into_iter().zip(before) {
-            match (was, out.contains(&ep)) {
-                (false, true) => came.push(ep),
-                (true, false) => gone.push(ep),
-                _ => {}
-            }
-        }
-        (came, gone)
+        let gone = named
+            .into_iter()
+            .zip(before)
+            .filter(|(ep, was)| *was && !out.contains(ep))
+            .map(|(ep, _)| ep)
+            .collect();
+        let touched: BTreeSet<SocketAddr> = touched.into_iter().collect();
+        (touched.into_iter().collect(), gone)
     }
 
     /// The endpoints of `self` that `new` no longer counts: their
-    /// proxied connections live on (`ours.rs`).
-    pub fn left<'a>(&'a self, new: &'a ProxyEndpoints) -> impl Iterator<Item = Endpoint> + 'a {
+    /// proxied connections live on (`kepmoved`).
+    pub fn left<'a>(&'a self, new: &'a ProxyEndpoints) -> impl Iterator<Item = SocketAddr> + 'a {
         self.keys().filter(|ep| !new.contains(ep))
     }
 }
 
-/// The `pep` changes from the counts `old` to `new`.
-pub fn ours_batch(
-    table: &str,
-    old: &ProxyEndpoints,
-    new: &ProxyEndpoints,
-    fresh: bool,
-) -> crate::intercept::netlink::Batch {
-    batch(table, new.left(old), old.left(new), fresh)
+/// Whether `ep` belongs in `kepx`: a kernel frontend's TCP endpoint that
+/// no proxy-path frontend routes to.
+fn exclusive(ep: SocketAddr, shared: &Shared, proxy: &ProxyEndpoints) -> bool {
+    shared.serves(ep, Protocol::Tcp) && !proxy.contains(&ep)
 }
 
-/// The `pep` changes for endpoints that came and those that went.
-pub fn batch(
-    table: &str,
-    came: impl IntoIterator<Item = Endpoint>,
-    gone: impl IntoIterator<Item = Endpoint>,
-    fresh: bool,
-) -> crate::intercept::netlink::Batch {
-    let key = |(ep, proto): Endpoint| ours::Key::Endpoint(ep, proto);
-    ours::batch(
-        table,
-        came.into_iter().map(key),
-        gone.into_iter().map(key),
-        fresh,
-    )
+/// The whole `kepx` contents.
+pub fn exclusive_elements(shared: &Shared, proxy: &ProxyEndpoints) -> BTreeSet<Element> {
+    shared
+        .endpoints(Protocol::Tcp)
+        .filter(|ep| !proxy.contains(ep))
+        .map(exclusive_element)
+        .collect()
 }
 
-/// A kernel step with the proxy path's endpoints: steps the proxy
-/// path's endpoint counts (`proxy`, from `base` installed as `have` to
-/// `table` by `d`) and the kernel's shared counts (`shared`, the frontends
-/// `keys` names from `old` to `new`) in place, and returns the kernel
-/// elements to change and the endpoints the proxy path now routes to and
-/// no longer routes to (for `pep`).
+/// The TCP endpoints of the kernel frontends `keys` names, in `plan`.
+pub fn kernel_endpoints<'a>(
+    plan: &'a KernelPlan,
+    keys: &'a KernelKeys,
+) -> impl Iterator<Item = SocketAddr> + 'a {
+    let vips = keys
+        .vips
+        .iter()
+        .filter(|k| k.1 == Protocol::Tcp)
+        .filter_map(|k| plan.vips.get(k));
+    let node_ports = keys
+        .node_ports
+        .iter()
+        .filter(|k| k.1 == Protocol::Tcp)
+        .filter_map(|k| plan.node_ports.get(k));
+    vips.chain(node_ports)
+        .filter(|k| k.fits())
+        .flat_map(|k| k.endpoints.iter().copied())
+}
+
+/// The `kepx` elements of `candidates` by `shared` and `proxy`: taken
+/// before a step (into its `have`) and after (into its `want`), the
+/// batch's diff adds and deletes only those whose membership changed.
+pub fn exclusive_of<'a>(
+    candidates: impl IntoIterator<Item = &'a SocketAddr>,
+    shared: &Shared,
+    proxy: &ProxyEndpoints,
+    out: &mut BTreeSet<Element>,
+) {
+    for &ep in candidates {
+        if exclusive(ep, shared, proxy) {
+            out.insert(exclusive_element(ep));
+        }
+    }
+}
+
+/// `kepmoved4/6` elements for endpoints the proxy path no longer routes
+/// to: `add` only, with a timeout (an expired element must never be
+/// deleted by name), as `kmoved`.
+pub fn moved_batch(
+    table: &str,
+    left: impl IntoIterator<Item = SocketAddr>,
+    timeout_s: u64,
+) -> Batch {
+    let mut out = Batch::default();
+    for ep in left {
+        let set = if ep.is_ipv6() {
+            "kepmoved6"
+        } else {
+            "kepmoved4"
+        };
+        let el = netlink::Element::key(
+            key::addr_proto_port(ep.ip(), Protocol::Tcp, ep.port()),
+            format!("{} . tcp . {} timeout {timeout_s}s", ep.ip(), ep.port()),
+        )
+        .with_timeout_ms(timeout_s.saturating_mul(1000));
+        out.push(Verb::Add, Family::Inet, table, set, el);
+    }
+    out
+}
+
+/// The set definitions, in `rules.rs`'s layout.
+pub fn set_definitions() -> Vec<String> {
+    let mut out = Vec::new();
+    for (f, addr) in [(4, "ipv4_addr"), (6, "ipv6_addr")] {
+        out.push(format!(
+            "  set kepx{f} {{\n    type {addr} . inet_proto . inet_service\n  }}"
+        ));
+        out.push(format!(
+            "  set kepmoved{f} {{\n    type {addr} . inet_proto . inet_service\n    flags timeout\n  }}"
+        ));
+    }
+    out
+}
+
+/// A kernel step with its reply gate: steps the proxy path's endpoint
+/// counts (`proxy`, from `base` installed as `have` to `table` by `d`) and
+/// the kernel's shared counts (`shared`, the frontends `keys` names from
+/// `old` to `new`) in place, and returns the kernel elements to change,
+/// `kepx` included, and the endpoints the proxy path no longer routes to
+/// (for `kepmoved`).
 pub fn gate_step(
     proxy: &mut ProxyEndpoints,
     shared: &mut Shared,
     (base, table, change): (&ServiceTable, &ServiceTable, &TableChange),
     (have, d): (&Elements, &Delta),
     (old, new, keys): (&KernelPlan, &KernelPlan, &KernelKeys),
-) -> (Step, Vec<Endpoint>, Vec<Endpoint>) {
-    let (came, gone) = proxy.step(base, table, change, have, d);
-    (step(old, new, keys, shared), came, gone)
+) -> (Step, Vec<SocketAddr>) {
+    let mut candidates: BTreeSet<SocketAddr> = kernel_endpoints(old, keys)
+        .chain(kernel_endpoints(new, keys))
+        .chain(ProxyEndpoints::named_by(base, table, change))
+        .collect();
+    let mut gate_have = BTreeSet::new();
+    exclusive_of(&candidates, shared, proxy, &mut gate_have);
+    let (touched, gone) = proxy.step(base, table, change, have, d);
+    candidates.extend(touched);
+    let mut k = step(old, new, keys, shared);
+    k.have.elements.extend(gate_have);
+    exclusive_of(&candidates, shared, proxy, &mut k.want.elements);
+    (k, gone)
 }

@@ -103,9 +103,19 @@ pub fn render(cfg: &InterceptConfig, node_port: &dyn Fn(&str, &str) -> String) -
         lines.push(format!(
             "  set kdrain{f} {{\n    type {addr} . inet_proto . inet_service\n    flags timeout\n  }}"
         ));
+        // Frontends that came from the proxy path: their proxied
+        // connections still need the socket rule (see ruleset.rs). Same
+        // rule for elements: they expire, and are never deleted.
+        lines.push(format!(
+            "  set kmoved{f} {{\n    type {addr} . inet_proto . inet_service\n    flags timeout\n  }}"
+        ));
         if !v6 {
             lines.push(
                 "  set kdrainnp {\n    type inet_proto . inet_service\n    flags timeout\n  }"
+                    .into(),
+            );
+            lines.push(
+                "  set kmovednp {\n    type inet_proto . inet_service\n    flags timeout\n  }"
                     .into(),
             );
         }
@@ -124,6 +134,7 @@ pub fn render(cfg: &InterceptConfig, node_port: &dyn Fn(&str, &str) -> String) -
         }
     }
     lines.extend(super::gate::set_definitions());
+    lines.extend(super::replies::set_definitions());
     // New flows only: the NAT hooks see the first packet of a connection.
     let masq = format!("meta mark set meta mark | 0x{MASQUERADE_MARK:x}");
     lines.push("  chain kernel_dnat {".into());

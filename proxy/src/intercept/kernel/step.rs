@@ -91,6 +91,14 @@ impl Shared {
         self.replies.contains_key(&(ep, proto))
     }
 
+    /// The endpoints kernel frontends route to by `proto`.
+    pub fn endpoints(&self, proto: Protocol) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.replies
+            .keys()
+            .filter(move |(_, p)| *p == proto)
+            .map(|&(ep, _)| ep)
+    }
+
     fn add(&mut self, proto: Protocol, k: &KernelPort, new: &mut BTreeSet<Element>) {
         let (ips, replies) = shared_keys(proto, k);
         count(&mut self.hairpin, ips, true, hairpin_element, new);

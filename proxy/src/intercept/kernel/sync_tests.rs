@@ -1,14 +1,14 @@
-//! A kernel-path sync's steps, driven from real Services through the
-//! planner as `Interceptor::sync` drives them: the sets of what may be
-//! ours (`ours.rs`, the proxy path's frontends and endpoints of
-//! `replies.rs`) for an endpoint shared by a kernel and a proxied Service
-//! and for a move, and the kept verdict elements (`verdicts.rs`).
+//! A kernel-path sync's gate and verdict steps, driven from real
+//! Services through the planner as `Interceptor::sync` drives them: the
+//! reply gate (`replies.rs`) for an endpoint shared by a kernel and a
+//! proxied Service and for a move, and the kept verdict elements
+//! (`verdicts.rs`).
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::elements::KernelPlan;
+use super::elements::{Element, KernelPlan};
 use super::replies::*;
 use super::step::Shared;
 use super::verdicts::{Verdicts, is_verdict};
@@ -17,6 +17,7 @@ use crate::catalog::{Assembly, NodeContext, Replaced, TranslatedService};
 use crate::catalog::{Protocol, ServiceTable};
 use crate::intercept::elements::Elements;
 use crate::intercept::kernel::Planner;
+use crate::intercept::netlink::Verb;
 use crate::policy::Bindings;
 use crate::policy::kernel_tables::TableCache;
 
@@ -61,9 +62,8 @@ struct Node {
     verdict_changes: Vec<String>,
 }
 
-/// A step's changes to the sets of what may be ours (`pfront`, `pnp`,
-/// `pep`), in batch order.
-type Ours = Vec<String>;
+/// A step's reply gate: `kepx` deleted and added, `kepmoved` added.
+type Gate = (Vec<String>, Vec<String>, Vec<String>);
 
 impl Node {
     fn new(list: &[(&str, TranslatedService)]) -> Self {
@@ -98,15 +98,12 @@ impl Node {
         }
     }
 
-    /// Whether the proxy path routes to `ep` (TCP): its replies go to
-    /// the socket rule.
-    fn ours(&self, ep: &str) -> bool {
-        self.endpoints
-            .contains(&(ep.parse().expect("endpoint"), Protocol::Tcp))
+    fn gate(&self) -> BTreeSet<Element> {
+        exclusive_elements(&self.shared, &self.endpoints)
     }
 
     /// Replaces Service `name` by `new`.
-    fn change(&mut self, name: &str, new: &TranslatedService) -> Ours {
+    fn change(&mut self, name: &str, new: &TranslatedService) -> Gate {
         let old = self.services.insert(name.to_owned(), new.clone());
         let changes: Vec<Replaced<'_>> = vec![(old.as_ref(), Some(new))];
         let services = &self.services;
@@ -125,7 +122,7 @@ impl Node {
         let plan = self.planner.plan().clone();
         let change = table.changed_since(&self.table).expect("patched");
         let d = self.proxy.delta(&self.table, &table, &[], Some(&plan));
-        let (mut k, came, gone) = gate_step(
+        let (mut k, gone) = gate_step(
             &mut self.endpoints,
             &mut self.shared,
             (&self.table, &table, change),
@@ -139,15 +136,21 @@ impl Node {
             &mut k.have.elements,
             &mut k.want.elements,
         );
-        let mut ours = d.batch("sy");
-        ours.extend(batch("sy", came, gone, false));
-        let ours: Ours = ours
+        let moved: Vec<String> = moved_batch("sy", gone, 3600)
             .changes
             .iter()
-            .filter(|c| c.set.starts_with('p'))
             .map(ToString::to_string)
             .collect();
         let batch = k.want.diff_batch(&k.have, "sy").expect("encodes");
+        let named = |verb: Verb| -> Vec<String> {
+            batch
+                .changes
+                .iter()
+                .filter(|c| c.verb == verb && c.set.starts_with("kepx"))
+                .map(ToString::to_string)
+                .collect()
+        };
+        let gate = (named(Verb::Delete), named(Verb::Add), moved);
         self.verdict_changes = batch
             .changes
             .iter()
@@ -175,13 +178,15 @@ impl Node {
                 .whole(&self.plan, &self.table, &mut have, &mut want);
             assert!(have.contains(e), "{e:?} not installed");
         }
-        assert_eq!(self.shared, Shared::of(&self.plan));
-        ours
+        assert_eq!(
+            self.gate(),
+            exclusive_elements(&Shared::of(&self.plan), &self.endpoints)
+        );
+        gate
     }
 }
 
 const EP: &str = "10.0.0.1 . tcp . 8080";
-const EP2: &str = "10.0.0.2 . tcp . 8080";
 
 #[test]
 fn an_endpoint_a_proxied_service_shares_stays_behind_the_socket_rule() {
@@ -194,68 +199,62 @@ fn an_endpoint_a_proxied_service_shares_stays_behind_the_socket_rule() {
             .serves("10.0.0.1:8080".parse().expect("ep"), Protocol::Tcp)
     );
     assert!(
-        node.ours("10.0.0.1:8080"),
+        node.gate().is_empty(),
         "b's upstream replies need our socket"
     );
 
     // b's endpoint moves away: a's replies skip the socket lookup,
     // but only after b's proxied connections had an hour.
     let elsewhere = service("b", 2, "proxy", 2);
-    let ours = node.change("b", &elsewhere);
+    let (deleted, added, moved) = node.change("b", &elsewhere);
+    assert!(deleted.is_empty());
+    assert_eq!(added, [format!("add element inet sy kepx4 {{ {EP} }}")]);
     assert_eq!(
-        ours,
-        [
-            format!("destroy element inet sy pep4 {{ {EP2} }}"),
-            format!("destroy element inet sy pep4 {{ {EP} }}"),
-            format!("add element inet sy pep4 {{ {EP2} }}"),
-            format!("add element inet sy pep4 {{ {EP} timeout 3600s }}"),
-        ]
+        moved,
+        [format!(
+            "add element inet sy kepmoved4 {{ {EP} timeout 3600s }}"
+        )]
     );
-    assert!(!node.ours("10.0.0.1:8080"));
 
-    // And back.
-    let ours = node.change("b", &proxied);
+    // And back: out of the gate again; the endpoint b leaves now
+    // (no kernel frontend's) is timed all the same.
+    let (deleted, added, moved) = node.change("b", &proxied);
     assert_eq!(
-        ours,
-        [
-            format!("destroy element inet sy pep4 {{ {EP} }}"),
-            format!("destroy element inet sy pep4 {{ {EP2} }}"),
-            format!("add element inet sy pep4 {{ {EP} }}"),
-            format!("add element inet sy pep4 {{ {EP2} timeout 3600s }}"),
-        ]
+        deleted,
+        [format!("delete element inet sy kepx4 {{ {EP} }}")]
+    );
+    assert!(added.is_empty());
+    assert_eq!(
+        moved,
+        ["add element inet sy kepmoved4 { 10.0.0.2 . tcp . 8080 timeout 3600s }"]
     );
 }
 
 #[test]
-fn a_frontend_moving_proxy_to_kernel_stays_ours_for_an_hour() {
+fn a_frontend_moving_proxy_to_kernel_puts_its_endpoints_in_the_gate_after_an_hour() {
     let proxied = service("b", 2, "proxy", 1);
     let mut node = Node::new(&[("b", proxied.clone())]);
-    assert!(node.plan.is_empty() && node.ours("10.0.0.1:8080"));
-    // An annotation edit moves b to the kernel path: the proxied
-    // connections from before the move keep the socket rule, both ways.
+    assert!(node.plan.is_empty() && node.gate().is_empty());
+    // An annotation edit moves b to the kernel path.
     let moved_to_kernel = service("b", 2, "kernel", 1);
-    let ours = node.change("b", &moved_to_kernel);
+    let (deleted, added, moved) = node.change("b", &moved_to_kernel);
+    assert!(deleted.is_empty());
+    assert_eq!(added, [format!("add element inet sy kepx4 {{ {EP} }}")]);
+    // The proxied connections from before the move keep the socket
+    // rule (`kepmoved`), as the frontend's requests do (`kmoved`).
     assert_eq!(
-        ours,
-        [
-            "destroy element inet sy pfront4 { 10.96.0.2 . tcp . 80 }".to_string(),
-            "add element inet sy pfront4 { 10.96.0.2 . tcp . 80 timeout 3600s }".to_string(),
-            format!("destroy element inet sy pep4 {{ {EP} }}"),
-            format!("add element inet sy pep4 {{ {EP} timeout 3600s }}"),
-        ]
+        moved,
+        [format!(
+            "add element inet sy kepmoved4 {{ {EP} timeout 3600s }}"
+        )]
     );
-    assert!(!node.ours("10.0.0.1:8080"));
-    // Kernel → proxy: ours again at once, for good.
-    let ours = node.change("b", &proxied);
+    // Kernel → proxy: the endpoint leaves the gate at once.
+    let (deleted, added, moved) = node.change("b", &proxied);
     assert_eq!(
-        ours,
-        [
-            "destroy element inet sy pfront4 { 10.96.0.2 . tcp . 80 }".to_string(),
-            "add element inet sy pfront4 { 10.96.0.2 . tcp . 80 }".to_string(),
-            format!("destroy element inet sy pep4 {{ {EP} }}"),
-            format!("add element inet sy pep4 {{ {EP} }}"),
-        ]
+        deleted,
+        [format!("delete element inet sy kepx4 {{ {EP} }}")]
     );
+    assert!(added.is_empty() && moved.is_empty());
 }
 
 #[test]

@@ -204,6 +204,26 @@ pub fn drain_node_port_batch(
     timed_node_ports(table, "kdrainnp", left, timeout_s)
 }
 
+/// `kmoved4`/`kmoved6` elements for frontends that came to the kernel path
+/// from the proxy's: their packets meet the socket rule first while the
+/// element lives (proxied connections from before the move).
+pub fn moved_batch(
+    table: &str,
+    came: impl IntoIterator<Item = (IpAddr, Protocol, u16)>,
+    timeout_s: u64,
+) -> Batch {
+    timed_vips(table, ("kmoved4", "kmoved6"), came, timeout_s)
+}
+
+/// `kmovednp` elements for NodePorts that came from the proxy path.
+pub fn moved_node_port_batch(
+    table: &str,
+    came: impl IntoIterator<Item = (Protocol, u16)>,
+    timeout_s: u64,
+) -> Batch {
+    timed_node_ports(table, "kmovednp", came, timeout_s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,10 +94,6 @@ impl Element {
 pub enum Verb {
     Add,
     Delete,
-    /// Delete if there (NFT_MSG_DESTROYSETELEM, Linux 6.3): for an element
-    /// with a timeout, which may have expired; deleting a missing element
-    /// by name fails the whole batch.
-    Destroy,
 }
 
 /// One element added to or deleted from one set.
@@ -117,7 +113,6 @@ impl std::fmt::Display for Change {
         let verb = match self.verb {
             Verb::Add => "add",
             Verb::Delete => "delete",
-            Verb::Destroy => "destroy",
         };
         write!(
             f,

@@ -146,7 +146,7 @@ fn on(set: &str, verb: Verb, element: Element) -> Change {
     }
 }
 
-pub(super) fn set_of(items: &[&str]) -> BTreeSet<String> {
+fn set_of(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::tests::{Netns, TABLE, set_of};
+use super::tests::{Netns, TABLE};
 use super::*;
 use crate::catalog::Protocol;
 use crate::config::InterceptConfig;
@@ -266,51 +266,4 @@ fn kernel_maps_drains_and_source_ranges_match_what_nft_text_writes() {
             assert!(elems.is_empty(), "{set}: {elems:?}");
         }
     }
-}
-
-/// The sets of what may be ours (`ours.rs`): a key that comes destroys
-/// whatever is there (nothing, a drain element) before it is added for
-/// good, a key that leaves is replaced by a drain element, and none of it
-/// fails on a key that is missing.
-#[test]
-fn a_key_of_ours_comes_leaves_and_comes_back_without_a_failed_batch() {
-    use crate::intercept::ours::{Key, batch};
-    let cfg = InterceptConfig {
-        table: TABLE.into(),
-        ..InterceptConfig::default()
-    };
-    let ns = Netns::new();
-    ns.nft(&crate::intercept::ruleset::render(
-        &cfg,
-        15001,
-        &Elements::default(),
-    ));
-    let f = Key::Frontend(a("10.96.0.1"), Protocol::Tcp, 80);
-    let ep = Key::Endpoint("[fd00::2]:53".parse().expect("ep"), Protocol::Udp);
-    let np = Key::NodePort(Protocol::Tcp, 30080);
-    let pfront = |ns: &Netns| ns.elements()["pfront4"].clone();
-    ns.within(|| Writer::default().apply(&batch(TABLE, [f, ep, np], [], false)))
-        .expect("destroying missing keys is no error");
-    assert_eq!(
-        pfront(&ns),
-        set_of(&[r#"{"concat":["10.96.0.1","tcp",80]}"#])
-    );
-    assert_eq!(ns.elements()["pep6"].len(), 1);
-    assert_eq!(ns.elements()["pnp"].len(), 1);
-    ns.within(|| Writer::default().apply(&batch(TABLE, [], [f, ep], false)))
-        .expect("drained");
-    let drained = pfront(&ns);
-    assert_eq!(drained.len(), 1);
-    let only = drained.iter().next().expect("one");
-    assert!(only.contains("\"timeout\":3600"), "{only}");
-    // Back for good: the drain element goes, twice over is no error.
-    for _ in 0..2 {
-        ns.within(|| Writer::default().apply(&batch(TABLE, [f], [], false)))
-            .expect("back");
-    }
-    assert_eq!(
-        pfront(&ns),
-        set_of(&[r#"{"concat":["10.96.0.1","tcp",80]}"#])
-    );
-    assert!(ns.elements()["pep6"].iter().all(|e| e.contains("timeout")));
 }

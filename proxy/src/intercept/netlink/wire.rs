@@ -16,7 +16,6 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
-const NFT_MSG_DESTROYSETELEM: u16 = 30;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_GETGEN: u16 = 16;
 const NFTA_TABLE_NAME: u16 = 1;
@@ -145,7 +144,6 @@ pub fn open_elements(buf: &mut Vec<u8>, seq: u32, change: &Change) -> Open {
         // no error.
         Verb::Add => (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE),
         Verb::Delete => (NFT_MSG_DELSETELEM, NLM_F_REQUEST),
-        Verb::Destroy => (NFT_MSG_DESTROYSETELEM, NLM_F_REQUEST),
     };
     let ty = (NFNL_SUBSYS_NFTABLES << 8) | ty;
     let message = buf.len();
