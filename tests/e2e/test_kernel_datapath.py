@@ -377,6 +377,97 @@ def test_an_endpoint_of_a_kernel_and_a_proxied_service_serves_both(bare_cluster,
     assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, got
 
 
+def test_a_proxied_connection_outlives_its_services_removal(bare_cluster, tmp_path):
+    """The socket rule keeps the connections the proxy carries for a Service
+    that goes (both ways: requests to the removed VIP, replies of its
+    Pods to our transparent upstream sockets); a kernel Service next to it
+    is untouched."""
+    c = bare_cluster
+    for standard in c.manifests.glob("*.yaml"):
+        standard.unlink()
+    prox_vips = ("10.96.0.91", "fd00:10:96::91")
+    prox = kernel_service("prox", vips=prox_vips, datapath="proxy", node_port=None,
+                          external_ips=())
+    start(c, tmp_path, [kernel_service(), prox])
+    wait_datapath(c, "proxy", "e2e/prox")
+    flag = tmp_path / "go"
+    script = tmp_path / "keepalive.py"
+    script.write_text(KEEPALIVE)
+    holders = [
+        c.topo.spawn(f"held-{fam}", c.topo.client,
+                     [sys.executable, str(script), vip, "80", str(flag), "3"])
+        for fam, vip in (("v4", prox_vips[0]), ("v6", prox_vips[1]))
+    ]
+    for holder in holders:
+        wait_until(lambda: '"round": 0' in holder.output(), f"{holder.name}'s first answer")
+    wait_until(lambda: proxied(c, "e2e/prox") >= 2, "the proxy counting the held connections")
+    (c.manifests / "prox.yaml").unlink()
+    # New connections to the removed VIP find no Service.
+    wait_until(lambda: c.run_in("client", ["curl", "-sS", "-m", "2",
+                                           f"http://{prox_vips[0]}/"]).returncode != 0,
+               "the removed VIP to stop answering new connections")
+    assert c.run_in("client", ["curl", "-sS", "-m", "2", f"http://{prox_vips[0]}/"]
+                    ).returncode != 0
+    for step in (1, 2):
+        (tmp_path / f"go.{step}").write_text("")
+        for holder in holders:
+            wait_until(lambda: f'"round": {step}' in holder.output(),
+                       f"{holder.name}'s answer {step} after its Service went")
+    for holder in holders:
+        wait_until(lambda: '"ok": true' in holder.output(), f"{holder.name}'s report")
+        result = json.loads(holder.output().strip().splitlines()[-1])
+        assert len({(pod, port) for pod, port in result["answers"]}) == 1, result
+    got = answers(c, f"http://{VIP4}/", 6)
+    assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, got
+
+
+def reach(c, url: str, where: str) -> str:
+    """"answered" or "no answer" (nothing came back within 2 s)."""
+    proc = c.run_in(where, ["curl", "-sS", "-g", "--connect-timeout", "2", "--max-time", "5",
+                            "-o", "/dev/null", "-w", "%{http_code}", url], timeout=30)
+    if proc.returncode == 0 and proc.stdout == b"200":
+        return "answered"
+    return {28: "no answer"}.get(proc.returncode, f"curl rc {proc.returncode}")
+
+
+def test_source_ranges_on_the_kernel_path_keep_other_sources_out(bare_cluster, tmp_path):
+    """loadBalancerSourceRanges of a kernel-path LoadBalancer: the source
+    range rule runs first in raw prerouting for kernel-path packets too."""
+    c = bare_cluster
+    lb_ip4, lb_ip6 = "203.0.113.92", "fd00:203::92"
+    c.run_in("ext", ["ip", "-6", "route", "add", "fd00:203::/64", "via", "fd00:50::1"])
+
+    def lb(ranges: list[str]) -> str:
+        svc = kernel_service("lbk", vips=("10.96.0.92", "fd00:10:96::92"), node_port=None,
+                             external_ips=())
+        svc.type = "LoadBalancer"
+        service, *slices = svc.documents()
+        if ranges:
+            service["spec"]["loadBalancerSourceRanges"] = ranges
+        service["status"] = {"loadBalancer": {"ingress": [{"ip": lb_ip4, "ipMode": "VIP"},
+                                                          {"ip": lb_ip6, "ipMode": "VIP"}]}}
+        return mf.to_yaml(service, *slices)
+
+    c.write_file("lbk.yaml", lb([f"{CLIENT.ipv4}/32", f"{CLIENT.ipv6}/128"]))
+    start(c, tmp_path, [kernel_service()])
+    wait_datapath(c, "kernel", "e2e/lbk")
+    lb4, lb6 = f"http://{lb_ip4}/", f"http://[{lb_ip6}]/"
+    assert reach(c, lb4, "client") == "answered"
+    assert reach(c, lb6, "client") == "answered"
+    assert reach(c, lb4, "ext") == "no answer"
+    assert reach(c, lb6, "ext") == "no answer"
+    # The ClusterIP stays open.
+    assert reach(c, "http://10.96.0.92/", "client") == "answered"
+    # The ranges change: ext is let in, the client Pod is shut out.
+    c.write_file("lbk.yaml", lb([f"{EXT_V4}/32", "fd00:50::/64"]))
+    wait_until(lambda: reach(c, lb4, "ext") == "answered", "ext to be let in (IPv4)")
+    assert reach(c, lb6, "ext") == "answered"
+    assert reach(c, lb4, "client") == "no answer"
+    assert reach(c, lb6, "client") == "no answer"
+    # Nothing of it went through the proxy.
+    assert proxied(c, "e2e/lbk") == 0
+
+
 def test_hot_swap_under_load_fails_no_request(bare_cluster, tmp_path):
     c = bare_cluster
     directory = start(c, tmp_path, [kernel_service(policy="rr")], modules=())

@@ -127,6 +127,16 @@ pub fn render(table: &str, bridges: &[Bridge], endpoints: &BTreeSet<EndpointKey>
     s.push_str(
         "  chain prerouting {\n    type filter hook prerouting priority -300; policy accept;\n",
     );
+    // A frame already addressed to a bridge goes up to the node's IP layer
+    // anyway (the bridge set PACKET_HOST before this hook): Pods routed
+    // through the node (per-Pod /32 behind a gateway on the bridge) send
+    // every frame so. It leaves after one comparison, and unwritten (the
+    // rewrite below copies a cloned frame's header).
+    let macs: BTreeSet<&str> = bridges.iter().map(|b| b.mac.as_str()).collect();
+    if !macs.is_empty() {
+        let macs: Vec<&str> = macs.into_iter().collect();
+        let _ = writeln!(s, "    ether daddr {{ {} }} accept", macs.join(", "));
+    }
     for b in bridges {
         for (net, prefix) in &b.nets {
             let (ty, fam, set) = if net.is_ipv4() {
@@ -180,6 +190,9 @@ mod tests {
         }];
         let eps = BTreeSet::from([("10.244.1.11".parse().expect("ip"), Protocol::Tcp, 8080)]);
         let text = render("switchyard", &b, &eps);
+        assert!(text.contains(
+            "policy accept;\n    ether daddr { 02:00:0a:f4:01:01 } accept\n    ether type ip "
+        ));
         assert!(text.contains("ether type ip ip daddr 10.244.1.0/24 ip saddr . meta l4proto . th sport @ep4 ether daddr set 02:00:0a:f4:01:01 meta pkttype set host comment \"br0\""), "{text}");
         assert!(text.ends_with("add element bridge switchyard ep4 { 10.244.1.11 . tcp . 8080 }\n"));
         let gone: Vec<EndpointKey> = eps.iter().copied().collect();
