@@ -198,6 +198,43 @@ print(json.dumps({"ok": True, "answers": out}), flush=True)
 """
 
 
+class Held:
+    """Kept-alive connections (`KEEPALIVE`), one per `(name, namespace,
+    host, port)`, each answering once at start and once more per round."""
+
+    def __init__(self, c, tmp_path: Path, targets, rounds: int = 3):
+        self.tmp_path = tmp_path
+        script = tmp_path / "keepalive.py"
+        script.write_text(KEEPALIVE)
+        self.holders = [
+            c.topo.spawn(name, ns, [sys.executable, str(script), host, str(port),
+                                    str(tmp_path / "go"), str(rounds)])
+            for name, ns, host, port in targets
+        ]
+        for holder in self.holders:
+            wait_until(lambda: '"round": 0' in holder.output(), f"{holder.name}'s first answer")
+
+    def round(self, step: int, what: str = "") -> None:
+        """Asks every connection for answer `step` and waits for it."""
+        (self.tmp_path / f"go.{step}").write_text("")
+        for holder in self.holders:
+            wait_until(lambda: f'"round": {step}' in holder.output(),
+                       f"{holder.name}'s answer {step} {what}".rstrip())
+
+    def answers(self) -> list[list]:
+        """Each connection's answers, `[pod, upstream port]` per round."""
+        out = []
+        for holder in self.holders:
+            wait_until(lambda: '"ok": true' in holder.output(), f"{holder.name}'s report")
+            out.append(json.loads(holder.output().strip().splitlines()[-1])["answers"])
+        return out
+
+    def assert_one_connection_each(self) -> None:
+        """From start to end, one Pod and one upstream port per connection."""
+        for answers in self.answers():
+            assert len({(pod, port) for pod, port in answers}) == 1, answers
+
+
 class Load:
     """New connections in a loop from the client Pod, bounded in count and
     time, counting failures."""
@@ -232,20 +269,10 @@ def test_moving_between_datapaths_under_load_breaks_nothing(bare_cluster, tmp_pa
     c = bare_cluster
     start(c, tmp_path, [kernel_service()])
     wait_datapath(c, "kernel")
-    flag = tmp_path / "go"
-    script = tmp_path / "keepalive.py"
-    script.write_text(KEEPALIVE)
     # One kept-alive connection to the ClusterIP (from a Pod), one to the
     # NodePort (from outside the node).
-    holders = [
-        c.topo.spawn("keepalive-vip", c.topo.client,
-                     [sys.executable, str(script), VIP4, "80", str(flag), "3"]),
-        c.topo.spawn("keepalive-np", c.topo.ext,
-                     [sys.executable, str(script), NODE_UPLINK_V4, str(NODE_PORT), str(flag), "3"]),
-    ]
-    for holder in holders:
-        wait_until(lambda: '"round": 0' in holder.output(),
-                   "the kept-alive connection's first answer")
+    held = Held(c, tmp_path, [("keepalive-vip", c.topo.client, VIP4, 80),
+                              ("keepalive-np", c.topo.ext, NODE_UPLINK_V4, NODE_PORT)])
     with Load(c, f"http://{VIP4}/") as load:
         wait_until(lambda: load.ok >= 40, "load before the move")
         for step, path in enumerate(("proxy", "kernel"), start=1):
@@ -253,15 +280,10 @@ def test_moving_between_datapaths_under_load_breaks_nothing(bare_cluster, tmp_pa
             c.write_services([kernel_service(datapath=path)])
             wait_datapath(c, path)
             wait_until(lambda: load.ok >= before + 40, f"load after the move to {path}")
-            (tmp_path / f"go.{step}").write_text("")
-            for holder in holders:
-                wait_until(lambda: f'"round": {step}' in holder.output(),
-                           f"{holder.name}'s answer after the move to {path}")
-    for holder in holders:
-        wait_until(lambda: '"ok": true' in holder.output(), f"{holder.name}'s report")
-        result = json.loads(holder.output().strip().splitlines()[-1])
-        # One connection, one endpoint, through both moves.
-        assert len({pod for pod, _ in result["answers"]}) == 1, result
+            held.round(step, f"after the move to {path}")
+    # One connection, one endpoint, through both moves.
+    for answers in held.answers():
+        assert len({pod for pod, _ in answers}) == 1, answers
     assert load.failed == 0, load.errors[:3]
     assert load.ok >= 120
 
@@ -274,18 +296,8 @@ def test_a_proxied_connection_outlives_its_frontends_move_to_the_kernel(bare_clu
     c = bare_cluster
     start(c, tmp_path, [kernel_service(datapath="proxy")])
     wait_datapath(c, "proxy")
-    flag = tmp_path / "go"
-    script = tmp_path / "keepalive.py"
-    script.write_text(KEEPALIVE)
-    holders = [
-        c.topo.spawn("proxied-vip", c.topo.client,
-                     [sys.executable, str(script), VIP4, "80", str(flag), "3"]),
-        c.topo.spawn("proxied-np", c.topo.ext,
-                     [sys.executable, str(script), NODE_UPLINK_V4, str(NODE_PORT), str(flag), "3"]),
-    ]
-    for holder in holders:
-        wait_until(lambda: '"round": 0' in holder.output(),
-                   f"{holder.name}'s first answer, through the proxy")
+    held = Held(c, tmp_path, [("proxied-vip", c.topo.client, VIP4, 80),
+                              ("proxied-np", c.topo.ext, NODE_UPLINK_V4, NODE_PORT)])
     wait_until(lambda: proxied(c) >= 2, "the proxy counting the held connections")
     carried = proxied(c)
     c.write_services([kernel_service(datapath="kernel")])
@@ -296,15 +308,8 @@ def test_a_proxied_connection_outlives_its_frontends_move_to_the_kernel(bare_clu
     assert len(answers(c, f"http://{NODE_UPLINK_V4}:{NODE_PORT}/", 10, where="ext")) == 10
     assert proxied(c) == carried
     for step in (1, 2):
-        (tmp_path / f"go.{step}").write_text("")
-        for holder in holders:
-            wait_until(lambda: f'"round": {step}' in holder.output(),
-                       f"{holder.name}'s answer {step} after the move to the kernel")
-    for holder in holders:
-        wait_until(lambda: '"ok": true' in holder.output(), f"{holder.name}'s report")
-        result = json.loads(holder.output().strip().splitlines()[-1])
-        # One connection from start to end: one Pod, one upstream port.
-        assert len({(pod, port) for pod, port in result["answers"]}) == 1, result
+        held.round(step, "after the move to the kernel")
+    held.assert_one_connection_each()
 
 
 def gate_keys(c, set_name: str) -> set[str]:
@@ -337,16 +342,8 @@ def test_an_endpoint_of_a_kernel_and_a_proxied_service_serves_both(bare_cluster,
     wait_datapath(c, "kernel")
     wait_datapath(c, "proxy", "e2e/prox")
     assert gate_keys(c, "kepx4") == set() and gate_keys(c, "kepx6") == set()
-    flag = tmp_path / "go"
-    script = tmp_path / "keepalive.py"
-    script.write_text(KEEPALIVE)
-    holders = [
-        c.topo.spawn(f"held-{name}", c.topo.client,
-                     [sys.executable, str(script), vip, "80", str(flag), "3"])
-        for name, vip in (("kern", VIP4), ("prox", prox_vips[0]))
-    ]
-    for holder in holders:
-        wait_until(lambda: '"round": 0' in holder.output(), f"{holder.name}'s first answer")
+    held = Held(c, tmp_path, [(f"held-{name}", c.topo.client, vip, 80)
+                              for name, vip in (("kern", VIP4), ("prox", prox_vips[0]))])
     carried = proxied(c, "e2e/prox")
     for url in (f"http://{VIP4}/", f"http://[{VIP6}]/", f"http://{prox_vips[0]}/",
                 f"http://[{prox_vips[1]}]/"):
@@ -358,14 +355,8 @@ def test_an_endpoint_of_a_kernel_and_a_proxied_service_serves_both(bare_cluster,
     assert proxied(c, "e2e/prox") == carried + 12
     assert proxied(c) == 0
     for step in (1, 2):
-        (tmp_path / f"go.{step}").write_text("")
-        for holder in holders:
-            wait_until(lambda: f'"round": {step}' in holder.output(),
-                       f"{holder.name}'s answer {step}")
-    for holder in holders:
-        wait_until(lambda: '"ok": true' in holder.output(), f"{holder.name}'s report")
-        result = json.loads(holder.output().strip().splitlines()[-1])
-        assert len({(pod, port) for pod, port in result["answers"]}) == 1, result
+        held.round(step)
+    held.assert_one_connection_each()
 
     # The proxied Service goes: its Pods join the gate, behind the hour of
     # `kepmoved` its connections may still need.
@@ -390,16 +381,8 @@ def test_a_proxied_connection_outlives_its_services_removal(bare_cluster, tmp_pa
                           external_ips=())
     start(c, tmp_path, [kernel_service(), prox])
     wait_datapath(c, "proxy", "e2e/prox")
-    flag = tmp_path / "go"
-    script = tmp_path / "keepalive.py"
-    script.write_text(KEEPALIVE)
-    holders = [
-        c.topo.spawn(f"held-{fam}", c.topo.client,
-                     [sys.executable, str(script), vip, "80", str(flag), "3"])
-        for fam, vip in (("v4", prox_vips[0]), ("v6", prox_vips[1]))
-    ]
-    for holder in holders:
-        wait_until(lambda: '"round": 0' in holder.output(), f"{holder.name}'s first answer")
+    held = Held(c, tmp_path, [(f"held-{fam}", c.topo.client, vip, 80)
+                              for fam, vip in (("v4", prox_vips[0]), ("v6", prox_vips[1]))])
     wait_until(lambda: proxied(c, "e2e/prox") >= 2, "the proxy counting the held connections")
     (c.manifests / "prox.yaml").unlink()
     # New connections to the removed VIP find no Service.
@@ -409,14 +392,8 @@ def test_a_proxied_connection_outlives_its_services_removal(bare_cluster, tmp_pa
     assert c.run_in("client", ["curl", "-sS", "-m", "2", f"http://{prox_vips[0]}/"]
                     ).returncode != 0
     for step in (1, 2):
-        (tmp_path / f"go.{step}").write_text("")
-        for holder in holders:
-            wait_until(lambda: f'"round": {step}' in holder.output(),
-                       f"{holder.name}'s answer {step} after its Service went")
-    for holder in holders:
-        wait_until(lambda: '"ok": true' in holder.output(), f"{holder.name}'s report")
-        result = json.loads(holder.output().strip().splitlines()[-1])
-        assert len({(pod, port) for pod, port in result["answers"]}) == 1, result
+        held.round(step, "after its Service went")
+    held.assert_one_connection_each()
     got = answers(c, f"http://{VIP4}/", 6)
     assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, got
 
