@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import os
 import signal
@@ -44,6 +45,9 @@ from .topo import BACKENDS, NODE_NAME, PROXY_CPU, LOAD_CPU, SetupError, pinned, 
 REPO = Path(__file__).resolve().parents[2]
 TRIGGER = "endpoints.kubernetes.io/last-change-trigger-time"
 TOGGLE_VIP = "10.96.0.99"
+# `--rate-among`: a Service whose changes are among several endpoints (N and
+# N + 1 of them). Nothing connects to it; its endpoints need not exist.
+AMONG_VIP = "10.96.0.98"
 PER_FILE = 100
 
 PROBE = r"""
@@ -115,6 +119,13 @@ def toggle_def(on: bool) -> "mf.ServiceDef":
                          [eps], namespace="scale", datapath=DATAPATH)
 
 
+def among_def(n: int, on: bool) -> "mf.ServiceDef":
+    eps = [mf.Endpoint(f"10.244.250.{i + 1}", f"among-{i}", node=NODE_NAME)
+           for i in range(n + 1 if on else n)]
+    return mf.ServiceDef("among", [AMONG_VIP], [mf.Port("http", 80, backends.HTTP_PORT)],
+                         [eps], namespace="scale", datapath=DATAPATH)
+
+
 def toggle_yaml(on: bool) -> str:
     return toggle_def(on).yaml()
 
@@ -151,6 +162,13 @@ class KubeSource:
         self.api.put(*toggle_def(True).documents())
         self.api.start()
         self.kubeconfig = self.api.kubeconfig(work / "kubeconfig")
+        # The emulator runs in this process, and its 10k Services and slices
+        # are millions of objects: a full collection of them stalled the
+        # writes and the watch streams for 0.1-0.5 s, twice a minute at 100
+        # changes/s (seen as changes "late" by that much, with Switchyard
+        # idle). A real API server has no such pause: keep them out of it.
+        gc.collect()
+        gc.freeze()
 
     def args(self) -> list[str]:
         return ["--kubeconfig", str(self.kubeconfig)]
@@ -167,7 +185,11 @@ class KubeSource:
         return total
 
     def toggle(self, on: bool) -> float:
-        slice_doc = toggle_def(on).documents()[1]
+        return self.change(toggle_def(on))
+
+    def change(self, svc: "mf.ServiceDef") -> float:
+        """Writes `svc`'s EndpointSlice, as the EndpointSlice controller does."""
+        slice_doc = svc.documents()[1]
         # What the EndpointSlice controller writes: Switchyard's
         # network_programming_duration_seconds starts from it.
         slice_doc["metadata"].setdefault("annotations", {})[TRIGGER] = (
@@ -189,23 +211,39 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def sustained(t, source, rate: float, seconds: float, pid: int) -> dict:
+def sustained(t, source, rate: float, seconds: float, pid: int, among: int = 0) -> dict:
     """`rate` endpoint changes per second for `seconds` (kubernetes source),
     then Switchyard's own account of how far behind each change came into
     force: network_programming_duration_seconds, from each slice's trigger
-    time to its sync done."""
+    time to its sync done. With `among`, the changes are to a Service of
+    `among` endpoints (one added, then removed) instead of 0 ↔ 1."""
+    if among:
+        synced = scrape(t).get('switchyard_syncs_total{kind="ok"}', 0)
+        source.api.put(*among_def(among, False).documents())
+        deadline = time.monotonic() + 30
+        while scrape(t).get('switchyard_syncs_total{kind="ok"}', 0) <= synced:
+            if time.monotonic() > deadline:
+                raise SetupError("no sync took the `among` Service within 30 s")
+            time.sleep(0.05)
     before = scrape(t)
     cpu0 = cpu_seconds(pid)
-    t0, n, on = time.monotonic(), 0, True
+    # No collection while the emulator serves the changes (see KubeSource):
+    # a minute of them is a few MB of garbage.
+    gc.disable()
+    t0, n, on = time.monotonic(), 0, not among  # toggle: 1 endpoint now; among: N
     while (now := time.monotonic()) < t0 + seconds:
         due = t0 + n / rate
         if due > now:
             time.sleep(due - now)
         on = not on
-        source.toggle(on)
+        if among:
+            source.change(among_def(among, on))
+        else:
+            source.toggle(on)
         n += 1
     achieved = n / (time.monotonic() - t0)
     time.sleep(1.0)  # the last changes' syncs (each well under this)
+    gc.enable()
     after = scrape(t)
     cpu = cpu_seconds(pid) - cpu0
     name = "switchyard_network_programming_duration_seconds"
@@ -214,7 +252,8 @@ def sustained(t, source, rate: float, seconds: float, pid: int) -> dict:
                for le in ("0.005", "0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1.0", "+Inf")}
     count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
     total = after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)
-    return {"changes": n, "rate_per_s": achieved, "seconds": seconds, "observed": count,
+    return {"changes": n, "among": among, "rate_per_s": achieved, "seconds": seconds,
+            "observed": count,
             "mean_ms": total / count * 1e3 if count else None, "le_buckets": buckets,
             "over_50ms": count - buckets["0.05"], "cpu_s": cpu,
             "cpu_ms_per_change": cpu / n * 1e3 if n else None,
@@ -374,6 +413,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rate", type=float, default=0,
                     help="then this many changes/s (kubernetes source) for --rate-seconds")
     ap.add_argument("--rate-seconds", type=float, default=60)
+    ap.add_argument("--rate-among", type=int, default=0, metavar="N",
+                    help="the --rate changes are to a Service of N endpoints (N + 1, then N "
+                         "again) instead of 0 <-> 1")
     ap.add_argument("--io", choices=("uring", "epoll"), default="uring")
     ap.add_argument("--opaque", action="store_true",
                     help="dataplane.transparent: false (backends see the node's address)")
@@ -479,7 +521,7 @@ def main(argv: list[str]) -> int:
         finally:
             probe.kill()
             probe.wait(timeout=10)
-        rate = (sustained(t, source, args.rate, args.rate_seconds, proc.pid)
+        rate = (sustained(t, source, args.rate, args.rate_seconds, proc.pid, args.rate_among)
                 if args.rate and isinstance(source, KubeSource) else None)
         if rate:
             print(f"sustained: {rate}", flush=True)
@@ -548,7 +590,10 @@ def markdown(r: dict) -> str:
                 "part of time to serving below.\n\n")
     sus = r.get("sustained")
     sustained_text = "" if not sus else (
-        f"\n\nSustained changes: {sus['changes']} EndpointSlice updates in {sus['seconds']:.0f} s "
+        f"\n\nSustained changes: {sus['changes']} EndpointSlice updates"
+        + (f" (a Service's endpoints {sus['among']} → {sus['among'] + 1} → {sus['among']}, ...)"
+           if sus.get("among") else " (0 → 1 → 0 endpoints, ...)")
+        + f" in {sus['seconds']:.0f} s "
         f"({sus['rate_per_s']:.1f}/s). Switchyard's network_programming_duration_seconds "
         f"(slice trigger time → sync done) observed {sus['observed']:.0f} of them, mean "
         f"{(sus['mean_ms'] or 0):.2f} ms; {sus['over_50ms']:.0f} above 50 ms (goal: none): "
