@@ -324,6 +324,19 @@ def gate_keys(c, set_name: str) -> set[str]:
     return keys
 
 
+def start_kernel_and_proxied(c, tmp_path: Path) -> tuple[str, str]:
+    """Starts Switchyard with two Services on the same Pods: the kernel-path
+    one (`kernel_service()`) and `e2e/prox` on the proxy path, at the
+    returned VIPs. Only these two: the standard ones route to the same Pods."""
+    for standard in c.manifests.glob("*.yaml"):
+        standard.unlink()
+    prox_vips = ("10.96.0.91", "fd00:10:96::91")
+    prox = kernel_service("prox", vips=prox_vips, datapath="proxy", node_port=None,
+                          external_ips=())
+    start(c, tmp_path, [kernel_service(), prox])
+    return prox_vips
+
+
 def test_an_endpoint_of_a_kernel_and_a_proxied_service_serves_both(bare_cluster, tmp_path):
     """The same Pods behind a kernel-path and a proxy-path Service: the
     proxied Service's upstream replies (transparent: from the Pod's port
@@ -332,13 +345,7 @@ def test_an_endpoint_of_a_kernel_and_a_proxied_service_serves_both(bare_cluster,
     proxy-path frontend routes to them they go in, with the socket rule
     kept for an hour (`kepmoved`)."""
     c = bare_cluster
-    # Only these two Services: the standard ones route to the same Pods.
-    for standard in c.manifests.glob("*.yaml"):
-        standard.unlink()
-    prox_vips = ("10.96.0.91", "fd00:10:96::91")
-    prox = kernel_service("prox", vips=prox_vips, datapath="proxy", node_port=None,
-                          external_ips=())
-    start(c, tmp_path, [kernel_service(), prox])
+    prox_vips = start_kernel_and_proxied(c, tmp_path)
     wait_datapath(c, "kernel")
     wait_datapath(c, "proxy", "e2e/prox")
     assert gate_keys(c, "kepx4") == set() and gate_keys(c, "kepx6") == set()
@@ -374,12 +381,7 @@ def test_a_proxied_connection_outlives_its_services_removal(bare_cluster, tmp_pa
     Pods to our transparent upstream sockets); a kernel Service next to it
     is untouched."""
     c = bare_cluster
-    for standard in c.manifests.glob("*.yaml"):
-        standard.unlink()
-    prox_vips = ("10.96.0.91", "fd00:10:96::91")
-    prox = kernel_service("prox", vips=prox_vips, datapath="proxy", node_port=None,
-                          external_ips=())
-    start(c, tmp_path, [kernel_service(), prox])
+    prox_vips = start_kernel_and_proxied(c, tmp_path)
     wait_datapath(c, "proxy", "e2e/prox")
     held = Held(c, tmp_path, [(f"held-{fam}", c.topo.client, vip, 80)
                               for fam, vip in (("v4", prox_vips[0]), ("v6", prox_vips[1]))])
