@@ -468,7 +468,7 @@ mod tests {
         assert_eq!(source.manifests().services.len(), 1);
 
         // Named, it is read, and it alone.
-        changes.event(&[dir.join("b.yaml")], false);
+        changes.event(&[dir.join("b.yaml")]);
         let scan = source.rescan().expect("scan");
         assert!(scan.changed);
         assert_eq!(scan.timings.files_read, 1);
@@ -477,7 +477,7 @@ mod tests {
         // A named file that is gone leaves; one named but unchanged is not
         // read again.
         std::fs::remove_file(dir.join("b.yaml")).expect("rm");
-        changes.event(&[dir.join("b.yaml"), dir.join("a.yaml")], false);
+        changes.event(&[dir.join("b.yaml"), dir.join("a.yaml")]);
         let scan = source.rescan().expect("scan");
         assert!(scan.changed);
         assert_eq!(scan.timings.files_read, 0);

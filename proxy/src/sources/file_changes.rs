@@ -30,7 +30,7 @@ struct State {
     files: BTreeSet<PathBuf>,
 }
 
-/// Shared between the watcher's callback (its own thread) and the source.
+/// Shared between the watcher's task (`file_watch.rs`) and the source.
 #[derive(Debug)]
 pub struct FileChanges {
     dir: PathBuf,
@@ -74,10 +74,10 @@ impl FileChanges {
         self.with(|s| s.all = true);
     }
 
-    /// The watcher saw an event naming `paths` (`rescan`: the watcher
-    /// lost events and says so).
-    pub fn event(&self, paths: &[PathBuf], rescan: bool) {
-        let trusted = !rescan && !paths.is_empty() && paths.iter().all(|p| self.names_a_file(p));
+    /// The watcher saw events naming `paths` (lost events are
+    /// [`everything`](Self::everything)).
+    pub fn event(&self, paths: &[PathBuf]) {
+        let trusted = !paths.is_empty() && paths.iter().all(|p| self.names_a_file(p));
         self.with(|s| {
             if trusted {
                 s.files.extend(paths.iter().cloned());
@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn unwatched_is_always_whole() {
         let c = FileChanges::new(dir());
-        c.event(&[dir().join("a.yaml")], false);
+        c.event(&[dir().join("a.yaml")]);
         assert!(matches!(c.take(), Pending::All));
         assert!(matches!(c.take(), Pending::All));
     }
@@ -132,8 +132,8 @@ mod tests {
         let c = FileChanges::new(dir());
         c.watching();
         assert!(matches!(c.take(), Pending::All));
-        c.event(&[dir().join("a.yaml"), dir().join("b.yaml")], false);
-        c.event(&[dir().join("a.yaml")], false);
+        c.event(&[dir().join("a.yaml"), dir().join("b.yaml")]);
+        c.event(&[dir().join("a.yaml")]);
         match c.take() {
             Pending::Files(f) => assert_eq!(
                 f.into_iter().collect::<Vec<_>>(),
@@ -149,15 +149,14 @@ mod tests {
         let c = FileChanges::new(dir());
         c.watching();
         let _ = c.take();
-        for (paths, rescan) in [
-            (vec![dir().join("..data")], false),
-            (vec![dir()], false),
-            (vec![PathBuf::from("/elsewhere/a.yaml")], false),
-            (vec![], false),
-            (vec![dir().join("a.yaml")], true),
+        for paths in [
+            vec![dir().join("..data")],
+            vec![dir()],
+            vec![PathBuf::from("/elsewhere/a.yaml")],
+            vec![],
         ] {
-            c.event(&paths, rescan);
-            assert!(matches!(c.take(), Pending::All), "{paths:?} {rescan}");
+            c.event(&paths);
+            assert!(matches!(c.take(), Pending::All), "{paths:?}");
             assert!(matches!(c.take(), Pending::Files(_)));
         }
         c.everything();

@@ -114,7 +114,7 @@ async fn read_events(
             if whole {
                 changes.everything();
             } else {
-                changes.event(&paths, false);
+                changes.event(&paths);
             }
         }
         // A full channel already holds a wake-up; dropping this is fine.
