@@ -204,26 +204,34 @@ fn prerouting_chains(
             "    {} meta l4proto . th dport != @kmovednp accept",
             node_port(fam, &format!("@knode{f}"))
         );
-        // TCP: a SYN skips the socket rule (TIME_WAIT, see above).
+        // TCP: a SYN skips the socket rule (TIME_WAIT, see above). Load
+        // balancer source ranges are checked on the SYN only: kube-proxy
+        // checks new connections (`ct state new`), and without the SYN no
+        // connection is made (the kernel path's endpoint or the proxy's
+        // listener resets anything else). Every TCP packet of an
+        // established flow is spared the lookup.
         lines.push(format!("  chain pre{f}_tcp {{"));
-        lines.extend(lbsr.iter().cloned());
         lines.push(format!(
             "    tcp flags & (syn | ack) == syn goto pre{f}_syn"
         ));
         lines.push(kvip_early.clone());
-        lines.push(knode_early.clone());
-        // A reply from a kernel endpoint that no proxied connection can be
-        // talking to (`kepx`: no proxy-path frontend routes to it, and
-        // none did within the last hour, `kepmoved`; see
-        // kernel/replies.rs): no socket lookup either.
+        // A reply from a kernel endpoint, one verdict-map lookup each:
+        // `kepx` holds those no proxied connection can be talking to (no
+        // proxy-path frontend routes to them; see kernel/replies.rs):
+        // `pre{f}_epx` sends them on unless the proxy path left them
+        // within the last hour (`kepmoved`). `kep` holds every kernel
+        // endpoint: `pre{f}_ep` gives the reply to a socket of ours if one
+        // takes it (a proxied connection to the same Pod port), else sends
+        // it on to conntrack.
         lines.push(format!(
-            "    {fam} saddr . meta l4proto . th sport @kepx{f} {fam} saddr . meta l4proto . th sport != @kepmoved{f} accept"
+            "    {fam} saddr . meta l4proto . th sport vmap @kepx{f}"
         ));
+        lines.push(format!(
+            "    {fam} saddr . meta l4proto . th sport vmap @kep{f}"
+        ));
+        lines.push(knode_early.clone());
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
         lines.push(kvip.clone());
-        lines.push(format!(
-            "    {fam} saddr . meta l4proto . th sport @kep{f} accept"
-        ));
         lines.push(knode.clone());
         // A frontend that left the kernel datapath: its established flows
         // (DNATed, in conntrack) go on past the proxy; only new ones divert.
@@ -233,11 +241,22 @@ fn prerouting_chains(
         lines.push(format!("    {} accept", node_port(fam, "@kdrainnp")));
         lines.push(format!("    goto pre{f}_front_tcp"));
         lines.push("  }".into());
+        lines.push(format!("  chain pre{f}_epx {{"));
+        lines.push(format!(
+            "    {fam} saddr . meta l4proto . th sport @kepmoved{f} goto pre{f}_ep"
+        ));
+        lines.push("    accept".into());
+        lines.push("  }".into());
+        lines.push(format!("  chain pre{f}_ep {{"));
+        lines.push(format!("    socket transparent 1 {divert} notrack accept"));
+        lines.push("    accept".into());
+        lines.push("  }".into());
         // A SYN to a kernel frontend is a new kernel-path flow (DNAT), even
         // if a proxied connection of the same addresses left a TIME_WAIT. A
         // SYN for a socket of ours to an address that is no frontend (any
         // more): deliver it rather than let it be routed out.
         lines.push(format!("  chain pre{f}_syn {{"));
+        lines.extend(lbsr.iter().cloned());
         lines.push(kvip.clone());
         lines.push(knode.clone());
         lines.push(format!("    jump pre{f}_front_tcp"));
@@ -283,7 +302,7 @@ mod tests {
         assert!(!text.contains("@nodeaddr4 "));
         // TPROXY sees a frontend's SYNs before any socket rule does.
         assert_eq!(
-            chain(&text, "pre4_syn"),
+            chain(&text, "pre4_syn")[1..],
             [
                 "ip daddr . meta l4proto . th dport @kvip4 accept",
                 "meta nfproto ipv4 meta l4proto . th dport @knode4 fib daddr type local accept",
@@ -339,23 +358,25 @@ mod tests {
                     })
                     .collect();
                 let np = format!("meta nfproto {} meta l4proto . th dport", nfproto(fam));
+                let vmap = format!("{fam} saddr . meta l4proto . th sport vmap");
                 assert_eq!(
                     shape,
                     [
-                        format!("{fam} daddr . meta l4proto . th dport").as_str(),
-                        &format!("tcp flags & (syn | ack) == syn goto pre{f}_syn"),
+                        // Source ranges: on the SYN only (pre_syn).
+                        format!("tcp flags & (syn | ack) == syn goto pre{f}_syn").as_str(),
                         // Kernel frontends that did not come from the
                         // proxy path: no socket lookup.
                         &format!("{fam} daddr . meta l4proto . th dport"),
+                        // Replies from kernel endpoints: one lookup that
+                        // sends them on (`kepx`), or to the socket rule and
+                        // on (`kep`).
+                        &vmap,
+                        &vmap,
                         &np,
-                        // Replies from kernel endpoints no proxied
-                        // connection can be talking to: no socket lookup.
-                        &format!("{fam} saddr . meta l4proto . th sport"),
                         "socket transparent 1",
-                        // Kernel-path flows leave here: to a frontend, from
-                        // an endpoint, to a NodePort.
+                        // Kernel-path flows leave here: to a moved
+                        // frontend, to a NodePort.
                         &format!("{fam} daddr . meta l4proto . th dport"),
-                        &format!("{fam} saddr . meta l4proto . th sport"),
                         &np,
                         // The proxy's drains, then its frontends.
                         &format!("{fam} daddr . meta l4proto . th dport"),
@@ -363,17 +384,33 @@ mod tests {
                         &format!("goto pre{f}_front_tcp"),
                     ]
                 );
-                assert!(tcp[2].ends_with(&format!(
+                assert!(tcp[1].ends_with(&format!(
                     "@kvip{f} {fam} daddr . meta l4proto . th dport != @kmoved{f} accept"
                 )));
-                assert!(tcp[3].contains(&format!("@knode{f} fib daddr type local")));
-                assert!(tcp[3].ends_with("meta l4proto . th dport != @kmovednp accept"));
-                assert!(tcp[4].ends_with(&format!(
-                    "@kepx{f} {fam} saddr . meta l4proto . th sport != @kepmoved{f} accept"
-                )));
+                assert!(tcp[2].ends_with(&format!("vmap @kepx{f}")));
+                assert!(tcp[3].ends_with(&format!("vmap @kep{f}")));
+                assert!(tcp[4].contains(&format!("@knode{f} fib daddr type local")));
+                assert!(tcp[4].ends_with("meta l4proto . th dport != @kmovednp accept"));
                 assert!(tcp[6].ends_with(&format!("@kvip{f} accept")));
-                assert!(tcp[7].ends_with(&format!("@kep{f} accept")));
-                assert!(tcp[8].contains(&format!("@knode{f} fib daddr type local")));
+                assert!(tcp[7].contains(&format!("@knode{f} fib daddr type local")));
+                assert_eq!(
+                    chain(&text, &format!("pre{f}_epx")),
+                    [
+                        format!(
+                            "{fam} saddr . meta l4proto . th sport @kepmoved{f} goto pre{f}_ep"
+                        )
+                        .as_str(),
+                        "accept"
+                    ]
+                );
+                let ep = chain(&text, &format!("pre{f}_ep"));
+                assert!(
+                    ep[0].starts_with("socket transparent 1 ")
+                        && ep[0].ends_with(" notrack accept")
+                );
+                assert_eq!(ep[1..], ["accept"]);
+                let syn = chain(&text, &format!("pre{f}_syn"));
+                assert!(syn[0].contains(&format!("@lbsr{f} ")) && syn[0].ends_with(" drop"));
                 let udp = chain(&text, &format!("pre{f}_udp"));
                 assert!(udp[1].ends_with(&format!("!= @kmoved{f} accept")));
                 assert!(udp[2].ends_with("!= @kmovednp accept"));
@@ -383,8 +420,8 @@ mod tests {
                 assert_eq!(udp[6], format!("goto pre{f}_front_udp"));
             }
             let sockets = text.matches("socket transparent 1").count();
-            // Base chain (other protocols) + per family: tcp, syn, udp.
-            assert_eq!(sockets, 7);
+            // Base chain (other protocols) + per family: tcp, ep, syn, udp.
+            assert_eq!(sockets, 9);
             for line in text.lines().filter(|l| l.contains("fib daddr")) {
                 let fib = line.find("fib daddr").expect("fib");
                 let lookup = line.find(" @").expect("a set lookup on a fib rule");
