@@ -312,17 +312,14 @@ def test_a_proxied_connection_outlives_its_frontends_move_to_the_kernel(bare_clu
     held.assert_one_connection_each()
 
 
-def gate_keys(c, name: str) -> set[str]:
-    """The keys of one of our table's sets or verdict maps (the reply gate's
-    `kepx` is a map, `kepmoved` a set with timeouts), as `addr . proto . port`."""
-    kind = "set" if name.startswith("kepmoved") else "map"
-    out = c.run_in("node", ["nft", "-j", "list", kind, "inet", "switchyard", name])
+def gate_keys(c, set_name: str) -> set[str]:
+    """The elements of one of our table's sets, as `addr . proto . port`."""
+    out = c.run_in("node", ["nft", "-j", "list", "set", "inet", "switchyard", set_name])
     doc = json.loads(out.stdout)
     keys = set()
     for item in doc["nftables"]:
-        for elem in item.get(kind, {}).get("elem", []):
-            key = elem[0] if kind == "map" else elem
-            val = key["elem"]["val"] if isinstance(key, dict) and "elem" in key else key
+        for elem in item.get("set", {}).get("elem", []):
+            val = elem["elem"]["val"] if isinstance(elem, dict) and "elem" in elem else elem
             keys.add(" . ".join(str(v) for v in val["concat"]))
     return keys
 

@@ -440,7 +440,7 @@ mod tests {
         assert_eq!(
             batch,
             "delete element inet sy kfront4 { 10.96.0.10 . tcp . 80 }\n\
-             add element inet sy kep4 { 10.244.1.4 . tcp . 80 : goto pre4_ep }\n\
+             add element inet sy kep4 { 10.244.1.4 . tcp . 80 }\n\
              add element inet sy kfront4 { 10.96.0.10 . tcp . 80 : goto kd4_seq_3 }\n\
              add element inet sy khairpin4 { 10.244.1.4 . 10.244.1.4 }\n\
              add element inet sy kslot4 { 10.96.0.10 . tcp . 80 . 2 : 10.244.1.4 . 80 }\n"

@@ -1,7 +1,7 @@
 //! The raw prerouting chain's early exit for kernel-path flows: plain sets
 //! of the kernel frontends (`kvip4/6`: `daddr . l4proto . dport`; `knode4/6`:
-//! NodePorts, `l4proto . dport`) and a verdict map of their endpoints
-//! (`kep4/6`: `saddr . l4proto . sport` of the replies). A packet that no socket of
+//! NodePorts, `l4proto . dport`) and of their endpoints (`kep4/6`:
+//! `saddr . l4proto . sport` of the replies). A packet that no socket of
 //! ours took and that belongs to one leaves the chain there, instead of
 //! walking the proxy's drain, reject and TPROXY rules (see `ruleset.rs`).
 //! The replies of endpoints no proxied connection can be talking to leave
@@ -37,19 +37,12 @@ pub fn node_port(v6: bool, proto: Protocol, port: u16) -> Element {
 }
 
 /// An endpoint of a kernel frontend, as its replies' source (`kep4/6`).
-/// Several frontends may share it: `step.rs` counts them. A verdict map:
-/// its replies meet the socket rule (a proxied connection may be talking
-/// to it), then leave for conntrack, in one lookup (`ruleset.rs`).
+/// Several frontends may share it: `step.rs` counts them.
 pub fn endpoint(ep: SocketAddr, proto: Protocol) -> Element {
-    let (set, verdict) = if ep.is_ipv6() {
-        ("kep6", "goto pre6_ep")
-    } else {
-        ("kep4", "goto pre4_ep")
-    };
     Element {
-        set,
+        set: if ep.is_ipv6() { "kep6" } else { "kep4" },
         key: format!("{} . {} . {}", ep.ip(), proto.nft_name(), ep.port()),
-        data: Some(verdict.to_owned()),
+        data: None,
     }
 }
 
@@ -57,12 +50,11 @@ pub fn endpoint(ep: SocketAddr, proto: Protocol) -> Element {
 pub fn set_definitions() -> Vec<String> {
     let mut out = Vec::new();
     for (f, addr) in [(4, "ipv4_addr"), (6, "ipv6_addr")] {
-        out.push(format!(
-            "  set kvip{f} {{\n    type {addr} . inet_proto . inet_service\n  }}"
-        ));
-        out.push(format!(
-            "  map kep{f} {{\n    type {addr} . inet_proto . inet_service : verdict\n  }}"
-        ));
+        for set in ["kvip", "kep"] {
+            out.push(format!(
+                "  set {set}{f} {{\n    type {addr} . inet_proto . inet_service\n  }}"
+            ));
+        }
         out.push(format!(
             "  set knode{f} {{\n    type inet_proto . inet_service\n  }}"
         ));
@@ -137,15 +129,10 @@ mod tests {
         assert_eq!(keys(&got, "kep6"), ["fd00:244::2 . udp . 5353"]);
         assert!(
             got.iter()
-                .filter(|e| ["kvip", "knode"].iter().any(|g| e.set.starts_with(g)))
+                .filter(|e| ["kvip", "knode", "kep"]
+                    .iter()
+                    .any(|g| e.set.starts_with(g)))
                 .all(|e| e.data.is_none())
         );
-        for (set, verdict) in [("kep4", "goto pre4_ep"), ("kep6", "goto pre6_ep")] {
-            assert!(
-                got.iter()
-                    .filter(|e| e.set == set)
-                    .all(|e| e.data.as_deref() == Some(verdict))
-            );
-        }
     }
 }

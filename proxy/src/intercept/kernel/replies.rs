@@ -33,18 +33,11 @@ pub struct ProxyEndpoints {
 }
 
 /// The `kepx` element of an endpoint.
-/// A verdict map: the reply leaves for conntrack unless the endpoint is in
-/// `kepmoved` (`ruleset.rs`), in one lookup.
 pub fn exclusive_element(ep: SocketAddr) -> Element {
-    let (set, verdict) = if ep.is_ipv6() {
-        ("kepx6", "goto pre6_epx")
-    } else {
-        ("kepx4", "goto pre4_epx")
-    };
     Element {
-        set,
+        set: if ep.is_ipv6() { "kepx6" } else { "kepx4" },
         key: format!("{} . tcp . {}", ep.ip(), ep.port()),
-        data: Some(verdict.to_owned()),
+        data: None,
     }
 }
 
@@ -269,7 +262,7 @@ pub fn set_definitions() -> Vec<String> {
     let mut out = Vec::new();
     for (f, addr) in [(4, "ipv4_addr"), (6, "ipv6_addr")] {
         out.push(format!(
-            "  map kepx{f} {{\n    type {addr} . inet_proto . inet_service : verdict\n  }}"
+            "  set kepx{f} {{\n    type {addr} . inet_proto . inet_service\n  }}"
         ));
         out.push(format!(
             "  set kepmoved{f} {{\n    type {addr} . inet_proto . inet_service\n    flags timeout\n  }}"

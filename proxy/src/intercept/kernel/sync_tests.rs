@@ -208,12 +208,7 @@ fn an_endpoint_a_proxied_service_shares_stays_behind_the_socket_rule() {
     let elsewhere = service("b", 2, "proxy", 2);
     let (deleted, added, moved) = node.change("b", &elsewhere);
     assert!(deleted.is_empty());
-    assert_eq!(
-        added,
-        [format!(
-            "add element inet sy kepx4 {{ {EP} : goto pre4_epx }}"
-        )]
-    );
+    assert_eq!(added, [format!("add element inet sy kepx4 {{ {EP} }}")]);
     assert_eq!(
         moved,
         [format!(
@@ -244,12 +239,7 @@ fn a_frontend_moving_proxy_to_kernel_puts_its_endpoints_in_the_gate_after_an_hou
     let moved_to_kernel = service("b", 2, "kernel", 1);
     let (deleted, added, moved) = node.change("b", &moved_to_kernel);
     assert!(deleted.is_empty());
-    assert_eq!(
-        added,
-        [format!(
-            "add element inet sy kepx4 {{ {EP} : goto pre4_epx }}"
-        )]
-    );
+    assert_eq!(added, [format!("add element inet sy kepx4 {{ {EP} }}")]);
     // The proxied connections from before the move keep the socket
     // rule (`kepmoved`), as the frontend's requests do (`kmoved`).
     assert_eq!(
