@@ -11,6 +11,10 @@
                         M HTTP requests, each on a new connection from the same local
                         port, each read to the server's close; reports the pods and how
                         many SYNs this namespace retransmitted meanwhile
+    clients.py keep --host H --port P --until FILE
+                        an HTTP request, then (once FILE exists, at most 60 s later) a
+                        second on the same connection: prints {"first": ...} after the
+                        first, then whether both were answered on one connection
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import socket
 import sys
 import time
+from pathlib import Path
 
 from servers import BLOCK, pattern_block, pattern_sha256
 
@@ -119,21 +124,50 @@ def reuse_port(host: str, port: int, n_requests: int, local_port: int) -> dict:
             "syn_retransmits": syn_retransmits() - before}
 
 
+def keep(host: str, port: int, until: str) -> dict:
+    """What becomes of an established connection across a change the test
+    makes meanwhile (its source leaving a Service's source ranges)."""
+    conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
+    conn.request("GET", "/keep/1")
+    first = conn.getresponse()
+    first.read()
+    sock = conn.sock
+    local = sock.getsockname() if sock is not None else None
+    print(json.dumps({"first": first.status, "local": local}), flush=True)
+    deadline = time.monotonic() + 60
+    while not Path(until).exists():
+        if time.monotonic() > deadline:
+            return {"ok": False, "error": f"{until} never appeared"}
+        time.sleep(0.05)
+    # http.client would open a new connection if the first had closed: the
+    # second request must go out on the very same socket.
+    if conn.sock is None or conn.sock is not sock:
+        return {"ok": False, "error": "the connection closed before the second request"}
+    conn.request("GET", "/keep/2")
+    second = conn.getresponse()
+    second.read()
+    return {"ok": first.status == 200 and second.status == 200 and conn.sock is sock,
+            "first": first.status, "second": second.status, "local": local}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["sha-up", "sha-down", "idle", "reuse-port"])
+    ap.add_argument("kind", choices=["sha-up", "sha-down", "idle", "reuse-port", "keep"])
     ap.add_argument("--host", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--bytes", type=int, default=1 << 20)
     ap.add_argument("--idle", type=int, default=10)
     ap.add_argument("--requests", type=int, default=10)
     ap.add_argument("--local-port", type=int, default=40123)
+    ap.add_argument("--until", default="")
     args = ap.parse_args()
     try:
         if args.kind == "sha-up":
             result = sha_up(args.host, args.port, args.bytes)
         elif args.kind == "sha-down":
             result = sha_down(args.host, args.port, args.bytes)
+        elif args.kind == "keep":
+            result = keep(args.host, args.port, args.until)
         elif args.kind == "reuse-port":
             result = reuse_port(args.host, args.port, args.requests, args.local_port)
         else:

@@ -10,7 +10,7 @@ from typing import Iterable
 
 import manifests as mf
 from switchyard import Switchyard
-from topology import BACKENDS, CLIENT, Proc, SetupError, Topology, run
+from topology import BACKENDS, CLIENT, Proc, SetupError, Topology, run, wait_until
 
 HERE = Path(__file__).resolve().parent
 SERVERS = HERE / "servers.py"
@@ -156,6 +156,26 @@ http {{
             return {"ok": False, "rc": proc.returncode,
                     "stdout": proc.stdout.decode(errors="replace"),
                     "stderr": proc.stderr.decode(errors="replace")}
+
+    def keep_connection(self, host: str, port: int, until: Path, where: str = "client") -> Proc:
+        """clients.py keep, in the background: one HTTP request now, a second
+        on the same connection once `until` exists; returns the process once
+        the first is answered. `kept` reads its verdict."""
+        ns = {"client": self.topo.client, "node": self.topo.node, "ext": self.topo.ext}.get(
+            where, where)
+        proc = self.topo.spawn(f"keep-{until.name}", ns, [
+            sys.executable, str(CLIENTS), "keep", "--host", host, "--port", str(port),
+            "--until", str(until)])
+        wait_until(lambda: '"first"' in proc.output() or not proc.alive(),
+                   "the kept connection's first answer")
+        return proc
+
+    @staticmethod
+    def kept(proc: Proc, until: Path) -> dict:
+        until.touch()
+        wait_until(lambda: not proc.alive(), "the kept connection's second request")
+        lines = [line for line in proc.output().splitlines() if line.startswith("{")]
+        return json.loads(lines[-1]) if lines else {"ok": False, "output": proc.output()}
 
     def dig(self, server: str, name: str = DNS_NAME, *opts: str,
             where: str = "client") -> subprocess.CompletedProcess:

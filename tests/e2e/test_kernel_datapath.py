@@ -437,11 +437,14 @@ def test_source_ranges_on_the_kernel_path_keep_other_sources_out(bare_cluster, t
     assert reach(c, lb6, "ext") == "no answer"
     # The ClusterIP stays open.
     assert reach(c, "http://10.96.0.92/", "client") == "answered"
-    # The ranges change: ext is let in, the client Pod is shut out.
+    # The ranges change: ext is let in, the client Pod is shut out (new
+    # connections: one it opened before lives on, as with kube-proxy).
+    held = c.keep_connection(lb_ip4, 80, tmp_path / "go")
     c.write_file("lbk.yaml", lb([f"{EXT_V4}/32", "fd00:50::/64"]))
     wait_until(lambda: reach(c, lb4, "ext") == "answered", "ext to be let in (IPv4)")
     assert reach(c, lb6, "ext") == "answered"
     assert reach(c, lb4, "client") == "no answer"
+    assert c.kept(held, tmp_path / "go")["ok"] is True
     assert reach(c, lb6, "client") == "no answer"
     # Nothing of it went through the proxy.
     assert proxied(c, "e2e/lbk") == 0

@@ -288,7 +288,7 @@ def outcome(cluster, url: str, where: str) -> str:
     return {7: "refused", 28: "no answer"}.get(proc.returncode, f"curl rc {proc.returncode}")
 
 
-def test_source_ranges_drop_other_sources_on_the_ingress_ips_only(bare_cluster):
+def test_source_ranges_drop_other_sources_on_the_ingress_ips_only(bare_cluster, tmp_path):
     c = bare_cluster
     # ext reaches the IPv6 ingress IP through the node, as it does the IPv4 range.
     c.run_in("ext", ["ip", "-6", "route", "add", "fd00:203::/64", "via", "fd00:50::1"])
@@ -308,11 +308,14 @@ def test_source_ranges_drop_other_sources_on_the_ingress_ips_only(bare_cluster):
     assert lb["ports"][0]["source_ranges"] == {f"{LB_IP4}:80": [f"{CLIENT.ipv4}/32"],
                                                f"{LB_IP6}:80": [f"{CLIENT.ipv6}/128"]}
 
-    # The ranges change: ext is let in, the client Pod is shut out.
+    # The ranges change: ext is let in, the client Pod is shut out (new
+    # connections: one it opened before lives on, as with kube-proxy).
+    held = c.keep_connection(LB_IP4, 80, tmp_path / "go")
     c.write_file("web-lb.yaml", load_balancer([f"{EXT_V4}/32", "fd00:50::/64"]))
     wait_until(lambda: outcome(c, lb4, "ext") == "answered", "ext to be let in (IPv4)")
     assert outcome(c, lb6, "ext") == "answered"
     assert outcome(c, lb4, "client") == "no answer"
+    assert c.kept(held, tmp_path / "go")["ok"] is True
     assert outcome(c, lb6, "client") == "no answer"
     assert outcome(c, lb4, "node") == "no answer"  # host processes are filtered too
     assert outcome(c, f"http://[{LB_VIP6}]/", "client") == "answered"

@@ -120,7 +120,7 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     lines.push("  chain output {".into());
     lines.push("    type route hook output priority mangle; policy accept;".into());
     lines.push(format!("    meta mark & {bypass} != 0 return"));
-    lines.extend(super::source_ranges::prerouting_rules());
+    lines.extend(super::source_ranges::rules("ct state new "));
     lines.push(format!(
         "    ct mark & 0x{:x} != 0 {divert} accept",
         cfg.divert_mark
@@ -158,7 +158,7 @@ fn prerouting_chains(
 ) -> Vec<String> {
     let mut lines = Vec::new();
     for (fam, f) in [("ip", 4), ("ip6", 6)] {
-        let lbsr: Vec<String> = super::source_ranges::prerouting_rules()
+        let lbsr: Vec<String> = super::source_ranges::rules("")
             .into_iter()
             .filter(|r| r.trim_start().starts_with(&format!("{fam} ")))
             .collect();
@@ -306,6 +306,10 @@ mod tests {
                 "socket transparent 1 meta mark set meta mark | 0x200000 notrack accept"
             ]
         );
+        // Host processes: source ranges on new connections, as kube-proxy.
+        assert!(chain(&text, "output").iter().any(|r| r.starts_with(
+            "ct state new ip daddr . meta l4proto . th dport @lbsr4 ip daddr . meta l4proto . th dport . ip saddr != @lbsr_allow4 drop"
+        )));
         assert!(chain(&text, "pre6_front_tcp").iter().any(|r| r.ends_with(
             "@vip6 meta mark set meta mark | 0x200000 notrack tproxy ip6 to :15001 accept"
         )));

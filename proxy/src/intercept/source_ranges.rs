@@ -183,15 +183,17 @@ pub fn set_definitions() -> Vec<String> {
     out
 }
 
-/// The rules for prerouting and output; they come first, so that nothing
-/// is diverted, rejected or delivered to a socket of ours for a source out
-/// of range.
-pub fn prerouting_rules() -> Vec<String> {
+/// The rules for prerouting and output, each after `when` (output's
+/// `ct state new `: kube-proxy checks new connections only; prerouting
+/// runs before conntrack and puts them in the SYN's chain instead). They
+/// come first, so that nothing is diverted, rejected or delivered to a
+/// socket of ours for a source out of range.
+pub fn rules(when: &str) -> Vec<String> {
     [("ip", "4"), ("ip6", "6")]
         .into_iter()
         .map(|(fam, n)| {
             format!(
-                "    {fam} daddr . meta l4proto . th dport @lbsr{n} {fam} daddr . meta l4proto . th dport . {fam} saddr != @lbsr_allow{n} drop"
+                "    {when}{fam} daddr . meta l4proto . th dport @lbsr{n} {fam} daddr . meta l4proto . th dport . {fam} saddr != @lbsr_allow{n} drop"
             )
         })
         .collect()
