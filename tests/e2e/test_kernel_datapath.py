@@ -341,14 +341,16 @@ def test_an_endpoint_of_a_kernel_and_a_proxied_service_serves_both(bare_cluster,
     """The same Pods behind a kernel-path and a proxy-path Service: the
     proxied Service's upstream replies (transparent: from the Pod's port
     to the client's address) must reach our sockets, so the Pods stay out
-    of the reply gate (`kepx`) that skips the socket rule; once no
-    proxy-path frontend routes to them they go in, with the socket rule
-    kept for an hour (`kepmoved`)."""
+    of the reply gate (`kepx`) that skips the socket rule (they are in
+    `kepsh`, whose replies meet it); once no proxy-path frontend routes to
+    them they go in, with the socket rule kept for an hour (`kepmoved`)."""
     c = bare_cluster
     prox_vips = start_kernel_and_proxied(c, tmp_path)
     wait_datapath(c, "kernel")
     wait_datapath(c, "proxy", "e2e/prox")
+    pods = {f"{e.ip} . tcp . {mf.HTTP_PORT}" for e in mf.backends()}
     assert gate_keys(c, "kepx4") == set() and gate_keys(c, "kepx6") == set()
+    assert gate_keys(c, "kepsh4") == pods
     held = Held(c, tmp_path, [(f"held-{name}", c.topo.client, vip, 80)
                               for name, vip in (("kern", VIP4), ("prox", prox_vips[0]))])
     carried = proxied(c, "e2e/prox")
@@ -368,8 +370,8 @@ def test_an_endpoint_of_a_kernel_and_a_proxied_service_serves_both(bare_cluster,
     # The proxied Service goes: its Pods join the gate, behind the hour of
     # `kepmoved` its connections may still need.
     (c.manifests / "prox.yaml").unlink()
-    pods = {f"{e.ip} . tcp . {mf.HTTP_PORT}" for e in mf.backends()}
     wait_until(lambda: gate_keys(c, "kepx4") == pods, "the Pods in the reply gate")
+    assert gate_keys(c, "kepsh4") == set()
     assert pods <= gate_keys(c, "kepmoved4")
     got = answers(c, f"http://{VIP4}/", 6)
     assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, got

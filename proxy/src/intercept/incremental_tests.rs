@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::elements::Elements;
 use super::endpoint_counts::EndpointCounts;
-use super::kernel::replies::{ProxyEndpoints, exclusive_elements, gate_step};
+use super::kernel::replies::{ProxyEndpoints, gate_elements, gate_step};
 use super::kernel::{self, Choices, Planner, Shared, plan};
 use crate::catalog::datapath::DatapathMode;
 use crate::catalog::{Assembly, NodeContext, Replaced, ServiceTable, TranslatedService};
@@ -87,7 +87,7 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
         let mut k_plan = planner.plan().clone();
         let mut shared = Shared::of(&k_plan);
         let mut proxy_eps = ProxyEndpoints::of(&previous, &k_installed);
-        let mut gate = exclusive_elements(&shared, &proxy_eps);
+        let mut gate = gate_elements(&shared, &proxy_eps);
         for step in 0..120 {
             let names: std::collections::BTreeSet<String> = (0..rng.usize(1..3))
                 .map(|_| format!("s{}", rng.u8(0..10)))
@@ -160,7 +160,9 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
                     // The gate's elements apart: `k_elements` are the
                     // plan's.
                     let mut s = s;
-                    let gated = |e: &kernel::Element| e.set.starts_with("kepx");
+                    let gated = |e: &kernel::Element| {
+                        e.set.starts_with("kepx") || e.set.starts_with("kepsh")
+                    };
                     let have: std::collections::BTreeSet<_> = s
                         .have
                         .elements
@@ -191,7 +193,7 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
                     k_elements = kernel::elements(plan_now);
                     shared = Shared::of(plan_now);
                     proxy_eps = ProxyEndpoints::of(&table, &k_installed);
-                    gate = exclusive_elements(&shared, &proxy_eps);
+                    gate = gate_elements(&shared, &proxy_eps);
                 }
             }
             k_plan = plan_now.clone();
@@ -204,7 +206,7 @@ fn patched_tables_give_the_elements_endpoints_and_plan_of_whole_ones() {
             assert_eq!(shared, Shared::of(plan_now), "{at}");
             let whole_eps = ProxyEndpoints::of(&table, &k_installed);
             assert_eq!(proxy_eps, whole_eps, "{at}");
-            assert_eq!(gate, exclusive_elements(&shared, &whole_eps), "{at}");
+            assert_eq!(gate, gate_elements(&shared, &whole_eps), "{at}");
             gated += usize::from(!gate.is_empty() && !proxy_eps.is_empty());
             previous = table;
         }

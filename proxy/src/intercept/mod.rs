@@ -332,7 +332,7 @@ impl Interceptor {
                 let want = full();
                 let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
                 let shared = kernel::Shared::of(&self.kernel_plan);
-                let replies = kernel::replies::exclusive_elements(&shared, &proxy);
+                let replies = kernel::replies::gate_elements(&shared, &proxy);
                 if self.table_exists(Family::Inet) {
                     text = ruleset::render(&self.cfg, self.listen_port, &want);
                     let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
@@ -365,7 +365,7 @@ impl Interceptor {
                 let shared = kernel::Shared::of(&self.kernel_plan);
                 let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
                 k.elements
-                    .extend(kernel::replies::exclusive_elements(&shared, &proxy));
+                    .extend(kernel::replies::gate_elements(&shared, &proxy));
                 proxy_next = Some(proxy);
                 shared_next = Some(shared);
                 verdicts_next = Some(kernel::verdicts::Verdicts::of(&self.kernel_plan));
@@ -383,13 +383,13 @@ impl Interceptor {
                 let mut k_want = kernel::elements(&self.kernel_plan);
                 let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
                 let shared = kernel::Shared::of(&self.kernel_plan);
-                k_have.elements.extend(kernel::replies::exclusive_elements(
+                k_have.elements.extend(kernel::replies::gate_elements(
                     &self.shared,
                     &self.proxy_endpoints,
                 ));
                 k_want
                     .elements
-                    .extend(kernel::replies::exclusive_elements(&shared, &proxy));
+                    .extend(kernel::replies::gate_elements(&shared, &proxy));
                 verdicts_next = Some(self.verdicts.whole(
                     &self.kernel_plan,
                     table,

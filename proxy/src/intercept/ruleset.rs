@@ -215,18 +215,21 @@ fn prerouting_chains(
             "    tcp flags & (syn | ack) == syn goto pre{f}_syn"
         ));
         lines.push(kvip_early.clone());
-        // A reply from a kernel endpoint (`kep`) leaves for its own
-        // chain, `pre{f}_ep`: the endpoints no proxied connection can be
-        // talking to (`kepx`: no proxy-path frontend routes to them, and
-        // none did within the last hour, `kepmoved`; see
-        // kernel/replies.rs) are sent on at once; the others meet the
-        // socket rule first (a proxied connection to the same Pod port),
-        // then are sent on. Plain sets, not verdict maps: a batch that
-        // changes a verdict map's elements makes the kernel validate every
-        // element of every verdict map at commit (100k endpoints: 24-39
-        // ms a change).
+        // A reply from a kernel endpoint: sent on at once if no proxied
+        // connection can be talking to it (`kepx`: no proxy-path frontend
+        // routes to it, and none did within the last hour, `kepmoved`; see
+        // kernel/replies.rs); if a proxy-path frontend routes to it too
+        // (`kepsh`), the socket rule first (`pre{f}_ep`). One that left
+        // the proxy path within the hour takes the long way (the socket
+        // rule below, then no rule of ours). Two disjoint plain sets: an
+        // endpoint is one element. Verdict maps would spare a lookup but
+        // make the kernel validate every element of every verdict map at
+        // each commit that changes one (100k endpoints: 24-39 ms a change).
         lines.push(format!(
-            "    {fam} saddr . meta l4proto . th sport @kep{f} goto pre{f}_ep"
+            "    {fam} saddr . meta l4proto . th sport @kepx{f} {fam} saddr . meta l4proto . th sport != @kepmoved{f} accept"
+        ));
+        lines.push(format!(
+            "    {fam} saddr . meta l4proto . th sport @kepsh{f} goto pre{f}_ep"
         ));
         lines.push(knode_early.clone());
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
@@ -241,9 +244,6 @@ fn prerouting_chains(
         lines.push(format!("    goto pre{f}_front_tcp"));
         lines.push("  }".into());
         lines.push(format!("  chain pre{f}_ep {{"));
-        lines.push(format!(
-            "    {fam} saddr . meta l4proto . th sport @kepx{f} {fam} saddr . meta l4proto . th sport != @kepmoved{f} accept"
-        ));
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
         lines.push("    accept".into());
         lines.push("  }".into());
@@ -366,7 +366,10 @@ mod tests {
                         // Kernel frontends that did not come from the
                         // proxy path: no socket lookup.
                         &format!("{fam} daddr . meta l4proto . th dport"),
-                        // Replies from kernel endpoints: their own chain.
+                        // Replies from kernel endpoints no proxied
+                        // connection can be talking to: no socket lookup;
+                        // from those a proxied Service shares: pre_ep.
+                        &format!("{fam} saddr . meta l4proto . th sport"),
                         &format!("{fam} saddr . meta l4proto . th sport"),
                         &np,
                         "socket transparent 1",
@@ -383,23 +386,21 @@ mod tests {
                 assert!(tcp[1].ends_with(&format!(
                     "@kvip{f} {fam} daddr . meta l4proto . th dport != @kmoved{f} accept"
                 )));
-                assert!(tcp[2].ends_with(&format!("@kep{f} goto pre{f}_ep")));
-                assert!(tcp[3].contains(&format!("@knode{f} fib daddr type local")));
-                assert!(tcp[3].ends_with("meta l4proto . th dport != @kmovednp accept"));
-                assert!(tcp[5].ends_with(&format!("@kvip{f} accept")));
-                assert!(tcp[6].contains(&format!("@knode{f} fib daddr type local")));
-                // Replies no proxied connection can be talking to skip
-                // the socket lookup; the others meet it.
-                let ep = chain(&text, &format!("pre{f}_ep"));
-                assert_eq!(ep.len(), 3, "{ep:?}");
-                assert!(ep[0].ends_with(&format!(
+                assert!(tcp[2].ends_with(&format!(
                     "@kepx{f} {fam} saddr . meta l4proto . th sport != @kepmoved{f} accept"
                 )));
+                assert!(tcp[3].ends_with(&format!("@kepsh{f} goto pre{f}_ep")));
+                assert!(tcp[4].contains(&format!("@knode{f} fib daddr type local")));
+                assert!(tcp[4].ends_with("meta l4proto . th dport != @kmovednp accept"));
+                assert!(tcp[6].ends_with(&format!("@kvip{f} accept")));
+                assert!(tcp[7].contains(&format!("@knode{f} fib daddr type local")));
+                let ep = chain(&text, &format!("pre{f}_ep"));
+                assert_eq!(ep.len(), 2, "{ep:?}");
                 assert!(
-                    ep[1].starts_with("socket transparent 1 ")
-                        && ep[1].ends_with(" notrack accept")
+                    ep[0].starts_with("socket transparent 1 ")
+                        && ep[0].ends_with(" notrack accept")
                 );
-                assert_eq!(ep[2], "accept");
+                assert_eq!(ep[1], "accept");
                 let syn = chain(&text, &format!("pre{f}_syn"));
                 assert!(syn[0].contains(&format!("@lbsr{f} ")) && syn[0].ends_with(" drop"));
                 let udp = chain(&text, &format!("pre{f}_udp"));

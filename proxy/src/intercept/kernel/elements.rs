@@ -211,25 +211,19 @@ pub fn frontend_elements(
 }
 
 /// The elements several frontends of `plan` may share: the hairpin
-/// addresses and the gate's reply endpoints (`kep`).
+/// addresses (the reply gate's endpoints depend on the proxy path too:
+/// `replies.rs`).
 pub fn shared_elements(plan: &KernelPlan) -> impl Iterator<Item = Element> {
     let mut hairpin = BTreeSet::new();
-    let mut replies = BTreeSet::new();
     let fitting = plan
         .vips
-        .iter()
-        .map(|(&(_, proto, _), k)| (proto, k))
-        .chain(plan.node_ports.iter().map(|(&(_, proto, _), k)| (proto, k)))
-        .filter(|(_, k)| k.fits());
-    for (proto, k) in fitting {
+        .values()
+        .chain(plan.node_ports.values())
+        .filter(|k| k.fits());
+    for k in fitting {
         hairpin.extend(k.endpoints.iter().map(|e| e.ip()));
-        replies.extend(k.endpoints.iter().map(|&e| (e, proto)));
     }
-    hairpin.into_iter().map(hairpin_element).chain(
-        replies
-            .into_iter()
-            .map(|(ep, proto)| super::gate::endpoint(ep, proto)),
-    )
+    hairpin.into_iter().map(hairpin_element)
 }
 
 /// The elements for `plan`, the raw chain's gate sets (`gate.rs`)
@@ -440,7 +434,6 @@ mod tests {
         assert_eq!(
             batch,
             "delete element inet sy kfront4 { 10.96.0.10 . tcp . 80 }\n\
-             add element inet sy kep4 { 10.244.1.4 . tcp . 80 }\n\
              add element inet sy kfront4 { 10.96.0.10 . tcp . 80 : goto kd4_seq_3 }\n\
              add element inet sy khairpin4 { 10.244.1.4 . 10.244.1.4 }\n\
              add element inet sy kslot4 { 10.96.0.10 . tcp . 80 . 2 : 10.244.1.4 . 80 }\n"

@@ -1,11 +1,9 @@
 //! The raw prerouting chain's early exit for kernel-path flows: plain sets
 //! of the kernel frontends (`kvip4/6`: `daddr . l4proto . dport`; `knode4/6`:
-//! NodePorts, `l4proto . dport`) and of their endpoints (`kep4/6`:
-//! `saddr . l4proto . sport` of the replies). A packet that no socket of
-//! ours took and that belongs to one leaves the chain there, instead of
-//! walking the proxy's drain, reject and TPROXY rules (see `ruleset.rs`).
-//! The replies of endpoints no proxied connection can be talking to leave
-//! before the socket rule (`replies.rs`).
+//! NodePorts, `l4proto . dport`). A packet that no socket of ours took and
+//! that belongs to one leaves the chain there, instead of walking the
+//! proxy's drain, reject and TPROXY rules (see `ruleset.rs`). The replies
+//! of their endpoints have a gate of their own (`replies.rs`).
 //! The verdict maps `kfront`/`knp` cannot serve: the kernel refuses a
 //! lookup from a filter chain in a map whose elements jump to DNAT chains.
 //!
@@ -13,7 +11,7 @@
 //! frontend: they join the kernel datapath's in the same diff or step and
 //! the same atomic batch.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use super::elements::Element;
 use crate::catalog::Protocol;
@@ -36,25 +34,13 @@ pub fn node_port(v6: bool, proto: Protocol, port: u16) -> Element {
     }
 }
 
-/// An endpoint of a kernel frontend, as its replies' source (`kep4/6`).
-/// Several frontends may share it: `step.rs` counts them.
-pub fn endpoint(ep: SocketAddr, proto: Protocol) -> Element {
-    Element {
-        set: if ep.is_ipv6() { "kep6" } else { "kep4" },
-        key: format!("{} . {} . {}", ep.ip(), proto.nft_name(), ep.port()),
-        data: None,
-    }
-}
-
 /// The set definitions, in `rules.rs`'s layout.
 pub fn set_definitions() -> Vec<String> {
     let mut out = Vec::new();
     for (f, addr) in [(4, "ipv4_addr"), (6, "ipv6_addr")] {
-        for set in ["kvip", "kep"] {
-            out.push(format!(
-                "  set {set}{f} {{\n    type {addr} . inet_proto . inet_service\n  }}"
-            ));
-        }
+        out.push(format!(
+            "  set kvip{f} {{\n    type {addr} . inet_proto . inet_service\n  }}"
+        ));
         out.push(format!(
             "  set knode{f} {{\n    type inet_proto . inet_service\n  }}"
         ));
@@ -118,20 +104,11 @@ mod tests {
         assert_eq!(keys(&got, "kvip4"), ["10.96.0.10 . tcp . 80"]);
         assert_eq!(keys(&got, "kvip6"), ["fd00::10 . udp . 53"]);
         assert_eq!(keys(&got, "knode4"), ["tcp . 30080"]);
-        assert_eq!(
-            keys(&got, "kep4"),
-            [
-                "10.244.1.2 . tcp . 8080",
-                "10.244.1.3 . tcp . 8080",
-                "10.244.1.4 . tcp . 8080"
-            ]
-        );
-        assert_eq!(keys(&got, "kep6"), ["fd00:244::2 . udp . 5353"]);
+        // The reply gate needs the proxy path's endpoints: replies.rs.
+        assert!(!got.iter().any(|e| e.set.starts_with("kep")));
         assert!(
             got.iter()
-                .filter(|e| ["kvip", "knode", "kep"]
-                    .iter()
-                    .any(|g| e.set.starts_with(g)))
+                .filter(|e| ["kvip", "knode"].iter().any(|g| e.set.starts_with(g)))
                 .all(|e| e.data.is_none())
         );
     }

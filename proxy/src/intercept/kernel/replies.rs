@@ -1,13 +1,16 @@
-//! The reply gate: TCP replies from kernel-path endpoints accepted before
-//! the socket rule (`kepx4/6`), for the endpoints no proxied connection
-//! can be talking to.
+//! The reply gate: TCP replies from kernel-path endpoints, sorted before
+//! the socket rule by two sets that split the kernel frontends' TCP
+//! endpoints: `kepx4/6`, those no proxied connection can be talking to
+//! (accepted at once), and `kepsh4/6`, those a proxy-path frontend also
+//! routes to (the socket rule, then accepted).
 //!
 //! The proxy's upstream sockets are transparent: a Pod port behind a
 //! proxy-path frontend answers them from its own address and port, and
 //! only the socket rule hands those replies to our socket. So an
 //! endpoint goes in `kepx` only while no proxy-path frontend (a frontend
-//! in the proxy's `vip`/`nodeport` sets) routes to it, and not while it
-//! is in `kepmoved` (elements with a timeout, added when an endpoint
+//! in the proxy's `vip`/`nodeport` sets) routes to it (else in `kepsh`),
+//! and `kepx` is honoured only while the endpoint is not in `kepmoved`
+//! (elements with a timeout, added when an endpoint
 //! stops being routed to by the proxy path for any reason: its frontend
 //! moved proxy → kernel, it left a proxied Service, the Service went);
 //! the proxied connections of the hour before keep the socket rule.
@@ -32,10 +35,17 @@ pub struct ProxyEndpoints {
     counts: HashMap<SocketAddr, u32>,
 }
 
-/// The `kepx` element of an endpoint.
-pub fn exclusive_element(ep: SocketAddr) -> Element {
+/// The gate's element of a kernel endpoint: `kepx` if no proxy-path
+/// frontend routes to it (`exclusive`), else `kepsh`.
+pub fn gate_element(ep: SocketAddr, exclusive: bool) -> Element {
+    let set = match (exclusive, ep.is_ipv6()) {
+        (true, false) => "kepx4",
+        (true, true) => "kepx6",
+        (false, false) => "kepsh4",
+        (false, true) => "kepsh6",
+    };
     Element {
-        set: if ep.is_ipv6() { "kepx6" } else { "kepx4" },
+        set,
         key: format!("{} . tcp . {}", ep.ip(), ep.port()),
         data: None,
     }
@@ -181,18 +191,12 @@ impl ProxyEndpoints {
     }
 }
 
-/// Whether `ep` belongs in `kepx`: a kernel frontend's TCP endpoint that
-/// no proxy-path frontend routes to.
-fn exclusive(ep: SocketAddr, shared: &Shared, proxy: &ProxyEndpoints) -> bool {
-    shared.serves(ep, Protocol::Tcp) && !proxy.contains(&ep)
-}
-
-/// The whole `kepx` contents.
-pub fn exclusive_elements(shared: &Shared, proxy: &ProxyEndpoints) -> BTreeSet<Element> {
+/// The whole gate: every kernel frontend's TCP endpoint, in `kepx` or
+/// `kepsh` by `proxy`.
+pub fn gate_elements(shared: &Shared, proxy: &ProxyEndpoints) -> BTreeSet<Element> {
     shared
         .endpoints(Protocol::Tcp)
-        .filter(|ep| !proxy.contains(ep))
-        .map(exclusive_element)
+        .map(|ep| gate_element(ep, !proxy.contains(&ep)))
         .collect()
 }
 
@@ -216,18 +220,18 @@ pub fn kernel_endpoints<'a>(
         .flat_map(|k| k.endpoints.iter().copied())
 }
 
-/// The `kepx` elements of `candidates` by `shared` and `proxy`: taken
+/// The gate's elements of `candidates` by `shared` and `proxy`: taken
 /// before a step (into its `have`) and after (into its `want`), the
-/// batch's diff adds and deletes only those whose membership changed.
-pub fn exclusive_of<'a>(
+/// batch's diff adds and deletes only those whose set changed.
+pub fn gate_of<'a>(
     candidates: impl IntoIterator<Item = &'a SocketAddr>,
     shared: &Shared,
     proxy: &ProxyEndpoints,
     out: &mut BTreeSet<Element>,
 ) {
     for &ep in candidates {
-        if exclusive(ep, shared, proxy) {
-            out.insert(exclusive_element(ep));
+        if shared.serves(ep, Protocol::Tcp) {
+            out.insert(gate_element(ep, !proxy.contains(&ep)));
         }
     }
 }
@@ -261,9 +265,11 @@ pub fn moved_batch(
 pub fn set_definitions() -> Vec<String> {
     let mut out = Vec::new();
     for (f, addr) in [(4, "ipv4_addr"), (6, "ipv6_addr")] {
-        out.push(format!(
-            "  set kepx{f} {{\n    type {addr} . inet_proto . inet_service\n  }}"
-        ));
+        for set in ["kepx", "kepsh"] {
+            out.push(format!(
+                "  set {set}{f} {{\n    type {addr} . inet_proto . inet_service\n  }}"
+            ));
+        }
         out.push(format!(
             "  set kepmoved{f} {{\n    type {addr} . inet_proto . inet_service\n    flags timeout\n  }}"
         ));
@@ -275,7 +281,7 @@ pub fn set_definitions() -> Vec<String> {
 /// counts (`proxy`, from `base` installed as `have` to `table` by `d`) and
 /// the kernel's shared counts (`shared`, the frontends `keys` names from
 /// `old` to `new`) in place, and returns the kernel elements to change,
-/// `kepx` included, and the endpoints the proxy path no longer routes to
+/// `kepx`/`kepsh` included, and the endpoints the proxy path no longer routes to
 /// (for `kepmoved`).
 pub fn gate_step(
     proxy: &mut ProxyEndpoints,
@@ -289,11 +295,11 @@ pub fn gate_step(
         .chain(ProxyEndpoints::named_by(base, table, change))
         .collect();
     let mut gate_have = BTreeSet::new();
-    exclusive_of(&candidates, shared, proxy, &mut gate_have);
+    gate_of(&candidates, shared, proxy, &mut gate_have);
     let (touched, gone) = proxy.step(base, table, change, have, d);
     candidates.extend(touched);
     let mut k = step(old, new, keys, shared);
     k.have.elements.extend(gate_have);
-    exclusive_of(&candidates, shared, proxy, &mut k.want.elements);
+    gate_of(&candidates, shared, proxy, &mut k.want.elements);
     (k, gone)
 }

@@ -20,7 +20,8 @@ pub struct KernelKeys {
 
 /// How many kernel frontends (that fit) reach each endpoint address (the
 /// hairpin set holds the addresses counted here) and each endpoint of a
-/// protocol (the gate's `kep` sets). A sync steps them in place (copying
+/// protocol (the reply gate's `kepx`/`kepsh`, `replies.rs`, are made from
+/// these). A sync steps them in place (copying
 /// maps of ~100k entries each at 10k frontends was most of an endpoint
 /// change's in-process time; persistent maps cost ~40 MiB more there);
 /// the interceptor counts again from the installed plan when a sync
@@ -50,27 +51,27 @@ fn fitting(plan: &KernelPlan) -> impl Iterator<Item = (Protocol, &KernelPort)> {
         .filter(|(_, k)| k.fits())
 }
 
-/// Counts one frontend in (`+1`) or out (`-1`); the elements whose count
-/// left or reached zero go to `gone` or `new`.
+/// Counts one frontend in (`+1`) or out (`-1`); the elements (if any)
+/// of the keys whose count left or reached zero go to `gone` or `new`.
 fn count<K: std::hash::Hash + Eq + Copy>(
     counts: &mut HashMap<K, u32>,
     keys: impl IntoIterator<Item = K>,
     add: bool,
-    element: impl Fn(K) -> Element,
+    element: impl Fn(K) -> Option<Element>,
     out: &mut BTreeSet<Element>,
 ) {
     for key in keys {
         let n = counts.entry(key).or_insert(0);
         if add {
             if *n == 0 {
-                out.insert(element(key));
+                out.extend(element(key));
             }
             *n += 1;
         } else {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 counts.remove(&key);
-                out.insert(element(key));
+                out.extend(element(key));
             }
         }
     }
@@ -101,26 +102,26 @@ impl Shared {
 
     fn add(&mut self, proto: Protocol, k: &KernelPort, new: &mut BTreeSet<Element>) {
         let (ips, replies) = shared_keys(proto, k);
-        count(&mut self.hairpin, ips, true, hairpin_element, new);
         count(
-            &mut self.replies,
-            replies,
+            &mut self.hairpin,
+            ips,
             true,
-            |(e, p)| super::gate::endpoint(e, p),
+            |ip| Some(hairpin_element(ip)),
             new,
         );
+        count(&mut self.replies, replies, true, |_| None, new);
     }
 
     fn remove(&mut self, proto: Protocol, k: &KernelPort, gone: &mut BTreeSet<Element>) {
         let (ips, replies) = shared_keys(proto, k);
-        count(&mut self.hairpin, ips, false, hairpin_element, gone);
         count(
-            &mut self.replies,
-            replies,
+            &mut self.hairpin,
+            ips,
             false,
-            |(e, p)| super::gate::endpoint(e, p),
+            |ip| Some(hairpin_element(ip)),
             gone,
         );
+        count(&mut self.replies, replies, false, |_| None, gone);
     }
 }
 

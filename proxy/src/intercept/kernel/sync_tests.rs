@@ -98,8 +98,17 @@ impl Node {
         }
     }
 
+    /// The endpoints whose replies skip the socket rule (`kepx`).
     fn gate(&self) -> BTreeSet<Element> {
-        exclusive_elements(&self.shared, &self.endpoints)
+        self.gate_set("kepx")
+    }
+
+    /// The gate's elements in the sets named `prefix`4/6.
+    fn gate_set(&self, prefix: &str) -> BTreeSet<Element> {
+        gate_elements(&self.shared, &self.endpoints)
+            .into_iter()
+            .filter(|e| e.set.strip_suffix(['4', '6']) == Some(prefix))
+            .collect()
     }
 
     /// Replaces Service `name` by `new`.
@@ -179,8 +188,8 @@ impl Node {
             assert!(have.contains(e), "{e:?} not installed");
         }
         assert_eq!(
-            self.gate(),
-            exclusive_elements(&Shared::of(&self.plan), &self.endpoints)
+            gate_elements(&self.shared, &self.endpoints),
+            gate_elements(&Shared::of(&self.plan), &self.endpoints)
         );
         gate
     }
@@ -201,6 +210,14 @@ fn an_endpoint_a_proxied_service_shares_stays_behind_the_socket_rule() {
     assert!(
         node.gate().is_empty(),
         "b's upstream replies need our socket"
+    );
+    assert_eq!(
+        node.gate_set("kepsh")
+            .iter()
+            .map(|e| e.key.as_str())
+            .collect::<Vec<_>>(),
+        [EP],
+        "a's endpoint, which b shares, meets the socket rule"
     );
 
     // b's endpoint moves away: a's replies skip the socket lookup,
