@@ -11,11 +11,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::super::admission;
+use super::super::pipes::Ended;
 use super::super::session::{self, Stop};
 use super::super::sockets::{self, After};
 use super::super::worker::{SelfTimed, Worker};
 use super::ops::{self, Owned, Ring};
 use super::runtime::Runtime;
+use super::splice;
 
 pub async fn serve(
     rt: Rc<Runtime>,
@@ -164,7 +166,7 @@ fn into_buf(owned: Owned) -> Vec<u8> {
 /// group all held: a small pool buffer instead). A read that fills its
 /// buffer moves the direction to the pool's growing buffers, kept while
 /// reads fill them; a short read there goes back to the group.
-async fn pump(
+pub(super) async fn pump(
     ring: &Rc<Ring>,
     worker: &Worker,
     from: &TcpStream,
@@ -243,6 +245,29 @@ async fn pump(
             After::More => {}
             After::Fin => break false,
             After::Reset => break true,
+        }
+        // A direction that reached the full-size buffers streams: splice
+        // from here (no copy to user space and back) until its reads turn
+        // short. Boxed: inline, its state would size every connection's
+        // task, idle ones included.
+        if held.as_ref().is_some_and(|b| worker.pool.is_full(b)) {
+            let Some(pipe) = splice::prepare(from, to)
+                .then(|| worker.pipes.take())
+                .flatten()
+            else {
+                continue;
+            };
+            if let Some(buf) = held.take() {
+                worker.pool.give(buf);
+            }
+            let (ended, sent) =
+                Box::pin(splice::stream(ring.clone(), worker, pipe, from, to)).await;
+            total += sent;
+            match ended {
+                Ended::Short => held = (!select).then(|| worker.pool.take_small()),
+                Ended::Fin => break false,
+                Ended::Failed => break true,
+            }
         }
     };
     if let Some(buf) = held {
