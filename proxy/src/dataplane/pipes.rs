@@ -118,6 +118,10 @@ pub enum Ended {
     Failed,
 }
 
+/// A spliced stretch of a direction, boxed: awaited inline, its state
+/// would size every direction's future, idle ones included.
+pub type Stretch<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (Ended, u64)> + 'a>>;
+
 /// A pipe lent to a streaming direction, given back to the worker however
 /// the stretch ends, its future dropped mid-flight included (a connection
 /// drained or stopped): kept when empty, else closed.

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::admission;
 use super::bufpool::SMALL;
-use super::pipes::{Ended, Lease, Pipe, Pipes};
+use super::pipes::{Ended, Lease, Pipe, Pipes, Stretch};
 use super::session::{self, Stop};
 use super::sockets;
 use super::worker::Worker;
@@ -103,49 +103,48 @@ async fn pump(worker: &Worker, from: ReadHalf<'_>, mut to: WriteHalf<'_>) -> u64
         if from.readable().await.is_err() {
             break true;
         }
-        let mut b = buf.take().unwrap_or_else(|| worker.pool.take_small());
-        let n = match from.try_read(&mut b) {
-            Ok(0) => {
+        // The locals of a read end here: held over the stretch's await
+        // below, they would grow every direction's future.
+        let streams = {
+            let mut b = buf.take().unwrap_or_else(|| worker.pool.take_small());
+            let n = match from.try_read(&mut b) {
+                Ok(0) => {
+                    worker.pool.give(b);
+                    break false;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    buf = Some(b);
+                    continue;
+                }
+                Err(_) => {
+                    worker.pool.give(b);
+                    break true;
+                }
+            };
+            let written = to.write_all(&b[..n]).await;
+            let b = worker.pool.next(b, n);
+            let streams = worker.pool.is_full(&b);
+            if worker.pool.is_small(&b) {
+                // Short messages: wait for the next one holding nothing.
                 worker.pool.give(b);
-                break false;
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            } else {
                 buf = Some(b);
-                continue;
             }
-            Err(_) => {
-                worker.pool.give(b);
+            if written.is_err() {
                 break true;
             }
+            total += n as u64;
+            streams
         };
-        let written = to.write_all(&b[..n]).await;
-        let b = worker.pool.next(b, n);
-        let streams = worker.pool.is_full(&b);
-        if worker.pool.is_small(&b) {
-            // Short messages: wait for the next one holding nothing.
-            worker.pool.give(b);
-        } else {
-            buf = Some(b);
-        }
-        if written.is_err() {
-            break true;
-        }
-        total += n as u64;
         // A direction that reached the full-size buffers streams: splice
-        // from here until its reads turn short (`pipes.rs`). Boxed, so that
-        // its state does not size every connection's task.
-        if streams && let Some(pipe) = worker.pipes.take() {
-            if let Some(b) = buf.take() {
-                worker.pool.give(b);
-            }
-            let (ended, sent) = Box::pin(splice_stream(
-                &worker.pipes,
-                pipe,
-                from.as_ref(),
-                to.as_ref(),
-            ))
-            .await;
+        // from here until its reads turn short (`pipes.rs`). A boxed future
+        // made out of line, so that its state does not size every
+        // connection's task.
+        if streams
+            && let Some(stretch) = splice_stretch(worker, &mut buf, from.as_ref(), to.as_ref())
+        {
+            let (ended, sent) = stretch.await;
             total += sent;
             match ended {
                 Ended::Short => {}
@@ -165,6 +164,21 @@ async fn pump(worker: &Worker, from: ReadHalf<'_>, mut to: WriteHalf<'_>) -> u64
         let _ = to.shutdown().await;
     }
     total
+}
+
+/// The spliced stretch of a streaming direction, with a pipe of the
+/// worker's (its buffer goes back to the pool); `None` without a pipe.
+fn splice_stretch<'a>(
+    worker: &'a Worker,
+    buf: &mut Option<Vec<u8>>,
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+) -> Option<Stretch<'a>> {
+    let pipe = worker.pipes.take()?;
+    if let Some(b) = buf.take() {
+        worker.pool.give(b);
+    }
+    Some(Box::pin(splice_stream(&worker.pipes, pipe, from, to)))
 }
 
 /// A streaming direction on splice(2): socket → pipe → socket, waiting on

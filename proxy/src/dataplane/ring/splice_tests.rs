@@ -162,3 +162,19 @@ fn a_direction_dropped_mid_splice_gives_its_pipe_back() {
         drop(client);
     }
 }
+
+/// What an idle connection pays for the splice path: nothing but the room
+/// its direction's future reserves for the await of a stretch.
+#[test]
+fn a_direction_future_stays_small() {
+    let rt = Runtime::new().expect("ring");
+    let worker = worker();
+    let (_a, from) = pair();
+    let (to, _b) = pair();
+    let copy = pump(&rt.ring, &worker, &from, &to, false);
+    let size = std::mem::size_of_val(&copy);
+    drop(copy);
+    // 224 bytes before the splice path (debug build): the stretch's await
+    // must not add to it.
+    assert!(size <= 224, "a direction's future grew to {size} bytes");
+}
