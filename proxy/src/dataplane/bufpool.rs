@@ -80,11 +80,6 @@ impl BufPool {
         self.tier_of(buf) == 0
     }
 
-    /// Whether `buf` is a full-size buffer: its direction streams.
-    pub fn is_full(&self, buf: &[u8]) -> bool {
-        self.tier_of(buf) == 2
-    }
-
     /// The tier a buffer came from: the largest whose length it reaches.
     fn tier_of(&self, buf: &[u8]) -> usize {
         let cap = buf.len().max(1);

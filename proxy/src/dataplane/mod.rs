@@ -6,7 +6,6 @@ pub(crate) mod admission;
 mod bufpool;
 mod drain;
 mod orig_dst;
-mod pipes;
 mod port_stats;
 mod proxy_protocol;
 mod ring;

@@ -7,13 +7,11 @@ use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::admission;
-use super::bufpool::SMALL;
-use super::pipes::{Ended, Lease, Pipe, Pipes, Stretch};
 use super::session::{self, Stop};
 use super::sockets;
 use super::worker::Worker;
@@ -103,55 +101,34 @@ async fn pump(worker: &Worker, from: ReadHalf<'_>, mut to: WriteHalf<'_>) -> u64
         if from.readable().await.is_err() {
             break true;
         }
-        // The locals of a read end here: held over the stretch's await
-        // below, they would grow every direction's future.
-        let streams = {
-            let mut b = buf.take().unwrap_or_else(|| worker.pool.take_small());
-            let n = match from.try_read(&mut b) {
-                Ok(0) => {
-                    worker.pool.give(b);
-                    break false;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    buf = Some(b);
-                    continue;
-                }
-                Err(_) => {
-                    worker.pool.give(b);
-                    break true;
-                }
-            };
-            let written = to.write_all(&b[..n]).await;
-            let b = worker.pool.next(b, n);
-            let streams = worker.pool.is_full(&b);
-            if worker.pool.is_small(&b) {
-                // Short messages: wait for the next one holding nothing.
+        let mut b = buf.take().unwrap_or_else(|| worker.pool.take_small());
+        let n = match from.try_read(&mut b) {
+            Ok(0) => {
                 worker.pool.give(b);
-            } else {
-                buf = Some(b);
+                break false;
             }
-            if written.is_err() {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buf = Some(b);
+                continue;
+            }
+            Err(_) => {
+                worker.pool.give(b);
                 break true;
             }
-            total += n as u64;
-            streams
         };
-        // A direction that reached the full-size buffers streams: splice
-        // from here until its reads turn short (`pipes.rs`). A boxed future
-        // made out of line, so that its state does not size every
-        // connection's task.
-        if streams
-            && let Some(stretch) = splice_stretch(worker, &mut buf, from.as_ref(), to.as_ref())
-        {
-            let (ended, sent) = stretch.await;
-            total += sent;
-            match ended {
-                Ended::Short => {}
-                Ended::Fin => break false,
-                Ended::Failed => break true,
-            }
+        let written = to.write_all(&b[..n]).await;
+        let b = worker.pool.next(b, n);
+        if worker.pool.is_small(&b) {
+            // Short messages: wait for the next one holding nothing.
+            worker.pool.give(b);
+        } else {
+            buf = Some(b);
         }
+        if written.is_err() {
+            break true;
+        }
+        total += n as u64;
     };
     if let Some(b) = buf {
         worker.pool.give(b);
@@ -164,68 +141,4 @@ async fn pump(worker: &Worker, from: ReadHalf<'_>, mut to: WriteHalf<'_>) -> u64
         let _ = to.shutdown().await;
     }
     total
-}
-
-/// The spliced stretch of a streaming direction, with a pipe of the
-/// worker's (its buffer goes back to the pool); `None` without a pipe.
-fn splice_stretch<'a>(
-    worker: &'a Worker,
-    buf: &mut Option<Vec<u8>>,
-    from: &'a TcpStream,
-    to: &'a TcpStream,
-) -> Option<Stretch<'a>> {
-    let pipe = worker.pipes.take()?;
-    if let Some(b) = buf.take() {
-        worker.pool.give(b);
-    }
-    Some(Box::pin(splice_stream(&worker.pipes, pipe, from, to)))
-}
-
-/// A streaming direction on splice(2): socket → pipe → socket, waiting on
-/// the reactor's readiness (the sockets are non-blocking already); the
-/// ring engine's twin is `ring/splice.rs`, where what it keeps of the
-/// buffer loop is listed.
-async fn splice_stream(
-    pipes: &Pipes,
-    pipe: Pipe,
-    from: &TcpStream,
-    to: &TcpStream,
-) -> (Ended, u64) {
-    let mut lease = Lease::new(pipes, pipe);
-    let Some(pipe) = lease.pipe() else {
-        return (Ended::Failed, 0);
-    };
-    let (rfd, wfd) = (from.as_raw_fd(), to.as_raw_fd());
-    let mut sent = 0u64;
-    let ended = 'stream: loop {
-        let n = match from.try_io(Interest::READABLE, || pipe.fill_from(rfd)) {
-            Ok(0) => break Ended::Fin,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if from.readable().await.is_err() {
-                    break Ended::Failed;
-                }
-                continue;
-            }
-            Err(_) => break Ended::Failed,
-        };
-        while pipe.held > 0 {
-            match to.try_io(Interest::WRITABLE, || pipe.drain_into(wfd)) {
-                // A pipe with bytes and its writer open never gives 0.
-                Ok(0) => break 'stream Ended::Failed,
-                Ok(k) => sent += k as u64,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if to.writable().await.is_err() {
-                        break 'stream Ended::Failed;
-                    }
-                }
-                Err(_) => break 'stream Ended::Failed,
-            }
-        }
-        if n < SMALL {
-            break Ended::Short;
-        }
-    };
-    drop(lease);
-    (ended, sent)
 }

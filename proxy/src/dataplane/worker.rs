@@ -22,7 +22,6 @@ use crate::snapshot::SharedSnapshot;
 use super::Shared;
 use super::bufpool::BufPool;
 use super::drain::Connections;
-use super::pipes::Pipes;
 use super::port_stats::{PortStats, PortStatsCache};
 
 /// Buffers kept idle per worker beyond the ones in use.
@@ -35,8 +34,6 @@ pub struct Worker {
     pub bypass_mark: u32,
     pub metrics: Arc<Metrics>,
     pub pool: BufPool,
-    /// Empty pipes for the directions that stream (splice, `pipes.rs`).
-    pub pipes: Pipes,
     /// One datagram's worth of space for UDP relaying; never held across an
     /// await.
     pub scratch: RefCell<Vec<u8>>,
@@ -108,7 +105,6 @@ pub struct Resolved {
 impl Worker {
     pub fn new(id: usize, shared: Shared) -> Self {
         let pool = BufPool::new(shared.cfg.buffer_size, MAX_IDLE_BUFFERS);
-        let pipes = Pipes::new(shared.cfg.buffer_size);
         let decider = Decider::new(shared.policies, shared.here, shared.metrics.clone());
         Self {
             id,
@@ -117,7 +113,6 @@ impl Worker {
             bypass_mark: shared.bypass_mark,
             metrics: shared.metrics,
             pool,
-            pipes,
             scratch: RefCell::new(vec![0; super::udp::MAX_DATAGRAM]),
             conns: Connections::default(),
             active: shared.active,

@@ -8,7 +8,6 @@
 //!   threads land on;
 //! - `runtime`: the loop, one `io_uring_enter` per turn;
 //! - `tcp`: accept, connect and the copy loop;
-//! - `splice`: the copy loop of a streaming direction, on splice(2);
 //! - `sweep`: endpoint drain and stop on a ring timeout.
 //!
 //! UDP and L7 connections of a ring worker are served by its companion
@@ -17,7 +16,6 @@
 mod executor;
 mod ops;
 mod runtime;
-mod splice;
 mod sweep;
 mod tcp;
 

@@ -560,14 +560,6 @@ impl Ring {
         }
     }
 
-    /// Resolves once `fd` is ready for `events` (`libc::POLLIN`,
-    /// `libc::POLLOUT`; errors and hang-ups always count): the events seen.
-    pub fn poll(self: &Rc<Self>, fd: RawFd, events: i16) -> Op {
-        let entry = opcode::PollAdd::new(types::Fd(fd), events as u16 as u32).build();
-        // SAFETY: no pointers.
-        unsafe { self.submit(entry, Owned::Nothing) }
-    }
-
     /// Resolves after `after`.
     pub fn sleep(self: &Rc<Self>, after: Duration) -> Op {
         let time = Box::new(

@@ -11,13 +11,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::super::admission;
-use super::super::pipes::{Ended, Stretch};
 use super::super::session::{self, Stop};
 use super::super::sockets::{self, After};
 use super::super::worker::{SelfTimed, Worker};
 use super::ops::{self, Owned, Ring};
 use super::runtime::Runtime;
-use super::splice;
 
 pub async fn serve(
     rt: Rc<Runtime>,
@@ -166,7 +164,7 @@ fn into_buf(owned: Owned) -> Vec<u8> {
 /// group all held: a small pool buffer instead). A read that fills its
 /// buffer moves the direction to the pool's growing buffers, kept while
 /// reads fill them; a short read there goes back to the group.
-pub(super) async fn pump(
+async fn pump(
     ring: &Rc<Ring>,
     worker: &Worker,
     from: &TcpStream,
@@ -178,89 +176,73 @@ pub(super) async fn pump(
     let mut held = (!select).then(|| worker.pool.take_small());
     let mut total = 0u64;
     let failed = loop {
-        // The locals of a read end here: held over the stretch's await
-        // below, they would grow every direction's future.
-        {
-            let (res, flags, mut buf) = match held.take() {
-                Some(buf) => ring.recv(from.as_raw_fd(), buf).with_flags().await,
-                None => recv_any(ring, worker, from).await,
-            };
-            let mut n = match ops::result(res) {
-                Ok(0) => {
-                    give(worker, buf);
-                    break false;
-                }
-                Ok(n) => n,
-                Err(_) => {
+        let (res, flags, mut buf) = match held.take() {
+            Some(buf) => ring.recv(from.as_raw_fd(), buf).with_flags().await,
+            None => recv_any(ring, worker, from).await,
+        };
+        let mut n = match ops::result(res) {
+            Ok(0) => {
+                give(worker, buf);
+                break false;
+            }
+            Ok(n) => n,
+            Err(_) => {
+                give(worker, buf);
+                break true;
+            }
+        };
+        let mut then = After::More;
+        let mut start = 0;
+        let len = buf.as_slice().len();
+        // Without SOCK_NONEMPTY the socket held neither data nor a FIN when
+        // the receive completed (DEFER_TASKRUN kernels, where the flag is
+        // reliable). That is stale by the time this runs: a FIN sent right
+        // after a connection's one response often arrives in between, and
+        // the try_recv then saves a turn before the FIN goes out. So the
+        // hint skips the try_recv only once the direction has relayed data
+        // before (a keep-alive connection's later responses), where it
+        // almost always returns EAGAIN. The direct send stays: a ring send
+        // would add the turn it saves.
+        let nothing_waits =
+            total > 0 && ring.nonempty_hint() && !io_uring::cqueue::sock_nonempty(flags);
+        // A short read is written at once with a plain send, both ways:
+        // through the ring, the send's inline completion would end the
+        // next wait and cost a turn (an `io_uring_enter` and a wake) before
+        // the next receive is armed, and on the way to the backend it
+        // would delay the request by that turn.
+        if n < len {
+            if close_early && !nothing_waits {
+                (n, then) = sockets::take_trailing(from, buf.as_mut_slice(), n);
+            }
+            match sockets::send_now(to, &buf.as_slice()[..n]) {
+                Some(k) => start = k,
+                None => {
                     give(worker, buf);
                     break true;
                 }
-            };
-            let mut then = After::More;
-            let mut start = 0;
-            let len = buf.as_slice().len();
-            // Without SOCK_NONEMPTY the socket held neither data nor a FIN when
-            // the receive completed (DEFER_TASKRUN kernels, where the flag is
-            // reliable). That is stale by the time this runs: a FIN sent right
-            // after a connection's one response often arrives in between, and
-            // the try_recv then saves a turn before the FIN goes out. So the
-            // hint skips the try_recv only once the direction has relayed data
-            // before (a keep-alive connection's later responses), where it
-            // almost always returns EAGAIN. The direct send stays: a ring send
-            // would add the turn it saves.
-            let nothing_waits =
-                total > 0 && ring.nonempty_hint() && !io_uring::cqueue::sock_nonempty(flags);
-            // A short read is written at once with a plain send, both ways:
-            // through the ring, the send's inline completion would end the
-            // next wait and cost a turn (an `io_uring_enter` and a wake) before
-            // the next receive is armed, and on the way to the backend it
-            // would delay the request by that turn.
-            if n < len {
-                if close_early && !nothing_waits {
-                    (n, then) = sockets::take_trailing(from, buf.as_mut_slice(), n);
-                }
-                match sockets::send_now(to, &buf.as_slice()[..n]) {
-                    Some(k) => start = k,
-                    None => {
-                        give(worker, buf);
-                        break true;
-                    }
-                }
-            }
-            let mut written = true;
-            while start < n {
-                let (res, owned) = ring.send_owned(to.as_raw_fd(), buf, start, n).await;
-                buf = owned;
-                match ops::result(res) {
-                    Ok(k) if k > 0 => start += k,
-                    _ => {
-                        written = false;
-                        break;
-                    }
-                }
-            }
-            held = next_buffer(worker, buf, n, select);
-            if !written {
-                break true;
-            }
-            total += n as u64;
-            match then {
-                After::More => {}
-                After::Fin => break false,
-                After::Reset => break true,
             }
         }
-        // A direction that reached the full-size buffers streams: splice
-        // from here (no copy to user space and back) until its reads turn
-        // short.
-        if let Some(stretch) = splice_stretch(ring, worker, from, to, &mut held) {
-            let (ended, sent) = stretch.await;
-            total += sent;
-            match ended {
-                Ended::Short => held = (!select).then(|| worker.pool.take_small()),
-                Ended::Fin => break false,
-                Ended::Failed => break true,
+        let mut written = true;
+        while start < n {
+            let (res, owned) = ring.send_owned(to.as_raw_fd(), buf, start, n).await;
+            buf = owned;
+            match ops::result(res) {
+                Ok(k) if k > 0 => start += k,
+                _ => {
+                    written = false;
+                    break;
+                }
             }
+        }
+        held = next_buffer(worker, buf, n, select);
+        if !written {
+            break true;
+        }
+        total += n as u64;
+        match then {
+            After::More => {}
+            After::Fin => break false,
+            After::Reset => break true,
         }
     };
     if let Some(buf) = held {
@@ -272,35 +254,6 @@ pub(super) async fn pump(
     // connection that got the same descriptor number.
     sockets::end_direction(from, to, failed);
     total
-}
-
-/// The spliced stretch of a direction whose buffer `held` is full-size (it
-/// streams), with a pipe of the worker's; `None` (buffers go on) for any
-/// other direction or when no pipe can be had. Its buffer goes back to the
-/// pool. A boxed future made here: awaited inline, its state, and the
-/// locals around its making, would size every direction's future, idle
-/// ones included.
-fn splice_stretch<'a>(
-    ring: &Rc<Ring>,
-    worker: &'a Worker,
-    from: &'a TcpStream,
-    to: &'a TcpStream,
-    held: &mut Option<Vec<u8>>,
-) -> Option<Stretch<'a>> {
-    if !held.as_ref().is_some_and(|b| worker.pool.is_full(b)) || !splice::prepare(from, to) {
-        return None;
-    }
-    let pipe = worker.pipes.take()?;
-    if let Some(buf) = held.take() {
-        worker.pool.give(buf);
-    }
-    Some(Box::pin(splice::stream(
-        ring.clone(),
-        worker,
-        pipe,
-        from,
-        to,
-    )))
 }
 
 /// A receive into a provided buffer, or into a small pool buffer when the
