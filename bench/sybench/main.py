@@ -99,7 +99,7 @@ def make_peers(binary: Path, policies: Path, base: Path | None = None) -> list[P
                         workloads=("idlecpu", "bulk", "connrate", "keepalive", "latency",
                                    "idle")),
              Switchyard(base, "epoll", name="switchyard-epoll-base",
-                        workloads=("idlecpu", "connrate", "keepalive", "latency"))] if base else []
+                        workloads=("idlecpu", "bulk", "connrate", "keepalive", "latency"))] if base else []
     return [
         Switchyard(binary, "uring"),
         Switchyard(binary, "epoll"),

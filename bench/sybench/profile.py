@@ -89,6 +89,28 @@ def connrate_load(t: topo.Topology, host: str, port: int, seconds: float,
     return int(m.group(1)) if m else 0
 
 
+def bulk_load(t: topo.Topology, host: str, port: int, seconds: float) -> int:
+    """The bulk workload (one iperf3 stream, client -> server) for `seconds`;
+    returns the MB received (the unit of --bulk profiles)."""
+    res = topo.run(topo.pinned(topo.LOAD_CPU, [
+        "iperf3", "-c", host, "-p", str(port), "-t", f"{seconds:g}", "-J",
+        "--connect-timeout", "3000"]), ns=t.client, timeout=seconds + 30)
+    try:
+        recv = json.loads(res.stdout.decode(errors="replace"))["end"]["sum_received"]
+    except (ValueError, KeyError):
+        return 0
+    print(f"  bulk: {recv['bits_per_second'] / 1e9:.2f} Gbit/s", flush=True)
+    return int(recv["bytes"] / 1e6)
+
+
+def load(t: topo.Topology, peer, seconds: float, keepalive: bool = False,
+         bulk: bool = False) -> int:
+    """The profiled load: conn/s, keep-alive, or (bulk) one iperf3 stream."""
+    if bulk:
+        return bulk_load(t, *peer.target(backends.IPERF), seconds)
+    return connrate_load(t, *peer.target(WEB), seconds, keepalive)
+
+
 def perf_stat(t: topo.Topology, peer, seconds: float) -> str:
     host, port = peer.target(WEB)
     perf = subprocess.Popen(["perf", "stat", "-C", str(topo.PROXY_CPU), "-e",
@@ -101,7 +123,7 @@ def perf_stat(t: topo.Topology, peer, seconds: float) -> str:
 
 
 def perf_record(t: topo.Topology, peer, seconds: float, cpu_no: int, top: int = 45,
-                callers: int = 4, keepalive: bool = False) -> str:
+                callers: int = 4, keepalive: bool = False, bulk: bool = False) -> str:
     """Where the proxy core's time goes under the conn/s load: `perf record`
     of that core (kernel and user, every process on it), as the hottest
     symbols with their share of samples and the connections completed."""
@@ -111,7 +133,7 @@ def perf_record(t: topo.Topology, peer, seconds: float, cpu_no: int, top: int = 
     perf = subprocess.Popen(["perf", "record", "-q", *cpus, "-F", "4999", "-g",
                              "-o", str(data), "--", "sleep", f"{seconds + 1:g}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    conns = connrate_load(t, host, port, seconds, keepalive)
+    conns = load(t, peer, seconds, keepalive, bulk)
     perf.wait(timeout=seconds + 30)
     def report(*extra: str) -> str:
         return subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
@@ -120,7 +142,7 @@ def perf_record(t: topo.Topology, peer, seconds: float, cpu_no: int, top: int = 
 
     flat = [line for line in report("--sort", "sym", "-g", "none").splitlines()
             if re.match(r"\s+\d+\.\d+%", line)]
-    what = "keep-alive requests" if keepalive else "connections"
+    what = "MB" if bulk else "keep-alive requests" if keepalive else "connections"
     out = [f"{peer.name}: {conns} {what} in {seconds:g} s", *flat[:top]]
     # Where the hottest kernel symbols are called from: locks and wakeups
     # say nothing by themselves.
@@ -135,20 +157,20 @@ def perf_record(t: topo.Topology, peer, seconds: float, cpu_no: int, top: int = 
 
 
 def record_areas(t: topo.Topology, peer, seconds: float, keepalive: bool,
-                 hz: int = 2999) -> tuple[int, float, Path, set[int]]:
+                 hz: int = 2999, bulk: bool = False) -> tuple[int, float, Path, set[int]]:
     """`perf record -e cpu-clock -g` of the proxy core under the conn/s (or
     keep-alive) load: (connections or requests, sample rate, perf.data),
     for `kareas.table`. cpu-clock samples by time, idle included, so a
     count of samples is a share of the core's seconds."""
     host, port = peer.target(WEB)
-    kind = "ka" if keepalive else "conn"
+    kind = "bulk" if bulk else "ka" if keepalive else "conn"
     data = t.workdir / f"areas-{peer.name}-{kind}.data"
     perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-C",
                              str(topo.PROXY_CPU), "-F", str(hz), "-g", "-o", str(data),
                              "--", "sleep", f"{seconds + 1:g}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     time.sleep(0.5)
-    units = connrate_load(t, host, port, seconds, keepalive)
+    units = load(t, peer, seconds, keepalive, bulk)
     perf.wait(timeout=seconds + 30)
     tids = {int(t) for pid in peer.pids() for t in os.listdir(f"/proc/{pid}/task")}
     return units, float(hz), data, tids
@@ -159,7 +181,7 @@ def nstat_counters(ns: str) -> dict[str, int]:
     return {k: int(v) for k, v in json.loads(out).get("kernel", {}).items()}
 
 
-def kernel_counters(t: topo.Topology, peer, seconds: float) -> str:
+def kernel_counters(t: topo.Topology, peer, seconds: float, bulk: bool = False) -> str:
     """The kernel's TCP/IP counters (nstat) per namespace under the conn/s
     load, per connection: retransmits, listen overflows, TIME_WAIT recycling
     and the like say why connections wait when no core is busy."""
@@ -167,8 +189,9 @@ def kernel_counters(t: topo.Topology, peer, seconds: float) -> str:
     spaces = {"node": t.node, "client": t.client, **{n: ns for n, ns in t.pods.items()
                                                      if ns != t.client}}
     before = {name: nstat_counters(ns) for name, ns in spaces.items()}
-    conns = connrate_load(t, host, port, seconds)
-    lines = [f"{peer.name}: {conns} connections in {seconds:g} s; counters per 1000 connections"]
+    conns = load(t, peer, seconds, bulk=bulk)
+    what = "MB" if bulk else "connections"
+    lines = [f"{peer.name}: {conns} {what} in {seconds:g} s; counters per 1000 {what}"]
     for name, ns in spaces.items():
         after = nstat_counters(ns)
         delta = {k: v - before[name].get(k, 0) for k, v in after.items()}
@@ -234,6 +257,8 @@ def main(argv: list[str]) -> int:
                          "area per connection / request, peers side by side (kareas.py)")
     ap.add_argument("--keepalive", action="store_true",
                     help="--record under the keep-alive load instead of conn/s")
+    ap.add_argument("--bulk", action="store_true",
+                    help="--record / --areas / --nstat under one iperf3 stream instead (per MB)")
     ap.add_argument("--nstat", type=float, default=0,
                     help="kernel TCP/IP counters per connection over this many seconds of "
                          "conn/s load (no strace)")
@@ -250,7 +275,8 @@ def main(argv: list[str]) -> int:
     peers = [p for p in make_peers(pick_binary(args, "full"), args.policies, base)
              if p.name in args.peers]
     topo.sweep_leftovers()
-    areas: dict[str, dict[str, tuple[int, float, Path, set[int]]]] = {"conn": {}, "ka": {}}
+    areas: dict[str, dict[str, tuple[int, float, Path, set[int]]]] = {"conn": {}, "ka": {},
+                                                                       "bulk": {}}
     with topo.Topology(Path(tempfile.mkdtemp(prefix="sybench-prof-"))) as t:
         cpu.register_namespaces(t.created)
         backends.write_manifests(t.workdir / "manifests")
@@ -262,16 +288,20 @@ def main(argv: list[str]) -> int:
                     print(thread_cpu(t, peer, args.threads))
                     continue
                 if args.nstat:
-                    print(kernel_counters(t, peer, args.nstat))
+                    print(kernel_counters(t, peer, args.nstat, args.bulk))
                     continue
                 if args.areas:
+                    if args.bulk:
+                        areas["bulk"][peer.name] = record_areas(t, peer, args.areas, False,
+                                                                bulk=True)
+                        continue
                     areas["conn"][peer.name] = record_areas(t, peer, args.areas, False)
                     if args.keepalive:
                         areas["ka"][peer.name] = record_areas(t, peer, args.areas, True)
                     continue
                 if args.record:
                     print(perf_record(t, peer, args.record, args.record_cpu,
-                                      keepalive=args.keepalive))
+                                      keepalive=args.keepalive, bulk=args.bulk))
                     continue
                 runs = [("all threads", None)]
                 if worker_tids(peer):
@@ -288,7 +318,7 @@ def main(argv: list[str]) -> int:
                 peer.stop()
         for kind, runs in areas.items():
             if runs:
-                what = "connection" if kind == "conn" else "keep-alive request"
+                what = {"conn": "connection", "ka": "keep-alive request", "bulk": "MB"}[kind]
                 print(f"\n## proxy core per {what}\n")
                 print(kareas.table(runs))
     return 0
