@@ -220,8 +220,8 @@ fn prerouting_chains(
         // routes to it, and none did within the last hour, `kepmoved`; see
         // kernel/replies.rs); if a proxy-path frontend routes to it too
         // (`kepsh`), the socket rule first (`pre{f}_ep`). One that left
-        // the proxy path within the hour takes the long way (the socket
-        // rule below, then no rule of ours). Two disjoint plain sets: an
+        // the proxy path within the hour takes the socket rule below, then
+        // is sent on. Two disjoint plain sets: an
         // endpoint is one element. Verdict maps would spare a lookup but
         // make the kernel validate every element of every verdict map at
         // each commit that changes one (100k endpoints: 24-39 ms a change).
@@ -234,6 +234,13 @@ fn prerouting_chains(
         lines.push(knode_early.clone());
         lines.push(format!("    socket transparent 1 {divert} notrack accept"));
         lines.push(kvip.clone());
+        // A reply from an endpoint the proxy path left within the hour
+        // (`kepx` and `kepmoved`) that no socket of ours took: a
+        // kernel-path flow's, sent on (the front rules below must not see
+        // it: a NodePort's number can be a local client's port).
+        lines.push(format!(
+            "    {fam} saddr . meta l4proto . th sport @kepx{f} accept"
+        ));
         lines.push(knode.clone());
         // A frontend that left the kernel datapath: its established flows
         // (DNATed, in conntrack) go on past the proxy; only new ones divert.
@@ -374,8 +381,9 @@ mod tests {
                         &np,
                         "socket transparent 1",
                         // Kernel-path flows leave here: to a moved
-                        // frontend, to a NodePort.
+                        // frontend, from a moved endpoint, to a NodePort.
                         &format!("{fam} daddr . meta l4proto . th dport"),
+                        &format!("{fam} saddr . meta l4proto . th sport"),
                         &np,
                         // The proxy's drains, then its frontends.
                         &format!("{fam} daddr . meta l4proto . th dport"),
@@ -393,7 +401,8 @@ mod tests {
                 assert!(tcp[4].contains(&format!("@knode{f} fib daddr type local")));
                 assert!(tcp[4].ends_with("meta l4proto . th dport != @kmovednp accept"));
                 assert!(tcp[6].ends_with(&format!("@kvip{f} accept")));
-                assert!(tcp[7].contains(&format!("@knode{f} fib daddr type local")));
+                assert!(tcp[7].ends_with(&format!("@kepx{f} accept")));
+                assert!(tcp[8].contains(&format!("@knode{f} fib daddr type local")));
                 let ep = chain(&text, &format!("pre{f}_ep"));
                 assert_eq!(ep.len(), 2, "{ep:?}");
                 assert!(
