@@ -53,22 +53,26 @@ PER_FILE = 100
 PROBE = r"""
 import json, socket, sys, time
 vip, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
-last, timeouts = None, 0
+last, timeouts, stalls = None, 0, []
 while time.monotonic() < deadline:
     s = socket.socket(); s.settimeout(0.5)
-    how = "answered"
+    how, step = "answered", "connect"
     try:
-        s.connect((vip, 80)); s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        s.connect((vip, 80)); step = "send"
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"); step = "response"
         ok = s.recv(64).startswith(b"HTTP/1.1 200")
     except OSError as e:
         ok, how = False, type(e).__name__
-        timeouts += isinstance(e, socket.timeout)
+        if isinstance(e, socket.timeout):
+            # Which step hung, and from which local port (conntrack).
+            timeouts += 1
+            stalls.append({"step": step, "port": s.getsockname()[1]})
     finally:
         s.close()
     if ok != last:
-        print(json.dumps({"t": time.monotonic(), "ok": ok, "how": how, "timeouts": timeouts}),
-              flush=True)
-        last = ok
+        print(json.dumps({"t": time.monotonic(), "ok": ok, "how": how, "timeouts": timeouts,
+                          "stalls": stalls}), flush=True)
+        last, stalls = ok, []
     time.sleep(0.0005)  # ~1,500 attempts/s: the ephemeral ports do not wrap during a run
 """
 
@@ -516,6 +520,7 @@ def main(argv: list[str]) -> int:
                                     / os.sysconf("SC_CLK_TCK")
                                     for k, v in after["cpu_busy"].items()},
                     "minflt": after["minflt"] - before["minflt"],
+                    "probe_stalls": ev.get("stalls", []),
                     "rss_mib": after["rss_kib"] / 1024, "hwm_mib": after["hwm_kib"] / 1024})
                 timeouts = ev["timeouts"]
         finally:
@@ -588,6 +593,11 @@ def markdown(r: dict) -> str:
                 f"The emulated API server alone takes {r['emulator_list_s']:.2f} s to serve the "
                 "Service and EndpointSlice lists (measured with curl before the run); that is "
                 "part of time to serving below.\n\n")
+    # Which step of a timed-out probe connection hung, by change.
+    stalls = [f"change {i} ({pc['kind']}): " + ", ".join(
+        f"{st['step']} from port {st['port']}" for st in pc["probe_stalls"])
+        for i, pc in enumerate(r.get("per_change", [])) if pc.get("probe_stalls")]
+    stalled = f" ({'; '.join(stalls)})" if stalls else ""
     sus = r.get("sustained")
     sustained_text = "" if not sus else (
         f"\n\nSustained changes: {sus['changes']} EndpointSlice updates"
@@ -626,7 +636,7 @@ file (kubernetes: from the API server storing the new EndpointSlice) to the firs
 connection that sees the new state (add: 0 → 1 endpoint,
 the connection is answered; remove: 1 → 0, it is refused). The probe tries about
 once a millisecond, which bounds the resolution; connection attempts that timed out
-(0.5 s) during the whole run: {r.get('probe_timeouts', 0)}.
+(0.5 s) during the whole run: {r.get('probe_timeouts', 0)}{stalled}.
 
 | change | n | p50 | p90 | p99 | max |
 |---|---|---|---|---|---|
