@@ -117,10 +117,13 @@ http {{
         return payload
 
     # --------------------------------------------------------------- clients
-    def run_in(self, where: str, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
-        ns = {"client": self.topo.client, "node": self.topo.node, "ext": self.topo.ext}.get(
+    def ns(self, where: str) -> str:
+        """The namespace of "client", "node" or "ext"; any other name as it is."""
+        return {"client": self.topo.client, "node": self.topo.node, "ext": self.topo.ext}.get(
             where, where)
-        return run(argv, ns=ns, check=False, timeout=timeout)
+
+    def run_in(self, where: str, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+        return run(argv, ns=self.ns(where), check=False, timeout=timeout)
 
     def curl(self, url: str, *args: str, where: str = "client",
              timeout: float = 30) -> subprocess.CompletedProcess:
@@ -161,9 +164,7 @@ http {{
         """clients.py keep, in the background: one HTTP request now, a second
         on the same connection once `until` exists; returns the process once
         the first is answered. `kept` reads its verdict."""
-        ns = {"client": self.topo.client, "node": self.topo.node, "ext": self.topo.ext}.get(
-            where, where)
-        proc = self.topo.spawn(f"keep-{until.name}", ns, [
+        proc = self.topo.spawn(f"keep-{until.name}", self.ns(where), [
             sys.executable, str(CLIENTS), "keep", "--host", host, "--port", str(port),
             "--until", str(until)])
         wait_until(lambda: '"first"' in proc.output() or not proc.alive(),

@@ -148,31 +148,14 @@ def test_no_endpoints_is_refused_at_once(bare_cluster, tmp_path):
     assert "refused" in proc.stderr.decode().lower() or "connect" in proc.stderr.decode().lower()
 
 
-FROM_PORT = r"""
-import json, socket, sys
-sys.path.insert(0, sys.argv[3])
-from clients import syn_retransmits
-before = syn_retransmits()
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.settimeout(10); s.bind(("0.0.0.0", int(sys.argv[2])))
-try:
-    s.connect((sys.argv[1], 80))
-    s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-    while s.recv(65536):
-        pass  # to the server's close: the client holds no TIME_WAIT
-    how = "answered"
-except OSError as e:
-    how = type(e).__name__
-print(json.dumps({"how": how, "syn_retransmits": syn_retransmits() - before}))
-"""
-
-
 def from_port(c, vip: str, port: int) -> dict:
-    """One connection to `vip`:80 from the client's `port`: how it ended, and
-    how many SYNs the client had to send again."""
-    proc = c.run_in("client", [sys.executable, "-c", FROM_PORT, vip, str(port),
-                               str(Path(__file__).parent)], timeout=30)
-    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    """One connection to `vip`:80 from the client's `port` (clients.py
+    reuse-port, read to the server's close: the client holds no TIME_WAIT):
+    how it ended, and how many SYNs the client had to send again."""
+    got = c.client_py("reuse-port", "--host", vip, "--port", "80", "--requests", "1",
+                      "--local-port", str(port))
+    how = "answered" if got.get("ok") else got.get("errors", [repr(got)])[0].split("(")[0]
+    return {"how": how, "syn_retransmits": got.get("syn_retransmits")}
 
 
 def test_a_port_reused_after_the_endpoints_went_is_refused_at_once(bare_cluster, tmp_path):

@@ -158,10 +158,8 @@ fn prerouting_chains(
 ) -> Vec<String> {
     let mut lines = Vec::new();
     for (fam, f) in [("ip", 4), ("ip6", 6)] {
-        let lbsr: Vec<String> = super::source_ranges::rules("")
-            .into_iter()
-            .filter(|r| r.trim_start().starts_with(&format!("{fam} ")))
-            .collect();
+        let lbsr = super::source_ranges::rule(fam, "");
+        let socket = format!("    socket transparent 1 {divert} notrack accept");
         // A packet to a frontend that no socket of ours took: refused
         // without endpoints, else diverted (a TCP packet other than a SYN
         // then meets the listener, which resets it).
@@ -221,10 +219,10 @@ fn prerouting_chains(
         // kernel/replies.rs); if a proxy-path frontend routes to it too
         // (`kepsh`), the socket rule first (`pre{f}_ep`). One that left
         // the proxy path within the hour takes the socket rule below, then
-        // is sent on. Two disjoint plain sets: an
-        // endpoint is one element. Verdict maps would spare a lookup but
-        // make the kernel validate every element of every verdict map at
-        // each commit that changes one (100k endpoints: 24-39 ms a change).
+        // is sent on. Two disjoint plain sets: an endpoint is one element.
+        // Verdict maps would spare a lookup but make the kernel validate
+        // every element of every verdict map at each commit that changes
+        // one (100k endpoints: 24-39 ms a change).
         lines.push(format!(
             "    {fam} saddr . meta l4proto . th sport @kepx{f} {fam} saddr . meta l4proto . th sport != @kepmoved{f} accept"
         ));
@@ -232,7 +230,7 @@ fn prerouting_chains(
             "    {fam} saddr . meta l4proto . th sport @kepsh{f} goto pre{f}_ep"
         ));
         lines.push(knode_early.clone());
-        lines.push(format!("    socket transparent 1 {divert} notrack accept"));
+        lines.push(socket.clone());
         lines.push(kvip.clone());
         // A reply from an endpoint the proxy path left within the hour
         // (`kepx` and `kepmoved`) that no socket of ours took: a
@@ -251,7 +249,7 @@ fn prerouting_chains(
         lines.push(format!("    goto pre{f}_front_tcp"));
         lines.push("  }".into());
         lines.push(format!("  chain pre{f}_ep {{"));
-        lines.push(format!("    socket transparent 1 {divert} notrack accept"));
+        lines.push(socket.clone());
         lines.push("    accept".into());
         lines.push("  }".into());
         // A SYN to a kernel frontend is a new kernel-path flow (DNAT), even
@@ -259,17 +257,17 @@ fn prerouting_chains(
         // SYN for a socket of ours to an address that is no frontend (any
         // more): deliver it rather than let it be routed out.
         lines.push(format!("  chain pre{f}_syn {{"));
-        lines.extend(lbsr.iter().cloned());
+        lines.push(lbsr.clone());
         lines.push(kvip.clone());
         lines.push(knode.clone());
         lines.push(format!("    jump pre{f}_front_tcp"));
-        lines.push(format!("    socket transparent 1 {divert} notrack accept"));
+        lines.push(socket.clone());
         lines.push("  }".into());
         lines.push(format!("  chain pre{f}_udp {{"));
-        lines.extend(lbsr.iter().cloned());
+        lines.push(lbsr.clone());
         lines.push(kvip_early);
         lines.push(knode_early);
-        lines.push(format!("    socket transparent 1 {divert} notrack accept"));
+        lines.push(socket.clone());
         lines.push(kvip);
         lines.push(knode);
         lines.push(format!("    goto pre{f}_front_udp"));

@@ -189,14 +189,18 @@ pub fn set_definitions() -> Vec<String> {
 /// come first, so that nothing is diverted, rejected or delivered to a
 /// socket of ours for a source out of range.
 pub fn rules(when: &str) -> Vec<String> {
-    [("ip", "4"), ("ip6", "6")]
+    ["ip", "ip6"]
         .into_iter()
-        .map(|(fam, n)| {
-            format!(
-                "    {when}{fam} daddr . meta l4proto . th dport @lbsr{n} {fam} daddr . meta l4proto . th dport . {fam} saddr != @lbsr_allow{n} drop"
-            )
-        })
+        .map(|fam| rule(fam, when))
         .collect()
+}
+
+/// The rule of one family (`ip` or `ip6`).
+pub fn rule(fam: &str, when: &str) -> String {
+    let n = if fam == "ip" { 4 } else { 6 };
+    format!(
+        "    {when}{fam} daddr . meta l4proto . th dport @lbsr{n} {fam} daddr . meta l4proto . th dport . {fam} saddr != @lbsr_allow{n} drop"
+    )
 }
 
 fn restricted_element((ip, proto, port): &Restricted) -> String {
