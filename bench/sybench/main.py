@@ -116,6 +116,7 @@ def make_peers(binary: Path, policies: Path, base: Path | None = None) -> list[P
         Switchyard(binary, "uring", datapath="kernel", workloads=KERNEL_PATH_WORKLOADS),
         *extra,
         KernelDnat(),
+        KernelDnat(full=False),
         Direct(),
     ]
 

@@ -339,11 +339,18 @@ CLUSTER_CIDR = "10.244.0.0/16"
 SERVICE_CIDR = "10.96.0.0/16"
 
 
-def dnat_ruleset() -> str:
-    """The shape of kube-proxy's nftables mode (pkg/proxy/nftables): a verdict map
+def dnat_ruleset(full: bool = True) -> str:
+    """kube-proxy's nftables mode (pkg/proxy/nftables/proxier.go): a verdict map
     from VIP . proto . port to a per-Service chain, `numgen random` over
     per-endpoint chains that DNAT, masquerade marks for traffic from outside
-    the cluster CIDR and for hairpin, conntrack-based checks in filter hooks."""
+    the cluster CIDR and for hairpin, conntrack-based checks in filter hooks.
+
+    `full` writes every base chain kube-proxy registers (`nftablesBaseChains`:
+    eight hooks, among them `filter-prerouting`, which every packet that
+    crosses the node meets) with the jumps of `nftablesJumpChains`, in their
+    order. Without it, the earlier minimal shape: five of the eight hooks
+    (no filter-prerouting, filter-input nor filter-output-post-dnat), which
+    is cheaper per packet than the kube-proxy it stands for."""
     svc_elems, chains = [], []
     for name, fe in FRONTENDS.items():
         svc = f"service-bench/{name}/{fe.proto}"
@@ -362,6 +369,47 @@ def dnat_ruleset() -> str:
   }}
 """)
     vips = ", ".join(sorted({fe.vip for fe in FRONTENDS.values()}))
+    if full:
+        extra = """  map firewall-ips { type ipv4_addr . inet_proto . inet_service : verdict; }
+  map service-nodeports { type inet_proto . inet_service : verdict; }
+  map no-endpoint-nodeports { type inet_proto . inet_service : verdict; }
+  chain reject-chain {
+    reject
+  }
+  chain firewall-check {
+    ip daddr . meta l4proto . th dport vmap @firewall-ips
+  }
+  chain nodeport-endpoints-check {
+    ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports
+  }
+  chain filter-prerouting {
+    type filter hook prerouting priority -110; policy accept;
+    ct state new jump firewall-check
+  }
+  chain filter-input {
+    type filter hook input priority -110; policy accept;
+    ct state new jump nodeport-endpoints-check
+    ct state new jump service-endpoints-check
+  }
+  chain filter-output {
+    type filter hook output priority -110; policy accept;
+    ct state new jump service-endpoints-check
+    ct state new jump firewall-check
+  }
+  chain filter-output-post-dnat {
+    type filter hook output priority -90; policy accept;
+    ct state new jump cluster-ips-check
+  }
+"""
+        nodeports = ("\n    fib daddr type local ip daddr != 127.0.0.0/8 "
+                     "meta l4proto . th dport vmap @service-nodeports")
+    else:
+        extra = """  chain filter-output {
+    type filter hook output priority -110; policy accept;
+    ct state new jump service-endpoints-check
+  }
+"""
+        nodeports = ""
     return f"""table ip {DNAT_TABLE} {{
   set cluster-ips {{ type ipv4_addr; elements = {{ {vips} }} }}
   map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict
@@ -377,7 +425,7 @@ def dnat_ruleset() -> str:
     masquerade fully-random
   }}
   chain services {{
-    ip daddr . meta l4proto . th dport vmap @service-ips
+    ip daddr . meta l4proto . th dport vmap @service-ips{nodeports}
   }}
   chain service-endpoints-check {{
     ip daddr . meta l4proto . th dport vmap @no-endpoint-services
@@ -386,14 +434,10 @@ def dnat_ruleset() -> str:
     ip daddr @cluster-ips reject
     ip daddr {{ {SERVICE_CIDR} }} drop
   }}
-  chain filter-forward {{
+{extra}  chain filter-forward {{
     type filter hook forward priority -110; policy accept;
     ct state new jump service-endpoints-check
     ct state new jump cluster-ips-check
-  }}
-  chain filter-output {{
-    type filter hook output priority -110; policy accept;
-    ct state new jump service-endpoints-check
   }}
   chain nat-prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
@@ -412,13 +456,21 @@ def dnat_ruleset() -> str:
 
 
 class KernelDnat(Peer):
-    name = "kernel-dnat"
-    label = "kernel nftables DNAT (kube-proxy nftables mode)"
+    """kube-proxy's nftables ruleset (`full`), or its earlier minimal shape."""
+
+    def __init__(self, full: bool = True) -> None:
+        super().__init__()
+        self.full = full
+        self.name = "kernel-dnat" if full else "kernel-dnat-min"
+        self.label = ("kernel nftables DNAT: kube-proxy's nftables ruleset, all eight hooks"
+                      if full else
+                      "kernel nftables DNAT, minimal: kube-proxy's service chains, five of "
+                      "its eight hooks (no filter-prerouting)")
 
     def start(self, topo: Topology) -> None:
         super().start(topo)
-        path = topo.workdir / "dnat.nft"
-        path.write_text(dnat_ruleset())
+        path = topo.workdir / f"{self.name}.nft"
+        path.write_text(dnat_ruleset(self.full))
         run(["nft", "-f", str(path)], ns=topo.node)
 
     def stop(self) -> None:
@@ -429,7 +481,7 @@ class KernelDnat(Peer):
         return workload != "idle"
 
     def describe(self) -> dict:
-        return {**super().describe(), "ruleset": dnat_ruleset()}
+        return {**super().describe(), "ruleset": dnat_ruleset(self.full)}
 
 
 class Direct(Peer):
