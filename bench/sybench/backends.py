@@ -16,6 +16,14 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 import manifests as mf  # noqa: E402  (tests/e2e: kubectl-style Service + EndpointSlice YAML)
 
 HTTP_PORT, IPERF_PORT, DNS_PORT = 8080, 5201, 53
+# The L7 Service's target port: the same nginx server on a second port, so
+# that the kernel-path Service `web` has its endpoints to itself, as most
+# Services do. A kernel-path endpoint that a proxy-path Service also routes
+# to (same Pod, same port) costs a socket lookup per reply (the proxied
+# connections' replies look the same before conntrack); the
+# `switchyard-kernel-shared` peer measures that case (`SHARED_MANIFESTS`).
+HTTP7_PORT = 8081
+SHARED_MANIFESTS = "manifests-shared"
 DNS_NAME = "web.bench.svc.cluster.local"
 BODY = "ok\n"
 
@@ -34,11 +42,12 @@ WEB = Frontend("10.96.0.10", 80, "tcp", tuple(p.ip for p in BACKENDS), HTTP_PORT
 IPERF = Frontend("10.96.0.20", IPERF_PORT, "tcp", (BACKENDS[2].ip,), IPERF_PORT)
 DNS = Frontend("10.96.0.53", 53, "udp", (BACKENDS[0].ip,), DNS_PORT)
 # The same nginx Pods behind an L7 Service port (issue 8): per-request balancing.
-WEB7 = Frontend("10.96.0.11", 80, "tcp", tuple(p.ip for p in BACKENDS), HTTP_PORT, l7=True)
+WEB7 = Frontend("10.96.0.11", 80, "tcp", tuple(p.ip for p in BACKENDS), HTTP7_PORT, l7=True)
 FRONTENDS = {"web": WEB, "iperf": IPERF, "dns": DNS, "web7": WEB7}
 
 
-def write_manifests(directory: Path) -> None:
+def write_manifests(directory: Path, web7_port: int = HTTP7_PORT) -> None:
+    """The Services; `web7_port` HTTP_PORT gives the shared-endpoints variant."""
     pods = {p.ip: p.name for p in BACKENDS}
 
     def eps(fe: Frontend) -> list:
@@ -50,7 +59,7 @@ def write_manifests(directory: Path) -> None:
     services = [
         mf.ServiceDef("web", [WEB.vip], [mf.Port("http", WEB.port, HTTP_PORT)], [eps(WEB)],
                       namespace="bench", datapath=None),
-        mf.ServiceDef("web7", [WEB7.vip], [mf.Port("http", WEB7.port, HTTP_PORT,
+        mf.ServiceDef("web7", [WEB7.vip], [mf.Port("http", WEB7.port, web7_port,
                                                    app_protocol="http")], [eps(WEB7)],
                       namespace="bench", datapath=None),
         mf.ServiceDef("iperf", [IPERF.vip], [mf.Port("iperf", IPERF.port, IPERF_PORT)],
@@ -81,6 +90,7 @@ http {{
     client_header_timeout 600s;
     server {{
         listen {HTTP_PORT} backlog=8192;
+        listen {HTTP7_PORT} backlog=8192;
         default_type text/plain;
         location / {{ return 200 "{BODY.strip()}\\n"; }}
         # Which Pod answered (bench/run --swaps).
@@ -99,6 +109,7 @@ def _nginx(topo: Topology, pod) -> Proc:
     proc = topo.spawn(f"nginx-{pod.name}", ns, pinned(LOAD_CPU, [
         "nginx", "-c", str(conf), "-p", str(root), "-g", "daemon off;"]))
     topo.wait_listening(ns, HTTP_PORT, proc=proc)
+    topo.wait_listening(ns, HTTP7_PORT, proc=proc)
     got = run(["curl", "-sS", "--max-time", "3", f"http://{pod.ip}:{HTTP_PORT}/"],
               ns=topo.client, check=False, timeout=10)
     if got.stdout.decode() != BODY:

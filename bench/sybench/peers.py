@@ -71,8 +71,12 @@ class Switchyard(Peer):
     def __init__(self, binary: Path, io: str, policy: str = "builtin-round-robin",
                  policies_dir: Path | None = None, name: str | None = None,
                  workloads: tuple[str, ...] | None = None, transparent: bool = True,
-                 datapath: str = "proxy", engine: str | None = None):
+                 datapath: str = "proxy", engine: str | None = None,
+                 manifests: str = "manifests"):
         super().__init__()
+        # The Services' directory under the work dir (`backends.SHARED_MANIFESTS`:
+        # the L7 Service shares the kernel-path Service's endpoints).
+        self.manifests = manifests
         # io_uring engine: None = the default (the ring engine).
         self.engine = engine
         self.binary, self.io, self.policy, self.policies_dir = binary, io, policy, policies_dir
@@ -119,7 +123,7 @@ class Switchyard(Peer):
 
     def start(self, topo: Topology) -> None:
         super().start(topo)
-        manifests = topo.workdir / "manifests"
+        manifests = topo.workdir / self.manifests
         (topo.workdir / f"{self.name}.yaml").write_text(
             "dataplane:\n"
             f"  transparent: {'true' if self.transparent else 'false'}\n"
