@@ -329,6 +329,11 @@ def test_a_proxied_connection_outlives_its_frontends_move_to_the_kernel(bare_clu
     carried = proxied(c)
     c.write_services([kernel_service(datapath="kernel")])
     wait_datapath(c, "kernel")
+    # Kernel-path, but out of the raw chain's fast path for the hour its
+    # proxied connections need the socket rule (kernel/fast.rs).
+    front = f"{VIP4} . tcp . 80"
+    assert front in gate_keys(c, "kvip4") and front in gate_keys(c, "kmoved4")
+    assert front not in gate_keys(c, "kfast4")
     # New connections, both frontend kinds, go through the kernel: the proxy
     # counts none of them.
     assert len(answers(c, f"http://{VIP4}/", 10)) == 10
@@ -378,6 +383,11 @@ def test_an_endpoint_of_a_kernel_and_a_proxied_service_serves_both(bare_cluster,
     pods = {f"{e.ip} . tcp . {mf.HTTP_PORT}" for e in mf.backends()}
     assert gate_keys(c, "kepx4") == set() and gate_keys(c, "kepx6") == set()
     assert gate_keys(c, "kepsh4") == pods
+    # The fast path (kernel/fast.rs): the kernel frontend on one lookup; no
+    # reply of a shared Pod skips the socket rule.
+    assert f"{VIP4} . tcp . 80" in gate_keys(c, "kfast4")
+    assert f"{VIP6} . tcp . 80" in gate_keys(c, "kfast6")
+    assert gate_keys(c, "kepfast4") == set()
     held = Held(c, tmp_path, [(f"held-{name}", c.topo.client, vip, 80)
                               for name, vip in (("kern", VIP4), ("prox", prox_vips[0]))])
     carried = proxied(c, "e2e/prox")
@@ -400,8 +410,38 @@ def test_an_endpoint_of_a_kernel_and_a_proxied_service_serves_both(bare_cluster,
     wait_until(lambda: gate_keys(c, "kepx4") == pods, "the Pods in the reply gate")
     assert gate_keys(c, "kepsh4") == set()
     assert pods <= gate_keys(c, "kepmoved4")
+    # Exclusive now, but the proxied connections' hour keeps them off the
+    # fast path.
+    assert gate_keys(c, "kepfast4") == set()
     got = answers(c, f"http://{VIP4}/", 6)
     assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, got
+
+
+def test_a_kernel_only_pod_takes_the_fast_path_both_ways(bare_cluster, tmp_path):
+    """Pods that only kernel-path Services route to: their Service's
+    packets and their replies leave the raw chain at its first rules, one
+    lookup each (`kfast`, `kepfast`: kernel/fast.rs), and are served as
+    through the gate (all Pods, the client's own address)."""
+    c = bare_cluster
+    for standard in c.manifests.glob("*.yaml"):
+        standard.unlink()
+    start(c, tmp_path, [kernel_service()])
+    wait_datapath(c, "kernel")
+    for f, backends in ((4, mf.backends()), (6, mf.backends(v6=True))):
+        pods = {f"{e.ip} . tcp . {mf.HTTP_PORT}" for e in backends}
+        wait_until(lambda: gate_keys(c, f"kepfast{f}") == pods,
+                   f"the Pods in kepfast{f}")
+        assert gate_keys(c, f"kepx{f}") == pods
+    assert f"{VIP4} . tcp . 80" in gate_keys(c, "kfast4")
+    for url, peer in ((f"http://{VIP4}/", CLIENT.ipv4), (f"http://[{VIP6}]/", CLIENT.ipv6)):
+        got = answers(c, url, 6)
+        assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, (url, got)
+        assert {g["peer"] for g in got} == {peer}, (url, got)
+    assert proxied(c) == 0
+    # The Service goes: its elements leave the fast sets with it.
+    (c.manifests / "kern.yaml").unlink()
+    wait_until(lambda: gate_keys(c, "kfast4") == set() and gate_keys(c, "kepfast4") == set(),
+               "the fast sets emptied")
 
 
 def test_a_proxied_connection_outlives_its_services_removal(bare_cluster, tmp_path):
@@ -466,6 +506,11 @@ def test_source_ranges_on_the_kernel_path_keep_other_sources_out(bare_cluster, t
     assert reach(c, lb6, "ext") == "no answer"
     # The ClusterIP stays open.
     assert reach(c, "http://10.96.0.92/", "client") == "answered"
+    # Frontends with source ranges stay off the fast path, whose first rule
+    # would skip the range check of their SYNs (kernel/fast.rs).
+    fast = gate_keys(c, "kfast4")
+    assert "10.96.0.92 . tcp . 80" in fast and f"{lb_ip4} . tcp . 80" not in fast
+    assert f"{lb_ip6} . tcp . 80" not in gate_keys(c, "kfast6")
     # The ranges change: ext is let in, the client Pod is shut out (new
     # connections: one it opened before lives on, as with kube-proxy).
     held = c.keep_connection(lb_ip4, 80, tmp_path / "go")

@@ -129,6 +129,9 @@ pub struct Interceptor {
     /// The verdict-map elements installed, kept while their frontend is
     /// in the table (`kernel/verdicts.rs`).
     verdicts: kernel::verdicts::Verdicts,
+    /// What the raw chain's fast-path sets derive from, as installed
+    /// (`kernel/fast.rs`).
+    fast: kernel::fast::FastPath,
 }
 
 /// What one sync did, for logs and metrics.
@@ -160,6 +163,7 @@ impl Interceptor {
             kernel_in_step: false,
             proxy_endpoints: kernel::replies::ProxyEndpoints::default(),
             verdicts: kernel::verdicts::Verdicts::default(),
+            fast: kernel::fast::FastPath::default(),
         }
     }
 
@@ -311,6 +315,9 @@ impl Interceptor {
         let mut fill_kernel = false;
         let mut text = String::new();
         let mut delta = Batch::default();
+        // After a whole render in text: what the fast-path sets derive from
+        // (`kernel/fast.rs`), as netlink changes to follow.
+        let mut rebuild: Option<Batch> = None;
         // On success: the whole new contents, or a delta to the installed.
         let mut fresh: Option<Elements> = None;
         let mut step: Option<Delta> = None;
@@ -340,6 +347,7 @@ impl Interceptor {
                     text.push_str(
                         &k.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
                     );
+                    rebuild = Some(self.fast_rebuild(k, &want)?);
                 } else {
                     // Nothing of ours to replace: the skeleton by nft, the
                     // elements over netlink (nft parsing 10k elements was
@@ -372,6 +380,7 @@ impl Interceptor {
                 text.push_str(
                     &k.diff_commands(&kernel::KernelElements::default(), &self.cfg.table),
                 );
+                rebuild = Some(self.fast_rebuild(k, &want)?);
                 let n = want.len();
                 fresh = Some(want);
                 n
@@ -591,12 +600,14 @@ impl Interceptor {
             }
         };
         let diffed = start.elapsed();
+        // Our inet table is created anew from text (its sets empty).
+        let recreated = !text.is_empty();
         let (steer_text, steer_delta, bridges) = self.steering_batch(table);
         text.push_str(&steer_text);
         delta.extend(steer_delta);
         self.last = Some(table.clone());
         let steered = start.elapsed();
-        let applied = self.apply(&text, &delta);
+        let applied = self.apply(&text, &delta, recreated, rebuild.as_ref());
         let netlink_elements = delta.len();
         drop(delta);
         let nft_took = applied.as_ref().map_or(Duration::ZERO, |&d| d);
@@ -705,7 +716,13 @@ impl Interceptor {
 
     /// `nft -f` for a full render, then the netlink batch of element
     /// changes. Returns how long `nft` took (the sync's timings).
-    fn apply(&mut self, text: &str, delta: &Batch) -> Result<Duration, InterceptError> {
+    fn apply(
+        &mut self,
+        text: &str,
+        delta: &Batch,
+        recreated: bool,
+        rebuild: Option<&Batch>,
+    ) -> Result<Duration, InterceptError> {
         let table = &self.cfg.table;
         let nft_start = Instant::now();
         if !text.is_empty() {
@@ -721,8 +738,60 @@ impl Interceptor {
             })?;
         }
         let nft_took = nft_start.elapsed();
+        if recreated {
+            self.fast.reset();
+        }
+        if let Some(rebuild) = rebuild {
+            // The text put these elements in; the fast sets follow them.
+            let mut step = self.fast.follow(rebuild, &self.cfg.table, Instant::now());
+            let added = std::mem::take(&mut step.batch);
+            self.fast.commit(step);
+            if let Err(e) = self.netlink_apply(&added) {
+                self.fast_lost();
+                return Err(e);
+            }
+        }
         self.apply_elements(delta)?;
         Ok(nft_took)
+    }
+
+    /// What the fast-path sets derive from in a whole render (`kvip`,
+    /// `kepx`, `lbsr`), as the netlink additions a fresh table would take.
+    fn fast_rebuild(
+        &self,
+        kernel: &kernel::KernelElements,
+        want: &Elements,
+    ) -> Result<Batch, InterceptError> {
+        let keys = kernel::KernelElements {
+            elements: kernel
+                .elements
+                .iter()
+                .filter(|e| kernel::fast::derives_from(e.set))
+                .cloned()
+                .collect(),
+        };
+        let mut batch = self.kernel_batch(&keys, &kernel::KernelElements::default())?;
+        batch.extend(
+            want.source_ranges
+                .additions_batch(&Default::default(), &self.cfg.table),
+        );
+        Ok(batch)
+    }
+
+    /// The fast-path sets may no longer be what we think: the next sync
+    /// renders the table whole (and the sets from scratch).
+    fn fast_lost(&mut self) {
+        self.fast.reset();
+        self.render_whole = true;
+    }
+
+    fn netlink_apply(&mut self, batch: &Batch) -> Result<usize, InterceptError> {
+        self.netlink
+            .apply(batch)
+            .map_err(|source| InterceptError::Netlink {
+                table: self.cfg.table.clone(),
+                source,
+            })
     }
 
     /// Moves every frontend to the reject sets: while the process drains
@@ -747,13 +816,26 @@ impl Interceptor {
 
     /// Sends set or map element changes of other features (kernel datapath
     /// maps, source ranges) over the same socket, as one more atomic batch.
+    /// The fast-path sets (`kernel/fast.rs`) follow: what leaves them goes
+    /// first, what joins them last, each in a transaction of its own, so
+    /// they never hold more than the gate would accept at once.
     pub fn apply_elements(&mut self, batch: &Batch) -> Result<usize, InterceptError> {
-        self.netlink
-            .apply(batch)
-            .map_err(|source| InterceptError::Netlink {
-                table: self.cfg.table.clone(),
-                source,
-            })
+        let mut step = self.fast.follow(batch, &self.cfg.table, Instant::now());
+        let (gone, new) = kernel::fast::split(std::mem::take(&mut step.batch));
+        let result = self
+            .netlink_apply(&gone)
+            .and_then(|_| self.netlink_apply(batch))
+            .and_then(|n| self.netlink_apply(&new).map(|_| n));
+        match result {
+            Ok(n) => {
+                self.fast.commit(step);
+                Ok(n)
+            }
+            Err(e) => {
+                self.fast_lost();
+                Err(e)
+            }
+        }
     }
 
     /// The VIP frontends the kernel datapath serves now.
@@ -788,6 +870,7 @@ impl Interceptor {
         self.kernel_in_step = false;
         self.proxy_endpoints = kernel::replies::ProxyEndpoints::default();
         self.verdicts = kernel::verdicts::Verdicts::default();
+        self.fast.reset();
         if self.steer.take().is_some() {
             let _ = command::nft_batch(&steer::remove(&self.cfg.table));
         }

@@ -95,11 +95,17 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     // Every packet that crosses the node meets this chain, a kernel-path
     // flow's too (both directions), and nft's cost is per rule evaluated:
     // one dispatch by family and protocol, then only that pair's rules
-    // (`prerouting_chains`), in the order above.
+    // (`prerouting_chains`), in the order above. `goto`: a packet that
+    // leaves its pair's chains without a verdict is done (each pair's
+    // chains hold the socket rule already; a `jump` came back here and ran
+    // the socket rule below a second time). Compares instead of the
+    // concatenated lookup measured the same (2026-12-06-s10-kernel.md).
     lines.push("  chain prerouting {".into());
     lines.push("    type filter hook prerouting priority raw; policy accept;".into());
+    // Kernel-path flows first, on one lookup each (`kernel/fast.rs`).
+    lines.extend(super::kernel::fast::rules());
     lines.push(
-        "    meta nfproto . meta l4proto vmap { ipv4 . tcp : jump pre4_tcp, ipv4 . udp : jump pre4_udp, ipv6 . tcp : jump pre6_tcp, ipv6 . udp : jump pre6_udp }"
+        "    meta nfproto . meta l4proto vmap { ipv4 . tcp : goto pre4_tcp, ipv4 . udp : goto pre4_udp, ipv6 . tcp : goto pre6_tcp, ipv6 . udp : goto pre6_udp }"
             .into(),
     );
     // Other protocols: an ICMP error about a flow of one of our sockets
@@ -347,8 +353,14 @@ mod tests {
         ] {
             let text = render(&cfg, 15001, &Elements::default());
             let base = chain(&text, "prerouting");
-            assert_eq!(base.len(), 3, "{base:?}");
-            assert!(base[1].starts_with("meta nfproto . meta l4proto vmap {"));
+            assert_eq!(base.len(), 7, "{base:?}");
+            assert!(base[1].ends_with("@kfast4 accept"));
+            assert!(base[4].ends_with("@kepfast6 tcp flags & (syn | ack) != syn accept"));
+            assert!(
+                base[5]
+                    .starts_with("meta nfproto . meta l4proto vmap { ipv4 . tcp : goto pre4_tcp,")
+            );
+            assert!(!base[5].contains("jump"));
             for (f, fam) in [(4, "ip"), (6, "ip6")] {
                 let tcp = chain(&text, &format!("pre{f}_tcp"));
                 let shape: Vec<&str> = tcp

@@ -5,6 +5,7 @@
 
 pub mod conntrack;
 pub mod elements;
+pub mod fast;
 pub mod gate;
 pub mod plan;
 pub mod replies;

@@ -134,6 +134,7 @@ pub fn render(cfg: &InterceptConfig, node_port: &dyn Fn(&str, &str) -> String) -
         }
     }
     lines.extend(super::gate::set_definitions());
+    lines.extend(super::fast::set_definitions());
     lines.extend(super::replies::set_definitions());
     // New flows only: the NAT hooks see the first packet of a connection.
     let masq = format!("meta mark set meta mark | 0x{MASQUERADE_MARK:x}");
