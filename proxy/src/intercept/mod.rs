@@ -743,13 +743,15 @@ impl Interceptor {
         }
         if let Some(rebuild) = rebuild {
             // The text put these elements in; the fast sets follow them.
-            let mut step = self.fast.follow(rebuild, &self.cfg.table, Instant::now());
-            let added = std::mem::take(&mut step.batch);
-            self.fast.commit(step);
-            if let Err(e) = self.netlink_apply(&added) {
-                self.fast_lost();
-                return Err(e);
+            let step = self.fast.follow(rebuild, Instant::now());
+            let table = self.cfg.table.clone();
+            for added in step.additions(&table) {
+                if let Err(e) = self.netlink_apply(&added) {
+                    self.fast_lost();
+                    return Err(e);
+                }
             }
+            self.fast.commit(step);
         }
         self.apply_elements(delta)?;
         Ok(nft_took)
@@ -820,12 +822,18 @@ impl Interceptor {
     /// first, what joins them last, each in a transaction of its own, so
     /// they never hold more than the gate would accept at once.
     pub fn apply_elements(&mut self, batch: &Batch) -> Result<usize, InterceptError> {
-        let mut step = self.fast.follow(batch, &self.cfg.table, Instant::now());
-        let (gone, new) = kernel::fast::split(std::mem::take(&mut step.batch));
-        let result = self
-            .netlink_apply(&gone)
-            .and_then(|_| self.netlink_apply(batch))
-            .and_then(|n| self.netlink_apply(&new).map(|_| n));
+        let step = self.fast.follow(batch, Instant::now());
+        let table = self.cfg.table.clone();
+        let result = (|| {
+            for gone in step.deletions(&table) {
+                self.netlink_apply(&gone)?;
+            }
+            let n = self.netlink_apply(batch)?;
+            for new in step.additions(&table) {
+                self.netlink_apply(&new)?;
+            }
+            Ok(n)
+        })();
         match result {
             Ok(n) => {
                 self.fast.commit(step);

@@ -109,15 +109,6 @@ pub fn derives_from(set: &str) -> bool {
     matches!(source(set), Some(Source::Vip | Source::Exclusive))
 }
 
-/// A step's batch as its deletions and its additions.
-pub fn split(batch: Batch) -> (Batch, Batch) {
-    let (gone, new) = batch
-        .changes
-        .into_iter()
-        .partition(|c| c.verb == Verb::Delete);
-    (Batch { changes: gone }, Batch { changes: new })
-}
-
 /// The fast-path sets' definitions, in `rules.rs`'s layout.
 pub fn set_definitions() -> Vec<String> {
     let mut out = Vec::new();
@@ -159,11 +150,50 @@ pub struct FastPath {
     endpoints_moved: HashMap<Key, Instant>,
 }
 
+/// Fast-set elements per batch when a step is sent: a first fill
+/// changes ~100k (one per endpoint), and a netlink change in memory is
+/// ~200 bytes.
+const CHUNK: usize = 8192;
+
 /// One batch's fast-set changes, and the mirror's state after it.
 #[derive(Debug, Default)]
 pub struct FastStep {
-    pub batch: Batch,
+    gone: Vec<(&'static str, Key)>,
+    new: Vec<(&'static str, Key)>,
     over: Overlay,
+}
+
+impl FastStep {
+    /// What leaves the fast sets, as batches to send before the step's
+    /// batch (each its own transaction: a fast set only shrinks).
+    pub fn deletions<'a>(&'a self, table: &'a str) -> impl Iterator<Item = Batch> + 'a {
+        batches(&self.gone, Verb::Delete, table)
+    }
+
+    /// What joins them, as batches to send after it.
+    pub fn additions<'a>(&'a self, table: &'a str) -> impl Iterator<Item = Batch> + 'a {
+        batches(&self.new, Verb::Add, table)
+    }
+}
+
+fn batches<'a>(
+    list: &'a [(&'static str, Key)],
+    verb: Verb,
+    table: &'a str,
+) -> impl Iterator<Item = Batch> + 'a {
+    list.chunks(CHUNK).map(move |chunk| {
+        let mut out = Batch::default();
+        for (set, key) in chunk {
+            out.push(
+                verb,
+                Family::Inet,
+                table,
+                set,
+                Element::key(key.bytes().to_vec(), key.label()),
+            );
+        }
+        out
+    })
 }
 
 /// The membership of the keys a batch touched, over the mirror's
@@ -210,10 +240,8 @@ impl FastPath {
     /// `Interceptor::apply_elements`), and the state to
     /// [`commit`](Self::commit) once the kernel took it. `now` expires the
     /// moved keys whose time is up.
-    pub fn follow(&self, batch: &Batch, table: &str, now: Instant) -> FastStep {
+    pub fn follow(&self, batch: &Batch, now: Instant) -> FastStep {
         let mut over = Overlay::default();
-        let mut fronts: HashSet<Key> = HashSet::new();
-        let mut endpoints: HashSet<Key> = HashSet::new();
         for change in &batch.changes {
             let Some(src) = source(&change.set) else {
                 continue;
@@ -231,77 +259,75 @@ impl FastPath {
                 Source::Ranges => {
                     over.ranges.insert(key, add);
                 }
-                // Timed elements are only ever added (they expire).
-                Source::Moved => {
-                    if add {
-                        over.moved.insert(key, Some(until));
-                    }
-                }
                 Source::Exclusive => {
                     over.exclusive.insert(key, add);
                 }
-                Source::EndpointMoved => {
-                    if add {
-                        over.endpoints_moved.insert(key, Some(until));
-                    }
+                // Timed elements are only ever added (they expire).
+                Source::Moved if add => {
+                    over.moved.insert(key, Some(until));
                 }
+                Source::EndpointMoved if add => {
+                    over.endpoints_moved.insert(key, Some(until));
+                }
+                Source::Moved | Source::EndpointMoved => {}
             }
-            match src {
-                Source::Exclusive | Source::EndpointMoved => endpoints.insert(key),
-                _ => fronts.insert(key),
-            };
         }
         for (key, until) in &self.moved {
             if *until <= now && !over.moved.contains_key(key) {
                 over.moved.insert(*key, None);
-                fronts.insert(*key);
             }
         }
         for (key, until) in &self.endpoints_moved {
             if *until <= now && !over.endpoints_moved.contains_key(key) {
                 over.endpoints_moved.insert(*key, None);
-                endpoints.insert(*key);
             }
         }
+        // The touched keys are the overlay's (each once).
+        let fronts = over
+            .vips
+            .keys()
+            .chain(over.ranges.keys().filter(|k| !over.vips.contains_key(*k)))
+            .chain(
+                over.moved
+                    .keys()
+                    .filter(|k| !over.vips.contains_key(*k) && !over.ranges.contains_key(*k)),
+            );
+        let endpoints = over.exclusive.keys().chain(
+            over.endpoints_moved
+                .keys()
+                .filter(|k| !over.exclusive.contains_key(*k)),
+        );
         let empty = Overlay::default();
         let mut gone = Vec::new();
         let mut new = Vec::new();
-        let mut change = |set: &'static str, key: &Key, before: bool, after: bool| {
-            let element = || Element::key(key.bytes().to_vec(), key.label());
-            match (before, after) {
-                (true, false) => gone.push((set, element())),
-                (false, true) => new.push((set, element())),
+        let mut sort =
+            |set: &'static str, key: &Key, before: bool, after: bool| match (before, after) {
+                (true, false) => gone.push((set, *key)),
+                (false, true) => new.push((set, *key)),
                 _ => {}
-            }
-        };
-        for key in &fronts {
+            };
+        for key in fronts {
             let set = if key.v6() { "kfast6" } else { "kfast4" };
-            change(
+            sort(
                 set,
                 key,
                 self.fast_vip(&empty, key),
                 self.fast_vip(&over, key),
             );
         }
-        for key in &endpoints {
+        for key in endpoints {
             let set = if key.v6() { "kepfast6" } else { "kepfast4" };
-            change(
+            sort(
                 set,
                 key,
                 self.fast_endpoint(&empty, key),
                 self.fast_endpoint(&over, key),
             );
         }
-        let mut out = Batch::default();
         // Grouped by set: one netlink message per set and verb.
-        gone.sort_by_key(|(set, _)| *set);
-        new.sort_by_key(|(set, _)| *set);
-        for (verb, list) in [(Verb::Delete, gone), (Verb::Add, new)] {
-            for (set, element) in list {
-                out.push(verb, Family::Inet, table, set, element);
-            }
-        }
-        FastStep { batch: out, over }
+        gone.sort_unstable_by_key(|(set, _)| *set);
+        new.sort_unstable_by_key(|(set, _)| *set);
+        FastStep { gone, new, over }
     }
 
     /// Keeps the state of a batch the kernel took.
@@ -363,8 +389,10 @@ mod tests {
 
     /// The step's changes as `verb set label` lines.
     fn lines(step: &FastStep) -> Vec<String> {
-        step.batch
-            .changes
+        step.deletions(T)
+            .chain(step.additions(T))
+            .flat_map(|b| b.changes)
+            .collect::<Vec<_>>()
             .iter()
             .map(|c| {
                 let verb = if c.verb == Verb::Add { "add" } else { "delete" };
@@ -374,7 +402,7 @@ mod tests {
     }
 
     fn apply(fast: &mut FastPath, b: &Batch, now: Instant) -> Vec<String> {
-        let step = fast.follow(b, T, now);
+        let step = fast.follow(b, now);
         let out = lines(&step);
         fast.commit(step);
         out
@@ -481,7 +509,7 @@ mod tests {
         let now = Instant::now();
         let mut fast = FastPath::default();
         let vip = front("10.96.0.10", 80);
-        let refused = fast.follow(&batch(&[(Verb::Add, "kvip4", vip.clone())]), T, now);
+        let refused = fast.follow(&batch(&[(Verb::Add, "kvip4", vip.clone())]), now);
         assert_eq!(lines(&refused).len(), 1);
         drop(refused);
         // Sent again: still an addition.
