@@ -69,6 +69,20 @@ fn slot_expr(key: SlotKey, fam: &str, slots: usize) -> String {
     }
 }
 
+/// A new flow that the raw prerouting chain let through to conntrack as a
+/// kernel-path flow but that `kernel_dnat` did not translate: the sync
+/// that took its frontend off the kernel path committed between the two
+/// hooks (the raw chain saw the frontend in `kvip`, this chain no
+/// longer). Left alone it would be routed on untranslated, to the
+/// default route, and the client would wait a SYN retransmit (1 s) for
+/// the reset it gets then (seen as the scale bench's rare 0.5 s probe
+/// timeout at a 1 → 0 endpoints change). It gets what the raw chain
+/// gives that frontend now: the proxy's front rules (refused without
+/// endpoints, else TPROXY to the listener). A flow that is no frontend
+/// of ours passes them untouched. Only a flow's first packet meets a NAT
+/// chain, so this costs nothing per packet.
+pub const PROXY_FALLBACK: &str = "meta nfproto . meta l4proto vmap { ipv4 . tcp : goto pre4_front_tcp, ipv4 . udp : goto pre4_front_udp, ipv6 . tcp : goto pre6_front_tcp, ipv6 . udp : goto pre6_front_udp }";
+
 /// The maps, sets and chains, as lines inside `table inet <t> { ... }`.
 /// `node_port(fam, "@set")` is the ruleset's NodePort match: family, port
 /// lookup in the set (or map), local destination.
@@ -160,7 +174,11 @@ pub fn render(cfg: &InterceptConfig, node_port: &dyn Fn(&str, &str) -> String) -
         ));
     }
     lines.push("  }".into());
-    lines.push("  chain kernel_prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump kernel_dnat\n  }".into());
+    lines.push("  chain kernel_prerouting {".into());
+    lines.push("    type nat hook prerouting priority dstnat; policy accept;".into());
+    lines.push("    jump kernel_dnat".into());
+    lines.push(format!("    {}", PROXY_FALLBACK));
+    lines.push("  }".into());
     lines.push("  chain kernel_output {\n    type nat hook output priority -100; policy accept;\n    jump kernel_dnat\n  }".into());
     // Masquerade only where kube-proxy does: flows marked above (external
     // frontends with externalTrafficPolicy Cluster) and hairpin (a Pod
@@ -219,5 +237,47 @@ mod tests {
         assert!(text.contains(
             "ip6 daddr . meta l4proto . th dport @kvip6 ip6 daddr . meta l4proto . th dport vmap @kfront6"
         ));
+    }
+
+    /// A new flow the raw chain sent to the kernel path that the NAT
+    /// chain did not translate (its frontend left the kernel path between
+    /// the two hooks) meets the proxy's front rules, which exist in the
+    /// full ruleset; the output hook has no such fallback (TPROXY is
+    /// prerouting only).
+    #[test]
+    fn an_untranslated_new_flow_falls_back_to_the_proxy_front_rules() {
+        let text = crate::intercept::ruleset::render(
+            &InterceptConfig::default(),
+            15001,
+            &crate::intercept::Elements::default(),
+        );
+        let chain = |name: &str| -> Vec<String> {
+            let start = text
+                .find(&format!("  chain {name} {{\n"))
+                .unwrap_or_else(|| panic!("chain {name}"));
+            text[start..]
+                .lines()
+                .skip(1)
+                .take_while(|l| *l != "  }")
+                .map(|l| l.trim().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            chain("kernel_prerouting"),
+            [
+                "type nat hook prerouting priority dstnat; policy accept;",
+                "jump kernel_dnat",
+                PROXY_FALLBACK,
+            ]
+        );
+        assert_eq!(chain("kernel_output")[1..], ["jump kernel_dnat".to_owned()]);
+        for f in [4, 6] {
+            for proto in ["tcp", "udp"] {
+                let front = format!("pre{f}_front_{proto}");
+                assert!(PROXY_FALLBACK.contains(&format!("goto {front}")));
+                let rules = chain(&front);
+                assert!(rules[0].ends_with(&format!("@noep{f} goto reject_no_endpoints")));
+            }
+        }
     }
 }
