@@ -19,6 +19,8 @@ import manifests as mf
 import policies as pol
 from topology import CLIENT, EXT_V4, NODE_UPLINK_V4, wait_until
 
+HERE = Path(__file__).resolve().parent
+
 ADMIN = "http://127.0.0.1:10249"
 VIP4, VIP6 = "10.96.0.90", "fd00:10:96::90"
 EXTERNAL_IP = "203.0.113.90"
@@ -173,6 +175,45 @@ def test_a_port_reused_after_the_endpoints_went_is_refused_at_once(bare_cluster,
     wait_until(lambda: from_port(c, VIP4, 40556)["how"] == "ConnectionRefusedError",
                "a fresh port to be refused")
     assert from_port(c, VIP4, 40555) == {"how": "ConnectionRefusedError", "syn_retransmits": 0}
+
+
+def test_a_syn_the_remove_overtook_between_the_hooks_is_refused_at_once(bare_cluster, tmp_path):
+    """A SYN that our raw prerouting chain sent to the kernel path (its
+    frontend in `kvip`) while the sync that took the last endpoint away
+    committed before the NAT hook saw it: refused at once, not routed on
+    untranslated to wait a SYN retransmit for its reset (the scale bench's
+    rare 0.5 s probe timeout at a 1 → 0 change; bench/results/
+    2026-12-06-s10-hang.md). The SYN is held between the hooks (NFQUEUE in
+    iptables' mangle prerouting, priority -150: after our raw chain and
+    conntrack, before NAT) while the change is made, then let go."""
+    c = bare_cluster
+    start(c, tmp_path, [kernel_service(node_port=None, external_ips=())])
+    wait_datapath(c, "kernel")
+    port, release = 40557, tmp_path / "release"
+    holder = c.topo.spawn("nfqueue-hold", c.topo.node, [
+        sys.executable, str(HERE / "nfqueue_hold.py"), "7", str(release)])
+    wait_until(lambda: "bound" in holder.output() or not holder.alive(), "the queue bound")
+    assert holder.alive(), holder.output()
+    rule = ["PREROUTING", "-t", "mangle", "-p", "tcp", "--syn", "-d", VIP4, "--sport", str(port),
+            "-j", "NFQUEUE", "--queue-num", "7"]
+    added = c.run_in("node", ["iptables-legacy", "-A", *rule])
+    assert added.returncode == 0, added.stderr.decode()
+    try:
+        client = c.topo.spawn("held-client", c.topo.client, [
+            sys.executable, str(HERE / "clients.py"), "reuse-port", "--host", VIP4,
+            "--port", "80", "--requests", "1", "--local-port", str(port)])
+        wait_until(lambda: "held" in holder.output(), "the client's SYN held between the hooks")
+        c.write_services([kernel_service(node_port=None, external_ips=(), slices=[[]])])
+        wait_until(lambda: from_port(c, VIP4, port + 1)["how"] == "ConnectionRefusedError",
+                   "a fresh port to be refused")
+        release.touch()
+        wait_until(lambda: not client.alive(), "the held client's answer")
+        got = json.loads(client.output().strip().splitlines()[-1])
+    finally:
+        c.run_in("node", ["iptables-legacy", "-D", *rule])
+    assert "released" in holder.output()
+    assert not got["ok"] and got["errors"][0].startswith("ConnectionRefusedError"), got
+    assert got["syn_retransmits"] == 0, got
 
 
 def test_auto_takes_the_kernel_for_table_policies_only(bare_cluster, tmp_path):
