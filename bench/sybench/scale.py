@@ -434,6 +434,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--capture", type=Path, metavar="DIR",
                     help="record the probe's SYNs and resets (tcpdump) and its conntrack "
                          "events in the node namespace into DIR, with Switchyard's log")
+    ap.add_argument("--widen", type=int, default=0, metavar="RULES",
+                    help="RULES non-matching rules over each probe SYN between the raw and "
+                         "the NAT hook (capture.widen): a wider window for a sync to commit in")
     args = ap.parse_args(argv)
     args.smoke = False
     global DATAPATH
@@ -476,6 +479,10 @@ def main(argv: list[str]) -> int:
         cpu_ready = cpu_seconds(proc.pid)
         probe_cmd = topo.ns_argv(t.client, pinned(LOAD_CPU, [
             sys.executable, "-c", PROBE, TOGGLE_VIP, str(60 + args.changes * 3)]))
+        if args.widen:
+            capture.widen(t, TOGGLE_VIP, args.widen)
+            args.note.append(f"--widen {args.widen}: that many non-matching rules over each "
+                             "probe SYN between the raw and the NAT hook")
         recorders = (capture.start(t, args.capture, TOGGLE_VIP, BACKENDS[0].ip)
                      if args.capture else [])
         probe = subprocess.Popen(probe_cmd, stdout=subprocess.PIPE, text=True,
