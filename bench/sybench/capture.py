@@ -17,17 +17,6 @@ from pathlib import Path
 
 from .topo import Proc, Topology
 
-# `nft monitor` with the wall clock of each line: the element changes of
-# every sync, to set against the packets' times. (nft prints no times.)
-MONITOR = r"""
-import subprocess, sys, time
-nft = subprocess.Popen(["stdbuf", "-oL", "nft", "monitor"], stdout=subprocess.PIPE, text=True)
-for line in nft.stdout:
-    sys.stdout.write(f"{time.time():.6f} {line}")
-    sys.stdout.flush()
-"""
-
-
 def start(t: Topology, directory: Path, vip: str, endpoint: str) -> list[Proc]:
     directory.mkdir(parents=True, exist_ok=True)
     flt = (f"(host {vip} or host {endpoint}) and tcp and "
@@ -43,7 +32,6 @@ def start(t: Topology, directory: Path, vip: str, endpoint: str) -> list[Proc]:
         t.spawn("capture-conntrack", t.node, [
             "conntrack", "-E", "-o", "timestamp,id", "-b", str(64 << 20),
             "-p", "tcp", "--orig-dst", vip]),
-        t.spawn("capture-nft-monitor", t.node, [sys.executable, "-c", MONITOR]),
     ]
     return procs
 
@@ -88,13 +76,12 @@ def untranslated_syns(directory: Path, vip: str) -> list[str]:
 
 def read(result: Path, directory: Path, vip: str) -> str:
     """What the recorders saw of each probe connection that timed out: its
-    packets, its conntrack events, and the ruleset changes within 50 ms of
-    its start (`python3 -m bench.sybench.capture RESULT.json DIR`)."""
+    packets and its conntrack events (`python3 -m bench.sybench.capture
+    RESULT.json DIR`; when the ruleset changed: Switchyard's log in DIR)."""
     rec = json.loads(result.read_text())
     lines = [f"probe timeouts: {rec.get('probe_timeouts')}; SYNs to {vip} sent on "
              f"untranslated: {len(untranslated_syns(directory, vip))}"]
     events = (directory / "capture-conntrack.log").read_text(errors="replace").splitlines()
-    monitor = (directory / "capture-nft-monitor.log").read_text(errors="replace").splitlines()
     for i, change in enumerate(rec.get("per_change", [])):
         for stall in change.get("probe_stalls", []):
             port, began = stall["port"], stall.get("wall", 0.0)
@@ -106,13 +93,6 @@ def read(result: Path, directory: Path, vip: str) -> str:
                 capture_output=True, text=True, timeout=120, check=False).stdout.splitlines()
             lines += [f"conntrack {e}" for e in events
                       if f"sport={port} " in e or f"dport={port} " in e]
-            for m in monitor:
-                stamp, _, text = m.partition(" ")
-                try:
-                    if abs(float(stamp) - began) < 0.05:
-                        lines.append(f"nft {stamp} {text}")
-                except ValueError:
-                    continue
     return "\n".join(lines)
 
 
