@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import backends, topo
+from . import backends, capture, topo
 from .backends import mf
 from .main import machine, pick_binary, versions
 from .topo import BACKENDS, NODE_NAME, PROXY_CPU, LOAD_CPU, SetupError, pinned, run, wait_until
@@ -56,7 +56,7 @@ vip, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
 last, timeouts, stalls = None, 0, []
 while time.monotonic() < deadline:
     s = socket.socket(); s.settimeout(0.5)
-    how, step = "answered", "connect"
+    how, step, began = "answered", "connect", time.time()
     try:
         s.connect((vip, 80)); step = "send"
         s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"); step = "response"
@@ -66,7 +66,7 @@ while time.monotonic() < deadline:
         if isinstance(e, socket.timeout):
             # Which step hung, and from which local port (conntrack).
             timeouts += 1
-            stalls.append({"step": step, "port": s.getsockname()[1]})
+            stalls.append({"step": step, "port": s.getsockname()[1], "wall": began})
     finally:
         s.close()
     if ok != last:
@@ -431,6 +431,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--name", default="scale")
     ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--capture", type=Path, metavar="DIR",
+                    help="record the probe's SYNs and resets (tcpdump) and its conntrack "
+                         "events in the node namespace into DIR, with Switchyard's log")
+    ap.add_argument("--widen", type=int, default=0, metavar="RULES",
+                    help="RULES non-matching rules over each probe SYN between the raw and "
+                         "the NAT hook (capture.widen): a wider window for a sync to commit in")
     args = ap.parse_args(argv)
     args.smoke = False
     global DATAPATH
@@ -473,6 +479,12 @@ def main(argv: list[str]) -> int:
         cpu_ready = cpu_seconds(proc.pid)
         probe_cmd = topo.ns_argv(t.client, pinned(LOAD_CPU, [
             sys.executable, "-c", PROBE, TOGGLE_VIP, str(60 + args.changes * 3)]))
+        if args.widen:
+            capture.widen(t, TOGGLE_VIP, args.widen)
+            args.note.append(f"--widen {args.widen}: that many non-matching rules over each "
+                             "probe SYN between the raw and the NAT hook")
+        recorders = (capture.start(t, args.capture, TOGGLE_VIP, BACKENDS[0].ip)
+                     if args.capture else [])
         probe = subprocess.Popen(probe_cmd, stdout=subprocess.PIPE, text=True,
                                  start_new_session=True)
         try:
@@ -526,6 +538,8 @@ def main(argv: list[str]) -> int:
         finally:
             probe.kill()
             probe.wait(timeout=10)
+            if recorders:
+                capture.stop(t, recorders, args.capture)
         rate = (sustained(t, source, args.rate, args.rate_seconds, proc.pid, args.rate_among)
                 if args.rate and isinstance(source, KubeSource) else None)
         if rate:
@@ -539,6 +553,8 @@ def main(argv: list[str]) -> int:
         rc = proc.stop()
         source.close()
         log_text = proc.output(tail=1 << 30)
+        if args.capture:
+            (args.capture / "switchyard.log").write_text(log_text)
         if args.log_level != "warn":
             print(log_text[-20000:])
     both = lat["add"] + lat["remove"]

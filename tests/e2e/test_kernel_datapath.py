@@ -19,6 +19,8 @@ import manifests as mf
 import policies as pol
 from topology import CLIENT, EXT_V4, NODE_UPLINK_V4, wait_until
 
+HERE = Path(__file__).resolve().parent
+
 ADMIN = "http://127.0.0.1:10249"
 VIP4, VIP6 = "10.96.0.90", "fd00:10:96::90"
 EXTERNAL_IP = "203.0.113.90"
@@ -173,6 +175,91 @@ def test_a_port_reused_after_the_endpoints_went_is_refused_at_once(bare_cluster,
     wait_until(lambda: from_port(c, VIP4, 40556)["how"] == "ConnectionRefusedError",
                "a fresh port to be refused")
     assert from_port(c, VIP4, 40555) == {"how": "ConnectionRefusedError", "syn_retransmits": 0}
+
+
+def held_between_the_hooks(c, tmp_path, port: int, change) -> dict:
+    """One connection to VIP4:80 from the client's `port` whose SYN is held
+    after our raw prerouting chain and conntrack, before the NAT hook
+    (NFQUEUE in iptables' mangle prerouting, priority -150), while
+    `change()` runs; then let go. What the connection got (clients.py
+    reuse-port)."""
+    release = tmp_path / f"release-{port}"
+    holder = c.topo.spawn(f"nfqueue-hold-{port}", c.topo.node, [
+        sys.executable, str(HERE / "nfqueue_hold.py"), "7", str(release)])
+    wait_until(lambda: "bound" in holder.output() or not holder.alive(), "the queue bound")
+    assert holder.alive(), holder.output()
+    rule = ["PREROUTING", "-t", "mangle", "-p", "tcp", "--syn", "-d", VIP4, "--sport", str(port),
+            "-j", "NFQUEUE", "--queue-num", "7"]
+    added = c.run_in("node", ["iptables-legacy", "-A", *rule])
+    assert added.returncode == 0, added.stderr.decode()
+    try:
+        client = c.topo.spawn(f"held-client-{port}", c.topo.client, [
+            sys.executable, str(HERE / "clients.py"), "reuse-port", "--host", VIP4,
+            "--port", "80", "--requests", "1", "--local-port", str(port)])
+        wait_until(lambda: "held" in holder.output(), "the client's SYN held between the hooks")
+        change()
+        release.touch()
+        wait_until(lambda: "released" in holder.output(), "the SYN let go")
+        wait_until(lambda: not client.alive(), "the held client's answer")
+        return json.loads(client.output().strip().splitlines()[-1])
+    finally:
+        c.run_in("node", ["iptables-legacy", "-D", *rule])
+        holder.stop()
+
+
+def test_a_syn_the_remove_overtook_between_the_hooks_is_refused_at_once(bare_cluster, tmp_path):
+    """A SYN that our raw prerouting chain sent to the kernel path (its
+    frontend in `kvip`) while the sync that took the last endpoint away
+    committed before the NAT hook saw it: refused at once, not sent on
+    untranslated to wait a SYN retransmit for its reset; and its client
+    port is not spoiled for the kernel path afterwards (the base build's
+    untranslated conntrack entry sent every later SYN of that port out
+    untranslated: the scale bench's rare 0.5 s probe timeouts at a 1 → 0
+    change, bench/results/2026-12-06-s10-hang.md)."""
+    c = bare_cluster
+    start(c, tmp_path, [kernel_service(node_port=None, external_ips=())])
+    wait_datapath(c, "kernel")
+    port = 40557
+
+    def remove():
+        c.write_services([kernel_service(node_port=None, external_ips=(), slices=[[]])])
+        wait_until(lambda: from_port(c, VIP4, port + 1)["how"] == "ConnectionRefusedError",
+                   "a fresh port to be refused")
+
+    got = held_between_the_hooks(c, tmp_path, port, remove)
+    assert not got["ok"] and got["errors"][0].startswith("ConnectionRefusedError"), got
+    assert got["syn_retransmits"] == 0, got
+    c.write_services([kernel_service(node_port=None, external_ips=())])
+    wait_until(lambda: from_port(c, VIP4, port + 2)["how"] == "answered", "the kernel path back")
+    assert from_port(c, VIP4, port) == {"how": "answered", "syn_retransmits": 0}
+
+
+def test_a_syn_a_move_to_the_proxy_overtook_between_the_hooks_spoils_no_port(bare_cluster,
+                                                                               tmp_path):
+    """The same split at a move kernel → proxy with endpoints: the SYN is
+    dropped at the NAT hook (never diverted from there: conntrack would
+    keep an untranslated entry that takes every later SYN of the port to
+    the frontend past the NAT chains), and the client's retransmit is
+    proxied. No conntrack entry of the port is left behind."""
+    c = bare_cluster
+    start(c, tmp_path, [kernel_service(node_port=None, external_ips=())])
+    wait_datapath(c, "kernel")
+    port = 40567
+
+    def to_proxy():
+        c.write_services([kernel_service(node_port=None, external_ips=(), datapath="proxy")])
+        # In the proxy's set: the change is in nftables (the datapath
+        # report comes before the nftables sync).
+        wait_until(lambda: c.run_in("node", [
+            "nft", "get", "element", "inet", "switchyard", "vip4",
+            f"{{ {VIP4} . tcp . 80 }}"]).returncode == 0, "the frontend in the proxy's set")
+
+    got = held_between_the_hooks(c, tmp_path, port, to_proxy)
+    assert got["ok"] and got["syn_retransmits"] == 1, got
+    entries = c.run_in("node", ["conntrack", "-L", "-p", "tcp", "--orig-dst", VIP4,
+                                "--orig-port-src", str(port)])
+    assert entries.returncode == 0, entries.stderr.decode()
+    assert entries.stdout.decode().strip() == "", entries.stdout.decode()
 
 
 def test_auto_takes_the_kernel_for_table_policies_only(bare_cluster, tmp_path):

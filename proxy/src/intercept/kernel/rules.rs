@@ -69,6 +69,48 @@ fn slot_expr(key: SlotKey, fam: &str, slots: usize) -> String {
     }
 }
 
+/// The chain `kernel_prerouting` sends a new flow to when `kernel_dnat`
+/// did not translate it: a flow the raw prerouting chain let through to
+/// conntrack as a kernel-path flow (its frontend in `kvip`) while the
+/// sync that took the frontend off the kernel path committed before this
+/// hook saw it. Left alone, the SYN went on untranslated to the default
+/// route, the client waited for a retransmit, and worse, conntrack kept
+/// the untranslated entry (SYN_SENT, refreshed by every SYN of the same
+/// ports): each later connection from that client port to the frontend
+/// went out untranslated too, on the kernel path as well, until the
+/// client port moved on (the scale bench's 0.5 s probe timeouts at a 1 →
+/// 0 change, several on one port: bench/results/2026-12-06-s10-hang.md).
+/// Here such a flow gets the raw chain's answer of now where that ends
+/// its packet: refused if the frontend has no endpoints. A frontend that
+/// moved to the proxy with endpoints is dropped, not diverted: TPROXY here
+/// would leave a tracked entry of the same kind (`notrack` comes too late
+/// after conntrack); the SYN the client sends again meets the raw chain's
+/// TPROXY. Dropped or refused, the entry is never confirmed. A flow to no
+/// frontend of ours passes untouched. Only a flow's first packet meets a
+/// NAT chain: nothing per packet.
+pub const FALLBACK_CHAIN: &str = "kernel_untranslated";
+
+fn fallback_chain(node_port: &dyn Fn(&str, &str) -> String) -> Vec<String> {
+    let mut lines = vec![format!("  chain {FALLBACK_CHAIN} {{")];
+    for (f, fam) in [(4, "ip"), (6, "ip6")] {
+        lines.push(format!(
+            "    {fam} daddr . meta l4proto . th dport @noep{f} goto reject_no_endpoints"
+        ));
+        lines.push(format!(
+            "    {} goto reject_no_endpoints",
+            node_port(fam, "@nodeport_noep")
+        ));
+    }
+    for (f, fam) in [(4, "ip"), (6, "ip6")] {
+        lines.push(format!(
+            "    {fam} daddr . meta l4proto . th dport @vip{f} drop"
+        ));
+        lines.push(format!("    {} drop", node_port(fam, "@nodeport")));
+    }
+    lines.push("  }".into());
+    lines
+}
+
 /// The maps, sets and chains, as lines inside `table inet <t> { ... }`.
 /// `node_port(fam, "@set")` is the ruleset's NodePort match: family, port
 /// lookup in the set (or map), local destination.
@@ -161,7 +203,12 @@ pub fn render(cfg: &InterceptConfig, node_port: &dyn Fn(&str, &str) -> String) -
         ));
     }
     lines.push("  }".into());
-    lines.push("  chain kernel_prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump kernel_dnat\n  }".into());
+    lines.push("  chain kernel_prerouting {".into());
+    lines.push("    type nat hook prerouting priority dstnat; policy accept;".into());
+    lines.push("    jump kernel_dnat".into());
+    lines.push(format!("    goto {FALLBACK_CHAIN}"));
+    lines.push("  }".into());
+    lines.extend(fallback_chain(node_port));
     lines.push("  chain kernel_output {\n    type nat hook output priority -100; policy accept;\n    jump kernel_dnat\n  }".into());
     // Masquerade only where kube-proxy does: flows marked above (external
     // frontends with externalTrafficPolicy Cluster) and hairpin (a Pod
@@ -220,5 +267,51 @@ mod tests {
         assert!(text.contains(
             "ip6 daddr . meta l4proto . th dport @kvip6 ip6 daddr . meta l4proto . th dport vmap @kfront6"
         ));
+    }
+
+    /// A new flow the raw chain sent to the kernel path that the NAT
+    /// chain did not translate (its frontend left the kernel path between
+    /// the two hooks) is refused if its frontend has no endpoints, dropped
+    /// if it is the proxy's now (never diverted from here: the entry would
+    /// stay), and left alone otherwise; the output hook has no such
+    /// fallback.
+    #[test]
+    fn an_untranslated_new_flow_is_refused_or_dropped_never_diverted() {
+        let text = crate::intercept::ruleset::render(
+            &InterceptConfig::default(),
+            15001,
+            &crate::intercept::Elements::default(),
+        );
+        let chain = |name: &str| -> Vec<String> {
+            let start = text
+                .find(&format!("  chain {name} {{\n"))
+                .unwrap_or_else(|| panic!("chain {name}"));
+            text[start..]
+                .lines()
+                .skip(1)
+                .take_while(|l| *l != "  }")
+                .map(|l| l.trim().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            chain("kernel_prerouting"),
+            [
+                "type nat hook prerouting priority dstnat; policy accept;",
+                "jump kernel_dnat",
+                "goto kernel_untranslated",
+            ]
+        );
+        assert_eq!(chain("kernel_output")[1..], ["jump kernel_dnat"]);
+        let fallback = chain(FALLBACK_CHAIN);
+        assert_eq!(fallback.len(), 8, "{fallback:?}");
+        for rule in &fallback[..4] {
+            assert!(rule.ends_with(" goto reject_no_endpoints"), "{rule}");
+            assert!(rule.contains("@noep") || rule.contains("@nodeport_noep fib daddr type local"));
+        }
+        for rule in &fallback[4..] {
+            assert!(rule.ends_with(" drop"), "{rule}");
+            assert!(rule.contains("@vip") || rule.contains("@nodeport fib daddr type local"));
+        }
+        assert!(!fallback.iter().any(|r| r.contains("tproxy")));
     }
 }
