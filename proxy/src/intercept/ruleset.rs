@@ -286,6 +286,20 @@ fn nfproto(fam: &str) -> &'static str {
     if fam == "ip" { "ipv4" } else { "ipv6" }
 }
 
+/// The rules of one chain of a rendered batch, trimmed (tests).
+#[cfg(test)]
+pub(crate) fn chain<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    let start = text
+        .find(&format!("  chain {name} {{\n"))
+        .unwrap_or_else(|| panic!("chain {name}"));
+    text[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| *l != "  }")
+        .map(str::trim)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,18 +340,7 @@ mod tests {
         )));
     }
 
-    /// The rules of one chain, trimmed.
-    fn chain<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
-        let start = text
-            .find(&format!("  chain {name} {{\n"))
-            .unwrap_or_else(|| panic!("chain {name}"));
-        text[start..]
-            .lines()
-            .skip(1)
-            .take_while(|l| *l != "  }")
-            .map(str::trim)
-            .collect()
-    }
+    use super::chain;
 
     /// A packet that is none of ours (a kernel-path flow, unrelated
     /// traffic) meets one dispatch and its family and protocol's rules: one

@@ -282,17 +282,7 @@ mod tests {
             15001,
             &crate::intercept::Elements::default(),
         );
-        let chain = |name: &str| -> Vec<String> {
-            let start = text
-                .find(&format!("  chain {name} {{\n"))
-                .unwrap_or_else(|| panic!("chain {name}"));
-            text[start..]
-                .lines()
-                .skip(1)
-                .take_while(|l| *l != "  }")
-                .map(|l| l.trim().to_owned())
-                .collect()
-        };
+        let chain = |name: &str| crate::intercept::ruleset::chain(&text, name);
         assert_eq!(
             chain("kernel_prerouting"),
             [
