@@ -24,6 +24,11 @@ HTTP_PORT, IPERF_PORT, DNS_PORT = 8080, 5201, 53
 # `switchyard-kernel-shared` peer measures that case (`SHARED_MANIFESTS`).
 HTTP7_PORT = 8081
 SHARED_MANIFESTS = "manifests-shared"
+# No L7 Service: every Service runs on the kernel path, as on a node where
+# nothing asks for the proxy. Switchyard then has no raw prerouting hook
+# (proxy/src/intercept/hook.rs); the `switchyard-kernel-only` peer measures
+# it, `switchyard-kernel` the node with one proxy-path Service beside.
+KERNEL_ONLY_MANIFESTS = "manifests-kernel-only"
 DNS_NAME = "web.bench.svc.cluster.local"
 BODY = "ok\n"
 
@@ -46,8 +51,9 @@ WEB7 = Frontend("10.96.0.11", 80, "tcp", tuple(p.ip for p in BACKENDS), HTTP7_PO
 FRONTENDS = {"web": WEB, "iperf": IPERF, "dns": DNS, "web7": WEB7}
 
 
-def write_manifests(directory: Path, web7_port: int = HTTP7_PORT) -> None:
-    """The Services; `web7_port` HTTP_PORT gives the shared-endpoints variant."""
+def write_manifests(directory: Path, web7_port: int = HTTP7_PORT, l7: bool = True) -> None:
+    """The Services; `web7_port` HTTP_PORT gives the shared-endpoints variant,
+    `l7` False the kernel-only one (no web7)."""
     pods = {p.ip: p.name for p in BACKENDS}
 
     def eps(fe: Frontend) -> list:
@@ -67,6 +73,8 @@ def write_manifests(directory: Path, web7_port: int = HTTP7_PORT) -> None:
         mf.ServiceDef("dns", [DNS.vip], [mf.Port("dns", DNS.port, DNS_PORT, "UDP")],
                       [eps(DNS)], namespace="bench", datapath=None),
     ]
+    if not l7:
+        services = [s for s in services if s.name != "web7"]
     mf.write_services(directory, services)
 
 

@@ -116,6 +116,8 @@ def make_peers(binary: Path, policies: Path, base: Path | None = None) -> list[P
         Switchyard(binary, "uring", datapath="kernel", workloads=KERNEL_PATH_WORKLOADS),
         Switchyard(binary, "uring", datapath="kernel", name="switchyard-kernel-shared",
                    workloads=("connrate", "keepalive"), manifests=backends.SHARED_MANIFESTS),
+        Switchyard(binary, "uring", datapath="kernel", name="switchyard-kernel-only",
+                   workloads=KERNEL_PATH_WORKLOADS, manifests=backends.KERNEL_ONLY_MANIFESTS),
         *extra,
         KernelDnat(),
         KernelDnat(full=False),
@@ -358,6 +360,7 @@ def main(argv: list[str]) -> int:
             cpu.register_namespaces(t.created)
             backends.write_manifests(work / "manifests")
             backends.write_manifests(work / backends.SHARED_MANIFESTS, web7_port=backends.HTTP_PORT)
+            backends.write_manifests(work / backends.KERNEL_ONLY_MANIFESTS, l7=False)
             backends.start(t)
             br_nf = topo.run(["sysctl", "-n", "net.bridge.bridge-nf-call-iptables"], ns=t.node,
                              check=False).stdout.decode().strip() or "absent"

@@ -531,6 +531,55 @@ def test_a_kernel_only_pod_takes_the_fast_path_both_ways(bare_cluster, tmp_path)
                "the fast sets emptied")
 
 
+def raw_hook(c) -> bool:
+    """Whether our table has its raw prerouting base chain (hook.rs)."""
+    got = c.run_in("node", ["nft", "list", "chain", "inet", "switchyard", "prerouting"])
+    return got.returncode == 0 and "hook prerouting priority raw" in got.stdout.decode()
+
+
+def test_the_raw_hook_exists_only_while_the_proxy_path_has_work(bare_cluster, tmp_path):
+    """A node whose Services all run on the kernel path has no raw
+    prerouting chain: its packets meet kube-proxy's hooks only, and a
+    frontend without endpoints is still refused at once (by the NAT
+    chain). The first proxy-path Service brings the chain (before its
+    elements: its first connection is proxied); when it goes, the chain
+    stays for the proxied connections it leaves (an hour)."""
+    c = bare_cluster
+    for standard in c.manifests.glob("*.yaml"):
+        standard.unlink()
+    empty = kernel_service("empty", vips=("10.96.0.92", "fd00:10:96::92"), node_port=None,
+                           external_ips=(), slices=[[]])
+    start(c, tmp_path, [kernel_service(), empty])
+    wait_datapath(c, "kernel")
+    assert not raw_hook(c)
+    for url, peer in ((f"http://{VIP4}/", CLIENT.ipv4), (f"http://[{VIP6}]/", CLIENT.ipv6)):
+        got = answers(c, url, 6)
+        assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, (url, got)
+        assert {g["peer"] for g in got} == {peer}, (url, got)
+    assert from_port(c, "10.96.0.92", 40590) == {"how": "ConnectionRefusedError",
+                                                 "syn_retransmits": 0}
+    prox_vips = ("10.96.0.91", "fd00:10:96::91")
+    prox = kernel_service("prox", vips=prox_vips, datapath="proxy", node_port=None,
+                          external_ips=())
+    c.write_services([prox])
+    wait_datapath(c, "proxy", "e2e/prox")
+    wait_until(lambda: raw_hook(c), "the raw hook for the proxy-path Service")
+    got = answers(c, f"http://{prox_vips[0]}/", 3)
+    assert {g["peer"] for g in got} == {CLIENT.ipv4}, got
+    assert proxied(c, "e2e/prox") >= 3
+    held = Held(c, tmp_path, [("held-prox", c.topo.client, prox_vips[0], 80)])
+    (c.manifests / "prox.yaml").unlink()
+    wait_until(lambda: c.run_in("client", ["curl", "-sS", "-m", "2",
+                                           f"http://{prox_vips[0]}/"]).returncode != 0,
+               "the removed VIP to stop answering new connections")
+    assert raw_hook(c)
+    for step in (1, 2):
+        held.round(step, "after its Service went")
+    held.assert_one_connection_each()
+    got = answers(c, f"http://{VIP4}/", 3)
+    assert {g["peer"] for g in got} == {CLIENT.ipv4}, got
+
+
 def test_a_proxied_connection_outlives_its_services_removal(bare_cluster, tmp_path):
     """The socket rule keeps the connections the proxy carries for a Service
     that goes (both ways: requests to the removed VIP, replies of its

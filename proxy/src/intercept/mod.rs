@@ -8,6 +8,7 @@ mod command;
 mod element_index;
 mod elements;
 mod endpoint_counts;
+mod hook;
 #[cfg(test)]
 mod incremental_tests;
 pub mod kernel;
@@ -132,6 +133,9 @@ pub struct Interceptor {
     /// What the raw chain's fast-path sets derive from, as installed
     /// (`kernel/fast.rs`).
     fast: kernel::fast::FastPath,
+    /// The raw prerouting hook: only while the proxy path has work
+    /// (`hook.rs`).
+    hook: hook::Hook,
 }
 
 /// What one sync did, for logs and metrics.
@@ -164,6 +168,7 @@ impl Interceptor {
             proxy_endpoints: kernel::replies::ProxyEndpoints::default(),
             verdicts: kernel::verdicts::Verdicts::default(),
             fast: kernel::fast::FastPath::default(),
+            hook: hook::Hook::default(),
         }
     }
 
@@ -318,6 +323,9 @@ impl Interceptor {
         // After a whole render in text: what the fast-path sets derive from
         // (`kernel/fast.rs`), as netlink changes to follow.
         let mut rebuild: Option<Batch> = None;
+        // Whether a whole render carries the raw prerouting hook (`None`:
+        // no render; the hook is added ahead of a delta that needs it).
+        let mut hooked: Option<bool> = None;
         // On success: the whole new contents, or a delta to the installed.
         let mut fresh: Option<Elements> = None;
         let mut step: Option<Delta> = None;
@@ -337,11 +345,12 @@ impl Interceptor {
                     source,
                 })?;
                 let want = full();
+                hooked = Some(self.hook.wants(hook::needs(&want), start));
                 let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
                 let shared = kernel::Shared::of(&self.kernel_plan);
                 let replies = kernel::replies::gate_elements(&shared, &proxy);
                 if self.table_exists(Family::Inet) {
-                    text = ruleset::render(&self.cfg, self.listen_port, &want);
+                    text = ruleset::render(&self.cfg, self.listen_port, &want, hooked == Some(true));
                     let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
                     k.elements.extend(replies);
                     text.push_str(
@@ -352,7 +361,12 @@ impl Interceptor {
                     // Nothing of ours to replace: the skeleton by nft, the
                     // elements over netlink (nft parsing 10k elements was
                     // most of the first sync at scale).
-                    text = ruleset::render(&self.cfg, self.listen_port, &Elements::default());
+                    text = ruleset::render(
+                        &self.cfg,
+                        self.listen_port,
+                        &Elements::default(),
+                        hooked == Some(true),
+                    );
                     delta = want.diff_batch(&Elements::default(), &self.cfg.table);
                     let replies = kernel::KernelElements { elements: replies };
                     delta.extend(self.kernel_batch(&replies, &kernel::KernelElements::default())?);
@@ -367,7 +381,8 @@ impl Interceptor {
             }
             (Some(_), _) if self.render_whole => {
                 let want = full();
-                text = ruleset::render(&self.cfg, self.listen_port, &want);
+                hooked = Some(self.hook.wants(hook::needs(&want), start));
+                text = ruleset::render(&self.cfg, self.listen_port, &want, hooked == Some(true));
                 kernel_have = Some(kernel::elements(&self.kernel_plan_installed));
                 let proxy = kernel::replies::ProxyEndpoints::of(table, &want);
                 let shared = kernel::Shared::of(&self.kernel_plan);
@@ -607,7 +622,7 @@ impl Interceptor {
         delta.extend(steer_delta);
         self.last = Some(table.clone());
         let steered = start.elapsed();
-        let applied = self.apply(&text, &delta, recreated, rebuild.as_ref());
+        let applied = self.apply(&text, &delta, recreated, hooked, rebuild.as_ref());
         let netlink_elements = delta.len();
         drop(delta);
         let nft_took = applied.as_ref().map_or(Duration::ZERO, |&d| d);
@@ -677,6 +692,7 @@ impl Interceptor {
         self.installed_for = Some(table.clone());
         self.render_whole = false;
         self.steer = bridges;
+        self.settle_hook();
         Ok(SyncStats {
             changed_elements: changed,
             took: start.elapsed(),
@@ -716,26 +732,33 @@ impl Interceptor {
 
     /// `nft -f` for a full render, then the netlink batch of element
     /// changes. Returns how long `nft` took (the sync's timings).
+    /// `hooked`: whether `text` renders our table with the raw prerouting
+    /// hook (`None`: it does not render it; the hook is added ahead of a
+    /// delta that needs it, `hook.rs`).
     fn apply(
         &mut self,
         text: &str,
         delta: &Batch,
         recreated: bool,
+        hooked: Option<bool>,
         rebuild: Option<&Batch>,
     ) -> Result<Duration, InterceptError> {
-        let table = &self.cfg.table;
         let nft_start = Instant::now();
         if !text.is_empty() {
-            command::nft_batch(text).map_err(|source| match self.installed {
-                None => InterceptError::Install {
-                    table: table.clone(),
-                    source,
-                },
-                Some(_) => InterceptError::Update {
-                    table: table.clone(),
-                    source,
-                },
-            })?;
+            self.nft(text)?;
+        }
+        match hooked {
+            Some(hooked) => self.hook.set_installed(hooked),
+            None if !self.hook.installed() && hook::adds_work(delta) => {
+                let chain = ruleset::raw_hook(&self.cfg);
+                self.nft(&hook::add_batch(&self.cfg.table, &chain))?;
+                self.hook.set_installed(true);
+                tracing::info!(
+                    table = %self.cfg.table,
+                    "raw prerouting hook added: a Service port is on the proxy path"
+                );
+            }
+            None => {}
         }
         let nft_took = nft_start.elapsed();
         if recreated {
@@ -755,6 +778,44 @@ impl Interceptor {
         }
         self.apply_elements(delta)?;
         Ok(nft_took)
+    }
+
+    fn nft(&self, text: &str) -> Result<(), InterceptError> {
+        let table = &self.cfg.table;
+        command::nft_batch(text).map_err(|source| match self.installed {
+            None => InterceptError::Install {
+                table: table.clone(),
+                source,
+            },
+            Some(_) => InterceptError::Update {
+                table: table.clone(),
+                source,
+            },
+        })
+    }
+
+    /// After a sync: the raw prerouting hook goes once the proxy path has
+    /// had no work for the linger (`hook.rs`). A failure leaves it in
+    /// place, which costs CPU only; the next sync tries again.
+    fn settle_hook(&mut self) {
+        let need = self.installed.as_ref().is_some_and(hook::needs);
+        if !self.hook.synced(need, Instant::now()) {
+            return;
+        }
+        match command::nft_batch(&hook::delete_batch(&self.cfg.table)) {
+            Ok(()) => {
+                self.hook.set_installed(false);
+                tracing::info!(
+                    table = %self.cfg.table,
+                    "raw prerouting hook removed: no Service port on the proxy path"
+                );
+            }
+            Err(e) => tracing::warn!(
+                table = %self.cfg.table,
+                error = %e,
+                "cannot remove the raw prerouting hook; it stays"
+            ),
+        }
     }
 
     /// What the fast-path sets derive from in a whole render (`kvip`,
@@ -879,6 +940,7 @@ impl Interceptor {
         self.proxy_endpoints = kernel::replies::ProxyEndpoints::default();
         self.verdicts = kernel::verdicts::Verdicts::default();
         self.fast.reset();
+        self.hook.reset();
         if self.steer.take().is_some() {
             let _ = command::nft_batch(&steer::remove(&self.cfg.table));
         }

@@ -7,9 +7,11 @@ use crate::config::InterceptConfig;
 
 /// Renders the batch: create-if-missing, delete, recreate with elements.
 /// nft applies a batch atomically, so traffic never sees an empty table.
-pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> String {
+/// `hooked`: with the raw prerouting hook (`hook.rs`: only while the
+/// proxy path has work).
+pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements, hooked: bool) -> String {
     let t = &cfg.table;
-    let divert = format!("meta mark set meta mark | 0x{:x}", cfg.divert_mark);
+    let divert = divert(cfg);
     let bypass = format!("0x{:x}", cfg.bypass_mark);
     let mut lines: Vec<String> = vec![
         format!("table inet {t} {{}}"),
@@ -100,18 +102,9 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     // chains hold the socket rule already; a `jump` came back here and ran
     // the socket rule below a second time). Compares instead of the
     // concatenated lookup measured the same (2026-12-06-s10-kernel.md).
-    lines.push("  chain prerouting {".into());
-    lines.push("    type filter hook prerouting priority raw; policy accept;".into());
-    // Kernel-path flows first, on one lookup each (`kernel/fast.rs`).
-    lines.extend(super::kernel::fast::rules());
-    lines.push(
-        "    meta nfproto . meta l4proto vmap { ipv4 . tcp : goto pre4_tcp, ipv4 . udp : goto pre4_udp, ipv6 . tcp : goto pre6_tcp, ipv6 . udp : goto pre6_udp }"
-            .into(),
-    );
-    // Other protocols: an ICMP error about a flow of one of our sockets
-    // (the socket match reads the embedded header).
-    lines.push(format!("    socket transparent 1 {divert} notrack accept"));
-    lines.push("  }".into());
+    if hooked {
+        lines.extend(raw_hook(cfg));
+    }
     lines.extend(prerouting_chains(&divert, listen_port, &node_port));
     lines.push("  chain output_raw {".into());
     lines.push("    type filter hook output priority raw; policy accept;".into());
@@ -154,6 +147,33 @@ pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements) -> S
     out.push('\n');
     out.push_str(&elements.diff_commands(&Elements::default(), t));
     out
+}
+
+fn divert(cfg: &InterceptConfig) -> String {
+    format!("meta mark set meta mark | 0x{:x}", cfg.divert_mark)
+}
+
+/// The raw prerouting base chain (see `render`), as lines inside
+/// `table inet <t> { ... }`: `hook.rs` adds it to a table without it.
+pub fn raw_hook(cfg: &InterceptConfig) -> Vec<String> {
+    let mut lines = vec![
+        format!("  chain {} {{", super::hook::CHAIN),
+        "    type filter hook prerouting priority raw; policy accept;".into(),
+    ];
+    // Kernel-path flows first, on one lookup each (`kernel/fast.rs`).
+    lines.extend(super::kernel::fast::rules());
+    lines.push(
+        "    meta nfproto . meta l4proto vmap { ipv4 . tcp : goto pre4_tcp, ipv4 . udp : goto pre4_udp, ipv6 . tcp : goto pre6_tcp, ipv6 . udp : goto pre6_udp }"
+            .into(),
+    );
+    // Other protocols: an ICMP error about a flow of one of our sockets
+    // (the socket match reads the embedded header).
+    lines.push(format!(
+        "    socket transparent 1 {} notrack accept",
+        divert(cfg)
+    ));
+    lines.push("  }".into());
+    lines
 }
 
 /// The per family and protocol chains of prerouting (see `render`).
@@ -312,7 +332,7 @@ mod tests {
             crate::catalog::Protocol::Tcp,
             80,
         ));
-        let text = render(&InterceptConfig::default(), 15001, &elements);
+        let text = render(&InterceptConfig::default(), 15001, &elements, true);
         assert!(text.starts_with("table inet switchyard {}\ndelete table inet switchyard\n"));
         assert!(text.contains("tproxy ip to :15001"));
         assert!(text.contains("tproxy ip6 to :15001"));
@@ -342,6 +362,25 @@ mod tests {
 
     use super::chain;
 
+    /// Without the hook the table is the same but for the base chain: the
+    /// chains it dispatches to stay, for the hook to come back to.
+    #[test]
+    fn a_table_without_the_raw_hook_differs_only_by_its_base_chain() {
+        let cfg = InterceptConfig::default();
+        let with = render(&cfg, 15001, &Elements::default(), true);
+        let without = render(&cfg, 15001, &Elements::default(), false);
+        assert!(!without.contains("  chain prerouting {"));
+        assert!(!without.contains("hook prerouting priority raw"));
+        let base = raw_hook(&cfg).join("\n") + "\n";
+        assert_eq!(with.replacen(&base, "", 1), without);
+        let batch = super::super::hook::add_batch(&cfg.table, &raw_hook(&cfg));
+        assert!(batch.starts_with("table inet switchyard {\n  chain prerouting {\n"));
+        assert_eq!(
+            super::super::hook::delete_batch(&cfg.table),
+            "delete chain inet switchyard prerouting\n"
+        );
+    }
+
     /// A packet that is none of ours (a kernel-path flow, unrelated
     /// traffic) meets one dispatch and its family and protocol's rules: one
     /// socket lookup, and a route lookup only if its port is a NodePort.
@@ -354,7 +393,7 @@ mod tests {
                 ..InterceptConfig::default()
             },
         ] {
-            let text = render(&cfg, 15001, &Elements::default());
+            let text = render(&cfg, 15001, &Elements::default(), true);
             let base = chain(&text, "prerouting");
             assert_eq!(base.len(), 7, "{base:?}");
             assert!(base[1].ends_with("@kfast4 accept"));
@@ -450,7 +489,7 @@ mod tests {
             node_port_addresses: vec![crate::config::NodePortAddress::Primary],
             ..InterceptConfig::default()
         };
-        let text = render(&cfg, 15001, &Elements::default());
+        let text = render(&cfg, 15001, &Elements::default(), true);
         assert!(text.contains(
             "meta l4proto . th dport @nodeport fib daddr type local ip daddr @nodeaddr4 "
         ));

@@ -281,6 +281,7 @@ mod tests {
             &InterceptConfig::default(),
             15001,
             &crate::intercept::Elements::default(),
+            true,
         );
         let chain = |name: &str| crate::intercept::ruleset::chain(&text, name);
         assert_eq!(

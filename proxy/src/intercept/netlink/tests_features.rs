@@ -164,7 +164,7 @@ fn kernel_maps_drains_and_source_ranges_match_what_nft_text_writes() {
         table: TABLE.into(),
         ..InterceptConfig::default()
     };
-    let skeleton = crate::intercept::ruleset::render(&cfg, 15001, &Elements::default());
+    let skeleton = crate::intercept::ruleset::render(&cfg, 15001, &Elements::default(), true);
     let (text_ns, nl_ns) = (Netns::new(), Netns::new());
     text_ns.nft(&skeleton);
     nl_ns.nft(&skeleton);
