@@ -94,7 +94,8 @@ class Switchyard(Peer):
         self.label = ((f"Switchyard kernel datapath" if kernel else f"Switchyard {io}")
                       + (f", Wasm {policy}" if wasm else ", built-in RR")
                       + ("" if transparent else ", transparency off")
-                      + (", tokio-uring engine" if engine == "tokio-uring" else ""))
+                      + (", tokio-uring engine" if engine == "tokio-uring" else "")
+                      + (f", Services of {manifests}/" if manifests != "manifests" else ""))
         if workloads:
             self.workloads = workloads
 
