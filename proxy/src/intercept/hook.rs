@@ -142,7 +142,14 @@ mod tests {
             assert!(adds_work(&batch(Verb::Add, set)), "{set}");
             assert!(!adds_work(&batch(Verb::Delete, set)), "{set}");
         }
-        for set in ["noep4", "nodeport_noep", "kvip4", "kfast4", "kepx4", "lbsr_allow4"] {
+        for set in [
+            "noep4",
+            "nodeport_noep",
+            "kvip4",
+            "kfast4",
+            "kepx4",
+            "lbsr_allow4",
+        ] {
             assert!(!adds_work(&batch(Verb::Add, set)), "{set}");
         }
     }

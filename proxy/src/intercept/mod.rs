@@ -350,7 +350,8 @@ impl Interceptor {
                 let shared = kernel::Shared::of(&self.kernel_plan);
                 let replies = kernel::replies::gate_elements(&shared, &proxy);
                 if self.table_exists(Family::Inet) {
-                    text = ruleset::render(&self.cfg, self.listen_port, &want, hooked == Some(true));
+                    text =
+                        ruleset::render(&self.cfg, self.listen_port, &want, hooked == Some(true));
                     let k = kernel_want.insert(kernel::elements(&self.kernel_plan));
                     k.elements.extend(replies);
                     text.push_str(
@@ -810,11 +811,14 @@ impl Interceptor {
                     "raw prerouting hook removed: no Service port on the proxy path"
                 );
             }
-            Err(e) => tracing::warn!(
-                table = %self.cfg.table,
-                error = %e,
-                "cannot remove the raw prerouting hook; it stays"
-            ),
+            // Every sync tries again: one warning a while, not one a sync.
+            Err(e) => crate::logging::rate_limited_warn("intercept:hook", || {
+                tracing::warn!(
+                    table = %self.cfg.table,
+                    error = %e,
+                    "cannot remove the raw prerouting hook; it stays"
+                )
+            }),
         }
     }
 

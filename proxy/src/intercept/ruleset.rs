@@ -9,7 +9,12 @@ use crate::config::InterceptConfig;
 /// nft applies a batch atomically, so traffic never sees an empty table.
 /// `hooked`: with the raw prerouting hook (`hook.rs`: only while the
 /// proxy path has work).
-pub fn render(cfg: &InterceptConfig, listen_port: u16, elements: &Elements, hooked: bool) -> String {
+pub fn render(
+    cfg: &InterceptConfig,
+    listen_port: u16,
+    elements: &Elements,
+    hooked: bool,
+) -> String {
     let t = &cfg.table;
     let divert = divert(cfg);
     let bypass = format!("0x{:x}", cfg.bypass_mark);
