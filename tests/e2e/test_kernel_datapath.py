@@ -443,12 +443,26 @@ def gate_keys(c, set_name: str) -> set[str]:
     return keys
 
 
+def drop_standard_services(c) -> None:
+    """Removes the cluster's standard Services (they route to the same Pods)."""
+    for standard in c.manifests.glob("*.yaml"):
+        standard.unlink()
+
+
+def assert_all_pods_see_the_client(c) -> None:
+    """Six requests per family to the kernel Service's VIPs: every Pod
+    answers, and each saw the client's own address."""
+    for url, peer in ((f"http://{VIP4}/", CLIENT.ipv4), (f"http://[{VIP6}]/", CLIENT.ipv6)):
+        got = answers(c, url, 6)
+        assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, (url, got)
+        assert {g["peer"] for g in got} == {peer}, (url, got)
+
+
 def start_kernel_and_proxied(c, tmp_path: Path) -> tuple[str, str]:
     """Starts Switchyard with two Services on the same Pods: the kernel-path
     one (`kernel_service()`) and `e2e/prox` on the proxy path, at the
     returned VIPs. Only these two: the standard ones route to the same Pods."""
-    for standard in c.manifests.glob("*.yaml"):
-        standard.unlink()
+    drop_standard_services(c)
     prox_vips = ("10.96.0.91", "fd00:10:96::91")
     prox = kernel_service("prox", vips=prox_vips, datapath="proxy", node_port=None,
                           external_ips=())
@@ -510,8 +524,7 @@ def test_a_kernel_only_pod_takes_the_fast_path_both_ways(bare_cluster, tmp_path)
     lookup each (`kfast`, `kepfast`: kernel/fast.rs), and are served as
     through the gate (all Pods, the client's own address)."""
     c = bare_cluster
-    for standard in c.manifests.glob("*.yaml"):
-        standard.unlink()
+    drop_standard_services(c)
     start(c, tmp_path, [kernel_service()])
     wait_datapath(c, "kernel")
     for f, backends in ((4, mf.backends()), (6, mf.backends(v6=True))):
@@ -520,10 +533,7 @@ def test_a_kernel_only_pod_takes_the_fast_path_both_ways(bare_cluster, tmp_path)
                    f"the Pods in kepfast{f}")
         assert gate_keys(c, f"kepx{f}") == pods
     assert f"{VIP4} . tcp . 80" in gate_keys(c, "kfast4")
-    for url, peer in ((f"http://{VIP4}/", CLIENT.ipv4), (f"http://[{VIP6}]/", CLIENT.ipv6)):
-        got = answers(c, url, 6)
-        assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, (url, got)
-        assert {g["peer"] for g in got} == {peer}, (url, got)
+    assert_all_pods_see_the_client(c)
     assert proxied(c) == 0
     # The Service goes: its elements leave the fast sets with it.
     (c.manifests / "kern.yaml").unlink()
@@ -545,17 +555,13 @@ def test_the_raw_hook_exists_only_while_the_proxy_path_has_work(bare_cluster, tm
     elements: its first connection is proxied); when it goes, the chain
     stays for the proxied connections it leaves (an hour)."""
     c = bare_cluster
-    for standard in c.manifests.glob("*.yaml"):
-        standard.unlink()
+    drop_standard_services(c)
     empty = kernel_service("empty", vips=("10.96.0.92", "fd00:10:96::92"), node_port=None,
                            external_ips=(), slices=[[]])
     start(c, tmp_path, [kernel_service(), empty])
     wait_datapath(c, "kernel")
     assert not raw_hook(c)
-    for url, peer in ((f"http://{VIP4}/", CLIENT.ipv4), (f"http://[{VIP6}]/", CLIENT.ipv6)):
-        got = answers(c, url, 6)
-        assert {g["pod"] for g in got} == {"web-a", "web-b", "web-c"}, (url, got)
-        assert {g["peer"] for g in got} == {peer}, (url, got)
+    assert_all_pods_see_the_client(c)
     assert from_port(c, "10.96.0.92", 40590) == {"how": "ConnectionRefusedError",
                                                  "syn_retransmits": 0}
     prox_vips = ("10.96.0.91", "fd00:10:96::91")

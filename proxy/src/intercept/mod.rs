@@ -767,15 +767,7 @@ impl Interceptor {
         }
         if let Some(rebuild) = rebuild {
             // The text put these elements in; the fast sets follow them.
-            let step = self.fast.follow(rebuild, Instant::now());
-            let table = self.cfg.table.clone();
-            for added in step.additions(&table) {
-                if let Err(e) = self.netlink_apply(&added) {
-                    self.fast_lost();
-                    return Err(e);
-                }
-            }
-            self.fast.commit(step);
+            self.send_following_fast(rebuild, false)?;
         }
         self.apply_elements(delta)?;
         Ok(nft_took)
@@ -887,13 +879,19 @@ impl Interceptor {
     /// first, what joins them last, each in a transaction of its own, so
     /// they never hold more than the gate would accept at once.
     pub fn apply_elements(&mut self, batch: &Batch) -> Result<usize, InterceptError> {
+        self.send_following_fast(batch, true)
+    }
+
+    /// `batch` (sent here if `send`; else the kernel holds it already, from
+    /// a whole render) and the fast-set changes that follow it.
+    fn send_following_fast(&mut self, batch: &Batch, send: bool) -> Result<usize, InterceptError> {
         let step = self.fast.follow(batch, Instant::now());
         let table = self.cfg.table.clone();
         let result = (|| {
             for gone in step.deletions(&table) {
                 self.netlink_apply(&gone)?;
             }
-            let n = self.netlink_apply(batch)?;
+            let n = if send { self.netlink_apply(batch)? } else { 0 };
             for new in step.additions(&table) {
                 self.netlink_apply(&new)?;
             }

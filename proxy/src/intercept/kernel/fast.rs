@@ -111,15 +111,7 @@ pub fn derives_from(set: &str) -> bool {
 
 /// The fast-path sets' definitions, in `rules.rs`'s layout.
 pub fn set_definitions() -> Vec<String> {
-    let mut out = Vec::new();
-    for (f, addr) in [(4, "ipv4_addr"), (6, "ipv6_addr")] {
-        for set in ["kfast", "kepfast"] {
-            out.push(format!(
-                "  set {set}{f} {{\n    type {addr} . inet_proto . inet_service\n  }}"
-            ));
-        }
-    }
-    out
+    super::rules::addr_port_sets(&["kfast", "kepfast"], None)
 }
 
 /// The base chain's first rules (see the module doc). A SYN from an

@@ -36,11 +36,8 @@ pub fn node_port(v6: bool, proto: Protocol, port: u16) -> Element {
 
 /// The set definitions, in `rules.rs`'s layout.
 pub fn set_definitions() -> Vec<String> {
-    let mut out = Vec::new();
-    for (f, addr) in [(4, "ipv4_addr"), (6, "ipv6_addr")] {
-        out.push(format!(
-            "  set kvip{f} {{\n    type {addr} . inet_proto . inet_service\n  }}"
-        ));
+    let mut out = super::rules::addr_port_sets(&["kvip"], None);
+    for f in [4, 6] {
         out.push(format!(
             "  set knode{f} {{\n    type inet_proto . inet_service\n  }}"
         ));

@@ -263,17 +263,8 @@ pub fn moved_batch(
 
 /// The set definitions, in `rules.rs`'s layout.
 pub fn set_definitions() -> Vec<String> {
-    let mut out = Vec::new();
-    for (f, addr) in [(4, "ipv4_addr"), (6, "ipv6_addr")] {
-        for set in ["kepx", "kepsh"] {
-            out.push(format!(
-                "  set {set}{f} {{\n    type {addr} . inet_proto . inet_service\n  }}"
-            ));
-        }
-        out.push(format!(
-            "  set kepmoved{f} {{\n    type {addr} . inet_proto . inet_service\n    flags timeout\n  }}"
-        ));
-    }
+    let mut out = super::rules::addr_port_sets(&["kepx", "kepsh"], None);
+    out.extend(super::rules::addr_port_sets(&["kepmoved"], Some("timeout")));
     out
 }
 

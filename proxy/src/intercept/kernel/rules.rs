@@ -111,6 +111,21 @@ fn fallback_chain(node_port: &dyn Fn(&str, &str) -> String) -> Vec<String> {
     lines
 }
 
+/// Sets keyed `address . l4proto . port` (frontends, endpoints), each
+/// `name` in both families (`name4`, `name6`), with `flags` if any.
+pub fn addr_port_sets(names: &[&str], flags: Option<&str>) -> Vec<String> {
+    let flags = flags.map_or(String::new(), |f| format!("\n    flags {f}"));
+    let mut out = Vec::new();
+    for (f, addr) in [(4, "ipv4_addr"), (6, "ipv6_addr")] {
+        for name in names {
+            out.push(format!(
+                "  set {name}{f} {{\n    type {addr} . inet_proto . inet_service{flags}\n  }}"
+            ));
+        }
+    }
+    out
+}
+
 /// The maps, sets and chains, as lines inside `table inet <t> { ... }`.
 /// `node_port(fam, "@set")` is the ruleset's NodePort match: family, port
 /// lookup in the set (or map), local destination.
